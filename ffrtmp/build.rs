@@ -1,0 +1,59 @@
+//! Builds the kernel programs (`ffrtmp-ebpf`) for the BPF target with the
+//! nightly toolchain and `bpf-linker`, and leaves the object in `OUT_DIR`
+//! where `observe::ebpf` embeds it.
+//!
+//! `cargo xtask setup` installs both; when `bpf-linker` is not on PATH we
+//! also look in the place xtask installs it, so a plain `cargo build` works
+//! after one `cargo xtask setup`.
+use std::{env, path::PathBuf};
+
+use anyhow::{Context as _, anyhow};
+
+/// Where `cargo xtask setup` installs bpf-linker, relative to the workspace.
+const XTASK_TOOLS_BIN: &str = "target/tools/bin";
+const BPF_LINKER: &str = "bpf-linker";
+const EBPF_PACKAGE: &str = "ffrtmp-ebpf";
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
+    let workspace = manifest_dir
+        .parent()
+        .context("ffrtmp has no parent directory")?
+        .to_path_buf();
+    println!("cargo:rerun-if-env-changed=PATH");
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("ffrtmp-common").display()
+    );
+
+    let tools = workspace.join(XTASK_TOOLS_BIN);
+    let path = env::var_os("PATH").unwrap_or_default();
+    let on_path = env::split_paths(&path).any(|dir| dir.join(BPF_LINKER).is_file());
+    if !on_path {
+        if !tools.join(BPF_LINKER).is_file() {
+            return Err(anyhow!(
+                "{BPF_LINKER} is not on PATH nor in {}: run `cargo xtask setup` first",
+                tools.display()
+            ));
+        }
+        let joined = env::join_paths(std::iter::once(tools).chain(env::split_paths(&path)))
+            .context("joining PATH")?;
+        // SAFETY: build scripts are single-threaded at this point.
+        unsafe { env::set_var("PATH", joined) };
+    }
+
+    let ebpf_dir = workspace.join(EBPF_PACKAGE);
+    let root_dir = ebpf_dir
+        .to_str()
+        .context("the ffrtmp-ebpf path is not UTF-8")?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: EBPF_PACKAGE,
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    )
+    .context("building the kernel programs (ffrtmp-ebpf)")
+}

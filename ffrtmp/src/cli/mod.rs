@@ -1,0 +1,132 @@
+//! Command-line interface: the `ffrtmp` commands and their options.
+//!
+//! Exit statuses: 0 success, 1 runtime failure, 2 bad usage (clap's own
+//! status for malformed options, also used for values we validate).
+mod watch;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{events::Format, observe::Backend};
+
+/// Exit status for bad usage, before anything is started.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status for a failure while running.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Observe and govern live-transcoding workloads (FFmpeg, GStreamer).
+#[derive(Debug, Parser)]
+#[command(name = "ffrtmp", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream exec/exit events of every process as JSON lines on stdout.
+    ///
+    /// Uses eBPF programs on the sched_process_exec/sched_process_exit
+    /// tracepoints when privileged, else polls /proc and says so with a
+    /// `degraded` event. Logs go to stderr (RUST_LOG sets the level).
+    /// SIGINT or SIGTERM detaches and exits 0. Events: docs/EVENTS.md.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Where events come from.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// Polling interval of the procfs backend (e.g. 100ms, 1s).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// At start, report running processes as `exec` events with `"adopted": true`.
+    #[arg(long)]
+    pub adopt: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Size of the kernel ring buffer in bytes (a power of two, 4096..=1073741824).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::observe::ebpf::DEFAULT_RING_BUFFER_BYTES,
+          value_parser = parse_ring_buffer_size)]
+    pub ring_buffer_size: u32,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 100ms or 1s)"))?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+        return Err("must be between 1ms and 1h".into());
+    }
+    Ok(d)
+}
+
+fn parse_ring_buffer_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !n.is_power_of_two() || !(4096..=1 << 30).contains(&n) {
+        return Err("must be a power of two between 4096 and 1073741824".into());
+    }
+    Ok(n)
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Watch(args) => watch::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ffrtmp: error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn watch_defaults() {
+        let Command::Watch(w) = Cli::try_parse_from(["ffrtmp", "watch"]).unwrap().command;
+        assert_eq!(w.backend, Backend::Auto);
+        assert_eq!(w.interval, Duration::from_millis(100));
+        assert_eq!(w.format, Format::Json);
+        assert!(!w.adopt);
+    }
+
+    #[test]
+    fn rejects_bad_values_with_usage_errors() {
+        for args in [
+            &["ffrtmp", "watch", "--interval", "0ms"][..],
+            &["ffrtmp", "watch", "--interval", "soon"],
+            &["ffrtmp", "watch", "--backend", "kprobe"],
+            &["ffrtmp", "watch", "--ring-buffer-size", "5000"],
+            &["ffrtmp", "watch", "--format", "xml"],
+            &["ffrtmp", "watch", "--bogus"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{args:?}");
+        }
+    }
+}

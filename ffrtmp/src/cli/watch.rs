@@ -1,0 +1,132 @@
+//! `ffrtmp watch`: chooses a backend, reports what it chose (`started`, and
+//! `degraded` when it fell back), adopts running processes on request, and
+//! streams events until SIGINT/SIGTERM.
+use std::io;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::WatchArgs;
+use crate::{
+    events::{Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Source, Started, Timestamp},
+    observe::{
+        Backend,
+        ebpf::{EbpfError, EbpfObserver},
+        proc::{self, ProcError},
+        procfs::ProcfsObserver,
+    },
+};
+
+/// Why the stream stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error("reading /proc")]
+    Proc(#[from] ProcError),
+}
+
+pub fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(watch(args))
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let mut emitter = Emitter::new(io::stdout().lock(), args.format);
+    let mut sink = |e: Event| emitter.emit(&e).map_err(WatchError::from);
+    // Register before loading so a signal during start-up is not lost.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+
+    let ebpf = match args.backend {
+        Backend::Procfs => None,
+        Backend::Ebpf => Some(
+            EbpfObserver::load(args.ring_buffer_size)
+                .context("loading the eBPF backend (--backend ebpf)")?,
+        ),
+        Backend::Auto => match EbpfObserver::load(args.ring_buffer_size) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                let reason = format!("eBPF backend unavailable: {}", error_chain(&e));
+                tracing::warn!("{reason}; polling /proc instead");
+                sink(Event::new(
+                    Timestamp::now(),
+                    Source::Ffrtmp,
+                    Degraded {
+                        reason,
+                        fallback: "procfs".into(),
+                    },
+                ))?;
+                None
+            }
+        },
+    };
+    let backend = if ebpf.is_some() {
+        Source::Ebpf
+    } else {
+        Source::Procfs
+    };
+    sink(Event::new(
+        Timestamp::now(),
+        Source::Ffrtmp,
+        Started {
+            schema: SCHEMA_VERSION,
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            backend,
+        },
+    ))?;
+
+    let result = match ebpf {
+        Some(mut observer) => {
+            // Programs are attached first, so nothing that starts during the
+            // scan is missed (it may be reported twice, once adopted).
+            if args.adopt {
+                for (ts, exec) in proc::adopt_all(std::process::id())? {
+                    sink(Event::new(ts, Source::Procfs, exec))?;
+                }
+            }
+            let result = tokio::select! {
+                r = observer.run(&mut sink) => r,
+                _ = sigint.recv() => Ok(()),
+                _ = sigterm.recv() => Ok(()),
+            };
+            result.and_then(|()| observer.drain(&mut sink))
+        }
+        None => {
+            let (mut observer, adopted) = ProcfsObserver::start(args.interval, args.adopt)?;
+            for event in adopted {
+                sink(event)?;
+            }
+            tokio::select! {
+                r = observer.run(&mut sink) => r,
+                _ = sigint.recv() => Ok(()),
+                _ = sigterm.recv() => Ok(()),
+            }
+        }
+    };
+    match result {
+        // A closed stdout (e.g. `| head`) ends the stream, not in error.
+        Err(WatchError::Event(EventError::Write(e))) if e.kind() == io::ErrorKind::BrokenPipe => {
+            Ok(())
+        }
+        other => other.context("watching processes"),
+    }
+}
+
+/// "outer: inner: innermost", for events that carry a reason.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

@@ -1,0 +1,406 @@
+//! The event stream: ffrtmp's output contract (docs/EVENTS.md).
+//!
+//! Every fact ffrtmp observes becomes one [`Event`]: a header (`event`, `ts`,
+//! `source`) followed by the fields of its [`Body`]. Events are written as
+//! one JSON object per line (or one human line with `--format text`) by an
+//! [`Emitter`], flushed per event so a consumer never waits on a buffer.
+//!
+//! The JSON field order is header-first (`{"event":"exec","ts":…,"source":…,
+//! …}`) so a person reading the stream sees what kind of event a line is at
+//! once; consumers must not depend on order.
+mod text;
+
+use std::{
+    fmt,
+    io::{self, Write},
+    time::SystemTime,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Version of the event schema; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Errors while writing events.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("writing an event to the output")]
+    Write(#[source] io::Error),
+    #[error("encoding an event as JSON")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// When an event happened, as wall-clock time (RFC 3339, UTC, nanoseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(SystemTime::now())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_nanos(self.0))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339(&s)
+            .map(Timestamp)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which part of ffrtmp produced an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The kernel programs (exec/exit tracepoints).
+    Ebpf,
+    /// Polling of /proc.
+    Procfs,
+    /// ffrtmp itself (start-up, degradation).
+    Ffrtmp,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Ebpf => "ebpf",
+            Source::Procfs => "procfs",
+            Source::Ffrtmp => "ffrtmp",
+        }
+    }
+}
+
+/// One event of the stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub ts: Timestamp,
+    pub source: Source,
+    pub body: Body,
+}
+
+impl Event {
+    pub fn new(ts: Timestamp, source: Source, body: impl Into<Body>) -> Self {
+        Self {
+            ts,
+            source,
+            body: body.into(),
+        }
+    }
+}
+
+/// What happened; the variant name is the `event` field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Body {
+    Started(Started),
+    Exec(Exec),
+    Exit(Exit),
+    Lost(Lost),
+    Degraded(Degraded),
+}
+
+impl Body {
+    /// The `event` field's value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Body::Started(_) => "started",
+            Body::Exec(_) => "exec",
+            Body::Exit(_) => "exit",
+            Body::Lost(_) => "lost",
+            Body::Degraded(_) => "degraded",
+        }
+    }
+}
+
+/// First event of a `watch` stream: what is running and which backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub schema: u32,
+    pub version: String,
+    pub pid: u32,
+    /// The backend that observes processes: `ebpf` or `procfs`.
+    pub backend: Source,
+}
+
+/// A program was executed (or, with `adopted`, was already running).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exec {
+    pub pid: u32,
+    /// Thread that called exec; differs from `pid` when a non-leader thread
+    /// exec'd (the kernel then gives it the leader's id).
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub comm: String,
+    /// Path as passed to exec (eBPF); the resolved executable for procfs and
+    /// adopted processes.
+    pub filename: String,
+    /// Arguments, best effort; `null` when they could not be read.
+    pub argv: Option<Vec<String>>,
+    /// The argument list was longer than what is kept, and was cut.
+    #[serde(default)]
+    pub argv_truncated: bool,
+    pub adopted: bool,
+}
+
+/// A process (its whole thread group) ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    pub pid: u32,
+    pub comm: String,
+    /// Exit status when it exited normally; `null` when killed or unknown.
+    pub exit_code: Option<i32>,
+    /// Signal that killed it; `null` when it exited normally or unknown.
+    pub signal: Option<i32>,
+    /// Lifetime since the process was forked; `null` when unknown.
+    pub duration_ms: Option<f64>,
+}
+
+/// Events the kernel could not deliver (ring buffer full), since the last
+/// `lost` event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lost {
+    pub count: u64,
+}
+
+/// ffrtmp does less than asked, and says why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Degraded {
+    pub reason: String,
+    /// What ffrtmp does instead (e.g. `procfs`).
+    pub fallback: String,
+}
+
+macro_rules! into_body {
+    ($($v:ident),*) => {$(
+        impl From<$v> for Body {
+            fn from(b: $v) -> Self { Body::$v(b) }
+        }
+    )*};
+}
+into_body!(Started, Exec, Exit, Lost, Degraded);
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// Header first, then the body's own fields.
+        #[derive(Serialize)]
+        struct Wire<'a, B> {
+            event: &'static str,
+            ts: Timestamp,
+            source: Source,
+            #[serde(flatten)]
+            body: &'a B,
+        }
+        fn wire<'a, B>(e: &Event, body: &'a B) -> Wire<'a, B> {
+            Wire {
+                event: e.body.name(),
+                ts: e.ts,
+                source: e.source,
+                body,
+            }
+        }
+        match &self.body {
+            Body::Started(b) => wire(self, b).serialize(s),
+            Body::Exec(b) => wire(self, b).serialize(s),
+            Body::Exit(b) => wire(self, b).serialize(s),
+            Body::Lost(b) => wire(self, b).serialize(s),
+            Body::Degraded(b) => wire(self, b).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            ts: Timestamp,
+            source: Source,
+            #[serde(flatten)]
+            body: Body,
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(Event {
+            ts: w.ts,
+            source: w.source,
+            body: w.body,
+        })
+    }
+}
+
+/// How events are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// One line per event for people.
+    Text,
+}
+
+/// Writes events to an output, one per line, flushed per event.
+pub struct Emitter<W: Write> {
+    out: W,
+    format: Format,
+    line: Vec<u8>,
+}
+
+impl<W: Write> Emitter<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self {
+            out,
+            format,
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    /// Writes one event and flushes it.
+    pub fn emit(&mut self, event: &Event) -> Result<(), EventError> {
+        self.line.clear();
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.line, event).map_err(EventError::Encode)?
+            }
+            Format::Text => text::write(&mut self.line, event).map_err(EventError::Write)?,
+        }
+        self.line.push(b'\n');
+        self.out.write_all(&self.line).map_err(EventError::Write)?;
+        self.out.flush().map_err(EventError::Write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn ts() -> Timestamp {
+        Timestamp(UNIX_EPOCH + Duration::new(1_790_000_000, 123_456_789))
+    }
+
+    fn samples() -> Vec<Event> {
+        vec![
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
+                Started {
+                    schema: SCHEMA_VERSION,
+                    version: "0.1.0".into(),
+                    pid: 7,
+                    backend: Source::Ebpf,
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ebpf,
+                Exec {
+                    pid: 42,
+                    tid: 43,
+                    ppid: Some(1),
+                    uid: 1000,
+                    comm: "ffmpeg".into(),
+                    filename: "/usr/bin/ffmpeg".into(),
+                    argv: Some(vec!["ffmpeg".into(), "-i".into(), "rtmp://x/y z".into()]),
+                    argv_truncated: false,
+                    adopted: false,
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Procfs,
+                Exec {
+                    pid: 42,
+                    tid: 42,
+                    ppid: None,
+                    uid: 0,
+                    comm: "x".into(),
+                    filename: String::new(),
+                    argv: None,
+                    argv_truncated: true,
+                    adopted: true,
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ebpf,
+                Exit {
+                    pid: 42,
+                    comm: "ffmpeg".into(),
+                    exit_code: None,
+                    signal: Some(9),
+                    duration_ms: Some(12.5),
+                },
+            ),
+            Event::new(ts(), Source::Ebpf, Lost { count: 3 }),
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
+                Degraded {
+                    reason: "eBPF unavailable: permission denied".into(),
+                    fallback: "procfs".into(),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_through_json() {
+        for event in samples() {
+            let json = serde_json::to_string(&event).unwrap();
+            let back: Event = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, event, "{json}");
+        }
+    }
+
+    #[test]
+    fn json_is_header_first_with_nanosecond_utc_timestamps() {
+        let json = serde_json::to_string(&samples()[1]).unwrap();
+        assert!(
+            json.starts_with(r#"{"event":"exec","ts":"2026-09-21T"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#".123456789Z","source":"ebpf","pid":42,"#),
+            "{json}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["argv"][2], "rtmp://x/y z");
+        let exit = serde_json::to_value(&samples()[3]).unwrap();
+        assert!(
+            exit["exit_code"].is_null(),
+            "unknown values are null, not absent"
+        );
+    }
+
+    #[test]
+    fn emitter_writes_one_line_per_event() {
+        let mut out = Vec::new();
+        let mut emitter = Emitter::new(&mut out, Format::Json);
+        for e in samples() {
+            emitter.emit(&e).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), samples().len());
+        for line in text.lines() {
+            serde_json::from_str::<Event>(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_an_unknown_event_kind() {
+        let line = r#"{"event":"teleport","ts":"2026-01-01T00:00:00Z","source":"ebpf"}"#;
+        assert!(serde_json::from_str::<Event>(line).is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! `--format text`: one line per event for people, `key=value` after the
+//! timestamp and event name. Values with spaces or quotes are quoted.
+use std::io::{self, Write};
+
+use super::{Body, Event};
+
+pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
+    write!(
+        out,
+        "{} {:<8} {:<6}",
+        e.ts,
+        e.body.name(),
+        e.source.as_str()
+    )?;
+    match &e.body {
+        Body::Started(s) => write!(
+            out,
+            " schema={} version={} pid={} backend={}",
+            s.schema,
+            s.version,
+            s.pid,
+            s.backend.as_str()
+        ),
+        Body::Exec(x) => {
+            write!(
+                out,
+                " pid={} ppid={} uid={} comm=",
+                x.pid,
+                opt(x.ppid),
+                x.uid
+            )?;
+            quoted(out, &x.comm)?;
+            out.extend_from_slice(b" filename=");
+            quoted(out, &x.filename)?;
+            out.extend_from_slice(b" argv=");
+            match &x.argv {
+                Some(args) => quoted(out, &args.join(" "))?,
+                None => out.extend_from_slice(b"-"),
+            }
+            if x.adopted {
+                out.extend_from_slice(b" adopted");
+            }
+            Ok(())
+        }
+        Body::Exit(x) => {
+            write!(out, " pid={} comm=", x.pid)?;
+            quoted(out, &x.comm)?;
+            write!(
+                out,
+                " exit_code={} signal={} duration_ms={}",
+                opt(x.exit_code),
+                opt(x.signal),
+                x.duration_ms
+                    .map_or_else(|| "-".to_string(), |d| format!("{d:.3}"))
+            )
+        }
+        Body::Lost(l) => write!(out, " count={}", l.count),
+        Body::Degraded(d) => {
+            out.extend_from_slice(b" reason=");
+            quoted(out, &d.reason)?;
+            write!(out, " fallback={}", d.fallback)
+        }
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn quoted(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
+    if !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || c == '"' || c.is_control()) {
+        out.extend_from_slice(s.as_bytes());
+        return Ok(());
+    }
+    write!(out, "{s:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::events::{Exec, Source, Timestamp};
+
+    #[test]
+    fn exec_line_quotes_arguments_with_spaces() {
+        let e = Event::new(
+            Timestamp(UNIX_EPOCH),
+            Source::Ebpf,
+            Exec {
+                pid: 5,
+                tid: 5,
+                ppid: None,
+                uid: 0,
+                comm: "ffmpeg".into(),
+                filename: "/usr/bin/ffmpeg".into(),
+                argv: Some(vec!["ffmpeg".into(), "-i".into(), "a b".into()]),
+                argv_truncated: false,
+                adopted: true,
+            },
+        );
+        let mut out = Vec::new();
+        write(&mut out, &e).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000000Z exec     ebpf   pid=5 ppid=- uid=0 comm=ffmpeg \
+             filename=/usr/bin/ffmpeg argv=\"ffmpeg -i a b\" adopted"
+        );
+    }
+}

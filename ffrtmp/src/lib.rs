@@ -1,0 +1,9 @@
+//! ffrtmp observes and governs live-transcoding workloads on edge nodes.
+//!
+//! Layout (see docs/ARCHITECTURE.md):
+//! - [`observe`]: where process events come from (eBPF tracepoints, /proc).
+//! - [`events`]: the event types and their JSON-lines/text encoding.
+//! - [`cli`]: the `ffrtmp` command line.
+pub mod cli;
+pub mod events;
+pub mod observe;

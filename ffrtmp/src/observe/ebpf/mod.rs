@@ -1,0 +1,206 @@
+//! The eBPF backend: loads the kernel programs (`ffrtmp-ebpf`), attaches them
+//! to the `sched_process_exec` and `sched_process_exit` raw tracepoints, and
+//! turns ring-buffer records into events.
+//!
+//! Loading needs the kernel's BTF (for [`btf::kernel_offsets`]) and the
+//! privilege to load tracing programs; any failure is returned as an
+//! [`EbpfError`] so the caller can fall back to procfs and say why.
+//!
+//! Loss is counted in the kernel (a per-CPU counter of ring-buffer
+//! reservation failures) and reported as `lost` events with the increase
+//! since the last report.
+pub mod btf;
+pub mod record;
+
+use std::{os::fd::AsRawFd as _, time::Duration};
+
+use aya::{
+    EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
+};
+use ffrtmp_common::{
+    EVENTS_MAP, EXEC_PROGRAM, EXIT_PROGRAM, LOST_MAP, OFFSETS_GLOBAL, SELF_TGID_GLOBAL,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::events::{Event, Lost, Source, Timestamp};
+
+/// The compiled kernel programs, built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ffrtmp"));
+
+/// Default ring buffer size: about 780 exec records in flight.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 20;
+/// How often the kernel's loss counter is read.
+const LOST_POLL: Duration = Duration::from_secs(1);
+
+/// Errors of the eBPF backend.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("resolving kernel struct offsets from BTF")]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the kernel programs")]
+    Load(#[source] aya::EbpfError),
+    #[error("the kernel object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("the kernel object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("loading or attaching program `{name}`")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("opening map `{name}`")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("registering the ring buffer with the event loop")]
+    Poll(#[source] std::io::Error),
+    #[error("decoding a kernel record")]
+    Record(#[from] record::RecordError),
+}
+
+/// Loaded and attached kernel programs. Dropping it detaches them.
+pub struct EbpfObserver {
+    // Field order is drop order: maps first, then the programs' owner.
+    events: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    lost_reported: u64,
+    _ebpf: aya::Ebpf,
+}
+
+impl EbpfObserver {
+    /// Loads and attaches the programs. Must be called inside a tokio
+    /// runtime (the ring buffer is registered with its reactor).
+    pub fn load(ring_buffer_bytes: u32) -> Result<Self, EbpfError> {
+        let offsets = btf::kernel_offsets()?;
+        raise_memlock_limit();
+        let self_tgid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(EbpfError::Load)?;
+        for name in [EXEC_PROGRAM, EXIT_PROGRAM] {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            // The program name is the tracepoint name.
+            program
+                .attach(name)
+                .map_err(|source| EbpfError::Program { name, source })?;
+        }
+        let events = ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(EbpfError::MissingMap(EVENTS_MAP))?;
+        let events = RingBuf::try_from(events).map_err(|source| EbpfError::Map {
+            name: EVENTS_MAP,
+            source,
+        })?;
+        let lost = ebpf
+            .take_map(LOST_MAP)
+            .ok_or(EbpfError::MissingMap(LOST_MAP))?;
+        let lost = PerCpuArray::try_from(lost).map_err(|source| EbpfError::Map {
+            name: LOST_MAP,
+            source,
+        })?;
+        tracing::debug!(
+            fd = events.as_raw_fd(),
+            ?offsets,
+            "kernel programs attached"
+        );
+        Ok(Self {
+            // SAFETY: the RingBuf owns the fd and moves into the AsyncFd,
+            // so the fd stays open for as long as it is registered.
+            events: unsafe { AsyncFd::register(events) }
+                .map_err(|e| EbpfError::Poll(e.into_parts().1))?,
+            lost,
+            lost_reported: 0,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Streams events to `sink` until it fails or the future is dropped.
+    /// Cancel-safe: records not yet consumed stay in the ring for
+    /// [`Self::drain`].
+    pub async fn run<E>(&mut self, sink: &mut impl FnMut(Event) -> Result<(), E>) -> Result<(), E>
+    where
+        E: From<EbpfError>,
+    {
+        let mut lost_tick = tokio::time::interval(LOST_POLL);
+        loop {
+            tokio::select! {
+                guard = self.events.readable_mut() => {
+                    let mut guard = guard.map_err(|e| E::from(EbpfError::Poll(e)))?;
+                    guard.clear_ready();
+                    Self::consume(guard.get_inner_mut(), sink)?;
+                }
+                _ = lost_tick.tick() => self.report_lost(sink)?,
+            }
+        }
+    }
+
+    /// Delivers what is left in the ring and the final loss count.
+    pub fn drain<E>(&mut self, sink: &mut impl FnMut(Event) -> Result<(), E>) -> Result<(), E>
+    where
+        E: From<EbpfError>,
+    {
+        Self::consume(self.events.get_mut(), sink)?;
+        self.report_lost(sink)
+    }
+
+    fn consume<E>(
+        ring: &mut RingBuf<MapData>,
+        sink: &mut impl FnMut(Event) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        E: From<EbpfError>,
+    {
+        while let Some(item) = ring.next() {
+            match record::decode(&item) {
+                Ok(event) => sink(event)?,
+                // A record we cannot read is a bug on one side; say so and
+                // keep observing rather than stop the stream.
+                Err(e) => tracing::error!(error = %e, "dropping an undecodable kernel record"),
+            }
+        }
+        Ok(())
+    }
+
+    fn report_lost<E>(&mut self, sink: &mut impl FnMut(Event) -> Result<(), E>) -> Result<(), E>
+    where
+        E: From<EbpfError>,
+    {
+        let total: u64 = match self.lost.get(&0, 0) {
+            Ok(per_cpu) => per_cpu.iter().sum(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the kernel's loss counter");
+                return Ok(());
+            }
+        };
+        if total > self.lost_reported {
+            let count = total - self.lost_reported;
+            self.lost_reported = total;
+            sink(Event::new(Timestamp::now(), Source::Ebpf, Lost { count }))?;
+        }
+        Ok(())
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so that
+/// loading works there too (later kernels use memory cgroup accounting).
+fn raise_memlock_limit() {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
+        tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK");
+    }
+}

@@ -1,0 +1,240 @@
+//! Reading process facts from /proc, shared by the procfs backend and by
+//! adoption of already-running processes.
+//!
+//! Every read can race with the process exiting; callers treat a missing
+//! process as "gone", never as an error of ffrtmp.
+use std::{
+    fs, io,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use nix::time::{ClockId, clock_gettime};
+
+use crate::events::{Exec, Timestamp};
+
+/// `/proc/PID/stat` flag of kernel threads.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Errors while reading /proc.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("process {0} is gone")]
+    Gone(u32),
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot parse {path}: {what}")]
+    Parse { path: PathBuf, what: &'static str },
+}
+
+impl ProcError {
+    fn io(pid: u32, path: PathBuf, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH) {
+            ProcError::Gone(pid)
+        } else {
+            ProcError::Io { path, source }
+        }
+    }
+}
+
+/// The fields of `/proc/PID/stat` ffrtmp uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: String,
+    pub ppid: u32,
+    pub flags: u64,
+    /// Clock ticks after boot at which the process started.
+    pub start_ticks: u64,
+}
+
+impl Stat {
+    pub fn read(pid: u32) -> Result<Self, ProcError> {
+        let path = PathBuf::from(format!("/proc/{pid}/stat"));
+        let raw = fs::read(&path).map_err(|e| ProcError::io(pid, path.clone(), e))?;
+        Self::parse(pid, &raw).ok_or(ProcError::Parse {
+            path,
+            what: "unexpected /proc/PID/stat layout",
+        })
+    }
+
+    /// Parses a stat line. `comm` may itself contain spaces and `)`, so the
+    /// fields are split after the *last* `)`.
+    pub fn parse(pid: u32, raw: &[u8]) -> Option<Self> {
+        let open = raw.iter().position(|&b| b == b'(')?;
+        let close = raw.iter().rposition(|&b| b == b')')?;
+        let comm = String::from_utf8_lossy(raw.get(open + 1..close)?).into_owned();
+        let rest = std::str::from_utf8(raw.get(close + 1..)?).ok()?;
+        // Fields after comm, numbered from 3 (state) as in proc(5).
+        let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).copied();
+        Some(Stat {
+            pid,
+            comm,
+            ppid: field(4)?.parse().ok()?,
+            flags: field(9)?.parse().ok()?,
+            start_ticks: field(22)?.parse().ok()?,
+        })
+    }
+
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// How long the process has been running, now.
+    pub fn age(&self) -> Option<Duration> {
+        let hz = clock_ticks_per_second()?;
+        let boot = clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?;
+        let now_ns = u128::try_from(boot.tv_sec()).ok()? * 1_000_000_000
+            + u128::try_from(boot.tv_nsec()).ok()?;
+        let start_ns = u128::from(self.start_ticks) * 1_000_000_000 / u128::from(hz);
+        let age = now_ns.checked_sub(start_ns)?;
+        Some(Duration::from_nanos(u64::try_from(age).ok()?))
+    }
+}
+
+fn clock_ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&hz| hz > 0)
+}
+
+/// Real uid from `/proc/PID/status`.
+pub fn read_uid(pid: u32) -> Result<u32, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let text = fs::read_to_string(&path).map_err(|e| ProcError::io(pid, path.clone(), e))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_ascii_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .ok_or(ProcError::Parse {
+            path,
+            what: "no Uid line",
+        })
+}
+
+/// Arguments from `/proc/PID/cmdline`; `None` when unreadable or empty.
+pub fn read_argv(pid: u32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args = split_nul(&raw);
+    (!args.is_empty()).then_some(args)
+}
+
+/// Splits a NUL-separated argument block (trailing NUL optional).
+pub fn split_nul(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Pids of all processes (thread groups) now in /proc.
+pub fn list_pids() -> Result<Vec<u32>, ProcError> {
+    let path = PathBuf::from("/proc");
+    let dir = fs::read_dir(&path).map_err(|source| ProcError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// An `exec` event for a process found in /proc (adopted or polled).
+/// `filename` is the resolved executable (`/proc/PID/exe`), else argv[0].
+pub fn exec_event(stat: &Stat, adopted: bool) -> Result<Exec, ProcError> {
+    let uid = read_uid(stat.pid)?;
+    let argv = read_argv(stat.pid);
+    let filename = fs::read_link(format!("/proc/{}/exe", stat.pid))
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok()
+        .or_else(|| argv.as_ref().and_then(|a| a.first().cloned()))
+        .unwrap_or_default();
+    Ok(Exec {
+        pid: stat.pid,
+        tid: stat.pid,
+        ppid: Some(stat.ppid),
+        uid,
+        comm: stat.comm.clone(),
+        filename,
+        argv,
+        argv_truncated: false,
+        adopted,
+    })
+}
+
+/// Exec events (`adopted: true`) for every user process now running, except
+/// `self_pid`. Processes that vanish during the scan are skipped.
+pub fn adopt_all(self_pid: u32) -> Result<Vec<(Timestamp, Exec)>, ProcError> {
+    let mut out = Vec::new();
+    for pid in list_pids()? {
+        if pid == self_pid {
+            continue;
+        }
+        let stat = match Stat::read(pid) {
+            Ok(s) if !s.is_kernel_thread() => s,
+            Ok(_) | Err(ProcError::Gone(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        match exec_event(&stat, true) {
+            Ok(exec) => out.push((Timestamp(SystemTime::now()), exec)),
+            Err(ProcError::Gone(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_a_hostile_comm() {
+        let raw =
+            b"4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1 2";
+        let s = Stat::parse(4242, raw).unwrap();
+        assert_eq!(s.comm, "a) b (c)");
+        assert_eq!(s.ppid, 17);
+        assert_eq!(s.flags, 4194560);
+        assert_eq!(s.start_ticks, 987654);
+        assert!(!s.is_kernel_thread());
+    }
+
+    #[test]
+    fn rejects_truncated_stat() {
+        assert_eq!(Stat::parse(1, b"1 (init) S 0 1"), None);
+        assert_eq!(Stat::parse(1, b"garbage"), None);
+    }
+
+    #[test]
+    fn splits_argument_blocks() {
+        assert_eq!(split_nul(b"ffmpeg\0-i\0a b\0"), vec!["ffmpeg", "-i", "a b"]);
+        assert_eq!(split_nul(b"x\0\0y"), vec!["x", "", "y"]);
+        assert!(split_nul(b"").is_empty());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        let stat = Stat::read(pid).unwrap();
+        assert_eq!(stat.pid, pid);
+        assert!(stat.age().is_some());
+        let exec = exec_event(&stat, true).unwrap();
+        assert_eq!(exec.uid, nix::unistd::getuid().as_raw());
+        assert!(exec.argv.is_some());
+    }
+
+    #[test]
+    fn a_missing_process_is_gone() {
+        // PIDs are at most 2^22; this one cannot exist.
+        assert!(matches!(Stat::read(u32::MAX - 1), Err(ProcError::Gone(_))));
+    }
+}
