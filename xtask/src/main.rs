@@ -1,1 +1,102 @@
-fn main() {}
+//! `cargo xtask`: ffrtmp's developer tasks. Every task sets up what it needs
+//! first (idempotently), so on a fresh machine one command does everything:
+//!
+//! - `setup`: nightly `rust-src` and a `bpf-linker` built against the
+//!   nightly's own LLVM, cached under `target/tools/`.
+//! - `build`, `run -- ARGS`: build (and run) `ffrtmp`.
+//! - `test`: every test: unit, integration (root tests against the real
+//!   kernel when root), and what needs a VM once it exists.
+//! - `bench observe`: the observer's benchmark (docs/BENCHMARKS.md).
+mod bench;
+mod test;
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ffrtmp developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker); idempotent.
+    Setup,
+    /// Build ffrtmp (release).
+    Build,
+    /// Build ffrtmp (release) and run it with ARGS, e.g. `-- watch`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, integration (root), VM.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and print its figures.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.task {
+        Task::Setup => toolchain::setup(&root).map(drop),
+        Task::Build => build_release(&root).map(drop),
+        Task::Run { args } => {
+            let bin = build_release(&root)?;
+            let err = exec(Command::new(&bin).args(&args));
+            Err(err).with_context(|| format!("running {}", bin.display()))
+        }
+        Task::Test { args } => test::run(&root, &args),
+        Task::Bench { which } => bench::run(&root, which),
+    }
+}
+
+/// The workspace root (the parent of this crate).
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+/// Builds the release binary with the eBPF toolchain on PATH.
+fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
+    let tools = toolchain::setup(root)?;
+    run_command(
+        tools
+            .cargo(root)
+            .args(["build", "--release", "--package", "ffrtmp"]),
+    )?;
+    Ok(root.join("target/release/ffrtmp"))
+}
+
+/// Runs a command to completion; fails unless it exits 0.
+pub fn run_command(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Replaces this process (so signals reach the program directly).
+fn exec(cmd: &mut Command) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    cmd.exec()
+}

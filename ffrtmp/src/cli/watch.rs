@@ -66,10 +66,17 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             }
         },
     };
-    let backend = if ebpf.is_some() {
-        Source::Ebpf
-    } else {
-        Source::Procfs
+    // Ready before `started`: from that event on, nothing is missed.
+    let observer = match ebpf {
+        Some(observer) => Observer::Ebpf(observer),
+        None => {
+            let (observer, adopted) = ProcfsObserver::start(args.interval, args.adopt)?;
+            Observer::Procfs(observer, adopted)
+        }
+    };
+    let backend = match observer {
+        Observer::Ebpf(_) => Source::Ebpf,
+        Observer::Procfs(..) => Source::Procfs,
     };
     sink(Event::new(
         Timestamp::now(),
@@ -82,8 +89,8 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         },
     ))?;
 
-    let result = match ebpf {
-        Some(mut observer) => {
+    let result = match observer {
+        Observer::Ebpf(mut observer) => {
             // Programs are attached first, so nothing that starts during the
             // scan is missed (it may be reported twice, once adopted).
             if args.adopt {
@@ -98,8 +105,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             };
             result.and_then(|()| observer.drain(&mut sink))
         }
-        None => {
-            let (mut observer, adopted) = ProcfsObserver::start(args.interval, args.adopt)?;
+        Observer::Procfs(mut observer, adopted) => {
             for event in adopted {
                 sink(event)?;
             }
@@ -117,6 +123,13 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         }
         other => other.context("watching processes"),
     }
+}
+
+/// The backend `watch` runs, ready to stream.
+enum Observer {
+    Ebpf(EbpfObserver),
+    /// With the adopted processes' exec events, when `--adopt` was given.
+    Procfs(ProcfsObserver, Vec<Event>),
 }
 
 /// "outer: inner: innermost", for events that carry a reason.

@@ -87,14 +87,19 @@ impl Stat {
 
     /// How long the process has been running, now.
     pub fn age(&self) -> Option<Duration> {
-        let hz = clock_ticks_per_second()?;
-        let boot = clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?;
-        let now_ns = u128::try_from(boot.tv_sec()).ok()? * 1_000_000_000
-            + u128::try_from(boot.tv_nsec()).ok()?;
-        let start_ns = u128::from(self.start_ticks) * 1_000_000_000 / u128::from(hz);
-        let age = now_ns.checked_sub(start_ns)?;
-        Some(Duration::from_nanos(u64::try_from(age).ok()?))
+        age_of(self.start_ticks)
     }
+}
+
+/// Time since a process started `start_ticks` clock ticks after boot.
+pub fn age_of(start_ticks: u64) -> Option<Duration> {
+    let hz = clock_ticks_per_second()?;
+    let boot = clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?;
+    let now_ns = u128::try_from(boot.tv_sec()).ok()? * 1_000_000_000
+        + u128::try_from(boot.tv_nsec()).ok()?;
+    let start_ns = u128::from(start_ticks) * 1_000_000_000 / u128::from(hz);
+    let age = now_ns.checked_sub(start_ns)?;
+    Some(Duration::from_nanos(u64::try_from(age).ok()?))
 }
 
 fn clock_ticks_per_second() -> Option<u64> {

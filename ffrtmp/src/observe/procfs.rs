@@ -4,7 +4,8 @@
 //! It is the fallback when eBPF cannot be loaded, and it is weaker by nature:
 //! a process that lives less than one interval may be missed, an exit's
 //! status is unknown (we are not its parent, so `exit_code` and `signal` are
-//! null), and `duration_ms` is measured up to the scan that noticed the exit.
+//! null), and `duration_ms` is measured up to the scan that noticed the exit
+//! (an upper bound, at most one interval late).
 //! A re-exec is noticed only when it changes the process's `comm`.
 use std::{collections::HashMap, time::Duration};
 
@@ -20,7 +21,6 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 struct Known {
     start_ticks: u64,
     comm: String,
-    age: Option<Duration>,
 }
 
 /// Polls /proc; keeps the set of processes it has seen.
@@ -86,7 +86,6 @@ impl ProcfsObserver {
                 Ok(_) | Err(ProcError::Gone(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let age = stat.age();
             let prior = self.known.remove(&pid);
             let is_new = match &prior {
                 None => true,
@@ -109,7 +108,6 @@ impl ProcfsObserver {
                 Known {
                     start_ticks: stat.start_ticks,
                     comm: stat.comm,
-                    age,
                 },
             );
         }
@@ -122,6 +120,7 @@ impl ProcfsObserver {
 }
 
 fn exit_event(pid: u32, k: &Known) -> Event {
+    let duration_ms = proc::age_of(k.start_ticks).map(|a| a.as_micros() as f64 / 1_000.0);
     Event::new(
         Timestamp::now(),
         Source::Procfs,
@@ -130,7 +129,7 @@ fn exit_event(pid: u32, k: &Known) -> Event {
             comm: k.comm.clone(),
             exit_code: None,
             signal: None,
-            duration_ms: k.age.map(|a| a.as_micros() as f64 / 1_000.0),
+            duration_ms,
         },
     )
 }

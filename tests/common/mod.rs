@@ -1,0 +1,153 @@
+//! Helpers for the integration tests: run the real `ffrtmp` binary, read its
+//! event stream, and wait for the events a test expects.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    thread,
+    time::{Duration, Instant},
+};
+
+use ffrtmp::events::{Body, Event};
+
+/// Path of the binary under test.
+pub const FFRTMP: &str = env!("CARGO_BIN_EXE_ffrtmp");
+/// Upper bound on waiting for an event; a bound on a hang, not a speed target.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// True when root; otherwise prints a loud SKIP line, or panics when the
+/// root tests are required (under `cargo xtask test` in CI or as root).
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("FFRTMP_REQUIRE_ROOT_TESTS").is_some() {
+        panic!("{test} needs root, and root tests are required here");
+    }
+    eprintln!("SKIP {test}: needs root (eBPF, /proc of every user)");
+    false
+}
+
+/// A running `ffrtmp watch` and everything it has printed so far.
+pub struct Watch {
+    child: Child,
+    lines: Receiver<String>,
+    pub events: Vec<Event>,
+}
+
+impl Watch {
+    /// Starts `ffrtmp watch ARGS` and waits for its `started` event.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(Command::new(FFRTMP).arg("watch").args(args))
+    }
+
+    /// Starts a prepared command whose stdout is the event stream.
+    pub fn start_with(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning ffrtmp watch");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut watch = Watch {
+            child,
+            lines,
+            events: Vec::new(),
+        };
+        watch.wait_for("the started event", |e| matches!(e.body, Body::Started(_)));
+        watch
+    }
+
+    /// Reads lines until `pred` matches an event (already seen or new).
+    /// Panics with the stream so far when it does not come.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        if let Some(e) = self.events.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let event: Event = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("not a valid event: {e}: {line}"));
+                    let hit = pred(&event);
+                    self.events.push(event);
+                    if hit {
+                        return self.events.last().cloned().expect("just pushed");
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {what} within {PATIENCE:?}; stream:\n{}", self.dump())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("watch ended before {what}; stream:\n{}", self.dump())
+                }
+            }
+        }
+    }
+
+    /// Takes in every line printed so far, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.events
+                .push(serde_json::from_str(&line).expect("valid event"));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and returns the exit status; the rest of the stream is
+    /// read into `events`.
+    pub fn stop_with(mut self, signal: nix::sys::signal::Signal) -> (ExitStatus, Vec<Event>) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signalling watch");
+        let status = self.child.wait().expect("waiting for watch");
+        // The reader thread ends at EOF; collect what it forwarded.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.events
+                .push(serde_json::from_str(&line).expect("valid event"));
+        }
+        (status, std::mem::take(&mut self.events))
+    }
+
+    pub fn stop(self) -> (ExitStatus, Vec<Event>) {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    fn dump(&self) -> String {
+        self.events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn exec_of(pid: u32) -> impl Fn(&Event) -> bool {
+    move |e| matches!(&e.body, Body::Exec(x) if x.pid == pid)
+}
+
+pub fn exit_of(pid: u32) -> impl Fn(&Event) -> bool {
+    move |e| matches!(&e.body, Body::Exit(x) if x.pid == pid)
+}

@@ -1,0 +1,276 @@
+//! `cargo xtask bench observe`: what the observer costs and whether it keeps
+//! up, measured on this machine (figures go to docs/BENCHMARKS.md).
+//!
+//! - An exec storm: one forker thread per core, each running `/bin/true`
+//!   back to back (fork+exec+wait). Rounds alternate without and with
+//!   `watch --backend ebpf` running; the ratio of exec rates is the total
+//!   cost of observation (kernel probes plus the user-side consumer, which
+//!   competes for the same cores).
+//! - Kernel-side cost per probe call, from the kernel's own BPF statistics
+//!   (`kernel.bpf_stats_enabled`, read from the programs' fdinfo).
+//! - Generated vs observed execs (and `lost`), from the event stream.
+//! - `watch`'s CPU (schedstat, ns) and RSS while idle and during the storm.
+use std::{
+    collections::HashSet,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::build_release;
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Exec storm with and without `watch`; loss, probe cost, CPU and RSS.
+    Observe {
+        /// Execs per forker per round.
+        #[arg(long, default_value_t = 2000)]
+        execs: usize,
+        /// Rounds of (without, with) watch.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of idle measurement.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+    },
+}
+
+pub fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Observe {
+            execs,
+            rounds,
+            idle_secs,
+        } => observe(root, execs, rounds, Duration::from_secs(idle_secs)),
+    }
+}
+
+/// Fork+exec `/bin/true` `per_forker` times on each of `forkers` threads.
+fn storm(forkers: usize, per_forker: usize) -> anyhow::Result<(Duration, Vec<u32>)> {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..forkers)
+        .map(|_| {
+            thread::spawn(move || -> std::io::Result<Vec<u32>> {
+                let mut pids = Vec::with_capacity(per_forker);
+                for _ in 0..per_forker {
+                    let mut c = Command::new("/bin/true").stdout(Stdio::null()).spawn()?;
+                    pids.push(c.id());
+                    c.wait()?;
+                }
+                Ok(pids)
+            })
+        })
+        .collect();
+    let mut pids = Vec::new();
+    for t in threads {
+        let part = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a forker panicked"))??;
+        pids.extend(part);
+    }
+    Ok((start.elapsed(), pids))
+}
+
+/// A running `watch` writing its events to a file.
+struct Watcher {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Watcher {
+    fn start(bin: &Path, out: PathBuf) -> anyhow::Result<Self> {
+        let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+        let child = Command::new(bin)
+            .args(["watch", "--backend", "ebpf"])
+            .stdout(file)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("\"started\"")
+        {
+            if Instant::now() > deadline {
+                bail!("watch did not start within 30 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, out })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time of all threads, in ns (schedstat, not tick-granular).
+    fn cpu_ns(&self) -> anyhow::Result<u64> {
+        let tasks = format!("/proc/{}/task", self.pid());
+        let mut total = 0;
+        for task in fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+            let path = task?.path().join("schedstat");
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    /// (prog_id, run_cnt, run_time_ns) of each BPF program the watcher holds.
+    fn prog_stats(&self) -> Vec<(u64, u64, u64)> {
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(cnt), Some(ns)) =
+                (field("prog_id:"), field("run_cnt:"), field("run_time_ns:"))
+            {
+                out.push((id, cnt, ns));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// SIGTERM, wait, and return the events it wrote.
+    fn stop(mut self) -> anyhow::Result<Vec<serde_json::Value>> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("watch exited with {status}");
+        }
+        let file = fs::File::open(&self.out)?;
+        BufReader::new(file)
+            .lines()
+            .map(|l| Ok(serde_json::from_str(&l?)?))
+            .collect()
+    }
+}
+
+fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench observe needs root (it loads eBPF programs)");
+    }
+    let bin = build_release(root)?;
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+    let forkers = thread::available_parallelism().map_or(2, |n| n.get());
+    let stats_before = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+
+    let result = (|| -> anyhow::Result<()> {
+        let mut base_rates = Vec::new();
+        let mut watch_rates = Vec::new();
+        let (mut generated_total, mut observed_total, mut lost_total) = (0usize, 0usize, 0u64);
+        let mut storm_cpu = Vec::new();
+        let mut peak_rss = 0;
+        let mut idle_report = None;
+        let mut probe_lines = Vec::new();
+        for round in 0..rounds {
+            let (t, pids) = storm(forkers, execs)?;
+            base_rates.push(pids.len() as f64 / t.as_secs_f64());
+
+            let w = Watcher::start(&bin, dir.join(format!("observe-{round}.jsonl")))?;
+            if round == 0 {
+                let cpu0 = w.cpu_ns()?;
+                let t0 = Instant::now();
+                thread::sleep(idle);
+                let cpu = (w.cpu_ns()? - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+                idle_report = Some((cpu, w.rss_kib()?));
+            }
+            let progs_before = w.prog_stats();
+            let cpu0 = w.cpu_ns()?;
+            let (t, pids) = storm(forkers, execs)?;
+            let cpu = (w.cpu_ns()? - cpu0) as f64 / t.as_nanos() as f64 * 100.0;
+            watch_rates.push(pids.len() as f64 / t.as_secs_f64());
+            storm_cpu.push(cpu);
+            // Let the consumer catch up before stopping.
+            thread::sleep(Duration::from_millis(500));
+            let progs_after = w.prog_stats();
+            for ((id, c1, n1), (_, c0, n0)) in progs_after.iter().zip(progs_before.iter()) {
+                let calls = c1 - c0;
+                if calls > 0 {
+                    probe_lines.push(format!(
+                        "round {round}: prog {id}: {calls} calls, {:.0} ns/call",
+                        (n1 - n0) as f64 / calls as f64
+                    ));
+                }
+            }
+            peak_rss = peak_rss.max(w.rss_kib()?.1);
+            let events = w.stop()?;
+            let generated: HashSet<u32> = pids.into_iter().collect();
+            let observed: HashSet<u64> = events
+                .iter()
+                .filter(|e| e["event"] == "exec" && e["filename"] == "/bin/true")
+                .filter_map(|e| e["pid"].as_u64())
+                .filter(|p| generated.contains(&(*p as u32)))
+                .collect();
+            let lost: u64 = events
+                .iter()
+                .filter(|e| e["event"] == "lost")
+                .filter_map(|e| e["count"].as_u64())
+                .sum();
+            generated_total += generated.len();
+            observed_total += observed.len();
+            lost_total += lost;
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = median(&mut base_rates);
+        let with = median(&mut watch_rates);
+        let (idle_cpu, (idle_rss, idle_hwm)) = idle_report.context("no idle measurement")?;
+        println!("bench observe: {forkers} forkers x {execs} execs x {rounds} rounds");
+        println!("  exec rate without watch (median): {base:.0} execs/s");
+        println!("  exec rate with watch    (median): {with:.0} execs/s");
+        println!("  overhead: {:.2} %", (base - with) / base * 100.0);
+        println!("  generated {generated_total}, observed {observed_total}, lost {lost_total}");
+        for line in probe_lines {
+            println!("  kernel-side cost: {line}");
+        }
+        println!(
+            "  watch idle: CPU {idle_cpu:.4} % over {:?}, RSS {idle_rss} KiB (VmHWM {idle_hwm} KiB)",
+            idle
+        );
+        println!(
+            "  watch during storm: CPU {:.1} % of one core (median), peak RSS (VmHWM) {peak_rss} KiB",
+            median(&mut storm_cpu)
+        );
+        Ok(())
+    })();
+    fs::write(BPF_STATS, stats_before.trim()).context("restoring kernel.bpf_stats_enabled")?;
+    result
+}
