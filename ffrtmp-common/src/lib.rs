@@ -31,6 +31,17 @@ pub const OFFSETS_GLOBAL: &str = "FFRTMP_OFFSETS";
 pub const EXEC_PROGRAM: &str = "sched_process_exec";
 pub const EXIT_PROGRAM: &str = "sched_process_exit";
 
+/// Wake-up coalescing window shared by both sides. The kernel wakes the
+/// consumer for a record only when no wake-up was sent in the last window
+/// (or the ring is half full); the consumer, once woken, polls every window
+/// until a poll at least one window after its last wake-up finds the ring
+/// empty. An isolated event is thus delivered at once, and a storm costs at
+/// most one wake-up (an inter-processor interrupt) per window instead of one
+/// per event.
+pub const WAKE_COALESCE_NS: u64 = 2_000_000;
+/// Name of the array holding the time of the last wake-up.
+pub const LAST_WAKE_MAP: &str = "LAST_WAKE";
+
 /// `signal_struct.flags` bit set once the whole group is exiting
 /// (`exit_group(2)` or a fatal signal); then `group_exit_code` is the status.
 pub const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;

@@ -20,18 +20,19 @@ use core::{
 };
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::{map, raw_tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use ffrtmp_common::{
     ARGV_CAP, EventHeader, ExecRecord, ExitRecord, FILENAME_CAP, Offsets, PF_KTHREAD,
-    SIGNAL_GROUP_EXIT, exec_flags, kind,
+    SIGNAL_GROUP_EXIT, WAKE_COALESCE_NS, exec_flags, kind,
 };
 
 /// The loader's thread-group id; its own execs and exit are not reported.
@@ -64,6 +65,31 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Reservation failures per CPU, summed and reported by user space as `lost`.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `bpf_ktime_get_ns()` of the last wake-up sent to the consumer.
+#[map]
+static LAST_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Submit flags for a record made at `now` (see `WAKE_COALESCE_NS`).
+/// Races between CPUs only add or skip a wake-up inside one window, which
+/// the consumer's polling covers.
+#[inline(always)]
+fn wake_flags(now: u64) -> u64 {
+    let Some(last) = LAST_WAKE.get_ptr_mut(0) else {
+        return 0; // cannot happen (index 0 of a 1-entry array); default rule
+    };
+    let half_full =
+        EVENTS.query(BPF_RB_AVAIL_DATA as u64) * 2 >= EVENTS.query(BPF_RB_RING_SIZE as u64);
+    // SAFETY: a valid map value pointer; a torn read is impossible for u64.
+    unsafe {
+        if now.wrapping_sub(*last) >= WAKE_COALESCE_NS || half_full {
+            *last = now;
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
+    }
+}
 
 #[inline(always)]
 fn offsets() -> Offsets {
@@ -113,13 +139,14 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     };
     let rec = entry.as_mut_ptr();
     let mut flags = 0u32;
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `rec` points to reserved ring memory of the record's size; we
     // only write through raw pointers, never read uninitialised bytes.
     unsafe {
         (*rec).header = EventHeader {
             kind: kind::EXEC,
             pid: tgid,
-            ktime_ns: bpf_ktime_get_ns(),
+            ktime_ns: now,
         };
         (*rec).old_pid = old_pid as u32;
         let ids = bpf_get_current_uid_gid();
@@ -190,7 +217,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         (*rec).argv_len = argv_len;
         (*rec).flags = flags;
     }
-    entry.submit(0);
+    entry.submit(wake_flags(now));
     0
 }
 
@@ -232,16 +259,17 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             return 0;
         };
         let rec = entry.as_mut_ptr();
+        let now = bpf_ktime_get_ns();
         (*rec).header = EventHeader {
             kind: kind::EXIT,
             pid: tgid,
-            ktime_ns: bpf_ktime_get_ns(),
+            ktime_ns: now,
         };
         (*rec).status = status;
         (*rec)._pad = 0;
         (*rec).start_ns = start_ns;
         (*rec).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        entry.submit(0);
+        entry.submit(wake_flags(now));
     }
     0
 }

@@ -201,6 +201,10 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
         for round in 0..rounds {
             let (t, pids) = storm(forkers, execs)?;
             base_rates.push(pids.len() as f64 / t.as_secs_f64());
+            println!(
+                "  round {round}: without watch {:.0} execs/s",
+                base_rates[round]
+            );
 
             let w = Watcher::start(&bin, dir.join(format!("observe-{round}.jsonl")))?;
             if round == 0 {
@@ -215,6 +219,10 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
             let (t, pids) = storm(forkers, execs)?;
             let cpu = (w.cpu_ns()? - cpu0) as f64 / t.as_nanos() as f64 * 100.0;
             watch_rates.push(pids.len() as f64 / t.as_secs_f64());
+            println!(
+                "  round {round}: with watch    {:.0} execs/s",
+                watch_rates[round]
+            );
             storm_cpu.push(cpu);
             // Let the consumer catch up before stopping.
             thread::sleep(Duration::from_millis(500));

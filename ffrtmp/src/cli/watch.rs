@@ -8,7 +8,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::WatchArgs;
 use crate::{
-    events::{Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Source, Started, Timestamp},
+    events::{
+        Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Sink, Source, Started, Timestamp,
+    },
     observe::{
         Backend,
         ebpf::{EbpfError, EbpfObserver},
@@ -37,8 +39,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
 }
 
 async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let mut emitter = Emitter::new(io::stdout().lock(), args.format);
-    let mut sink = |e: Event| emitter.emit(&e).map_err(WatchError::from);
+    let mut sink = Output(Emitter::new(io::stdout().lock(), args.format));
     // Register before loading so a signal during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -54,7 +55,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             Err(e) => {
                 let reason = format!("eBPF backend unavailable: {}", error_chain(&e));
                 tracing::warn!("{reason}; polling /proc instead");
-                sink(Event::new(
+                sink.emit(Event::new(
                     Timestamp::now(),
                     Source::Ffrtmp,
                     Degraded {
@@ -78,7 +79,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         Observer::Ebpf(_) => Source::Ebpf,
         Observer::Procfs(..) => Source::Procfs,
     };
-    sink(Event::new(
+    sink.emit(Event::new(
         Timestamp::now(),
         Source::Ffrtmp,
         Started {
@@ -95,8 +96,9 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             // scan is missed (it may be reported twice, once adopted).
             if args.adopt {
                 for (ts, exec) in proc::adopt_all(std::process::id())? {
-                    sink(Event::new(ts, Source::Procfs, exec))?;
+                    sink.send(Event::new(ts, Source::Procfs, exec))?;
                 }
+                sink.flush()?;
             }
             let result = tokio::select! {
                 r = observer.run(&mut sink) => r,
@@ -107,8 +109,9 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         }
         Observer::Procfs(mut observer, adopted) => {
             for event in adopted {
-                sink(event)?;
+                sink.send(event)?;
             }
+            sink.flush()?;
             tokio::select! {
                 r = observer.run(&mut sink) => r,
                 _ = sigint.recv() => Ok(()),
@@ -122,6 +125,21 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             Ok(())
         }
         other => other.context("watching processes"),
+    }
+}
+
+/// The event stream on stdout, with errors in `watch`'s terms.
+struct Output<W: io::Write>(Emitter<W>);
+
+impl<W: io::Write> Sink for Output<W> {
+    type Error = WatchError;
+
+    fn send(&mut self, event: Event) -> Result<(), WatchError> {
+        Ok(self.0.send(event)?)
+    }
+
+    fn flush(&mut self) -> Result<(), WatchError> {
+        Ok(self.0.flush()?)
     }
 }
 

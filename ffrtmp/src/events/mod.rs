@@ -1,9 +1,10 @@
 //! The event stream: ffrtmp's output contract (docs/EVENTS.md).
 //!
 //! Every fact ffrtmp observes becomes one [`Event`]: a header (`event`, `ts`,
-//! `source`) followed by the fields of its [`Body`]. Events are written as
-//! one JSON object per line (or one human line with `--format text`) by an
-//! [`Emitter`], flushed per event so a consumer never waits on a buffer.
+//! `source`) followed by the fields of its [`Body`]. Backends hand events
+//! to a [`Sink`]; the [`Emitter`] writes them as one JSON object per line (or
+//! one human line with `--format text`), flushed before the backend waits for
+//! more, so a consumer never waits on a buffer.
 //!
 //! The JSON field order is header-first (`{"event":"exec","ts":…,"source":…,
 //! …}`) so a person reading the stream sees what kind of event a line is at
@@ -249,33 +250,67 @@ pub enum Format {
     Text,
 }
 
-/// Writes events to an output, one per line, flushed per event.
+/// Where backends deliver events. `flush` is called whenever a backend is
+/// about to wait (end of a ring-buffer batch, end of a /proc scan), so no
+/// event ever waits in a buffer for a later one.
+pub trait Sink {
+    type Error;
+    /// Takes one event (it may be buffered until `flush`).
+    fn send(&mut self, event: Event) -> Result<(), Self::Error>;
+    /// Writes out everything sent so far.
+    fn flush(&mut self) -> Result<(), Self::Error>;
+    /// `send` then `flush`.
+    fn emit(&mut self, event: Event) -> Result<(), Self::Error> {
+        self.send(event)?;
+        self.flush()
+    }
+}
+
+/// Writes events to an output, one per line. Lines are collected until
+/// [`Sink::flush`] (or 64 KiB), then written with one `write` and flushed:
+/// one system call per batch instead of one per event.
 pub struct Emitter<W: Write> {
     out: W,
     format: Format,
-    line: Vec<u8>,
+    pending: Vec<u8>,
 }
+
+/// Pending output that triggers a write even before `flush`.
+const EMITTER_HIGH_WATER: usize = 64 * 1024;
 
 impl<W: Write> Emitter<W> {
     pub fn new(out: W, format: Format) -> Self {
         Self {
             out,
             format,
-            line: Vec::with_capacity(512),
+            pending: Vec::with_capacity(EMITTER_HIGH_WATER),
         }
     }
+}
 
-    /// Writes one event and flushes it.
-    pub fn emit(&mut self, event: &Event) -> Result<(), EventError> {
-        self.line.clear();
+impl<W: Write> Sink for Emitter<W> {
+    type Error = EventError;
+
+    fn send(&mut self, event: Event) -> Result<(), EventError> {
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.line, event).map_err(EventError::Encode)?
+                serde_json::to_writer(&mut self.pending, &event).map_err(EventError::Encode)?
             }
-            Format::Text => text::write(&mut self.line, event).map_err(EventError::Write)?,
+            Format::Text => text::write(&mut self.pending, &event).map_err(EventError::Write)?,
         }
-        self.line.push(b'\n');
-        self.out.write_all(&self.line).map_err(EventError::Write)?;
+        self.pending.push(b'\n');
+        if self.pending.len() >= EMITTER_HIGH_WATER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), EventError> {
+        if !self.pending.is_empty() {
+            let result = self.out.write_all(&self.pending);
+            self.pending.clear();
+            result.map_err(EventError::Write)?;
+        }
         self.out.flush().map_err(EventError::Write)
     }
 }
@@ -389,8 +424,9 @@ mod tests {
         let mut out = Vec::new();
         let mut emitter = Emitter::new(&mut out, Format::Json);
         for e in samples() {
-            emitter.emit(&e).unwrap();
+            emitter.send(e).unwrap();
         }
+        emitter.flush().unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), samples().len());
         for line in text.lines() {

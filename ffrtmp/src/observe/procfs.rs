@@ -10,7 +10,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use crate::{
-    events::{Event, Exit, Source, Timestamp},
+    events::{Event, Exit, Sink, Source, Timestamp},
     observe::proc::{self, ProcError, Stat},
 };
 
@@ -39,23 +39,16 @@ impl ProcfsObserver {
             self_pid: std::process::id(),
             known: HashMap::new(),
         };
-        let mut events = Vec::new();
-        observer.scan(
-            &mut |e| {
-                if adopt {
-                    events.push(e);
-                }
-                Ok::<_, ProcError>(())
-            },
-            true,
-        )?;
+        let mut adopted = Collect(Vec::new());
+        observer.scan(&mut adopted, true)?;
+        let events = if adopt { adopted.0 } else { Vec::new() };
         Ok((observer, events))
     }
 
     /// Polls until `sink` fails or the future is dropped.
-    pub async fn run<E>(&mut self, sink: &mut impl FnMut(Event) -> Result<(), E>) -> Result<(), E>
+    pub async fn run<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error>
     where
-        E: From<ProcError>,
+        S::Error: From<ProcError>,
     {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,13 +60,9 @@ impl ProcfsObserver {
     }
 
     /// One pass over /proc. `adopted` marks the exec events of the first scan.
-    fn scan<E>(
-        &mut self,
-        sink: &mut impl FnMut(Event) -> Result<(), E>,
-        adopted: bool,
-    ) -> Result<(), E>
+    fn scan<S: Sink>(&mut self, sink: &mut S, adopted: bool) -> Result<(), S::Error>
     where
-        E: From<ProcError>,
+        S::Error: From<ProcError>,
     {
         let pids = proc::list_pids()?;
         let mut alive = HashMap::with_capacity(pids.len());
@@ -91,14 +80,14 @@ impl ProcfsObserver {
                 None => true,
                 // Same pid, other start time: the pid was reused.
                 Some(k) if k.start_ticks != stat.start_ticks => {
-                    sink(exit_event(pid, k))?;
+                    sink.send(exit_event(pid, k))?;
                     true
                 }
                 Some(k) => k.comm != stat.comm,
             };
             if is_new {
                 match proc::exec_event(&stat, adopted) {
-                    Ok(exec) => sink(Event::new(Timestamp::now(), Source::Procfs, exec))?,
+                    Ok(exec) => sink.send(Event::new(Timestamp::now(), Source::Procfs, exec))?,
                     Err(ProcError::Gone(_)) => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -112,9 +101,25 @@ impl ProcfsObserver {
             );
         }
         for (pid, gone) in self.known.drain() {
-            sink(exit_event(pid, &gone))?;
+            sink.send(exit_event(pid, &gone))?;
         }
         self.known = alive;
+        sink.flush()
+    }
+}
+
+/// Collects the first scan's events (the adopted processes).
+struct Collect(Vec<Event>);
+
+impl Sink for Collect {
+    type Error = ProcError;
+
+    fn send(&mut self, event: Event) -> Result<(), ProcError> {
+        self.0.push(event);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ProcError> {
         Ok(())
     }
 }

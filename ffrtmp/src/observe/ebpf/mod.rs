@@ -12,7 +12,10 @@
 pub mod btf;
 pub mod record;
 
-use std::{os::fd::AsRawFd as _, time::Duration};
+use std::{
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
 
 use aya::{
     EbpfLoader,
@@ -21,16 +24,19 @@ use aya::{
 };
 use ffrtmp_common::{
     EVENTS_MAP, EXEC_PROGRAM, EXIT_PROGRAM, LOST_MAP, OFFSETS_GLOBAL, SELF_TGID_GLOBAL,
+    WAKE_COALESCE_NS,
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::events::{Event, Lost, Source, Timestamp};
+use crate::events::{Event, Lost, Sink, Source, Timestamp};
 
 /// The compiled kernel programs, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ffrtmp"));
 
-/// Default ring buffer size: about 780 exec records in flight.
-pub const DEFAULT_RING_BUFFER_BYTES: u32 = 1 << 20;
+/// Default ring buffer size: about 390 exec records in flight, far more than
+/// arrive in one wake-up window at this machine's maximum exec rate; mapped
+/// twice by the consumer, so it counts double in RSS.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 512 * 1024;
 /// How often the kernel's loss counter is read.
 const LOST_POLL: Duration = Duration::from_secs(1);
 
@@ -80,6 +86,8 @@ impl EbpfObserver {
         raise_memlock_limit();
         let self_tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
+            // No CO-RE relocations to apply (offsets come from `btf`).
+            .btf(None)
             .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
@@ -118,6 +126,7 @@ impl EbpfObserver {
             ?offsets,
             "kernel programs attached"
         );
+        release_freed_heap();
         Ok(Self {
             // SAFETY: the RingBuf owns the fd and moves into the AsyncFd,
             // so the fd stays open for as long as it is registered.
@@ -132,17 +141,31 @@ impl EbpfObserver {
     /// Streams events to `sink` until it fails or the future is dropped.
     /// Cancel-safe: records not yet consumed stay in the ring for
     /// [`Self::drain`].
-    pub async fn run<E>(&mut self, sink: &mut impl FnMut(Event) -> Result<(), E>) -> Result<(), E>
+    ///
+    /// The kernel coalesces wake-ups ([`WAKE_COALESCE_NS`]); so after each
+    /// wake-up we keep polling every window until a poll at least one window
+    /// after the last wake-up finds the ring empty. Idle, nothing runs but
+    /// the once-a-second loss check.
+    pub async fn run<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error>
     where
-        E: From<EbpfError>,
+        S::Error: From<EbpfError>,
     {
+        let window = Duration::from_nanos(WAKE_COALESCE_NS);
         let mut lost_tick = tokio::time::interval(LOST_POLL);
+        let mut last_wake = Instant::now();
+        let mut polling = false;
         loop {
             tokio::select! {
                 guard = self.events.readable_mut() => {
-                    let mut guard = guard.map_err(|e| E::from(EbpfError::Poll(e)))?;
+                    let mut guard = guard.map_err(|e| S::Error::from(EbpfError::Poll(e)))?;
                     guard.clear_ready();
+                    last_wake = Instant::now();
+                    polling = true;
                     Self::consume(guard.get_inner_mut(), sink)?;
+                }
+                () = tokio::time::sleep(window), if polling => {
+                    let n = Self::consume(self.events.get_mut(), sink)?;
+                    polling = n > 0 || last_wake.elapsed() < window;
                 }
                 _ = lost_tick.tick() => self.report_lost(sink)?,
             }
@@ -150,36 +173,30 @@ impl EbpfObserver {
     }
 
     /// Delivers what is left in the ring and the final loss count.
-    pub fn drain<E>(&mut self, sink: &mut impl FnMut(Event) -> Result<(), E>) -> Result<(), E>
-    where
-        E: From<EbpfError>,
-    {
+    pub fn drain<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error> {
         Self::consume(self.events.get_mut(), sink)?;
         self.report_lost(sink)
     }
 
-    fn consume<E>(
-        ring: &mut RingBuf<MapData>,
-        sink: &mut impl FnMut(Event) -> Result<(), E>,
-    ) -> Result<(), E>
-    where
-        E: From<EbpfError>,
-    {
+    /// Decodes every record in the ring, then flushes; returns how many.
+    fn consume<S: Sink>(ring: &mut RingBuf<MapData>, sink: &mut S) -> Result<usize, S::Error> {
+        let mut n = 0;
         while let Some(item) = ring.next() {
+            n += 1;
             match record::decode(&item) {
-                Ok(event) => sink(event)?,
+                Ok(event) => sink.send(event)?,
                 // A record we cannot read is a bug on one side; say so and
                 // keep observing rather than stop the stream.
                 Err(e) => tracing::error!(error = %e, "dropping an undecodable kernel record"),
             }
         }
-        Ok(())
+        if n > 0 {
+            sink.flush()?;
+        }
+        Ok(n)
     }
 
-    fn report_lost<E>(&mut self, sink: &mut impl FnMut(Event) -> Result<(), E>) -> Result<(), E>
-    where
-        E: From<EbpfError>,
-    {
+    fn report_lost<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error> {
         let total: u64 = match self.lost.get(&0, 0) {
             Ok(per_cpu) => per_cpu.iter().sum(),
             Err(e) => {
@@ -190,9 +207,20 @@ impl EbpfObserver {
         if total > self.lost_reported {
             let count = total - self.lost_reported;
             self.lost_reported = total;
-            sink(Event::new(Timestamp::now(), Source::Ebpf, Lost { count }))?;
+            sink.emit(Event::new(Timestamp::now(), Source::Ebpf, Lost { count }))?;
         }
         Ok(())
+    }
+}
+
+/// aya's loader parses the kernel's whole BTF (~20 MB of heap) in
+/// `EbpfLoader::new`, even though we apply no relocations; hand the freed
+/// memory back to the system rather than keep it for the daemon's lifetime.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
