@@ -38,7 +38,7 @@ pub const EXIT_PROGRAM: &str = "sched_process_exit";
 /// empty. An isolated event is thus delivered at once, and a storm costs at
 /// most one wake-up (an inter-processor interrupt) per window instead of one
 /// per event.
-pub const WAKE_COALESCE_NS: u64 = 2_000_000;
+pub const WAKE_COALESCE_NS: u64 = 10_000_000;
 /// Name of the array holding the time of the last wake-up.
 pub const LAST_WAKE_MAP: &str = "LAST_WAKE";
 

@@ -16,6 +16,10 @@ use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -34,7 +38,7 @@ pub enum Bench {
         #[arg(long, default_value_t = 2000)]
         execs: usize,
         /// Rounds of (without, with) watch.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 6)]
         rounds: usize,
         /// Seconds of idle measurement.
         #[arg(long, default_value_t = 10)]
@@ -52,8 +56,43 @@ pub fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
     }
 }
 
+/// What one storm did and cost.
+struct Storm {
+    wall: Duration,
+    /// CPU time (user + system) of this process and its reaped children:
+    /// the forkers and every `/bin/true`, including the probes' work,
+    /// which the kernel charges to the exec'ing task.
+    cpu: Duration,
+    pids: Vec<u32>,
+}
+
+impl Storm {
+    fn rate(&self) -> f64 {
+        self.pids.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    fn cpu_per_exec_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.pids.len() as f64
+    }
+}
+
+/// User + system CPU time of this process and its reaped children.
+fn cpu_time() -> Duration {
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let mut total = Duration::ZERO;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage fills the struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut ru) } == 0 {
+            total += tv(ru.ru_utime) + tv(ru.ru_stime);
+        }
+    }
+    total
+}
+
 /// Fork+exec `/bin/true` `per_forker` times on each of `forkers` threads.
-fn storm(forkers: usize, per_forker: usize) -> anyhow::Result<(Duration, Vec<u32>)> {
+fn storm(forkers: usize, per_forker: usize) -> anyhow::Result<Storm> {
+    let cpu0 = cpu_time();
     let start = Instant::now();
     let threads: Vec<_> = (0..forkers)
         .map(|_| {
@@ -75,7 +114,11 @@ fn storm(forkers: usize, per_forker: usize) -> anyhow::Result<(Duration, Vec<u32
             .map_err(|_| anyhow::anyhow!("a forker panicked"))??;
         pids.extend(part);
     }
-    Ok((start.elapsed(), pids))
+    Ok(Storm {
+        wall: start.elapsed(),
+        cpu: cpu_time().saturating_sub(cpu0),
+        pids,
+    })
 }
 
 /// A running `watch` writing its events to a file.
@@ -126,19 +169,6 @@ impl Watcher {
         Ok(total)
     }
 
-    /// (VmRSS, VmHWM) in KiB.
-    fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("VmRSS:"), field("VmHWM:")))
-    }
-
     /// (prog_id, run_cnt, run_time_ns) of each BPF program the watcher holds.
     fn prog_stats(&self) -> Vec<(u64, u64, u64)> {
         let dir = format!("/proc/{}/fdinfo", self.pid());
@@ -179,6 +209,41 @@ impl Watcher {
     }
 }
 
+/// Runs `f` while sampling `pid`'s VmRSS every 20 ms; returns the peak (KiB).
+fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                peak = peak.max(vm_field(pid, "VmRSS:").unwrap_or(0));
+                if stop.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let out = f();
+    stop.store(true, Ordering::Relaxed);
+    (out, sampler.join().unwrap_or(0))
+}
+
+/// A `Vm…:` field of /proc/PID/status, in KiB.
+fn vm_field(pid: u32, name: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench observe needs root (it loads eBPF programs)");
@@ -189,55 +254,72 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
     let forkers = thread::available_parallelism().map_or(2, |n| n.get());
     let stats_before = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    println!("bench observe: {forkers} forkers x {execs} execs x {rounds} rounds");
 
     let result = (|| -> anyhow::Result<()> {
         let mut base_rates = Vec::new();
         let mut watch_rates = Vec::new();
+        let mut base_cpu = Vec::new();
+        let mut watch_cpu = Vec::new();
         let (mut generated_total, mut observed_total, mut lost_total) = (0usize, 0usize, 0u64);
         let mut storm_cpu = Vec::new();
-        let mut peak_rss = 0;
+        let mut probe_share = Vec::new();
+        let mut probe_ns_per_exec = Vec::new();
+        let mut storm_peak_rss = 0;
+        let mut start_hwm = 0;
         let mut idle_report = None;
-        let mut probe_lines = Vec::new();
         for round in 0..rounds {
-            let (t, pids) = storm(forkers, execs)?;
-            base_rates.push(pids.len() as f64 / t.as_secs_f64());
-            println!(
-                "  round {round}: without watch {:.0} execs/s",
-                base_rates[round]
-            );
+            // Alternate which runs first, so drift between the two halves
+            // of a round does not always favour the same side.
+            let watch_first = round % 2 == 1;
+            let mut baseline = || -> anyhow::Result<()> {
+                let s = storm(forkers, execs)?;
+                base_rates.push(s.rate());
+                base_cpu.push(s.cpu_per_exec_us());
+                Ok(())
+            };
+            if !watch_first {
+                baseline()?;
+            }
 
             let w = Watcher::start(&bin, dir.join(format!("observe-{round}.jsonl")))?;
+            start_hwm = start_hwm.max(vm_field(w.pid(), "VmHWM:").unwrap_or(0));
             if round == 0 {
                 let cpu0 = w.cpu_ns()?;
                 let t0 = Instant::now();
-                thread::sleep(idle);
+                let ((), rss) = peak_rss_during(w.pid(), || thread::sleep(idle));
                 let cpu = (w.cpu_ns()? - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
-                idle_report = Some((cpu, w.rss_kib()?));
+                idle_report = Some((cpu, rss));
             }
             let progs_before = w.prog_stats();
             let cpu0 = w.cpu_ns()?;
-            let (t, pids) = storm(forkers, execs)?;
+            let (storm_result, rss) = peak_rss_during(w.pid(), || storm(forkers, execs));
+            let s = storm_result?;
+            storm_peak_rss = storm_peak_rss.max(rss);
+            watch_cpu.push(s.cpu_per_exec_us());
+            let (t, pids) = (s.wall, s.pids);
             let cpu = (w.cpu_ns()? - cpu0) as f64 / t.as_nanos() as f64 * 100.0;
             watch_rates.push(pids.len() as f64 / t.as_secs_f64());
-            println!(
-                "  round {round}: with watch    {:.0} execs/s",
-                watch_rates[round]
-            );
             storm_cpu.push(cpu);
-            // Let the consumer catch up before stopping.
-            thread::sleep(Duration::from_millis(500));
             let progs_after = w.prog_stats();
-            for ((id, c1, n1), (_, c0, n0)) in progs_after.iter().zip(progs_before.iter()) {
-                let calls = c1 - c0;
-                if calls > 0 {
-                    probe_lines.push(format!(
-                        "round {round}: prog {id}: {calls} calls, {:.0} ns/call",
-                        (n1 - n0) as f64 / calls as f64
-                    ));
-                }
-            }
-            peak_rss = peak_rss.max(w.rss_kib()?.1);
+            let probe_ns: u64 = progs_after
+                .iter()
+                .zip(progs_before.iter())
+                .map(|((_, _, n1), (_, _, n0))| n1 - n0)
+                .sum();
+            probe_share.push(probe_ns as f64 / (t.as_nanos() as f64 * forkers as f64) * 100.0);
+            probe_ns_per_exec.push(probe_ns as f64 / pids.len() as f64);
+            // Let the consumer catch up before stopping.
+            thread::sleep(Duration::from_millis(200));
             let events = w.stop()?;
+
+            if watch_first {
+                baseline()?;
+            }
+            println!(
+                "  round {round}: without watch {:.0} execs/s ({:.0} us CPU/exec), with watch {:.0} execs/s ({:.0} us CPU/exec)",
+                base_rates[round], base_cpu[round], watch_rates[round], watch_cpu[round]
+            );
             let generated: HashSet<u32> = pids.into_iter().collect();
             let observed: HashSet<u64> = events
                 .iter()
@@ -254,29 +336,32 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
             observed_total += observed.len();
             lost_total += lost;
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         let base = median(&mut base_rates);
         let with = median(&mut watch_rates);
-        let (idle_cpu, (idle_rss, idle_hwm)) = idle_report.context("no idle measurement")?;
-        println!("bench observe: {forkers} forkers x {execs} execs x {rounds} rounds");
+        let (idle_cpu, idle_rss) = idle_report.context("no idle measurement")?;
         println!("  exec rate without watch (median): {base:.0} execs/s");
         println!("  exec rate with watch    (median): {with:.0} execs/s");
-        println!("  overhead: {:.2} %", (base - with) / base * 100.0);
-        println!("  generated {generated_total}, observed {observed_total}, lost {lost_total}");
-        for line in probe_lines {
-            println!("  kernel-side cost: {line}");
-        }
         println!(
-            "  watch idle: CPU {idle_cpu:.4} % over {:?}, RSS {idle_rss} KiB (VmHWM {idle_hwm} KiB)",
-            idle
+            "  throughput cost (median ratio): {:.2} %",
+            (base - with) / base * 100.0
+        );
+        let (bc, wc) = (median(&mut base_cpu), median(&mut watch_cpu));
+        println!(
+            "  CPU per fork+exec (median): {bc:.1} us without, {wc:.1} us with watch: {:+.2} %",
+            (wc - bc) / bc * 100.0
         );
         println!(
-            "  watch during storm: CPU {:.1} % of one core (median), peak RSS (VmHWM) {peak_rss} KiB",
+            "  kernel-side cost (bpf_stats): {:.0} ns per exec (both probes), {:.3} % of the forkers' CPU time (median)",
+            median(&mut probe_ns_per_exec),
+            median(&mut probe_share)
+        );
+        println!("  generated {generated_total}, observed {observed_total}, lost {lost_total}");
+        println!("  watch idle: CPU {idle_cpu:.4} % over {idle:?}, peak RSS {idle_rss} KiB");
+        println!(
+            "  watch during storm: CPU {:.2} % of one core (median), peak RSS {storm_peak_rss} KiB",
             median(&mut storm_cpu)
         );
+        println!("  watch start-up peak (VmHWM): {start_hwm} KiB");
         Ok(())
     })();
     fs::write(BPF_STATS, stats_before.trim()).context("restoring kernel.bpf_stats_enabled")?;
