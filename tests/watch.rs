@@ -404,3 +404,34 @@ fn text_format_prints_one_line_per_event() {
     );
     assert!(text.lines().next().unwrap().contains(" started "), "{text}");
 }
+
+/// The kernel suppresses wake-ups within a 10 ms window after one was sent;
+/// the consumer must still deliver a record made in that window without any
+/// later event to wake it. A burst of execs makes the window; the sleeper's
+/// death inside it is the record; nothing follows it.
+#[test]
+fn ebpf_delivers_the_last_event_of_a_burst_without_a_later_wakeup() {
+    if !require_root("ebpf_delivers_the_last_event_of_a_burst") {
+        return;
+    }
+    let mut w = Watch::start(&["--backend", "ebpf"]);
+    let mut sleeper = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id();
+    w.wait_for("exec of sleep", exec_of(pid));
+    thread::sleep(Duration::from_millis(100));
+    for _ in 0..10 {
+        Command::new("/bin/true").status().unwrap();
+    }
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    // 50 windows later, with no process started in between: the exit must
+    // already be on the stream (a busy machine may add wake-ups, never
+    // remove them, so this cannot pass by luck when polling is broken on a
+    // quiet one).
+    thread::sleep(Duration::from_millis(500));
+    w.drain();
+    assert!(
+        w.events.iter().any(exit_of(pid)),
+        "the exit made inside a wake-up window was not delivered"
+    );
+}
