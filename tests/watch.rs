@@ -102,20 +102,39 @@ fn ebpf_reports_exit_code_42_and_death_by_sigkill() {
     assert!(status.success(), "SIGINT ends watch with 0: {status}");
 }
 
-/// A multi-threaded process whose second thread calls exec: the kernel gives
-/// the exec'ing thread the leader's pid; one exec is reported, with `tid`
-/// naming the thread, and one exit for the whole group.
+/// Environment variable that turns this test binary into a helper process.
+const HELPER_ENV: &str = "FFRTMP_TEST_HELPER";
+
+/// Not a test: the helper process of `ebpf_reports_exec_from_a_non_main_thread`.
+/// libtest runs every test on a thread of its own, so exec'ing here is an
+/// exec from a non-main thread of a multi-threaded process.
+#[test]
+fn helper_exec_from_a_thread() {
+    if std::env::var_os(HELPER_ENV).is_none_or(|v| v != "exec-from-thread") {
+        return;
+    }
+    let err = Command::new("/bin/sleep").arg("0.2").exec();
+    panic!("exec failed: {err}");
+}
+
+/// A multi-threaded process whose non-main thread calls exec: the kernel
+/// gives the exec'ing thread the leader's pid; one exec is reported, with
+/// `tid` naming the thread, and one exit for the whole group.
 #[test]
 fn ebpf_reports_exec_from_a_non_main_thread() {
     if !require_root("ebpf_reports_exec_from_a_non_main_thread") {
         return;
     }
     let mut w = Watch::start(&["--backend", "ebpf"]);
-    let script = "import os, threading, time\n\
-                  def go():\n    os.execv('/bin/sleep', ['/bin/sleep', '0.2'])\n\
-                  t = threading.Thread(target=go); t.start(); time.sleep(30)\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_exec_from_a_thread",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, "exec-from-thread")
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();

@@ -56,14 +56,12 @@ pub mod kind {
 
 /// Flags of an [`ExecRecord`].
 pub mod exec_flags {
-    /// The file name did not fit in [`super::FILENAME_CAP`] bytes.
-    pub const FILENAME_TRUNCATED: u32 = 1 << 0;
     /// The argument block did not fit in [`super::ARGV_CAP`] bytes.
-    pub const ARGV_TRUNCATED: u32 = 1 << 1;
+    pub const ARGV_TRUNCATED: u32 = 1 << 0;
     /// The argument block could not be read (no mm, or a fault).
-    pub const ARGV_UNREADABLE: u32 = 1 << 2;
+    pub const ARGV_UNREADABLE: u32 = 1 << 1;
     /// The parent could not be read.
-    pub const PPID_UNREADABLE: u32 = 1 << 3;
+    pub const PPID_UNREADABLE: u32 = 1 << 2;
 }
 
 /// First bytes of every record.

@@ -174,11 +174,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
                 name as *const c_void,
             );
             if n > 0 {
-                // `n` counts the NUL; a full buffer means it may be cut.
+                // `n` counts the NUL.
                 name_len = (n - 1) as u16;
-                if n as usize >= FILENAME_CAP {
-                    flags |= exec_flags::FILENAME_TRUNCATED;
-                }
             }
         }
         (*rec).filename_len = name_len;

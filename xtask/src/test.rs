@@ -4,11 +4,15 @@
 //!
 //! Root-only tests skip loudly when not root; under CI (`CI` set) skipping is
 //! an error, because a green run that skipped the kernel tests proves nothing.
-use std::path::Path;
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
-use crate::{run_command, toolchain};
+use crate::toolchain;
 
 /// Set for the test binaries: root tests fail instead of skipping.
 const REQUIRE_ROOT_ENV: &str = "FFRTMP_REQUIRE_ROOT_TESTS";
@@ -46,10 +50,78 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     if in_ci || is_root {
         cmd.env(REQUIRE_ROOT_ENV, "1");
     }
-    run_command(&mut cmd)?;
+    let totals = run_counting(&mut cmd)?;
 
     eprintln!(
         "\n==> VM tests (pure cgroup v2, other kernels): not part of the suite yet (issue #3)."
     );
+    // One closing line for the whole run (cargo's own last line is that of
+    // the last test binary, often a doc-test binary with nothing in it).
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !totals.ok {
+        bail!("some tests failed");
+    }
     Ok(())
+}
+
+/// Sums of cargo's `test result:` lines.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    ok: bool,
+}
+
+/// Runs `cargo test`, passing its output through, and adds up its results.
+fn run_counting(cmd: &mut Command) -> anyhow::Result<Totals> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        if let Some(summary) = line.strip_prefix("test result: ") {
+            totals.passed += count(summary, "passed");
+            totals.failed += count(summary, "failed");
+            totals.ignored += count(summary, "ignored");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    totals.ok = status.success() && totals.failed == 0;
+    Ok(totals)
+}
+
+/// The number before `what` in "ok. 19 passed; 0 failed; 0 ignored; …".
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            let mut words = part.split_whitespace().rev();
+            (words.next()? == what).then_some(())?;
+            words.next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_cargo_test_summaries() {
+        let s =
+            "FAILED. 9 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 6.36s";
+        assert_eq!(
+            (count(s, "passed"), count(s, "failed"), count(s, "ignored")),
+            (9, 1, 2)
+        );
+        assert_eq!(count("ok. 0 passed; 0 failed", "ignored"), 0);
+    }
 }

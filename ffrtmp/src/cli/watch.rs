@@ -14,7 +14,7 @@ use crate::{
     observe::{
         Backend,
         ebpf::{EbpfError, EbpfObserver},
-        proc::{self, ProcError},
+        proc::ProcError,
         procfs::ProcfsObserver,
     },
 };
@@ -53,7 +53,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         Backend::Auto => match EbpfObserver::load(args.ring_buffer_size) {
             Ok(o) => Some(o),
             Err(e) => {
-                let reason = format!("eBPF backend unavailable: {}", error_chain(&e));
+                let reason = format!("eBPF backend unavailable: {:#}", anyhow::Error::new(e));
                 tracing::warn!("{reason}; polling /proc instead");
                 sink.emit(Event::new(
                     Timestamp::now(),
@@ -95,8 +95,9 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             // Programs are attached first, so nothing that starts during the
             // scan is missed (it may be reported twice, once adopted).
             if args.adopt {
-                for (ts, exec) in proc::adopt_all(std::process::id())? {
-                    sink.send(Event::new(ts, Source::Procfs, exec))?;
+                let (_, adopted) = ProcfsObserver::start(args.interval, true)?;
+                for event in adopted {
+                    sink.send(event)?;
                 }
                 sink.flush()?;
             }
@@ -148,16 +149,4 @@ enum Observer {
     Ebpf(EbpfObserver),
     /// With the adopted processes' exec events, when `--adopt` was given.
     Procfs(ProcfsObserver, Vec<Event>),
-}
-
-/// "outer: inner: innermost", for events that carry a reason.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

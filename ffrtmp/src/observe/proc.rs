@@ -1,17 +1,13 @@
-//! Reading process facts from /proc, shared by the procfs backend and by
-//! adoption of already-running processes.
+//! Reading process facts from /proc, for the procfs backend and for adoption
+//! of already-running processes (which is a procfs scan for both backends).
 //!
 //! Every read can race with the process exiting; callers treat a missing
 //! process as "gone", never as an error of ffrtmp.
-use std::{
-    fs, io,
-    path::PathBuf,
-    time::{Duration, SystemTime},
-};
+use std::{fs, io, path::PathBuf, time::Duration};
 
 use nix::time::{ClockId, clock_gettime};
 
-use crate::events::{Exec, Timestamp};
+use crate::events::Exec;
 
 /// `/proc/PID/stat` flag of kernel threads.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -83,11 +79,6 @@ impl Stat {
 
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0
-    }
-
-    /// How long the process has been running, now.
-    pub fn age(&self) -> Option<Duration> {
-        age_of(self.start_ticks)
     }
 }
 
@@ -175,28 +166,6 @@ pub fn exec_event(stat: &Stat, adopted: bool) -> Result<Exec, ProcError> {
     })
 }
 
-/// Exec events (`adopted: true`) for every user process now running, except
-/// `self_pid`. Processes that vanish during the scan are skipped.
-pub fn adopt_all(self_pid: u32) -> Result<Vec<(Timestamp, Exec)>, ProcError> {
-    let mut out = Vec::new();
-    for pid in list_pids()? {
-        if pid == self_pid {
-            continue;
-        }
-        let stat = match Stat::read(pid) {
-            Ok(s) if !s.is_kernel_thread() => s,
-            Ok(_) | Err(ProcError::Gone(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        match exec_event(&stat, true) {
-            Ok(exec) => out.push((Timestamp(SystemTime::now()), exec)),
-            Err(ProcError::Gone(_)) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +200,7 @@ mod tests {
         let pid = std::process::id();
         let stat = Stat::read(pid).unwrap();
         assert_eq!(stat.pid, pid);
-        assert!(stat.age().is_some());
+        assert!(age_of(stat.start_ticks).is_some());
         let exec = exec_event(&stat, true).unwrap();
         assert_eq!(exec.uid, nix::unistd::getuid().as_raw());
         assert!(exec.argv.is_some());
