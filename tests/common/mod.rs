@@ -23,11 +23,18 @@ pub fn require_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    if std::env::var_os("FFRTMP_REQUIRE_ROOT_TESTS").is_some() {
+    if required() {
         panic!("{test} needs root, and root tests are required here");
     }
-    eprintln!("SKIP {test}: needs root (eBPF, /proc of every user)");
+    skip(test, "needs root (eBPF, cgroups, /proc of every user)");
     false
+}
+
+/// Says loudly that a test did not run: written straight to stderr, past
+/// libtest's capture of passing tests' output.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 /// A running `ffrtmp watch` and everything it has printed so far.
@@ -150,4 +157,32 @@ pub fn exec_of(pid: u32) -> impl Fn(&Event) -> bool {
 
 pub fn exit_of(pid: u32) -> impl Fn(&Event) -> bool {
     move |e| matches!(&e.body, Body::Exit(x) if x.pid == pid)
+}
+
+/// Environment variable that turns a test binary into a helper process.
+pub const HELPER_ENV: &str = "FFRTMP_TEST_HELPER";
+
+/// True when this process was started by [`helper`] in `mode`.
+pub fn is_helper(mode: &str) -> bool {
+    std::env::var_os(HELPER_ENV).is_some_and(|v| v == mode)
+}
+
+/// This test binary, re-run to execute only the test function `test` with
+/// [`HELPER_ENV`] set to `mode`; that function acts as a helper program.
+pub fn helper(test: &str, mode: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current test binary"));
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(HELPER_ENV, mode)
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Whether the root test suites are required to run (not skip) here.
+pub fn required() -> bool {
+    std::env::var_os("FFRTMP_REQUIRE_ROOT_TESTS").is_some()
+}
+
+/// True inside the VM harness (`cargo xtask vm-test`).
+pub fn in_vm() -> bool {
+    std::env::var_os("FFRTMP_VM").is_some()
 }
