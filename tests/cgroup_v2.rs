@@ -215,9 +215,10 @@ fn io_max_accepts_a_limit_on_a_real_block_device() {
     );
 }
 
-/// The VM's delegated subtree, as systemd's `Delegate=yes` hands it out: its
-/// owner (not root) can make job cgroups under it and move itself there,
-/// with controllers available, and cannot write outside it.
+/// The VM's delegated subtree, as systemd's `Delegate=yes` hands it out: a
+/// service started inside it as the owner (not root) can move itself to a
+/// leaf, enable controllers, make job cgroups with them and join one, and
+/// cannot make cgroups outside it.
 #[test]
 fn delegated_subtree_is_usable_by_its_unprivileged_owner() {
     let Some(root) = v2_root("delegated_subtree_is_usable_by_its_unprivileged_owner") else {
@@ -237,26 +238,37 @@ fn delegated_subtree_is_usable_by_its_unprivileged_owner() {
         return;
     };
     let dir = PathBuf::from(dir);
-    let job = dir.join(format!("job-{}", std::process::id()));
-    let script = format!(
-        "mkdir {job} && echo $$ > {job}/cgroup.procs && cat /proc/self/cgroup && cat {job}/cgroup.controllers \
-         && ! mkdir {root}/not-mine 2>/dev/null",
+    let (leaf, job) = (dir.join("leaf"), dir.join("job"));
+    // As the service: v2's no-internal-process rule means it must leave
+    // the subtree's root before enabling controllers there.
+    let service = format!(
+        "set -e; mkdir {leaf}; echo $$ > {leaf}/cgroup.procs; \
+         echo '+cpu +memory' > {dir}/cgroup.subtree_control; \
+         mkdir {job}; echo $$ > {job}/cgroup.procs; \
+         cat /proc/self/cgroup {job}/cgroup.controllers; \
+         if mkdir {root}/not-mine 2>/dev/null; then echo ESCAPED; fi",
+        leaf = leaf.display(),
         job = job.display(),
-        root = root.display()
+        dir = dir.display(),
+        root = root.display(),
     );
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "sh",
-            "-c",
-            &script,
-        ])
+    // As its manager (root): start it inside the subtree, then drop to the
+    // owner (util-linux setpriv by path: busybox sh prefers its own applet).
+    let manager = format!(
+        "echo $$ > {dir}/cgroup.procs && exec /usr/bin/setpriv --reuid={uid} --regid={uid} --clear-groups sh -c \"$0\"",
+        dir = dir.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &manager, &service])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Undo, so the subtree is as the VM made it.
     let _ = fs::remove_dir(&job);
+    let _ = fs::remove_dir(&leaf);
+    let _ = fs::write(dir.join("cgroup.subtree_control"), "-cpu -memory");
+    let _ = fs::remove_dir(root.join("not-mine"));
+
     assert!(
         out.status.success(),
         "{text}{}",
@@ -270,4 +282,8 @@ fn delegated_subtree_is_usable_by_its_unprivileged_owner() {
             "{c} not available in the job: {text}"
         );
     }
+    assert!(
+        !text.contains("ESCAPED"),
+        "the delegate made a cgroup outside its subtree"
+    );
 }

@@ -5,11 +5,14 @@
 //!   nightly's own LLVM, cached under `target/tools/`.
 //! - `build`, `run -- ARGS`: build (and run) `ffrtmp`.
 //! - `test`: every test: unit, integration (root tests against the real
-//!   kernel when root), and what needs a VM once it exists.
+//!   kernel when root), then the root suites in VMs (`vm-test`).
+//! - `vm-test`: the root suites on a pure cgroup v2 hierarchy and on the
+//!   Debian kernels 5.10, 6.1 and 6.12, under qemu.
 //! - `bench observe`: the observer's benchmark (docs/BENCHMARKS.md).
 mod bench;
 mod test;
 mod toolchain;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +46,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the root test suites in qemu VMs: pure cgroup v2, other kernels.
+    VmTest(vm::VmArgs),
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -62,6 +67,32 @@ fn main() -> anyhow::Result<()> {
             Err(err).with_context(|| format!("running {}", bin.display()))
         }
         Task::Test { args } => test::run(&root, &args),
+        Task::VmTest(args) => {
+            let tools = toolchain::setup(&root)?;
+            let built = vm::build_tests(&root, &tools)?;
+            let outcomes = vm::run(&root, &args, &built)?;
+            let mut failed = Vec::new();
+            for o in &outcomes {
+                println!(
+                    "[vm {}] {}: {} passed, {} failed {}",
+                    o.kernel,
+                    if o.ok { "ok" } else { "FAILED" },
+                    o.passed,
+                    o.failed,
+                    o.why
+                );
+                if !o.ok {
+                    failed.push(o.kernel.as_str());
+                }
+            }
+            if outcomes.is_empty() {
+                bail!("no VM ran");
+            }
+            if !failed.is_empty() {
+                bail!("the VM tests failed on: {}", failed.join(", "));
+            }
+            Ok(())
+        }
         Task::Bench { which } => bench::run(&root, which),
     }
 }

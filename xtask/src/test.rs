@@ -1,6 +1,6 @@
 //! `cargo xtask test`: every test, in the order a failure is cheapest to
 //! read: unit tests, then integration tests that run the real binary (root
-//! ones against the real kernel), then VM tests.
+//! ones against the real kernel), then the root suites in VMs (`vm`).
 //!
 //! Root-only tests skip loudly when not root; under CI (`CI` set) skipping is
 //! an error, because a green run that skipped the kernel tests proves nothing.
@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::toolchain;
+use crate::{toolchain, vm};
 
 /// Set for the test binaries: root tests fail instead of skipping.
 const REQUIRE_ROOT_ENV: &str = "FFRTMP_REQUIRE_ROOT_TESTS";
@@ -50,11 +50,40 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     if in_ci || is_root {
         cmd.env(REQUIRE_ROOT_ENV, "1");
     }
-    let totals = run_counting(&mut cmd)?;
+    let mut totals = run_counting(&mut cmd)?;
 
-    eprintln!(
-        "\n==> VM tests (pure cgroup v2, other kernels): not part of the suite yet (issue #3)."
-    );
+    // The same root suites in VMs: pure cgroup v2, other kernels.
+    let mut vm_failures = Vec::new();
+    match vm::available() {
+        Ok(()) => {
+            let built = vm::build_tests(root, &tools)?;
+            let args = vm::VmArgs {
+                kernels: Vec::new(),
+                kvm: false,
+                test_args: extra.to_vec(),
+            };
+            for outcome in vm::run(root, &args, &built)? {
+                totals.passed += outcome.passed;
+                totals.failed += outcome.failed;
+                eprintln!(
+                    "==> [vm {}] {}: {} passed, {} failed {}",
+                    outcome.kernel,
+                    if outcome.ok { "ok" } else { "FAILED" },
+                    outcome.passed,
+                    outcome.failed,
+                    outcome.why
+                );
+                if !outcome.ok {
+                    vm_failures.push(outcome.kernel);
+                }
+            }
+        }
+        Err(why) if in_ci => return Err(why.context("CI must run the VM tests")),
+        Err(why) => {
+            eprintln!("\n==> SKIPPING the VM tests (pure cgroup v2, other kernels): {why:#}\n")
+        }
+    }
+
     // One closing line for the whole run (cargo's own last line is that of
     // the last test binary, often a doc-test binary with nothing in it).
     println!(
@@ -62,7 +91,10 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         totals.passed, totals.failed, totals.ignored
     );
     if !totals.ok {
-        bail!("some tests failed");
+        bail!("some tests failed on the host");
+    }
+    if !vm_failures.is_empty() {
+        bail!("the VM tests failed on: {}", vm_failures.join(", "));
     }
     Ok(())
 }
@@ -99,7 +131,7 @@ fn run_counting(cmd: &mut Command) -> anyhow::Result<Totals> {
 }
 
 /// The number before `what` in "ok. 19 passed; 0 failed; 0 ignored; …".
-fn count(summary: &str, what: &str) -> u64 {
+pub fn count(summary: &str, what: &str) -> u64 {
     summary
         .split(';')
         .find_map(|part| {
