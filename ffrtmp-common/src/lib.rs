@@ -39,8 +39,6 @@ pub const EXIT_PROGRAM: &str = "sched_process_exit";
 /// most one wake-up (an inter-processor interrupt) per window instead of one
 /// per event.
 pub const WAKE_COALESCE_NS: u64 = 10_000_000;
-/// Name of the array holding the time of the last wake-up.
-pub const LAST_WAKE_MAP: &str = "LAST_WAKE";
 
 /// `signal_struct.flags` bit set once the whole group is exiting
 /// (`exit_group(2)` or a fatal signal); then `group_exit_code` is the status.

@@ -69,29 +69,11 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => test::run(&root, &args),
         Task::VmTest(args) => {
             let tools = toolchain::setup(&root)?;
-            let built = vm::build_tests(&root, &tools)?;
-            let outcomes = vm::run(&root, &args, &built)?;
-            let mut failed = Vec::new();
-            for o in &outcomes {
-                println!(
-                    "[vm {}] {}: {} passed, {} failed {}",
-                    o.kernel,
-                    if o.ok { "ok" } else { "FAILED" },
-                    o.passed,
-                    o.failed,
-                    o.why
-                );
-                if !o.ok {
-                    failed.push(o.kernel.as_str());
-                }
-            }
+            let outcomes = vm::run(&root, &tools, &args)?;
             if outcomes.is_empty() {
                 bail!("no VM ran");
             }
-            if !failed.is_empty() {
-                bail!("the VM tests failed on: {}", failed.join(", "));
-            }
-            Ok(())
+            vm::check(&outcomes)
         }
         Task::Bench { which } => bench::run(&root, which),
     }

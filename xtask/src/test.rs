@@ -53,29 +53,18 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let mut totals = run_counting(&mut cmd)?;
 
     // The same root suites in VMs: pure cgroup v2, other kernels.
-    let mut vm_failures = Vec::new();
+    let mut vm_outcomes = Vec::new();
     match vm::available() {
         Ok(()) => {
-            let built = vm::build_tests(root, &tools)?;
             let args = vm::VmArgs {
                 kernels: Vec::new(),
                 kvm: false,
                 test_args: extra.to_vec(),
             };
-            for outcome in vm::run(root, &args, &built)? {
+            vm_outcomes = vm::run(root, &tools, &args)?;
+            for outcome in &vm_outcomes {
                 totals.passed += outcome.passed;
                 totals.failed += outcome.failed;
-                eprintln!(
-                    "==> [vm {}] {}: {} passed, {} failed {}",
-                    outcome.kernel,
-                    if outcome.ok { "ok" } else { "FAILED" },
-                    outcome.passed,
-                    outcome.failed,
-                    outcome.why
-                );
-                if !outcome.ok {
-                    vm_failures.push(outcome.kernel);
-                }
             }
         }
         Err(why) if in_ci => return Err(why.context("CI must run the VM tests")),
@@ -93,10 +82,7 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     if !totals.ok {
         bail!("some tests failed on the host");
     }
-    if !vm_failures.is_empty() {
-        bail!("the VM tests failed on: {}", vm_failures.join(", "));
-    }
-    Ok(())
+    vm::check(&vm_outcomes)
 }
 
 /// Sums of cargo's `test result:` lines.

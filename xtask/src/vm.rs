@@ -35,7 +35,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{run_command, toolchain::capture};
+use crate::{
+    run_command,
+    toolchain::{Tools, capture},
+};
 
 /// Kernels run when none is named.
 pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
@@ -121,8 +124,41 @@ pub fn available() -> anyhow::Result<()> {
     ensure_host_packages()
 }
 
-pub fn run(root: &Path, args: &VmArgs, built: &BuiltTests) -> anyhow::Result<Vec<VmOutcome>> {
+/// Prints one line per VM; fails naming the kernels whose VM failed.
+pub fn check(outcomes: &[VmOutcome]) -> anyhow::Result<()> {
+    for o in outcomes {
+        eprintln!("==> {o}");
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.ok)
+        .map(|o| o.kernel.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("the VM tests failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for VmOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.ok { "ok" } else { "FAILED" };
+        write!(
+            f,
+            "[vm {}] {verdict}: {} passed, {} failed",
+            self.kernel, self.passed, self.failed
+        )?;
+        if !self.why.is_empty() {
+            write!(f, " ({})", self.why)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the test binaries and runs them in a VM per kernel.
+pub fn run(root: &Path, tools: &Tools, args: &VmArgs) -> anyhow::Result<Vec<VmOutcome>> {
     ensure_host_packages()?;
+    let built = build_tests(root, tools)?;
     let vm_dir = root.join("target/vm");
     fs::create_dir_all(&vm_dir)?;
     let names: Vec<String> = if args.kernels.is_empty() {
@@ -143,7 +179,7 @@ pub fn run(root: &Path, args: &VmArgs, built: &BuiltTests) -> anyhow::Result<Vec
             }
             Err(e) => return Err(e.context(format!("fetching kernel {name}"))),
         };
-        let initramfs = pack_initramfs(&vm_dir, &kernel, &busybox, built, &args.test_args)
+        let initramfs = pack_initramfs(&vm_dir, &kernel, &busybox, &built, &args.test_args)
             .with_context(|| format!("packing the initramfs for {name}"))?;
         outcomes.push(boot(&kernel, &initramfs, args.kvm)?);
     }
@@ -477,13 +513,13 @@ fn sanitize(name: &str) -> String {
 }
 
 /// The test binaries (and the `ffrtmp` binary they run) for the VM.
-pub struct BuiltTests {
-    pub binaries: Vec<PathBuf>,
-    pub ffrtmp: PathBuf,
+struct BuiltTests {
+    binaries: Vec<PathBuf>,
+    ffrtmp: PathBuf,
 }
 
 /// Builds the integration test binaries without running them.
-pub fn build_tests(root: &Path, tools: &crate::toolchain::Tools) -> anyhow::Result<BuiltTests> {
+fn build_tests(root: &Path, tools: &Tools) -> anyhow::Result<BuiltTests> {
     let out = capture(tools.cargo(root).args([
         "test",
         "--package",

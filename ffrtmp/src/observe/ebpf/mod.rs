@@ -65,8 +65,6 @@ pub enum EbpfError {
     },
     #[error("registering the ring buffer with the event loop")]
     Poll(#[source] std::io::Error),
-    #[error("decoding a kernel record")]
-    Record(#[from] record::RecordError),
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches them.
