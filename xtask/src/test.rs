@@ -73,8 +73,9 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         }
     }
 
-    // One closing line for the whole run (cargo's own last line is that of
-    // the last test binary, often a doc-test binary with nothing in it).
+    let vm_result = vm::check(&vm_outcomes);
+    // One closing line for the whole run, last (cargo's own last line is
+    // that of the last test binary, often a doc-test binary with no test).
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
@@ -82,7 +83,7 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     if !totals.ok {
         bail!("some tests failed on the host");
     }
-    vm::check(&vm_outcomes)
+    vm_result
 }
 
 /// Sums of cargo's `test result:` lines.
