@@ -6,4 +6,5 @@
 //! - [`cli`]: the `ffrtmp` command line.
 pub mod cli;
 pub mod events;
+pub mod govern;
 pub mod observe;

@@ -2,6 +2,9 @@
 //!
 //! Exit statuses: 0 success, 1 runtime failure, 2 bad usage (clap's own
 //! status for malformed options, also used for values we validate).
+mod govern_args;
+mod governance;
+mod run;
 mod watch;
 
 use std::{process::ExitCode, time::Duration};
@@ -32,6 +35,15 @@ pub enum Command {
     /// `degraded` event. Logs go to stderr (RUST_LOG sets the level).
     /// SIGINT or SIGTERM detaches and exits 0. Events: docs/EVENTS.md.
     Watch(WatchArgs),
+    /// Start CMD already inside its own cgroup with CPU, memory, IO and pids limits.
+    ///
+    /// The cgroup is made and configured first, and the workload joins it
+    /// before its first instruction. The workload gets its own session and
+    /// this terminal's stdin/stdout/stderr; events go to stderr (or
+    /// --events FILE). Exit status: the workload's; 128+N if killed by signal
+    /// N; 125 if ffrtmp fails; 126 not executable; 127 not found. SIGTERM,
+    /// SIGINT or SIGHUP detach (the workload runs on, still limited).
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +88,7 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Watch(args) => watch::run(args),
+        Command::Run(args) => return run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,7 +121,9 @@ mod tests {
 
     #[test]
     fn watch_defaults() {
-        let Command::Watch(w) = Cli::try_parse_from(["ffrtmp", "watch"]).unwrap().command;
+        let Command::Watch(w) = Cli::try_parse_from(["ffrtmp", "watch"]).unwrap().command else {
+            panic!("not watch");
+        };
         assert_eq!(w.backend, Backend::Auto);
         assert_eq!(w.interval, Duration::from_millis(100));
         assert_eq!(w.format, Format::Json);

@@ -59,6 +59,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                     Timestamp::now(),
                     Source::Ffrtmp,
                     Degraded {
+                        limit: None,
                         reason,
                         fallback: "procfs".into(),
                     },

@@ -111,6 +111,8 @@ pub enum Body {
     Exit(Exit),
     Lost(Lost),
     Degraded(Degraded),
+    Governed(Governed),
+    Detached(Detached),
 }
 
 impl Body {
@@ -122,6 +124,8 @@ impl Body {
             Body::Exit(_) => "exit",
             Body::Lost(_) => "lost",
             Body::Degraded(_) => "degraded",
+            Body::Governed(_) => "governed",
+            Body::Detached(_) => "detached",
         }
     }
 }
@@ -168,6 +172,42 @@ pub struct Exit {
     pub signal: Option<i32>,
     /// Lifetime since the process was forked; `null` when unknown.
     pub duration_ms: Option<f64>,
+    /// For a governed job: its report. Absent for other processes.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobReport>,
+}
+
+/// The exit report of a governed job, from its cgroup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    pub job_id: String,
+    /// The kernel OOM-killed a process of the job; `null` when unknown.
+    pub oom_killed: Option<bool>,
+    pub cpu_usage_us: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+}
+
+/// A workload was placed under governance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Governed {
+    pub pid: u32,
+    pub job_id: String,
+    /// The job's cgroup path (the same in every v1 hierarchy); `null` in
+    /// unprivileged mode.
+    pub cgroup: Option<String>,
+    /// `privileged`, `delegated` or `unprivileged`.
+    pub mode: String,
+    /// What is in force, read back from the kernel (v2 syntax).
+    pub limits: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The wrapper left; the workload runs on, still governed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Detached {
+    pub pid: u32,
+    pub job_id: String,
+    /// What made the wrapper leave (e.g. `SIGTERM`).
+    pub reason: String,
 }
 
 /// Events the kernel could not deliver (ring buffer full), since the last
@@ -180,6 +220,9 @@ pub struct Lost {
 /// ffrtmp does less than asked, and says why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Degraded {
+    /// The limit not applied, when the degradation is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
     pub reason: String,
     /// What ffrtmp does instead (e.g. `procfs`).
     pub fallback: String,
@@ -192,7 +235,7 @@ macro_rules! into_body {
         }
     )*};
 }
-into_body!(Started, Exec, Exit, Lost, Degraded);
+into_body!(Started, Exec, Exit, Lost, Degraded, Governed, Detached);
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -219,6 +262,8 @@ impl Serialize for Event {
             Body::Exit(b) => wire(self, b).serialize(s),
             Body::Lost(b) => wire(self, b).serialize(s),
             Body::Degraded(b) => wire(self, b).serialize(s),
+            Body::Governed(b) => wire(self, b).serialize(s),
+            Body::Detached(b) => wire(self, b).serialize(s),
         }
     }
 }
@@ -376,6 +421,7 @@ mod tests {
                     exit_code: None,
                     signal: Some(9),
                     duration_ms: Some(12.5),
+                    job: None,
                 },
             ),
             Event::new(ts(), Source::Ebpf, Lost { count: 3 }),
@@ -383,6 +429,7 @@ mod tests {
                 ts(),
                 Source::Ffrtmp,
                 Degraded {
+                    limit: None,
                     reason: "eBPF unavailable: permission denied".into(),
                     fallback: "procfs".into(),
                 },

@@ -52,10 +52,49 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
                 opt(x.signal),
                 x.duration_ms
                     .map_or_else(|| "-".to_string(), |d| format!("{d:.3}"))
-            )
+            )?;
+            if let Some(j) = &x.job {
+                write!(
+                    out,
+                    " job_id={} oom_killed={} cpu_usage_us={} memory_peak_bytes={}",
+                    j.job_id,
+                    opt(j.oom_killed),
+                    opt(j.cpu_usage_us),
+                    opt(j.memory_peak_bytes)
+                )?;
+            }
+            Ok(())
         }
+        Body::Governed(g) => {
+            write!(
+                out,
+                " pid={} job_id={} mode={} cgroup={}",
+                g.pid,
+                g.job_id,
+                g.mode,
+                opt(g.cgroup.as_ref())
+            )?;
+            for (k, v) in &g.limits {
+                out.extend_from_slice(b" ");
+                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(b"=");
+                match v {
+                    serde_json::Value::String(s) => quoted(out, s)?,
+                    other => write!(out, "{other}")?,
+                }
+            }
+            Ok(())
+        }
+        Body::Detached(d) => write!(
+            out,
+            " pid={} job_id={} reason={}",
+            d.pid, d.job_id, d.reason
+        ),
         Body::Lost(l) => write!(out, " count={}", l.count),
         Body::Degraded(d) => {
+            if let Some(limit) = &d.limit {
+                write!(out, " limit={limit}")?;
+            }
             out.extend_from_slice(b" reason=");
             quoted(out, &d.reason)?;
             write!(out, " fallback={}", d.fallback)

@@ -135,6 +135,7 @@ fn exit_event(pid: u32, k: &Known) -> Event {
             exit_code: None,
             signal: None,
             duration_ms,
+            job: None,
         },
     )
 }

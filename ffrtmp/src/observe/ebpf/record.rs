@@ -110,6 +110,7 @@ fn exit(r: &ExitRecord) -> Exit {
         exit_code,
         signal,
         duration_ms,
+        job: None,
     }
 }
 

@@ -1,0 +1,333 @@
+//! Governance: putting a workload in a cgroup with limits that really apply,
+//! without ever owning it.
+//!
+//! The design, in the order `run`/`attach` use it:
+//!
+//! 1. [`limits`]: every option is parsed and validated first; bad input
+//!    exits 2 before anything is created. A job id is a single cgroup
+//!    directory name, so it can never name a path.
+//! 2. [`Context::detect`]: the cgroup layout ([`layout`]: v2, v1 or hybrid,
+//!    read from mountinfo) and the mode: **privileged** (root or
+//!    CAP_SYS_ADMIN; job cgroups under `/ffrtmp` in each hierarchy),
+//!    **delegated** (a subtree we may write, found by walking up from our own
+//!    v2 cgroup, as systemd's `Delegate=yes` hands one out; jobs under
+//!    `<subtree>/ffrtmp`), or **unprivileged** (no cgroups; nice only).
+//! 3. [`JobCgroup::create`]: the job cgroup, on v2 after enabling the needed
+//!    controllers on every ancestor ([`v2`]), on v1 one directory per
+//!    hierarchy ([`v1`]). Each limit is written and read back; [`Applied`]
+//!    holds what the kernel accepted and, separately, what it refused and
+//!    why (reported as `degraded`, or refused up front with `--strict`).
+//! 4. The workload joins the cgroup before its first instruction (`run`:
+//!    between fork and exec) or is moved whole (`attach`); nice and
+//!    oom_score_adj ([`process`]) are set and read back.
+//! 5. When it ends, [`JobCgroup::stats`] feeds the exit report and the empty
+//!    cgroup is removed; [`reap_empty`] removes empty leftovers of crashed
+//!    wrappers. The kernel refuses to remove a cgroup with processes, and we
+//!    check first: a workload's cgroup is never removed under it.
+//!
+//! Nothing here writes outside the ffrtmp root except enabling controllers
+//! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
+pub mod layout;
+pub mod limits;
+pub mod process;
+pub mod v1;
+pub mod v2;
+
+use std::{fs, io, path::Path, path::PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
+use limits::{JobId, Limits};
+
+/// Name of ffrtmp's root cgroup under a hierarchy or delegated subtree.
+pub const ROOT_NAME: &str = "ffrtmp";
+/// CAP_SYS_ADMIN's bit in /proc/self/status CapEff.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Errors while governing.
+#[derive(Debug, thiserror::Error)]
+pub enum GovernError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("job cgroup {0} already exists: another job uses this job id")]
+    JobIdInUse(PathBuf),
+    #[error("--cgroup-root {0:?} is not inside the cgroup hierarchy mounted at {1}")]
+    RootOutsideHierarchy(String, PathBuf),
+    #[error("no cgroups in unprivileged mode")]
+    NoCgroups,
+}
+
+impl GovernError {
+    pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        GovernError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn create_job(dir: &Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            GovernError::JobIdInUse(dir.to_path_buf())
+        } else {
+            GovernError::io("creating job cgroup", dir, source)
+        }
+    }
+}
+
+/// How much ffrtmp may do here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Privileged,
+    Delegated,
+    Unprivileged,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Privileged => "privileged",
+            Mode::Delegated => "delegated",
+            Mode::Unprivileged => "unprivileged",
+        }
+    }
+}
+
+/// What the kernel accepted (read back, in v2 terms) and what it refused.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    pub limits: Map<String, Value>,
+    pub failures: Vec<Failure>,
+}
+
+/// A limit that was asked for and is not in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub limit: &'static str,
+    pub reason: String,
+}
+
+impl Applied {
+    pub fn set(&mut self, limit: &'static str, value: Value) {
+        self.limits.insert(limit.to_string(), value);
+    }
+
+    pub fn fail(&mut self, limit: &'static str, reason: String) {
+        self.failures.push(Failure { limit, reason });
+    }
+}
+
+/// A job's cgroup statistics for its exit report; `None` when unknown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub oom_killed: Option<bool>,
+    pub cpu_usage_us: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+}
+
+/// The layout, the mode and ffrtmp's root cgroup.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub layout: Layout,
+    pub mode: Mode,
+    /// ffrtmp's root cgroup path; `None` in unprivileged mode.
+    pub root: Option<CgroupPath>,
+}
+
+impl Context {
+    /// Detects the layout and the mode; `cgroup_root` overrides the root
+    /// (a cgroup path such as `/ffrtmp`, or a directory in the v2 mount).
+    pub fn detect(cgroup_root: Option<&str>) -> Result<Self, GovernError> {
+        let layout = Layout::detect()?;
+        let delegated = || delegated_subtree(&layout);
+        let (mode, default_root) = if privileged() {
+            (
+                Mode::Privileged,
+                Some(CgroupPath::new("/")?.child(ROOT_NAME)),
+            )
+        } else if let Some(subtree) = delegated() {
+            (Mode::Delegated, Some(subtree.child(ROOT_NAME)))
+        } else {
+            (Mode::Unprivileged, None)
+        };
+        let root = match (cgroup_root, mode) {
+            (_, Mode::Unprivileged) => None,
+            (Some(r), _) => Some(root_path(&layout, r)?),
+            (None, _) => default_root,
+        };
+        Ok(Context { layout, mode, root })
+    }
+}
+
+/// `--cgroup-root`: a cgroup path, or a directory inside the v2 mount.
+fn root_path(layout: &Layout, given: &str) -> Result<CgroupPath, GovernError> {
+    if let Some(v2) = &layout.v2
+        && layout.kind() == Kind::V2
+        && let Ok(rel) = Path::new(given).strip_prefix(&v2.point)
+    {
+        return Ok(CgroupPath::new(&format!("/{}", rel.display()))?);
+    }
+    if given.starts_with("/sys/fs/cgroup") {
+        let mount = layout
+            .v2
+            .as_ref()
+            .map_or_else(|| PathBuf::from("/sys/fs/cgroup"), |m| m.point.clone());
+        return Err(GovernError::RootOutsideHierarchy(given.to_string(), mount));
+    }
+    Ok(CgroupPath::new(given)?)
+}
+
+/// Root, or CAP_SYS_ADMIN in the effective set.
+pub fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+/// The highest v2 cgroup at or above our own whose directory and
+/// `cgroup.procs` we may write: the subtree delegated to us.
+fn delegated_subtree(layout: &Layout) -> Option<CgroupPath> {
+    use nix::unistd::{AccessFlags, access};
+    if layout.kind() != Kind::V2 {
+        return None;
+    }
+    let mount = layout.v2.as_ref()?;
+    let own = own_v2_cgroup()?;
+    let writable = |cg: &CgroupPath| {
+        let dir = mount.dir_of(cg);
+        access(&dir, AccessFlags::W_OK).is_ok()
+            && access(&dir.join("cgroup.procs"), AccessFlags::W_OK).is_ok()
+    };
+    own.lineage()
+        .into_iter()
+        .find(|cg| cg.as_str() != "/" && writable(cg))
+}
+
+/// A job's cgroup(s).
+#[derive(Debug)]
+pub struct JobCgroup {
+    /// Its cgroup path (the same in every hierarchy).
+    pub path: CgroupPath,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    V2(v2::Job),
+    V1(v1::Job),
+}
+
+impl JobCgroup {
+    /// Creates the job's cgroup and applies `limits`.
+    pub fn create(
+        ctx: &Context,
+        job: &JobId,
+        limits: &Limits,
+    ) -> Result<(Self, Applied), GovernError> {
+        let root = ctx.root.as_ref().ok_or(GovernError::NoCgroups)?;
+        let path = root.child(job.as_str());
+        let (inner, applied) = match (ctx.layout.kind(), &ctx.layout.v2) {
+            (Kind::V2, Some(mount)) => {
+                let (job, applied) = v2::Job::create(mount, root, &path, limits)?;
+                (Inner::V2(job), applied)
+            }
+            _ => {
+                let (job, applied) = v1::Job::create(&ctx.layout.v1, &path, limits)?;
+                (Inner::V1(job), applied)
+            }
+        };
+        Ok((JobCgroup { path, inner }, applied))
+    }
+
+    /// The `cgroup.procs` file of each hierarchy.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        match &self.inner {
+            Inner::V2(j) => j.procs_files(),
+            Inner::V1(j) => j.procs_files(),
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        match &self.inner {
+            Inner::V2(j) => j.stats(),
+            Inner::V1(j) => j.stats(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match &self.inner {
+            Inner::V2(j) => j.is_empty(),
+            Inner::V1(j) => j.is_empty(),
+        }
+    }
+
+    /// Removes the job's cgroup(s) if no process is left in them.
+    pub fn remove_if_empty(&self) -> bool {
+        if !self.is_empty() {
+            return false;
+        }
+        let dirs = match &self.inner {
+            Inner::V2(j) => j.dirs(),
+            Inner::V1(j) => j.dirs(),
+        };
+        dirs.iter().all(|d| fs::remove_dir(d).is_ok())
+    }
+}
+
+/// Removes empty job cgroups left under the root by crashed wrappers.
+/// Returns the directories removed. A directory with processes, or with
+/// child cgroups, is never removed (and the kernel would refuse anyway).
+pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
+    let Some(root) = &ctx.root else {
+        return Vec::new();
+    };
+    let mut roots: Vec<PathBuf> = match (ctx.layout.kind(), &ctx.layout.v2) {
+        (Kind::V2, Some(m)) => vec![m.dir_of(root)],
+        _ => ctx.layout.v1.values().map(|m| m.dir_of(root)).collect(),
+    };
+    roots.sort();
+    roots.dedup();
+    let mut removed = Vec::new();
+    for dir in roots {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let job = entry.path();
+            let empty =
+                fs::read_to_string(job.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty());
+            let has_children = fs::read_dir(&job)
+                .map(|es| es.filter_map(Result::ok).any(|e| e.path().is_dir()))
+                .unwrap_or(true);
+            if empty
+                && !has_children
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+                && fs::remove_dir(&job).is_ok()
+            {
+                removed.push(job);
+            }
+        }
+    }
+    removed
+}
