@@ -25,6 +25,14 @@
 //!    wrappers. The kernel refuses to remove a cgroup with processes, and we
 //!    check first: a workload's cgroup is never removed under it.
 //!
+//! Claims: a job cgroup is empty between its creation and its workload's
+//! join, so "empty" alone cannot tell a leftover from a job being set up by
+//! another ffrtmp. Each job's wrapper holds a shared `flock` on its job
+//! directory for its lifetime (released by the kernel however the wrapper
+//! dies); the reaper takes it exclusively or leaves the directory alone.
+//! Creating (mkdir + claim) and reaping both hold an exclusive `flock` on
+//! the root directory, so a reaper never sees a job made but not claimed.
+//!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
 pub mod layout;
@@ -33,7 +41,14 @@ pub mod process;
 pub mod v1;
 pub mod v2;
 
-use std::{fs, io, path::Path, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    fs::{self, File},
+    io,
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -230,6 +245,29 @@ pub struct JobCgroup {
     /// Its cgroup path (the same in every hierarchy).
     pub path: CgroupPath,
     inner: Inner,
+    /// Shared lock on the job directory: "a wrapper owns this job".
+    _claim: Option<Flock<File>>,
+}
+
+/// The directories of ffrtmp's root: the v2 one, or one per v1 hierarchy
+/// (co-mounted controllers share one). The first carries the locks.
+fn root_dirs(ctx: &Context, root: &CgroupPath) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> = match (ctx.layout.kind(), &ctx.layout.v2) {
+        (Kind::V2, Some(m)) => vec![m.dir_of(root)],
+        _ => ctx.layout.v1.values().map(|m| m.dir_of(root)).collect(),
+    };
+    let mut seen = BTreeSet::new();
+    dirs.into_iter()
+        .filter(|d| seen.insert(d.clone()))
+        .collect()
+}
+
+/// An exclusive lock on ffrtmp's root (created if needed).
+fn lock_root(dir: &Path) -> Result<Flock<File>, GovernError> {
+    fs::create_dir_all(dir).map_err(|e| GovernError::io("creating", dir, e))?;
+    let file = File::open(dir).map_err(|e| GovernError::io("opening", dir, e))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| GovernError::io("locking", dir, io::Error::from(errno)))
 }
 
 #[derive(Debug)]
@@ -247,6 +285,11 @@ impl JobCgroup {
     ) -> Result<(Self, Applied), GovernError> {
         let root = ctx.root.as_ref().ok_or(GovernError::NoCgroups)?;
         let path = root.child(job.as_str());
+        let primary = root_dirs(ctx, root)
+            .into_iter()
+            .next()
+            .ok_or(GovernError::NoCgroups)?;
+        let _root_lock = lock_root(&primary)?;
         let (inner, applied) = match (ctx.layout.kind(), &ctx.layout.v2) {
             (Kind::V2, Some(mount)) => {
                 let (job, applied) = v2::Job::create(mount, root, &path, limits)?;
@@ -257,7 +300,15 @@ impl JobCgroup {
                 (Inner::V1(job), applied)
             }
         };
-        Ok((JobCgroup { path, inner }, applied))
+        let claim = File::open(primary.join(job.as_str()))
+            .ok()
+            .and_then(|f| Flock::lock(f, FlockArg::LockShared).ok());
+        let job = JobCgroup {
+            path,
+            inner,
+            _claim: claim,
+        };
+        Ok((job, applied))
     }
 
     /// The `cgroup.procs` file of each hierarchy.
@@ -296,38 +347,58 @@ impl JobCgroup {
 }
 
 /// Removes empty job cgroups left under the root by crashed wrappers.
-/// Returns the directories removed. A directory with processes, or with
-/// child cgroups, is never removed (and the kernel would refuse anyway).
+/// Returns the directories removed. A job claimed by a live wrapper, a
+/// directory with processes, or one with child cgroups is never removed (and
+/// the kernel would refuse the last two anyway).
 pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
     let Some(root) = &ctx.root else {
         return Vec::new();
     };
-    let mut roots: Vec<PathBuf> = match (ctx.layout.kind(), &ctx.layout.v2) {
-        (Kind::V2, Some(m)) => vec![m.dir_of(root)],
-        _ => ctx.layout.v1.values().map(|m| m.dir_of(root)).collect(),
+    let dirs = root_dirs(ctx, root);
+    let Some(primary) = dirs.first().filter(|p| p.is_dir()) else {
+        return Vec::new();
     };
-    roots.sort();
-    roots.dedup();
+    let Ok(_root_lock) = lock_root(primary) else {
+        return Vec::new();
+    };
+    let names: BTreeSet<std::ffi::OsString> = dirs
+        .iter()
+        .filter_map(|d| fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name())
+        .collect();
     let mut removed = Vec::new();
-    for dir in roots {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let job = entry.path();
-            let empty =
-                fs::read_to_string(job.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty());
-            let has_children = fs::read_dir(&job)
-                .map(|es| es.filter_map(Result::ok).any(|e| e.path().is_dir()))
-                .unwrap_or(true);
-            if empty
-                && !has_children
-                && entry.file_type().is_ok_and(|t| t.is_dir())
-                && fs::remove_dir(&job).is_ok()
-            {
-                removed.push(job);
+    for name in names {
+        // Held until the directory is gone, so no wrapper claims it meanwhile.
+        let claim = File::open(primary.join(&name))
+            .ok()
+            .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock));
+        if matches!(claim, Some(Err(_))) {
+            continue; // a live wrapper owns it
+        }
+        let job_dirs: Vec<PathBuf> = dirs
+            .iter()
+            .map(|d| d.join(&name))
+            .filter(|d| d.is_dir())
+            .collect();
+        if job_dirs.iter().all(|d| is_empty_leaf(d)) {
+            for d in job_dirs {
+                if fs::remove_dir(&d).is_ok() {
+                    removed.push(d);
+                }
             }
         }
     }
     removed
+}
+
+/// No process in it and no child cgroup under it.
+fn is_empty_leaf(dir: &Path) -> bool {
+    let no_procs = fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty());
+    let no_children = fs::read_dir(dir)
+        .map(|es| es.filter_map(Result::ok).all(|e| !e.path().is_dir()))
+        .unwrap_or(false);
+    no_procs && no_children
 }
