@@ -613,7 +613,7 @@ fn concurrent_runs_each_get_their_own_cgroup() {
     for mut r in runs {
         assert!(r.wait().unwrap().success());
     }
-    let cgroups: std::collections::HashSet<String> = (0..3)
+    let cgroups: std::collections::HashSet<String> = (0..8)
         .map(|i| {
             governed(&read_events(&dir.join(format!("events-{i}"))))
                 .cgroup

@@ -7,7 +7,7 @@
 //! - `test`: every test: unit, integration (root tests against the real
 //!   kernel when root), then the root suites in VMs (`vm-test`).
 //! - `vm-test`: the root suites on a pure cgroup v2 hierarchy and on the
-//!   Debian kernels 5.10, 6.1 and 6.12, under qemu.
+//!   Debian kernels 5.10 and 6.1 (6.12 on request), under qemu.
 //! - `bench observe`: the observer's benchmark (docs/BENCHMARKS.md).
 mod bench;
 mod test;

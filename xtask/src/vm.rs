@@ -1,8 +1,8 @@
 //! `cargo xtask vm-test`: the root test suites on other kernels and on a pure
 //! cgroup v2 hierarchy, in qemu VMs.
 //!
-//! For each kernel of the matrix (Debian cloud kernels 5.10, 6.1, 6.12, or a
-//! `.deb` given by path):
+//! For each kernel of the matrix (Debian cloud kernels 5.10 and 6.1 by
+//! default, 6.12 on request, or a `.deb` given by path):
 //!
 //! 1. the kernel package is fetched with a private apt configuration (its
 //!    own sources list, built from the host's configured Debian mirror, and
@@ -40,8 +40,11 @@ use crate::{
     toolchain::{Tools, capture},
 };
 
-/// Kernels run when none is named.
-pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
+/// Kernels run when none is named. 6.12 is left out: under TCG here it
+/// oopses at random (double faults in kmem_cache_alloc, NULL derefs in
+/// mprotect) during a plain busybox fork loop with nothing of ours loaded,
+/// on 1 or 2 vCPUs and any CPU model; `--kernel 6.12` still runs it.
+pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1"];
 /// A kernel of the matrix.
 struct KernelSpec {
     name: &'static str,
@@ -49,9 +52,7 @@ struct KernelSpec {
     package: &'static str,
     /// The suite that carries it.
     suite: &'static str,
-    /// vCPUs. 6.12 double-faults in `kmem_cache_alloc` under TCG with two
-    /// vCPUs during any fork storm (a busybox shell loop alone does it, with
-    /// nothing of ours loaded), so it gets one.
+    /// vCPUs (6.12 is least unstable under TCG with one).
     cpus: u32,
 }
 
@@ -96,7 +97,7 @@ const DONE_MARKER: &str = "FFRTMP-VM-DONE";
 #[derive(clap::Args)]
 pub struct VmArgs {
     /// Kernels to boot: 5.10, 6.1, 6.12, or a path to a linux-image .deb
-    /// (repeatable; default: all three).
+    /// (repeatable; default: 5.10 and 6.1).
     #[arg(long = "kernel", value_name = "KERNEL")]
     pub kernels: Vec<String>,
     /// Use KVM instead of TCG (nested KVM hangs on our CI hosts).
@@ -732,7 +733,7 @@ fn boot(kernel: &Kernel, initramfs: &Path, kvm: bool) -> anyhow::Result<VmOutcom
     .arg(&kernel.vmlinuz)
     .arg("-initrd")
     .arg(initramfs)
-    .args(["-append", "console=ttyS0 panic=-1 quiet"])
+    .args(["-append", "console=ttyS0 panic=-1 oops=panic quiet"])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());

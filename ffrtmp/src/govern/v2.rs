@@ -88,25 +88,36 @@ impl Job {
     }
 
     fn apply(&self, limits: &Limits, applied: &mut Applied) {
-        let mut set = |name: &'static str, file: &str, value: String| match self.write(file, &value)
-        {
-            Ok(back) => applied.set(name, Value::String(back)),
-            Err(reason) => applied.fail(name, reason),
+        // Values are reported as the kernel reads them back; a number where
+        // the file holds one (cpu.weight), else the file's text.
+        let mut set = |name: &'static str, file: &str, value: String, numeric: bool| {
+            let back = self.write(file, &value).and_then(|back| {
+                if !numeric {
+                    return Ok(Value::String(back));
+                }
+                back.parse::<u64>()
+                    .map(|n| json!(n))
+                    .map_err(|_| format!("{file} reads {back:?}"))
+            });
+            match back {
+                Ok(v) => applied.set(name, v),
+                Err(reason) => applied.fail(name, reason),
+            }
         };
         if let Some(v) = limits.cpu_max {
-            set("cpu_max", "cpu.max", v.to_string());
+            set("cpu_max", "cpu.max", v.to_string(), false);
         }
         if let Some(v) = limits.cpu_weight {
-            set("cpu_weight", "cpu.weight", v.to_string());
+            set("cpu_weight", "cpu.weight", v.to_string(), true);
         }
         if let Some(v) = limits.memory_max {
-            set("memory_max", "memory.max", v.to_string());
+            set("memory_max", "memory.max", v.to_string(), false);
         }
         if let Some(v) = limits.memory_high {
-            set("memory_high", "memory.high", v.to_string());
+            set("memory_high", "memory.high", v.to_string(), false);
         }
         if let Some(v) = limits.pids_max {
-            set("pids_max", "pids.max", v.to_string());
+            set("pids_max", "pids.max", v.to_string(), false);
         }
         let mut io = Vec::new();
         for dev in &limits.io_max {
