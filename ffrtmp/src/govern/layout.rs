@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use serde::Serialize;
@@ -170,20 +170,16 @@ pub struct CgroupPath(String);
 impl CgroupPath {
     pub fn new(s: &str) -> Result<Self, LayoutError> {
         let bad = || LayoutError::BadRoot(s.to_string());
-        let path = Path::new(s);
-        if !path.is_absolute() || s.contains('\0') || s.contains('\n') {
+        if !s.starts_with('/') || s.contains(['\0', '\n']) {
             return Err(bad());
         }
         let mut out = String::new();
-        for c in path.components() {
-            match c {
-                Component::RootDir => {}
-                Component::Normal(n) => {
-                    out.push('/');
-                    out.push_str(n.to_str().ok_or_else(bad)?);
-                }
-                _ => return Err(bad()),
+        for part in s.split('/').filter(|p| !p.is_empty()) {
+            if part == "." || part == ".." {
+                return Err(bad());
             }
+            out.push('/');
+            out.push_str(part);
         }
         if out.is_empty() {
             out.push('/');
