@@ -228,4 +228,14 @@ impl Prepared {
     pub fn abandon(&self) {
         self.finish();
     }
+
+    /// The workload could not join its cgroup: remove it, and return the
+    /// limits that had been applied to it (they are not in force).
+    pub fn drop_cgroup(&mut self) -> Vec<String> {
+        self.finish();
+        self.cgroup = None;
+        let lost = self.applied.limits.keys().cloned().collect();
+        self.applied.limits.clear();
+        lost
+    }
 }

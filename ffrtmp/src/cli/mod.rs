@@ -2,6 +2,7 @@
 //!
 //! Exit statuses: 0 success, 1 runtime failure, 2 bad usage (clap's own
 //! status for malformed options, also used for values we validate).
+mod attach;
 mod govern_args;
 mod governance;
 mod run;
@@ -44,6 +45,16 @@ pub enum Command {
     /// N; 125 if ffrtmp fails; 126 not executable; 127 not found. SIGTERM,
     /// SIGINT or SIGHUP detach (the workload runs on, still limited).
     Run(run::RunArgs),
+    /// Govern a running process without restarting it.
+    ///
+    /// The pid is held by a pidfd and its identity (start time) checked
+    /// before every step; PID 1, kernel threads and ffrtmp itself are
+    /// refused. The whole thread group moves into the job cgroup; nice
+    /// applies to every thread. Without --detach, ffrtmp stays, follows the
+    /// exit through the pidfd and reports it (the exit status of a process
+    /// that is not ffrtmp's child is unknown: null). A missing, exited or
+    /// reused pid exits 2.
+    Attach(attach::AttachArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +100,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Watch(args) => watch::run(args),
         Command::Run(args) => return run::run(args),
+        Command::Attach(args) => return attach::attach(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,7 @@
 pub mod layout;
 pub mod limits;
 pub mod process;
+pub mod target;
 pub mod v1;
 pub mod v2;
 
@@ -317,6 +318,15 @@ impl JobCgroup {
             Inner::V2(j) => j.procs_files(),
             Inner::V1(j) => j.procs_files(),
         }
+    }
+
+    /// Moves a whole thread group into the job (every hierarchy).
+    pub fn add(&self, pid: u32) -> Result<(), GovernError> {
+        for file in self.procs_files() {
+            fs::write(&file, pid.to_string())
+                .map_err(|e| GovernError::io("moving a process into", &file, e))?;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> Stats {

@@ -42,6 +42,8 @@ impl ProcError {
 pub struct Stat {
     pub pid: u32,
     pub comm: String,
+    /// Process state (`R`, `S`, `Z` for a zombie, …).
+    pub state: char,
     pub ppid: u32,
     pub flags: u64,
     /// Clock ticks after boot at which the process started.
@@ -71,6 +73,7 @@ impl Stat {
         Some(Stat {
             pid,
             comm,
+            state: field(3)?.chars().next()?,
             ppid: field(4)?.parse().ok()?,
             flags: field(9)?.parse().ok()?,
             start_ticks: field(22)?.parse().ok()?,

@@ -1,0 +1,176 @@
+//! The process `attach` governs, held by a pidfd so that a reused pid is
+//! never mistaken for it: the pidfd is opened first, the start time read
+//! from /proc/PID/stat is its identity, and [`Target::check`] runs before
+//! every step (a pidfd turns readable when its process exits, after which
+//! the pid may name another process).
+use std::{
+    io,
+    os::fd::{AsFd, BorrowedFd, FromRawFd as _, OwnedFd},
+};
+
+use crate::observe::proc::{ProcError, Stat};
+
+/// Why a process cannot be a target.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("process {0} does not exist")]
+    NoSuchProcess(u32),
+    #[error("process {0} has exited")]
+    Exited(u32),
+    #[error("process {pid} is {why}: ffrtmp does not govern it")]
+    Refused { pid: u32, why: &'static str },
+    #[error(
+        "process {pid} started at tick {actual}, not {expected}: the pid now names another process"
+    )]
+    Reused {
+        pid: u32,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("opening a pidfd for process {pid}")]
+    Pidfd {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading process {pid}")]
+    Proc {
+        pid: u32,
+        #[source]
+        source: ProcError,
+    },
+}
+
+impl TargetError {
+    /// Bad input (a pid that cannot be governed), as opposed to a failure.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, TargetError::Pidfd { .. } | TargetError::Proc { .. })
+    }
+}
+
+/// A live process and its identity.
+#[derive(Debug)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    /// Clock ticks after boot at which it started (its identity).
+    pub start_ticks: u64,
+    pidfd: OwnedFd,
+}
+
+impl Target {
+    /// Opens `pid`; `expect_start` (ticks after boot, as in /proc/PID/stat)
+    /// refuses a pid that now names a different process.
+    pub fn open(pid: u32, expect_start: Option<u64>) -> Result<Self, TargetError> {
+        if pid == 1 {
+            return Err(TargetError::Refused {
+                pid,
+                why: "init (pid 1)",
+            });
+        }
+        if pid == std::process::id() {
+            return Err(TargetError::Refused {
+                pid,
+                why: "ffrtmp itself",
+            });
+        }
+        // SAFETY: pidfd_open(2) returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let source = io::Error::last_os_error();
+            return Err(match source.raw_os_error() {
+                Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
+                _ => TargetError::Pidfd { pid, source },
+            });
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let stat = match Stat::read(pid) {
+            Ok(s) => s,
+            Err(ProcError::Gone(_)) => return Err(TargetError::NoSuchProcess(pid)),
+            Err(source) => return Err(TargetError::Proc { pid, source }),
+        };
+        if stat.is_kernel_thread() {
+            return Err(TargetError::Refused {
+                pid,
+                why: "a kernel thread",
+            });
+        }
+        let target = Target {
+            pid,
+            comm: stat.comm.clone(),
+            start_ticks: stat.start_ticks,
+            pidfd,
+        };
+        if stat.state == 'Z' {
+            return Err(TargetError::Exited(pid));
+        }
+        if let Some(expected) = expect_start
+            && expected != stat.start_ticks
+        {
+            return Err(TargetError::Reused {
+                pid,
+                expected,
+                actual: stat.start_ticks,
+            });
+        }
+        target.check()?;
+        Ok(target)
+    }
+
+    /// Still the same live process? Run before every step.
+    pub fn check(&self) -> Result<(), TargetError> {
+        if self.has_exited() {
+            return Err(TargetError::Exited(self.pid));
+        }
+        match Stat::read(self.pid) {
+            Ok(s) if s.start_ticks == self.start_ticks && s.state != 'Z' => Ok(()),
+            Ok(s) if s.start_ticks != self.start_ticks => Err(TargetError::Reused {
+                pid: self.pid,
+                expected: self.start_ticks,
+                actual: s.start_ticks,
+            }),
+            Ok(_) | Err(ProcError::Gone(_)) => Err(TargetError::Exited(self.pid)),
+            Err(source) => Err(TargetError::Proc {
+                pid: self.pid,
+                source,
+            }),
+        }
+    }
+
+    /// A pidfd polls readable once its process has exited.
+    pub fn has_exited(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.pidfd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+}
+
+/// The live descendants of `pid` (children, grandchildren, …) now.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(pids) = crate::observe::proc::list_pids() else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = pids
+        .into_iter()
+        .filter_map(|p| Stat::read(p).ok().map(|s| (p, s.ppid)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(child, _) in parents.iter().filter(|(_, pp)| *pp == parent) {
+            out.push(child);
+            frontier.push(child);
+        }
+    }
+    out
+}
