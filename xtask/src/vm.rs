@@ -585,11 +585,11 @@ fn pack_initramfs(
     }
     for bin in &built.binaries {
         let name = bin.file_name().context("test binary has a name")?;
-        copy(bin, &stage.join("tests").join(name))?;
+        copy_stripped(bin, &stage.join("tests").join(name))?;
         with_libs.push(bin.clone());
     }
     // At the same absolute path as on the host (CARGO_BIN_EXE_ffrtmp).
-    copy(&built.ffrtmp, &stage.join(built.ffrtmp.strip_prefix("/")?))?;
+    copy_stripped(&built.ffrtmp, &stage.join(built.ffrtmp.strip_prefix("/")?))?;
     with_libs.push(built.ffrtmp.clone());
     for lib in shared_libraries(&with_libs)? {
         copy(&lib, &stage.join(lib.strip_prefix("/")?))?;
@@ -629,6 +629,14 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     fs::copy(from, to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
+}
+
+/// Copies a debug build without its debug info (~55 MB → a few MB each; the
+/// whole initramfs must unpack into the VM's memory).
+fn copy_stripped(from: &Path, to: &Path) -> anyhow::Result<()> {
+    copy(from, to)?;
+    run_command(Command::new("strip").arg("--strip-debug").arg(to))
+        .with_context(|| format!("stripping {}", to.display()))
 }
 
 /// Shared libraries (and the loader) the binaries need, from `ldd`.

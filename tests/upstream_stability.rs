@@ -1,0 +1,208 @@
+//! The upstream wrapper's ten stability cases (scripts/test_wrapper_stability.sh,
+//! see ../shared/seed/UPSTREAM_NOTES.md), as behaviours of `ffrtmp`.
+//! Case 8 fails upstream; case 6 upstream never checked `/bin/false`.
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{FFRTMP, require_root};
+
+fn ffrtmp(args: &[&str]) -> std::process::Output {
+    Command::new(FFRTMP)
+        .args(args)
+        .output()
+        .expect("running ffrtmp")
+}
+
+fn alive(child: &mut Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
+
+/// The workload pid of a background `ffrtmp run`, from its governed event.
+fn workload_of(events: &std::path::Path) -> u32 {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        if let Some(pid) = text.lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "governed").then(|| v["pid"].as_u64())?
+        }) {
+            return pid as u32;
+        }
+        assert!(Instant::now() < deadline, "no governed event");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn events_file(case: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ffrtmp-upstream-{case}-{}", std::process::id()))
+}
+
+#[test]
+fn case_01_run_echo_succeeds() {
+    if !require_root("case_01_run_echo_succeeds") {
+        return;
+    }
+    let out = ffrtmp(&["run", "--", "echo", "test"]);
+    assert!(out.status.success());
+    assert_eq!(
+        out.stdout, b"test\n",
+        "the workload's stdout is its own, with no events in it"
+    );
+}
+
+#[test]
+fn case_02_stopping_an_attach_leaves_the_process_alive() {
+    if !require_root("case_02_stopping_an_attach") {
+        return;
+    }
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut attach = Command::new(FFRTMP)
+        .args(["attach", "--pid", &sleeper.id().to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(attach.id() as i32, libc::SIGTERM) };
+    assert!(attach.wait().unwrap().success());
+    assert!(alive(&mut sleeper));
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+#[test]
+fn case_03_kill_9_of_the_wrapper_leaves_the_workload_alive() {
+    if !require_root("case_03_kill_9_of_the_wrapper") {
+        return;
+    }
+    let events = events_file(3);
+    let mut wrapper = Command::new(FFRTMP)
+        .args(["run", "--events"])
+        .arg(&events)
+        .args(["--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = workload_of(&events);
+    wrapper.kill().unwrap();
+    wrapper.wait().unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert!(pid_alive(pid));
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+#[test]
+fn case_04_attach_to_a_missing_pid_says_it_does_not_exist() {
+    if !require_root("case_04_attach_to_a_missing_pid") {
+        return;
+    }
+    let out = ffrtmp(&["attach", "--pid", "99999999"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn case_05_run_without_a_job_id_works() {
+    if !require_root("case_05_run_without_a_job_id") {
+        return;
+    }
+    assert!(ffrtmp(&["run", "--", "/bin/true"]).status.success());
+}
+
+#[test]
+fn case_06_true_gives_0_and_false_gives_1() {
+    if !require_root("case_06_true_and_false") {
+        return;
+    }
+    assert_eq!(ffrtmp(&["run", "--", "/bin/true"]).status.code(), Some(0));
+    assert_eq!(ffrtmp(&["run", "--", "/bin/false"]).status.code(), Some(1));
+}
+
+#[test]
+fn case_07_three_concurrent_runs_all_finish() {
+    if !require_root("case_07_three_concurrent_runs") {
+        return;
+    }
+    let runs: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(FFRTMP)
+                .args(["run", "--", "sleep", "2"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut r in runs {
+        assert!(r.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn case_08_sigterm_to_the_wrapper_leaves_the_workload_alive() {
+    if !require_root("case_08_sigterm_to_the_wrapper") {
+        return;
+    }
+    let events = events_file(8);
+    let mut wrapper = Command::new(FFRTMP)
+        .args(["run", "--events"])
+        .arg(&events)
+        .args(["--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = workload_of(&events);
+    unsafe { libc::kill(wrapper.id() as i32, libc::SIGTERM) };
+    assert!(wrapper.wait().unwrap().success());
+    thread::sleep(Duration::from_millis(100));
+    assert!(pid_alive(pid));
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+#[test]
+fn case_09_three_quick_attach_detach_cycles_leave_the_process_alive() {
+    if !require_root("case_09_three_attach_detach_cycles") {
+        return;
+    }
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    for cycle in 0..3 {
+        // One job id per job: a live job's id is never shared.
+        let job = format!("upstream-9-{}-{cycle}", std::process::id());
+        let out = ffrtmp(&[
+            "attach",
+            "--pid",
+            &sleeper.id().to_string(),
+            "--job-id",
+            &job,
+            "--detach",
+        ]);
+        assert!(out.status.success(), "cycle {cycle}: {out:?}");
+    }
+    assert!(alive(&mut sleeper));
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+#[test]
+fn case_10_attach_to_an_exited_and_reaped_pid_says_it_does_not_exist() {
+    if !require_root("case_10_attach_to_an_exited_pid") {
+        return;
+    }
+    let mut gone = Command::new("/bin/true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let out = ffrtmp(&["attach", "--pid", &pid.to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
