@@ -375,3 +375,46 @@ fn include_children_moves_the_descendants_too() {
     }
     parent.wait().unwrap();
 }
+
+/// `ffrtmp status` reads the governed jobs back from the cgroup tree.
+#[test]
+fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
+    if !require_root("status_lists_governed_jobs") {
+        return;
+    }
+    let mut sleeper = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id();
+    let job = format!("status-{}", std::process::id());
+    let out = Command::new(FFRTMP)
+        .args([
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--job-id",
+            &job,
+            "--detach",
+            "--pids-max",
+            "32",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(FFRTMP)
+        .args(["status", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["mode"], "privileged");
+    let entry = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap_or_else(|| panic!("{job} not in {status}"));
+    assert_eq!(entry["pids"], serde_json::json!([pid]));
+    assert_eq!(entry["supervised"], false, "a detached job has no wrapper");
+    assert_eq!(entry["limits"]["pids.max"], "32");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}

@@ -54,6 +54,29 @@ pub fn attach(args: AttachArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Signal handlers first: a SIGTERM right after `governed` must detach,
+    // not kill the wrapper with the default action.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ffrtmp: error: starting the event loop: {e}");
+            return ExitCode::from(EXIT_WRAPPER);
+        }
+    };
+    let _context = runtime.enter();
+    let handlers = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+    ]
+    .map(signal);
+    let [Ok(term), Ok(int), Ok(hup)] = handlers else {
+        eprintln!("ffrtmp: error: installing signal handlers");
+        return ExitCode::from(EXIT_WRAPPER);
+    };
     let target = match Target::open(args.pid, args.start_time) {
         Ok(t) => t,
         Err(e) => {
@@ -152,17 +175,7 @@ pub fn attach(args: AttachArgs) -> ExitCode {
     if args.detach {
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ffrtmp: error: starting the event loop: {e}");
-            return ExitCode::from(EXIT_WRAPPER);
-        }
-    };
-    runtime.block_on(follow(target, prepared, &mut sink))
+    runtime.block_on(follow(target, prepared, [term, int, hup], &mut sink))
 }
 
 /// Each step only on the same live process; else undo and refuse.
@@ -177,20 +190,11 @@ fn step(target: &Target, prepared: &Prepared, what: &str) -> Result<(), ExitCode
 /// Waits for the exit (pidfd readable) or a signal (detach).
 async fn follow(
     target: Target,
-    prepared: super::governance::Prepared,
+    prepared: Prepared,
+    [mut term, mut int, mut hup]: [tokio::signal::unix::Signal; 3],
     sink: &mut EventOut,
 ) -> ExitCode {
     let job_id = prepared.job_id.to_string();
-    let handlers = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-    ]
-    .map(signal);
-    let [Ok(mut term), Ok(mut int), Ok(mut hup)] = handlers else {
-        eprintln!("ffrtmp: error: installing signal handlers");
-        return ExitCode::from(EXIT_WRAPPER);
-    };
     // SAFETY: the pidfd is owned by `target`, which outlives this AsyncFd.
     let exited = match unsafe {
         AsyncFd::register_with_interest(target.pidfd(), tokio::io::Interest::READABLE)

@@ -6,6 +6,7 @@ mod attach;
 mod govern_args;
 mod governance;
 mod run;
+mod status;
 mod watch;
 
 use std::{process::ExitCode, time::Duration};
@@ -55,6 +56,9 @@ pub enum Command {
     /// that is not ffrtmp's child is unknown: null). A missing, exited or
     /// reused pid exits 2.
     Attach(attach::AttachArgs),
+    /// Mode, cgroup layout, controllers, eBPF prerequisites, and the jobs
+    /// governed now (read from the cgroup tree), as JSON or text on stdout.
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Watch(args) => watch::run(args),
         Command::Run(args) => return run::run(args),
         Command::Attach(args) => return attach::attach(args),
+        Command::Status(args) => return status::status(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

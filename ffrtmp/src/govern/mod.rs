@@ -371,16 +371,8 @@ pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
     let Ok(_root_lock) = lock_root(primary) else {
         return Vec::new();
     };
-    let names: BTreeSet<std::ffi::OsString> = dirs
-        .iter()
-        .filter_map(|d| fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name())
-        .collect();
     let mut removed = Vec::new();
-    for name in names {
+    for name in job_names(&dirs) {
         // Held until the directory is gone, so no wrapper claims it meanwhile.
         let claim = File::open(primary.join(&name))
             .ok()
@@ -402,6 +394,46 @@ pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// The job cgroups under the root now: (job name, its directory in each
+/// hierarchy, whether a live wrapper holds its claim).
+pub fn job_dirs(ctx: &Context) -> Vec<(String, Vec<PathBuf>, bool)> {
+    let Some(root) = &ctx.root else {
+        return Vec::new();
+    };
+    let dirs = root_dirs(ctx, root);
+    let Some(primary) = dirs.first() else {
+        return Vec::new();
+    };
+    job_names(&dirs)
+        .into_iter()
+        .map(|name| {
+            let job_dirs: Vec<PathBuf> = dirs
+                .iter()
+                .map(|d| d.join(&name))
+                .filter(|d| d.is_dir())
+                .collect();
+            // Claimed: our exclusive attempt fails while a wrapper holds it.
+            let supervised = File::open(primary.join(&name))
+                .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
+                .unwrap_or(false);
+            (name, job_dirs, supervised)
+        })
+        .collect()
+}
+
+/// The job directory names under the root's directories (job ids are
+/// UTF-8 by construction; anything else is not ours and left alone).
+fn job_names(root_dirs: &[PathBuf]) -> BTreeSet<String> {
+    root_dirs
+        .iter()
+        .filter_map(|d| fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
 }
 
 /// No process in it and no child cgroup under it.

@@ -1,0 +1,173 @@
+//! `ffrtmp status`: what ffrtmp can do on this machine (mode, cgroup layout,
+//! controllers, eBPF prerequisites) and the jobs it governs now, read from
+//! the cgroup tree (the tree is the state: nothing else is kept).
+use std::{collections::BTreeMap, fs, path::Path, process::ExitCode};
+
+use clap::Args;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::{EXIT_FAILURE, EXIT_USAGE};
+use crate::{
+    events::Format,
+    govern::{Context, GovernError, job_dirs, layout::LayoutError},
+    observe::ebpf::btf::VMLINUX_BTF,
+};
+
+/// Limit files reported per job, by hierarchy kind.
+const V2_FILES: &[&str] = &[
+    "cpu.max",
+    "cpu.weight",
+    "memory.max",
+    "memory.high",
+    "io.max",
+    "pids.max",
+];
+const V1_FILES: &[&str] = &[
+    "cpu.cfs_quota_us",
+    "cpu.cfs_period_us",
+    "cpu.shares",
+    "memory.limit_in_bytes",
+    "memory.soft_limit_in_bytes",
+    "pids.max",
+    "blkio.throttle.read_bps_device",
+    "blkio.throttle.write_bps_device",
+];
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// ffrtmp's root cgroup, as for run/attach.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    mode: String,
+    layout: Value,
+    root: Option<String>,
+    ebpf: Value,
+    jobs: Vec<Job>,
+}
+
+#[derive(Serialize)]
+struct Job {
+    job_id: String,
+    cgroup: String,
+    pids: Vec<u32>,
+    /// A wrapper (run/attach) holds the job; false for detached jobs.
+    supervised: bool,
+    /// Limit files as the kernel reads them, by hierarchy directory.
+    limits: Map<String, Value>,
+}
+
+pub fn status(args: StatusArgs) -> ExitCode {
+    let ctx = match Context::detect(args.cgroup_root.as_deref()) {
+        Ok(c) => c,
+        Err(
+            e @ (GovernError::Layout(LayoutError::BadRoot(_))
+            | GovernError::RootOutsideHierarchy(..)),
+        ) => {
+            eprintln!("ffrtmp: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let v1: BTreeMap<&str, String> = ctx
+        .layout
+        .v1
+        .iter()
+        .map(|(c, m)| (c.as_str(), m.point.display().to_string()))
+        .collect();
+    let layout = json!({
+        "kind": ctx.layout.kind(),
+        "v2": ctx.layout.v2.as_ref().map(|m| m.point.display().to_string()),
+        "v2_controllers": ctx.layout.v2_controllers(),
+        "v1": v1,
+    });
+    let ebpf = json!({
+        "btf": Path::new(VMLINUX_BTF).exists(),
+        "privileged": crate::govern::privileged(),
+    });
+    let jobs = job_dirs(&ctx)
+        .into_iter()
+        .map(|(name, dirs, supervised)| {
+            let mut limits = Map::new();
+            let mut pids = Vec::new();
+            let files = if dirs.len() == 1 && ctx.layout.kind() == crate::govern::layout::Kind::V2 {
+                V2_FILES
+            } else {
+                V1_FILES
+            };
+            for dir in &dirs {
+                for f in files {
+                    if let Ok(v) = fs::read_to_string(dir.join(f)) {
+                        limits.insert(f.to_string(), json!(v.trim()));
+                    }
+                }
+                for p in fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                {
+                    if let Ok(p) = p.parse::<u32>()
+                        && !pids.contains(&p)
+                    {
+                        pids.push(p);
+                    }
+                }
+            }
+            let cgroup = ctx
+                .root
+                .as_ref()
+                .map(|r| r.child(&name).as_str().to_string())
+                .unwrap_or_default();
+            Job {
+                job_id: name,
+                cgroup,
+                pids,
+                supervised,
+                limits,
+            }
+        })
+        .collect();
+    let status = Status {
+        mode: ctx.mode.as_str().into(),
+        layout,
+        root: ctx.root.as_ref().map(|r| r.as_str().to_string()),
+        ebpf,
+        jobs,
+    };
+    match args.format {
+        Format::Json => match serde_json::to_string_pretty(&status) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("ffrtmp: error: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        Format::Text => {
+            println!("mode: {}", status.mode);
+            println!("cgroups: {}", status.layout);
+            println!("root: {}", status.root.as_deref().unwrap_or("-"));
+            println!("ebpf: {}", status.ebpf);
+            println!("jobs: {}", status.jobs.len());
+            for j in &status.jobs {
+                println!(
+                    "  {} {} pids={:?} supervised={} {}",
+                    j.job_id,
+                    j.cgroup,
+                    j.pids,
+                    j.supervised,
+                    Value::Object(j.limits.clone())
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
