@@ -740,3 +740,103 @@ fn delegated_mode_governs_inside_the_delegated_subtree() {
     let _ = fs::remove_dir(subtree.join("ffrtmp"));
     let _ = fs::remove_dir(&leaf);
 }
+
+/// Length of a media file's first video stream in frames, per ffprobe.
+fn frames_of(file: &Path) -> Option<u64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Debian's real ffmpeg transcodes a test pattern to mp4 under limits, and a
+/// second transcode finishes its file although its wrapper is killed -9
+/// mid-way.
+#[test]
+fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
+    if !require_root("a_real_ffmpeg_transcode") {
+        return;
+    }
+    if common::in_vm() {
+        skip(
+            "a_real_ffmpeg_transcode",
+            "no ffmpeg in the VM image (runs on the host)",
+        );
+        return;
+    }
+    if !Path::new("/usr/bin/ffmpeg").exists() {
+        if common::required() {
+            panic!("ffmpeg is missing: `cargo xtask test` installs it as root");
+        }
+        skip("a_real_ffmpeg_transcode", "ffmpeg is not installed");
+        return;
+    }
+    let dir = scratch("ffmpeg");
+    let transcode = |seconds: u32, out: &Path| -> Vec<String> {
+        [
+            "/usr/bin/ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc=duration={seconds}:size=640x480:rate=25"),
+            "-c:v",
+            "mpeg4",
+            "-y",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+
+    let short = dir.join("short.mp4");
+    let mut args = vec!["--cpu-max", "100000 100000", "--memory-max", "512M", "--"];
+    let cmd = transcode(2, &short);
+    args.extend(cmd.iter().map(String::as_str));
+    let (out, events) = run(&dir.join("events-short"), &args);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(governed(&events).limits["cpu_max"], "100000 100000");
+    assert_eq!(frames_of(&short), Some(50), "2 s at 25 fps");
+
+    // Long enough to be killed mid-way under a 0.5 CPU quota.
+    let long = dir.join("long.mp4");
+    let events = dir.join("events-long");
+    let mut wrapper = Command::new(FFRTMP)
+        .args(["run", "--cpu-max", "50000 100000", "--events"])
+        .arg(&events)
+        .arg("--")
+        .args(transcode(30, &long))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + common::PATIENCE;
+    let pid = loop {
+        if let Some(pid) = read_events(&events).iter().find_map(|e| match &e.body {
+            Body::Governed(g) => Some(g.pid),
+            _ => None,
+        }) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no governed event");
+        thread::sleep(Duration::from_millis(20));
+    };
+    thread::sleep(Duration::from_millis(300));
+    wrapper.kill().unwrap();
+    wrapper.wait().unwrap();
+    assert!(alive(pid), "ffmpeg died with its wrapper");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the transcode did not finish");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        frames_of(&long),
+        Some(500),
+        "the whole 20 s were transcoded"
+    );
+}

@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{toolchain, vm};
 
+/// Commands the host tests run, with their Debian packages.
+const TEST_PACKAGES: &[(&str, &str)] = &[("ffmpeg", "ffmpeg")];
+
 /// Set for the test binaries: root tests fail instead of skipping.
 const REQUIRE_ROOT_ENV: &str = "FFRTMP_REQUIRE_ROOT_TESTS";
 
@@ -31,6 +34,10 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         );
     }
 
+    if is_root {
+        // The transcode test runs Debian's real ffmpeg.
+        crate::packages::ensure(TEST_PACKAGES)?;
+    }
     let mut cmd = tools.cargo(root);
     cmd.args([
         "test",

@@ -188,24 +188,7 @@ pub fn run(root: &Path, tools: &Tools, args: &VmArgs) -> anyhow::Result<Vec<VmOu
 }
 
 fn ensure_host_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = HOST_PACKAGES
-        .iter()
-        .filter(|(bin, _)| {
-            capture(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_err()
-        })
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    run_command(Command::new("apt-get").args(["update", "-q"]))?;
-    run_command(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::packages::ensure(HOST_PACKAGES)
 }
 
 /// A kernel ready to boot.
