@@ -836,7 +836,7 @@ fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
     }
     assert_eq!(
         frames_of(&long),
-        Some(500),
-        "the whole 20 s were transcoded"
+        Some(750),
+        "the whole 30 s were transcoded"
     );
 }
