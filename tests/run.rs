@@ -840,3 +840,84 @@ fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
         "the whole 30 s were transcoded"
     );
 }
+
+/// Helper: write 3 MiB with O_DIRECT to the block device named in
+/// FFRTMP_TEST_DEVICE, in 64 KiB blocks.
+#[test]
+fn helper_direct_write() {
+    if !is_helper("direct-write") {
+        return;
+    }
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let device = std::env::var("FFRTMP_TEST_DEVICE").unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(device)
+        .unwrap();
+    // O_DIRECT wants an aligned buffer: over-allocate and slice at 4 KiB.
+    let raw = vec![0x5au8; (64 << 10) + 4096];
+    let off = raw.as_ptr().align_offset(4096);
+    let block = &raw[off..off + (64 << 10)];
+    for _ in 0..48 {
+        f.write_all(block).unwrap();
+    }
+}
+
+/// io.max on a real block device (the VM's RAM disk): 3 MiB of direct
+/// writes at wbps=1 MiB/s take well over a second; unlimited, far less.
+#[test]
+fn io_max_throttles_writes_to_a_real_block_device() {
+    if !require_root("io_max_throttles_writes") {
+        return;
+    }
+    let Ok(dev) = fs::read_to_string("/sys/block/ram0/dev") else {
+        if common::in_vm() {
+            panic!("the VM must provide /dev/ram0");
+        }
+        skip(
+            "io_max_throttles_writes",
+            "no /dev/ram0 here (the VM loads brd)",
+        );
+        return;
+    };
+    let dev = dev.trim().to_string();
+    let dir = scratch("io");
+    let exe = std::env::current_exe().unwrap();
+    let timed = |extra: &[&str], events: &Path| {
+        let start = Instant::now();
+        let status = Command::new(FFRTMP)
+            .arg("run")
+            .args(extra)
+            .arg("--events")
+            .arg(events)
+            .arg("--")
+            .arg(&exe)
+            .args(["--exact", "helper_direct_write", "--test-threads=1"])
+            .env(common::HELPER_ENV, "direct-write")
+            .env("FFRTMP_TEST_DEVICE", "/dev/ram0")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{extra:?}: {status}");
+        start.elapsed()
+    };
+    let free = timed(&[], &dir.join("events-free"));
+    let limit = format!("{dev} wbps=1048576");
+    let throttled = timed(&["--io-max", &limit], &dir.join("events-io"));
+    let events = read_events(&dir.join("events-io"));
+    let applied = governed(&events).limits["io_max"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        applied.starts_with(&dev) && applied.contains("wbps=1048576"),
+        "{applied}"
+    );
+    eprintln!("3 MiB direct writes: {free:?} unlimited, {throttled:?} at 1 MiB/s");
+    assert!(
+        throttled >= Duration::from_millis(1500),
+        "not throttled: {throttled:?}"
+    );
+    assert!(throttled > free * 2, "{throttled:?} vs {free:?}");
+}
