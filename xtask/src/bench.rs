@@ -32,6 +32,13 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 #[derive(clap::Subcommand)]
 pub enum Bench {
+    /// `ffrtmp run` and `cgexec` against a bare exec; attach latency;
+    /// wrapper RSS while a job runs.
+    Run {
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
     /// Exec storm with and without `watch`; loss, probe cost, CPU and RSS.
     Observe {
         /// Execs per forker per round.
@@ -48,6 +55,7 @@ pub enum Bench {
 
 pub fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
     match bench {
+        Bench::Run { runs } => run_bench(root, runs),
         Bench::Observe {
             execs,
             rounds,
@@ -366,4 +374,106 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
     })();
     fs::write(BPF_STATS, stats_before.trim()).context("restoring kernel.bpf_stats_enabled")?;
     result
+}
+
+/// Median wall time of `runs` executions of `cmd()`, which must succeed.
+fn median_wall(runs: usize, mut cmd: impl FnMut() -> Command) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let status = cmd().stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        times.push(start.elapsed());
+        if !status.success() {
+            bail!("{:?} failed: {status}", cmd());
+        }
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench run needs root (it creates cgroups)");
+    }
+    crate::packages::ensure(&[("cgexec", "cgroup-tools")])?;
+    let bin = build_release(root)?;
+    println!("bench run: {runs} runs each, median wall time");
+    let bare = median_wall(runs, || Command::new("/bin/true"))?;
+    let wrapped = median_wall(runs, || {
+        let mut c = Command::new(&bin);
+        c.args([
+            "run",
+            "--cpu-max",
+            "100000 100000",
+            "--memory-max",
+            "512M",
+            "--",
+            "/bin/true",
+        ]);
+        c
+    })?;
+    // cgexec needs its cgroup made first (cgcreate), in the same hierarchies.
+    let group = format!("ffrtmp-bench-cgexec-{}", std::process::id());
+    crate::run_command(Command::new("cgcreate").args(["-g", &format!("cpu,memory:/{group}")]))?;
+    let cgexec = median_wall(runs, || {
+        let mut c = Command::new("cgexec");
+        c.args(["-g", &format!("cpu,memory:/{group}"), "/bin/true"]);
+        c
+    });
+    let _ = Command::new("cgdelete")
+        .args(["-g", &format!("cpu,memory:/{group}")])
+        .status();
+    let cgexec = cgexec?;
+    println!("  /bin/true:                         {:>8.3} ms", ms(bare));
+    println!(
+        "  ffrtmp run (cpu+memory limits):    {:>8.3} ms  (+{:.3} ms, x{:.1})",
+        ms(wrapped),
+        ms(wrapped) - ms(bare),
+        wrapped.as_secs_f64() / bare.as_secs_f64()
+    );
+    println!(
+        "  cgexec (existing cgroup):          {:>8.3} ms  (+{:.3} ms)",
+        ms(cgexec),
+        ms(cgexec) - ms(bare)
+    );
+
+    // Attach: from the call to the limits applied (`--detach` returns then).
+    let mut sleeper = Command::new("/bin/sleep").arg("600").spawn()?;
+    let pid = sleeper.id().to_string();
+    let mut n = 0;
+    let attach = median_wall(runs.min(100), || {
+        n += 1;
+        let mut c = Command::new(&bin);
+        c.args([
+            "attach",
+            "--pid",
+            &pid,
+            "--detach",
+            "--job-id",
+            &format!("bench-attach-{n}"),
+        ]);
+        c.args(["--cpu-max", "50000 100000", "--memory-max", "256M"]);
+        c
+    });
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    println!(
+        "  ffrtmp attach --detach (to limits applied): {:>8.3} ms",
+        ms(attach?)
+    );
+
+    // Wrapper RSS while a job runs.
+    let mut wrapper = Command::new(&bin)
+        .args(["run", "--cpu-max", "100000 100000", "--", "/bin/sleep", "2"])
+        .stderr(Stdio::null())
+        .spawn()?;
+    let wpid = wrapper.id();
+    let ((), rss) = peak_rss_during(wpid, || thread::sleep(Duration::from_millis(1500)));
+    wrapper.wait()?;
+    println!("  ffrtmp run wrapper RSS while its job runs: {rss} KiB");
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
