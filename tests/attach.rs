@@ -10,23 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, helper, is_helper, require_root};
+use common::{FFRTMP, helper, is_helper, read_events, require_root, scratch};
 use ffrtmp::events::{Body, Event};
-
-fn scratch(test: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ffrtmp-attach-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn read_events(path: &Path) -> Vec<Event> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
-        .collect()
-}
 
 fn wait_for(path: &Path, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
     let deadline = Instant::now() + common::PATIENCE;

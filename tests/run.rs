@@ -13,16 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, is_helper, require_root, skip};
+use common::{FFRTMP, is_helper, read_events, require_root, scratch, skip};
 use ffrtmp::events::{Body, Event};
-
-/// A scratch directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ffrtmp-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// `ffrtmp run ARGS` with events to a file; returns the output and events.
 fn run(events: &Path, args: &[&str]) -> (Output, Vec<Event>) {
@@ -34,14 +26,6 @@ fn run(events: &Path, args: &[&str]) -> (Output, Vec<Event>) {
         .output()
         .expect("running ffrtmp run");
     (out, read_events(events))
-}
-
-fn read_events(path: &Path) -> Vec<Event> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
-        .collect()
 }
 
 fn governed(events: &[Event]) -> &ffrtmp::events::Governed {

@@ -186,3 +186,20 @@ pub fn required() -> bool {
 pub fn in_vm() -> bool {
     std::env::var_os("FFRTMP_VM").is_some()
 }
+
+/// A fresh scratch directory for one test.
+pub fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ffrtmp-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+/// The events in a `--events FILE` written by `run` or `attach`.
+pub fn read_events(path: &std::path::Path) -> Vec<Event> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
+        .collect()
+}

@@ -7,15 +7,12 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::io::unix::AsyncFd;
 
 use super::{
     EXIT_USAGE,
     govern_args::{EventOut, GovernArgs},
-    governance::{Prepared, prepare},
+    governance::{DetachSignals, Prepared, prepare, runtime_with_signals},
     run::EXIT_WRAPPER,
 };
 use crate::{
@@ -56,26 +53,9 @@ pub fn attach(args: AttachArgs) -> ExitCode {
     };
     // Signal handlers first: a SIGTERM right after `governed` must detach,
     // not kill the wrapper with the default action.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let (runtime, signals) = match runtime_with_signals() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("ffrtmp: error: starting the event loop: {e}");
-            return ExitCode::from(EXIT_WRAPPER);
-        }
-    };
-    let _context = runtime.enter();
-    let handlers = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-    ]
-    .map(signal);
-    let [Ok(term), Ok(int), Ok(hup)] = handlers else {
-        eprintln!("ffrtmp: error: installing signal handlers");
-        return ExitCode::from(EXIT_WRAPPER);
+        Err(code) => return code,
     };
     let target = match Target::open(args.pid, args.start_time) {
         Ok(t) => t,
@@ -175,7 +155,7 @@ pub fn attach(args: AttachArgs) -> ExitCode {
     if args.detach {
         return ExitCode::SUCCESS;
     }
-    runtime.block_on(follow(target, prepared, [term, int, hup], &mut sink))
+    runtime.block_on(follow(target, prepared, signals, &mut sink))
 }
 
 /// Each step only on the same live process; else undo and refuse.
@@ -191,7 +171,7 @@ fn step(target: &Target, prepared: &Prepared, what: &str) -> Result<(), ExitCode
 async fn follow(
     target: Target,
     prepared: Prepared,
-    [mut term, mut int, mut hup]: [tokio::signal::unix::Signal; 3],
+    [mut term, mut int, mut hup]: DetachSignals,
     sink: &mut EventOut,
 ) -> ExitCode {
     let job_id = prepared.job_id.to_string();

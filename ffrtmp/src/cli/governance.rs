@@ -5,6 +5,10 @@
 use std::{fs::File, io, os::fd::OwnedFd, process::ExitCode};
 
 use serde_json::json;
+use tokio::{
+    runtime::Runtime,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 use super::{
     EXIT_USAGE,
@@ -21,6 +25,31 @@ use crate::{
         reap_empty,
     },
 };
+
+/// SIGTERM, SIGINT and SIGHUP: the signals on which a wrapper detaches.
+pub type DetachSignals = [Signal; 3];
+
+/// The wrappers' event loop (one thread) with the detach signals installed.
+pub fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
+    let fail = |what: &str, e: io::Error| {
+        eprintln!("ffrtmp: error: {what}: {e}");
+        ExitCode::from(EXIT_WRAPPER)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail("starting the event loop", e))?;
+    let signals = {
+        let _context = runtime.enter();
+        let install = |kind| signal(kind).map_err(|e| fail("installing a signal handler", e));
+        [
+            install(SignalKind::terminate())?,
+            install(SignalKind::interrupt())?,
+            install(SignalKind::hangup())?,
+        ]
+    };
+    Ok((runtime, signals))
+}
 
 /// Nice applied when CPU limits cannot be (lower priority than default).
 pub const NICE_FALLBACK: i32 = 10;

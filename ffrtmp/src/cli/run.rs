@@ -23,12 +23,11 @@ use std::{
 };
 
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
     EXIT_USAGE,
     govern_args::{EventOut, GovernArgs},
-    governance::{Prepared, prepare},
+    governance::{DetachSignals, Prepared, prepare, runtime_with_signals},
 };
 use crate::events::{Detached, Event, Exit, JobReport, Sink, Source, Timestamp};
 
@@ -57,43 +56,26 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Handlers before anything else: a signal during set-up must detach,
+    // not kill the wrapper with the default action.
+    let (runtime, signals) = match runtime_with_signals() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     let default_job = format!("run-{}", std::process::id());
     let prepared = match prepare(&args.govern, &default_job, &mut sink) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ffrtmp: error: starting the event loop: {e}");
-            prepared.abandon();
-            return ExitCode::from(EXIT_WRAPPER);
-        }
-    };
-    runtime.block_on(supervise(args, prepared, &mut sink))
+    runtime.block_on(supervise(args, prepared, signals, &mut sink))
 }
 
-async fn supervise(args: RunArgs, prepared: Prepared, sink: &mut EventOut) -> ExitCode {
-    let mut signals = Vec::new();
-    for kind in [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-    ] {
-        match signal(kind) {
-            Ok(s) => signals.push(s),
-            Err(e) => {
-                eprintln!("ffrtmp: error: installing a signal handler: {e}");
-                prepared.abandon();
-                return ExitCode::from(EXIT_WRAPPER);
-            }
-        }
-    }
-    let [mut term, mut int, mut hup] = <[_; 3]>::try_from(signals).ok().expect("three handlers");
-
+async fn supervise(
+    args: RunArgs,
+    prepared: Prepared,
+    [mut term, mut int, mut hup]: DetachSignals,
+    sink: &mut EventOut,
+) -> ExitCode {
     // Opened here, written by the child before exec.
     let procs: Vec<OwnedFd> = match prepared.open_procs() {
         Ok(fds) => fds,
