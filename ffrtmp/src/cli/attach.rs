@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 use super::{
     EXIT_USAGE,
     govern_args::{EventOut, GovernArgs},
-    governance::{DetachSignals, Prepared, prepare, runtime_with_signals},
+    governance::{DetachSignals, Prepared, begin, prepare},
     run::EXIT_WRAPPER,
 };
 use crate::{
@@ -44,17 +44,8 @@ pub struct AttachArgs {
 }
 
 pub fn attach(args: AttachArgs) -> ExitCode {
-    let mut sink = match args.govern.emitter() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("ffrtmp: error: opening the events file: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    // Signal handlers first: a SIGTERM right after `governed` must detach,
-    // not kill the wrapper with the default action.
-    let (runtime, signals) = match runtime_with_signals() {
-        Ok(r) => r,
+    let (mut sink, runtime, signals) = match begin(&args.govern) {
+        Ok(b) => b,
         Err(code) => return code,
     };
     let target = match Target::open(args.pid, args.start_time) {

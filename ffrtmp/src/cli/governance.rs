@@ -29,6 +29,18 @@ use crate::{
 /// SIGTERM, SIGINT and SIGHUP: the signals on which a wrapper detaches.
 pub type DetachSignals = [Signal; 3];
 
+/// How `run` and `attach` begin: their event output, then their event loop
+/// with the detach signals installed before any set-up (a signal during
+/// set-up must detach, not kill the wrapper with the default action).
+pub fn begin(args: &GovernArgs) -> Result<(EventOut, Runtime, DetachSignals), ExitCode> {
+    let sink = args.emitter().map_err(|e| {
+        eprintln!("ffrtmp: error: opening the events file: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let (runtime, signals) = runtime_with_signals()?;
+    Ok((sink, runtime, signals))
+}
+
 /// The wrappers' event loop (one thread) with the detach signals installed.
 pub fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
     let fail = |what: &str, e: io::Error| {

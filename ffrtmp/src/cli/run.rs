@@ -25,9 +25,8 @@ use std::{
 use clap::Args;
 
 use super::{
-    EXIT_USAGE,
     govern_args::{EventOut, GovernArgs},
-    governance::{DetachSignals, Prepared, prepare, runtime_with_signals},
+    governance::{DetachSignals, Prepared, begin, prepare},
 };
 use crate::events::{Detached, Event, Exit, JobReport, Sink, Source, Timestamp};
 
@@ -49,17 +48,8 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    let mut sink = match args.govern.emitter() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("ffrtmp: error: opening the events file: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    // Handlers before anything else: a signal during set-up must detach,
-    // not kill the wrapper with the default action.
-    let (runtime, signals) = match runtime_with_signals() {
-        Ok(r) => r,
+    let (mut sink, runtime, signals) = match begin(&args.govern) {
+        Ok(b) => b,
         Err(code) => return code,
     };
     let default_job = format!("run-{}", std::process::id());
