@@ -58,7 +58,8 @@ pub fn enable_controllers(
 }
 
 impl Job {
-    /// Makes the job cgroup under `root` (creating `root` if needed).
+    /// Makes the job cgroup under `root`, which the caller has created (and
+    /// holds locked, see the claims in the module above).
     pub fn create(
         mount: &Mount,
         root: &CgroupPath,
@@ -66,8 +67,6 @@ impl Job {
         limits: &Limits,
     ) -> Result<(Self, Applied), GovernError> {
         let mut applied = Applied::default();
-        let root_dir = mount.dir_of(root);
-        fs::create_dir_all(&root_dir).map_err(|e| GovernError::io("creating", &root_dir, e))?;
         for (controller, reason) in enable_controllers(mount, root, &controllers_for(limits)) {
             applied.fail(controller, reason);
         }
