@@ -403,3 +403,106 @@ fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
 }
+
+/// The CPU quota of job `job`, as the kernel reads it (v2 or v1).
+fn cpu_quota_of(job: &str) -> String {
+    let v2 = Path::new("/sys/fs/cgroup/ffrtmp").join(job).join("cpu.max");
+    if v2.exists() {
+        return fs::read_to_string(v2)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .into();
+    }
+    let v1 = Path::new("/sys/fs/cgroup/cpu/ffrtmp")
+        .join(job)
+        .join("cpu.cfs_quota_us");
+    fs::read_to_string(&v1)
+        .unwrap_or_else(|e| panic!("{}: {e}", v1.display()))
+        .trim()
+        .into()
+}
+
+#[test]
+fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
+    if !require_root("attaching_again_updates_the_job") {
+        return;
+    }
+    let dir = scratch("reattach");
+    let events = dir.join("events");
+    let mut first = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let mut other = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    let job = format!("reattach-{}", std::process::id());
+    let attach = |pid: u32, limits: &[&str]| {
+        Command::new(FFRTMP)
+            .args([
+                "attach",
+                "--detach",
+                "--pid",
+                &pid.to_string(),
+                "--job-id",
+                &job,
+            ])
+            .args(limits)
+            .arg("--events")
+            .arg(&events)
+            .output()
+            .unwrap()
+    };
+    let out = attach(first.id(), &["--cpu-max", "20000 100000"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(cpu_quota_of(&job), "20000");
+
+    // The same process again: its job's limits are updated in place, and a
+    // limit of a hierarchy the job did not have yet is added.
+    let out = attach(
+        first.id(),
+        &["--cpu-max", "50000 100000", "--pids-max", "16"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(cpu_quota_of(&job), "50000");
+    let last = read_events(&events)
+        .into_iter()
+        .rev()
+        .find_map(|e| match e.body {
+            Body::Governed(g) => Some(g),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last.limits["cpu_max"], "50000 100000");
+    assert_eq!(last.limits["pids_max"], "16");
+    let cg = cgroups(first.id());
+    assert!(cg.contains(&format!("/ffrtmp/{job}")), "{cg}");
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert!(cg.contains(&format!(":pids:/ffrtmp/{job}")), "{cg}");
+    }
+
+    // Another process under that job id: refused, nothing moved or changed.
+    let out = attach(other.id(), &["--cpu-max", "90000 100000"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another job uses this job id"), "{stderr}");
+    assert!(
+        !cgroups(other.id()).contains("/ffrtmp/"),
+        "{}",
+        cgroups(other.id())
+    );
+    assert_eq!(cpu_quota_of(&job), "50000");
+
+    // `run` under a job id in use: refused before the workload starts.
+    let marker = dir.join("ran");
+    let out = Command::new(FFRTMP)
+        .args(["run", "--job-id", &job, "--", "/bin/touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!marker.exists(), "the workload ran under a job id in use");
+    assert_eq!(cpu_quota_of(&job), "50000");
+
+    for c in [&mut first, &mut other] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}

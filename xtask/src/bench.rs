@@ -12,6 +12,7 @@
 //! - `watch`'s CPU (schedstat, ns) and RSS while idle and during the storm.
 use std::{
     collections::HashSet,
+    ffi::OsStr,
     fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -376,15 +377,57 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
     result
 }
 
-/// Median wall time of `runs` executions of `cmd()`, which must succeed.
-fn median_wall(runs: usize, mut cmd: impl FnMut() -> Command) -> anyhow::Result<Duration> {
+/// Median wall time of each command over `runs` rounds; every round runs
+/// each command once, in turn, so that drift in the machine's speed (large
+/// on a VM) affects them all alike. Every execution must succeed.
+fn medians_interleaved<const N: usize>(
+    runs: usize,
+    commands: &[(&str, Vec<&OsStr>); N],
+) -> anyhow::Result<[Duration; N]> {
+    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(runs));
+    for _ in 0..runs {
+        for ((program, args), times) in commands.iter().zip(&mut times) {
+            let start = Instant::now();
+            let status = Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .with_context(|| format!("starting {program}"))?;
+            times.push(start.elapsed());
+            if !status.success() {
+                bail!("{program} {args:?} failed: {status}");
+            }
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort();
+        t[t.len() / 2]
+    }))
+}
+
+/// Median time from spawning `cmd()` to its `governed` event on stderr; the
+/// command must then succeed.
+fn median_until_governed(
+    runs: usize,
+    mut cmd: impl FnMut() -> Command,
+) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
-        let status = cmd().stdout(Stdio::null()).stderr(Stdio::null()).status()?;
-        times.push(start.elapsed());
-        if !status.success() {
-            bail!("{:?} failed: {status}", cmd());
+        let mut child = cmd().stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let mut governed = None;
+        for line in BufReader::new(stderr).lines() {
+            if line?.contains("\"event\":\"governed\"") {
+                governed = Some(start.elapsed());
+                break;
+            }
+        }
+        let status = child.wait()?;
+        match governed {
+            Some(t) if status.success() => times.push(t),
+            _ => bail!("{:?}: no governed event, or it failed: {status}", cmd()),
         }
     }
     times.sort();
@@ -397,34 +440,42 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
     }
     crate::packages::ensure(&[("cgexec", "cgroup-tools")])?;
     let bin = build_release(root)?;
-    println!("bench run: {runs} runs each, median wall time");
-    let bare = median_wall(runs, || Command::new("/bin/true"))?;
-    let wrapped = median_wall(runs, || {
-        let mut c = Command::new(&bin);
-        c.args([
-            "run",
-            "--cpu-max",
-            "100000 100000",
-            "--memory-max",
-            "512M",
-            "--",
-            "/bin/true",
-        ]);
-        c
-    })?;
+    println!("bench run: {runs} runs each, interleaved, median wall time");
     // cgexec needs its cgroup made first (cgcreate), in the same hierarchies.
     let group = format!("ffrtmp-bench-cgexec-{}", std::process::id());
     crate::run_command(Command::new("cgcreate").args(["-g", &format!("cpu,memory:/{group}")]))?;
-    let cgexec = median_wall(runs, || {
-        let mut c = Command::new("cgexec");
-        c.args(["-g", &format!("cpu,memory:/{group}"), "/bin/true"]);
-        c
-    });
+    let cgexec_group = format!("cpu,memory:/{group}");
+    let limits = ["--cpu-max", "100000 100000", "--memory-max", "512M"];
+    let commands: [(&str, Vec<&OsStr>); 4] = [
+        ("/bin/true", vec![]),
+        // The floor of a supervising wrapper: timeout(1), a small C program
+        // that forks, execs and waits.
+        ("timeout", ["600", "/bin/true"].map(OsStr::new).to_vec()),
+        (
+            bin.to_str().context("the binary's path is not UTF-8")?,
+            ["run"]
+                .iter()
+                .chain(&limits)
+                .chain(&["--", "/bin/true"])
+                .map(OsStr::new)
+                .collect(),
+        ),
+        (
+            "cgexec",
+            ["-g", &cgexec_group, "/bin/true"].map(OsStr::new).to_vec(),
+        ),
+    ];
+    let medians = medians_interleaved(runs, &commands);
     let _ = Command::new("cgdelete")
-        .args(["-g", &format!("cpu,memory:/{group}")])
+        .args(["-g", &cgexec_group])
         .status();
-    let cgexec = cgexec?;
+    let [bare, floor, wrapped, cgexec] = medians?;
     println!("  /bin/true:                         {:>8.3} ms", ms(bare));
+    println!(
+        "  timeout 600 /bin/true (floor):     {:>8.3} ms  (+{:.3} ms)",
+        ms(floor),
+        ms(floor) - ms(bare)
+    );
     println!(
         "  ffrtmp run (cpu+memory limits):    {:>8.3} ms  (+{:.3} ms, x{:.1})",
         ms(wrapped),
@@ -437,11 +488,12 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
         ms(cgexec) - ms(bare)
     );
 
-    // Attach: from the call to the limits applied (`--detach` returns then).
+    // Attach: from the call to the limits applied, i.e. to the `governed`
+    // event (written once every limit is in force and read back).
     let mut sleeper = Command::new("/bin/sleep").arg("600").spawn()?;
     let pid = sleeper.id().to_string();
     let mut n = 0;
-    let attach = median_wall(runs.min(100), || {
+    let attach = median_until_governed(runs.min(100), || {
         n += 1;
         let mut c = Command::new(&bin);
         c.args([
@@ -457,9 +509,10 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
     });
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    let attach = attach?;
     println!(
-        "  ffrtmp attach --detach (to limits applied): {:>8.3} ms",
-        ms(attach?)
+        "  ffrtmp attach (call to `governed`): {:>8.3} ms",
+        ms(attach)
     );
 
     // Wrapper RSS while a job runs.

@@ -44,9 +44,22 @@ pub struct AttachArgs {
 }
 
 pub fn attach(args: AttachArgs) -> ExitCode {
-    let (mut sink, runtime, signals) = match begin(&args.govern) {
-        Ok(b) => b,
-        Err(code) => return code,
+    // With --detach there is nothing to follow and no child of ours to
+    // protect: a signal during set-up may end the wrapper (the workload is
+    // untouched; a cgroup made but unused is reaped later), so no event loop.
+    let (mut sink, follower) = if args.detach {
+        match args.govern.emitter() {
+            Ok(sink) => (sink, None),
+            Err(e) => {
+                eprintln!("ffrtmp: error: opening the events file: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        match begin(&args.govern) {
+            Ok((sink, runtime, signals)) => (sink, Some((runtime, signals))),
+            Err(code) => return code,
+        }
     };
     let target = match Target::open(args.pid, args.start_time) {
         Ok(t) => t,
@@ -60,7 +73,12 @@ pub fn attach(args: AttachArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let mut prepared = match prepare(&args.govern, &format!("attach-{}", args.pid), &mut sink) {
+    let mut prepared = match prepare(
+        &args.govern,
+        &format!("attach-{}", args.pid),
+        Some(args.pid),
+        &mut sink,
+    ) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -143,10 +161,11 @@ pub fn attach(args: AttachArgs) -> ExitCode {
     if let Err(e) = prepared.report_governed(args.pid, &mut sink) {
         eprintln!("ffrtmp: warning: writing events: {e}");
     }
-    if args.detach {
-        return ExitCode::SUCCESS;
+    prepared.reap_leftovers();
+    match follower {
+        None => ExitCode::SUCCESS,
+        Some((runtime, signals)) => runtime.block_on(follow(target, prepared, signals, &mut sink)),
     }
-    runtime.block_on(follow(target, prepared, signals, &mut sink))
 }
 
 /// Each step only on the same live process; else undo and refuse.

@@ -16,7 +16,9 @@ pub type EventOut = Emitter<Box<dyn io::Write>>;
 
 #[derive(Debug, Args)]
 pub struct GovernArgs {
-    /// Job name: 1..64 of [A-Za-z0-9._-], not "." or ".."; names the job's cgroup.
+    /// Job name: 1..64 of [A-Za-z0-9._-], not "." or ".."; names the job's
+    /// cgroup. A job id in use by a live job exits 2, except for `attach` to
+    /// a process already in that job: its limits are then updated.
     #[arg(long, value_name = "ID")]
     pub job_id: Option<JobId>,
     /// CPU bandwidth, cgroup v2 syntax: "QUOTA PERIOD" in µs ("200000 100000" = 2 CPUs), "max", "max PERIOD".

@@ -18,9 +18,10 @@ use super::{
 use crate::{
     events::{Degraded, Event, Governed, Sink, Source, Timestamp},
     govern::{
-        Applied, Context, Failure, GovernError, JobCgroup, Mode, Stats,
+        Applied, Context, Existing, Failure, GovernError, JobCgroup, Mode, Stats,
         layout::LayoutError,
         limits::JobId,
+        pid_in_cgroup,
         process::{nice_of, oom_score_adj_of},
         reap_empty,
     },
@@ -42,13 +43,14 @@ pub fn begin(args: &GovernArgs) -> Result<(EventOut, Runtime, DetachSignals), Ex
 }
 
 /// The wrappers' event loop (one thread) with the detach signals installed.
-pub fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
+fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
     let fail = |what: &str, e: io::Error| {
         eprintln!("ffrtmp: error: {what}: {e}");
         ExitCode::from(EXIT_WRAPPER)
     };
+    // I/O only (signals, the child's exit, pidfds): wrappers use no timers.
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
         .build()
         .map_err(|e| fail("starting the event loop", e))?;
     let signals = {
@@ -78,9 +80,14 @@ pub struct Prepared {
 }
 
 /// Decides and prepares; on refusal returns the exit code (after saying why).
+///
+/// `resident`: a process that may already be in the job (attach); if the
+/// job's cgroup exists and holds it, its limits are updated instead of the
+/// job id being refused as in use.
 pub fn prepare(
     args: &GovernArgs,
     default_job: &str,
+    resident: Option<u32>,
     sink: &mut EventOut,
 ) -> Result<Prepared, ExitCode> {
     let job_id = match &args.job_id {
@@ -97,8 +104,23 @@ pub fn prepare(
     let mut applied = Applied::default();
     let mut cgroup = None;
     if ctx.root.is_some() {
-        reap_empty(&ctx);
-        match JobCgroup::create(&ctx, &job_id, &limits) {
+        // Leftovers are reaped once the workload runs (Prepared::reap), off
+        // the start-up path, unless one holds this job id.
+        let create = |existing| JobCgroup::create(&ctx, &job_id, &limits, existing);
+        let created = match create(Existing::Refuse) {
+            Err(GovernError::JobIdInUse(_))
+                if resident
+                    .zip(ctx.job_path(&job_id))
+                    .is_some_and(|(pid, path)| pid_in_cgroup(pid, &path)) =>
+            {
+                create(Existing::Update)
+            }
+            Err(GovernError::JobIdInUse(_)) if !reap_empty(&ctx).is_empty() => {
+                create(Existing::Refuse)
+            }
+            other => other,
+        };
+        match created {
             Ok((cg, a)) => {
                 cgroup = Some(cg);
                 applied = a;
@@ -263,6 +285,12 @@ impl Prepared {
         if let Some(cg) = &self.cgroup {
             cg.remove_if_empty();
         }
+    }
+
+    /// Removes empty job cgroups left by crashed wrappers (never this one:
+    /// it is claimed).
+    pub fn reap_leftovers(&self) {
+        reap_empty(&self.ctx);
     }
 
     /// Nothing was started: remove the cgroup made for it.

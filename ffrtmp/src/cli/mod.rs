@@ -100,9 +100,13 @@ fn parse_ring_buffer_size(s: &str) -> Result<u32, String> {
 /// Runs the command line; returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let result = match cli.command {
-        Command::Watch(args) => watch::run(args),
+        // Only the daemon logs (run, attach and status report by events and
+        // messages), so only it pays for a subscriber.
+        Command::Watch(args) => {
+            init_logging();
+            watch::run(args)
+        }
         Command::Run(args) => return run::run(args),
         Command::Attach(args) => return attach::attach(args),
         Command::Status(args) => return status::status(args),

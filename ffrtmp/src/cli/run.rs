@@ -53,7 +53,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let default_job = format!("run-{}", std::process::id());
-    let prepared = match prepare(&args.govern, &default_job, &mut sink) {
+    let prepared = match prepare(&args.govern, &default_job, None, &mut sink) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -139,6 +139,7 @@ async fn supervise(
     if let Err(e) = prepared.report_governed(pid, sink) {
         eprintln!("ffrtmp: warning: writing events: {e}");
     }
+    prepared.reap_leftovers();
 
     let status = loop {
         tokio::select! {

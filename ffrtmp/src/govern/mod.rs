@@ -185,6 +185,13 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The cgroup path of job `job`; `None` without cgroups.
+    pub fn job_path(&self, job: &JobId) -> Option<CgroupPath> {
+        self.root.as_ref().map(|r| r.child(job.as_str()))
+    }
+}
+
 /// `--cgroup-root`: a cgroup path, or a directory inside the v2 mount.
 fn root_path(layout: &Layout, given: &str) -> Result<CgroupPath, GovernError> {
     if let Some(v2) = &layout.v2
@@ -251,15 +258,23 @@ pub struct JobCgroup {
 }
 
 /// The directories of ffrtmp's root: the v2 one, or one per v1 hierarchy
-/// (co-mounted controllers share one). The first carries the locks.
+/// (co-mounted controllers share one), sorted. The first carries the root
+/// lock; a job's claim is on the first of its own directories in this order
+/// (a v1 job only has the hierarchies it needs).
 fn root_dirs(ctx: &Context, root: &CgroupPath) -> Vec<PathBuf> {
-    let dirs: Vec<PathBuf> = match (ctx.layout.kind(), &ctx.layout.v2) {
-        (Kind::V2, Some(m)) => vec![m.dir_of(root)],
+    let dirs: BTreeSet<PathBuf> = match (ctx.layout.kind(), &ctx.layout.v2) {
+        (Kind::V2, Some(m)) => BTreeSet::from([m.dir_of(root)]),
         _ => ctx.layout.v1.values().map(|m| m.dir_of(root)).collect(),
     };
-    let mut seen = BTreeSet::new();
-    dirs.into_iter()
-        .filter(|d| seen.insert(d.clone()))
+    dirs.into_iter().collect()
+}
+
+/// A job's directories under the root, in claim order (see [`root_dirs`]).
+fn existing_job_dirs(root_dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
+    root_dirs
+        .iter()
+        .map(|d| d.join(name))
+        .filter(|d| d.is_dir())
         .collect()
 }
 
@@ -271,6 +286,24 @@ fn lock_root(dir: &Path) -> Result<Flock<File>, GovernError> {
         .map_err(|(_, errno)| GovernError::io("locking", dir, io::Error::from(errno)))
 }
 
+/// What [`JobCgroup::create`] does when the job's cgroup already exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse: another job uses this id ([`GovernError::JobIdInUse`]).
+    Refuse,
+    /// Use it and apply the limits to it (re-attaching to a job's process).
+    Update,
+}
+
+/// Whether `pid` is in cgroup `path` in any hierarchy (/proc/PID/cgroup).
+pub fn pid_in_cgroup(pid: u32, path: &CgroupPath) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|p| p == path.as_str())
+    })
+}
+
 #[derive(Debug)]
 enum Inner {
     V2(v2::Job),
@@ -278,11 +311,13 @@ enum Inner {
 }
 
 impl JobCgroup {
-    /// Creates the job's cgroup and applies `limits`.
+    /// Creates the job's cgroup (or, with [`Existing::Update`], uses the
+    /// existing one) and applies `limits`.
     pub fn create(
         ctx: &Context,
         job: &JobId,
         limits: &Limits,
+        existing: Existing,
     ) -> Result<(Self, Applied), GovernError> {
         let root = ctx.root.as_ref().ok_or(GovernError::NoCgroups)?;
         let path = root.child(job.as_str());
@@ -293,22 +328,24 @@ impl JobCgroup {
         let _root_lock = lock_root(&primary)?;
         let (inner, applied) = match (ctx.layout.kind(), &ctx.layout.v2) {
             (Kind::V2, Some(mount)) => {
-                let (job, applied) = v2::Job::create(mount, root, &path, limits)?;
+                let (job, applied) = v2::Job::create(mount, root, &path, limits, existing)?;
                 (Inner::V2(job), applied)
             }
             _ => {
-                let (job, applied) = v1::Job::create(&ctx.layout.v1, &path, limits)?;
+                let (job, applied) = v1::Job::create(&ctx.layout.v1, &path, limits, existing)?;
                 (Inner::V1(job), applied)
             }
         };
-        let claim = File::open(primary.join(job.as_str()))
-            .ok()
-            .and_then(|f| Flock::lock(f, FlockArg::LockShared).ok());
-        let job = JobCgroup {
+        let mut job = JobCgroup {
             path,
             inner,
-            _claim: claim,
+            _claim: None,
         };
+        job._claim = job
+            .dirs()
+            .first()
+            .and_then(|d| File::open(d).ok())
+            .and_then(|f| Flock::lock(f, FlockArg::LockShared).ok());
         Ok((job, applied))
     }
 
@@ -348,11 +385,15 @@ impl JobCgroup {
         if !self.is_empty() {
             return false;
         }
-        let dirs = match &self.inner {
+        self.dirs().iter().all(|d| fs::remove_dir(d).is_ok())
+    }
+
+    /// Its directories, sorted (the first carries the claim).
+    fn dirs(&self) -> Vec<PathBuf> {
+        match &self.inner {
             Inner::V2(j) => j.dirs(),
             Inner::V1(j) => j.dirs(),
-        };
-        dirs.iter().all(|d| fs::remove_dir(d).is_ok())
+        }
     }
 }
 
@@ -373,18 +414,15 @@ pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
     };
     let mut removed = Vec::new();
     for name in job_names(&dirs) {
+        let job_dirs = existing_job_dirs(&dirs, &name);
         // Held until the directory is gone, so no wrapper claims it meanwhile.
-        let claim = File::open(primary.join(&name))
-            .ok()
+        let claim = job_dirs
+            .first()
+            .and_then(|d| File::open(d).ok())
             .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock));
         if matches!(claim, Some(Err(_))) {
             continue; // a live wrapper owns it
         }
-        let job_dirs: Vec<PathBuf> = dirs
-            .iter()
-            .map(|d| d.join(&name))
-            .filter(|d| d.is_dir())
-            .collect();
         if job_dirs.iter().all(|d| is_empty_leaf(d)) {
             for d in job_dirs {
                 if fs::remove_dir(&d).is_ok() {
@@ -403,21 +441,15 @@ pub fn job_dirs(ctx: &Context) -> Vec<(String, Vec<PathBuf>, bool)> {
         return Vec::new();
     };
     let dirs = root_dirs(ctx, root);
-    let Some(primary) = dirs.first() else {
-        return Vec::new();
-    };
     job_names(&dirs)
         .into_iter()
         .map(|name| {
-            let job_dirs: Vec<PathBuf> = dirs
-                .iter()
-                .map(|d| d.join(&name))
-                .filter(|d| d.is_dir())
-                .collect();
+            let job_dirs = existing_job_dirs(&dirs, &name);
             // Claimed: our exclusive attempt fails while a wrapper holds it.
-            let supervised = File::open(primary.join(&name))
-                .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err())
-                .unwrap_or(false);
+            let supervised = job_dirs
+                .first()
+                .and_then(|d| File::open(d).ok())
+                .is_some_and(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err());
             (name, job_dirs, supervised)
         })
         .collect()

@@ -2,12 +2,12 @@
 //! per controller hierarchy, each limit written to its own controller (the
 //! upstream wrapper wrote memory limits into the cpu hierarchy), every
 //! write read back and reported in v2 terms.
-use std::{collections::BTreeMap, fs, path::PathBuf};
+use std::{collections::BTreeMap, fs, io, path::PathBuf};
 
 use serde_json::{Value, json};
 
 use super::{
-    Applied, GovernError, Stats,
+    Applied, Existing, GovernError, Stats,
     layout::{CgroupPath, Mount},
     limits::{Count, CpuMax, Limits, Size},
 };
@@ -23,30 +23,62 @@ pub struct Job {
     dirs: BTreeMap<String, PathBuf>,
 }
 
+/// The v1 controllers a job needs: those of its limits, plus cpuacct and
+/// memory, whose statistics feed the exit report. Every v1 hierarchy costs a
+/// directory to make, a migration to join and a directory to remove, so a
+/// job is not put in hierarchies nothing asked for.
+fn controllers_for(limits: &Limits) -> Vec<&'static str> {
+    let mut c = vec!["cpuacct", "memory"];
+    if limits.cpu_max.is_some() || limits.cpu_weight.is_some() {
+        c.push("cpu");
+    }
+    if !limits.io_max.is_empty() {
+        c.push("blkio");
+    }
+    if limits.pids_max.is_some() {
+        c.push("pids");
+    }
+    c
+}
+
 impl Job {
     pub fn create(
         mounts: &BTreeMap<String, Mount>,
         path: &CgroupPath,
         limits: &Limits,
+        existing: Existing,
     ) -> Result<(Self, Applied), GovernError> {
         let mut dirs = BTreeMap::new();
         let mut made: Vec<PathBuf> = Vec::new();
-        for (controller, mount) in mounts {
+        let needed = controllers_for(limits);
+        // Sorted by directory: the first one carries the job's claim.
+        let mut wanted: Vec<(&String, &Mount)> = mounts
+            .iter()
+            .filter(|(c, _)| needed.contains(&c.as_str()))
+            .collect();
+        wanted.sort_by_key(|(_, m)| m.dir_of(path));
+        for (controller, mount) in wanted {
             let dir = mount.dir_of(path);
-            if !made.contains(&dir) {
+            // Co-mounted controllers share one directory.
+            if !dirs.values().any(|d| *d == dir) {
                 if let Some(parent) = dir.parent() {
                     fs::create_dir_all(parent)
                         .map_err(|e| GovernError::io("creating", parent, e))?;
                 }
-                if let Err(e) = fs::create_dir(&dir) {
-                    // Undo what this job made so far; never touch a
-                    // directory it did not make.
-                    for d in &made {
-                        let _ = fs::remove_dir(d);
+                match fs::create_dir(&dir) {
+                    Ok(()) => made.push(dir.clone()),
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && existing == Existing::Update => {}
+                    Err(e) => {
+                        // Undo what this job made so far; never touch a
+                        // directory it did not make.
+                        for d in &made {
+                            let _ = fs::remove_dir(d);
+                        }
+                        return Err(GovernError::create_job(&dir, e));
                     }
-                    return Err(GovernError::create_job(&dir, e));
                 }
-                made.push(dir.clone());
             }
             dirs.insert(controller.clone(), dir);
         }
@@ -130,12 +162,11 @@ impl Job {
 
     fn cpu_max(&self, max: CpuMax) -> Result<Value, String> {
         // Period first: the kernel checks the quota against it.
-        self.write("cpu", "cpu.cfs_period_us", &max.period.to_string())?;
+        let period = self.write("cpu", "cpu.cfs_period_us", &max.period.to_string())?;
         let quota = max
             .quota
             .map_or_else(|| "-1".to_string(), |q| q.to_string());
         let quota = self.write("cpu", "cpu.cfs_quota_us", &quota)?;
-        let period = self.read("cpu", "cpu.cfs_period_us")?;
         let quota = if quota == "-1" {
             "max".to_string()
         } else {

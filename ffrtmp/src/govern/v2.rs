@@ -4,12 +4,12 @@
 //! `cgroup.subtree_control` — the upstream wrapper's silent failure — so the
 //! needed controllers are enabled on every ancestor from the hierarchy root
 //! down to the job's parent before the job is made. Every write is read back.
-use std::{fs, path::PathBuf};
+use std::{fs, io, path::PathBuf};
 
 use serde_json::{Value, json};
 
 use super::{
-    Applied, GovernError, Stats,
+    Applied, Existing, GovernError, Stats,
     layout::{CgroupPath, Mount},
     limits::Limits,
 };
@@ -65,13 +65,21 @@ impl Job {
         root: &CgroupPath,
         path: &CgroupPath,
         limits: &Limits,
+        existing: Existing,
     ) -> Result<(Self, Applied), GovernError> {
         let mut applied = Applied::default();
         for (controller, reason) in enable_controllers(mount, root, &controllers_for(limits)) {
             applied.fail(controller, reason);
         }
         let dir = mount.dir_of(path);
-        fs::create_dir(&dir).map_err(|e| GovernError::create_job(&dir, e))?;
+        match fs::create_dir(&dir) {
+            Err(e)
+                if !(e.kind() == io::ErrorKind::AlreadyExists && existing == Existing::Update) =>
+            {
+                return Err(GovernError::create_job(&dir, e));
+            }
+            _ => {}
+        }
         let job = Job { dir };
         job.apply(limits, &mut applied);
         Ok((job, applied))
