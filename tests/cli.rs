@@ -24,12 +24,35 @@ fn help_documents_watch_and_its_options() {
         "--adopt",
         "--format",
         "--ring-buffer-size",
+        "--policy",
+        "--all",
+        "--observe-only",
+        "--cgroup-root",
+        "--favordynmods",
+        "--metrics-addr",
     ] {
         assert!(
             help.contains(option),
             "watch --help lacks {option}:\n{help}"
         );
     }
+}
+
+#[test]
+fn policy_default_prints_a_policy_that_checks() {
+    let out = ffrtmp(&["policy", "default"]);
+    assert!(out.status.success());
+    let dir = std::env::temp_dir().join(format!("ffrtmp-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("default.toml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let check = ffrtmp(&["policy", "check", file.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("kernel pre-filter: ffmpeg, gst-launch-1.0"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -48,6 +71,12 @@ fn bad_options_exit_2_with_a_message_and_print_no_events() {
         &["watch", "--ring-buffer-size", "1000"],
         &["watch", "--format", "yaml"],
         &["watch", "extra"],
+        &["watch", "--policy", "/nonexistent/policy.toml"],
+        &["watch", "--cgroup-root", "relative/path"],
+        &["watch", "--cgroup-root", "/a/../b"],
+        &["watch", "--metrics-addr", "not-an-address"],
+        &["policy", "check", "/nonexistent/policy.toml"],
+        &["policy", "check"],
         &["teleport"],
         &[],
     ] {

@@ -47,7 +47,7 @@ fn ebpf_reports_a_short_lived_process_with_its_pid_filename_and_status() {
     if !require_root("ebpf_reports_a_short_lived_process") {
         return;
     }
-    let mut w = Watch::start(&["--backend", "ebpf"]);
+    let mut w = Watch::observe_all(&["--backend", "ebpf"]);
     assert_eq!(started_backend(&w), Source::Ebpf);
     let mut child = Command::new("/bin/true").spawn().unwrap();
     let pid = child.id();
@@ -77,7 +77,7 @@ fn ebpf_reports_exit_code_42_and_death_by_sigkill() {
     if !require_root("ebpf_reports_exit_code_42_and_death_by_sigkill") {
         return;
     }
-    let mut w = Watch::start(&["--backend", "ebpf"]);
+    let mut w = Watch::observe_all(&["--backend", "ebpf"]);
     let mut child = Command::new("/bin/sh")
         .args(["-c", "exit 42"])
         .spawn()
@@ -123,7 +123,7 @@ fn ebpf_reports_exec_from_a_non_main_thread() {
     if !require_root("ebpf_reports_exec_from_a_non_main_thread") {
         return;
     }
-    let mut w = Watch::start(&["--backend", "ebpf"]);
+    let mut w = Watch::observe_all(&["--backend", "ebpf"]);
     let mut child = helper("helper_exec_from_a_thread", "exec-from-thread")
         .spawn()
         .unwrap();
@@ -176,7 +176,7 @@ fn ebpf_reports_execveat() {
     if !require_root("ebpf_reports_execveat") {
         return;
     }
-    let mut w = Watch::start(&["--backend", "ebpf"]);
+    let mut w = Watch::observe_all(&["--backend", "ebpf"]);
     let mut child = spawn_execveat(libc::AT_FDCWD, c"/bin/true", 0).expect("execveat of /bin/true");
     let pid = child.id();
     assert!(child.wait().unwrap().success());
@@ -216,7 +216,7 @@ fn ebpf_observes_every_exec_of_two_parallel_forkers() {
         return;
     }
     const PER_FORKER: usize = 500;
-    let mut w = Watch::start(&["--backend", "ebpf"]);
+    let mut w = Watch::observe_all(&["--backend", "ebpf"]);
     let forkers: Vec<_> = (0..2)
         .map(|_| {
             thread::spawn(|| {
@@ -278,7 +278,7 @@ fn procfs_backend_observes_a_long_lived_process_and_its_exit() {
     if !require_root("procfs_backend_observes_a_long_lived_process_and_its_exit") {
         return;
     }
-    let mut w = Watch::start(&["--backend", "procfs", "--interval", "50ms"]);
+    let mut w = Watch::observe_all(&["--backend", "procfs", "--interval", "50ms"]);
     assert_eq!(started_backend(&w), Source::Procfs);
     let mut child = Command::new("/bin/sleep").arg("0.6").spawn().unwrap();
     let pid = child.id();
@@ -316,7 +316,7 @@ fn adopt_reports_processes_that_were_already_running() {
     let pid = sleeper.id();
     thread::sleep(Duration::from_millis(50)); // let it exec
     for backend in ["ebpf", "procfs"] {
-        let mut w = Watch::start(&["--backend", backend, "--adopt"]);
+        let mut w = Watch::observe_all(&["--backend", backend, "--adopt"]);
         let ev = w.wait_for("adopted sleep", exec_of(pid));
         let x = exec(&ev);
         assert!(x.adopted, "{backend}: {x:?}");
@@ -348,7 +348,7 @@ fn ebpf_works_without_tracefs_mounted() {
             umount -l "$m" || exit 97
         done
         if awk '$9 == "tracefs"' /proc/self/mountinfo | grep -q .; then exit 98; fi
-        exec "$0" watch --backend ebpf
+        exec "$0" watch --backend ebpf --all --observe-only
     "#;
     let mut cmd = Command::new("unshare");
     cmd.args([
@@ -383,6 +383,8 @@ fn auto_falls_back_to_procfs_when_not_privileged_and_says_why() {
         "--inh-caps=-all",
         FFRTMP,
         "watch",
+        "--all",
+        "--observe-only",
     ]);
     let mut w = Watch::start_with(&mut cmd);
     assert_eq!(started_backend(&w), Source::Procfs);
@@ -407,7 +409,15 @@ fn text_format_prints_one_line_per_event() {
         return;
     }
     let mut watch = Command::new(FFRTMP)
-        .args(["watch", "--backend", "ebpf", "--format", "text"])
+        .args([
+            "watch",
+            "--all",
+            "--observe-only",
+            "--backend",
+            "ebpf",
+            "--format",
+            "text",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -442,7 +452,7 @@ fn ebpf_delivers_the_last_event_of_a_burst_without_a_later_wakeup() {
     if !require_root("ebpf_delivers_the_last_event_of_a_burst") {
         return;
     }
-    let mut w = Watch::start(&["--backend", "ebpf"]);
+    let mut w = Watch::observe_all(&["--backend", "ebpf"]);
     let mut sleeper = Command::new("/bin/sleep").arg("30").spawn().unwrap();
     let pid = sleeper.id();
     w.wait_for("exec of sleep", exec_of(pid));

@@ -27,6 +27,19 @@ pub const LOST_MAP: &str = "LOST";
 pub const SELF_TGID_GLOBAL: &str = "FFRTMP_SELF_TGID";
 /// Name of the global holding the kernel struct [`Offsets`].
 pub const OFFSETS_GLOBAL: &str = "FFRTMP_OFFSETS";
+/// Name of the global that turns the comm pre-filter on (non-zero) or off.
+pub const FILTER_GLOBAL: &str = "FFRTMP_FILTER";
+/// Name of the hash map of process names whose execs pass the pre-filter
+/// (key: `comm`, NUL-padded to [`TASK_COMM_LEN`]; value unused).
+pub const COMMS_MAP: &str = "COMMS";
+/// Capacity of [`COMMS_MAP`].
+pub const COMMS_MAX: u32 = 256;
+/// Name of the hash map of thread-group ids whose exit passes the
+/// pre-filter: those whose exec passed, and those user space adds (adopted
+/// and recovered processes). The exit program removes each on exit.
+pub const TRACKED_MAP: &str = "TRACKED";
+/// Capacity of [`TRACKED_MAP`]: live tracked processes, with room to spare.
+pub const TRACKED_MAX: u32 = 65_536;
 /// Program names, which are also the raw tracepoint names they attach to.
 pub const EXEC_PROGRAM: &str = "sched_process_exec";
 pub const EXIT_PROGRAM: &str = "sched_process_exit";
@@ -91,6 +104,9 @@ pub struct ExecRecord {
     pub filename_len: u16,
     /// Bytes used in `argv` (NUL-separated, as in /proc/PID/cmdline).
     pub argv_len: u16,
+    /// The process's `start_boottime` (ns since boot, at fork): its identity,
+    /// as /proc/PID/stat's start time (field 22) is this in clock ticks.
+    pub start_boottime_ns: u64,
     pub comm: [u8; TASK_COMM_LEN],
     pub filename: [u8; FILENAME_CAP],
     pub argv: [u8; ARGV_CAP],
@@ -129,13 +145,16 @@ pub struct Offsets {
     pub mm_arg_end: u32,
     pub binprm_filename: u32,
     pub task_flags: u32,
+    pub task_start_boottime: u32,
+    pub _pad: u32,
 }
 
 // The wire layout: changing a size is a protocol change on both sides.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
-const _: () = assert!(core::mem::size_of::<ExecRecord>() == 16 + 24 + 16 + FILENAME_CAP + ARGV_CAP);
+const _: () =
+    assert!(core::mem::size_of::<ExecRecord>() == 16 + 24 + 8 + 16 + FILENAME_CAP + ARGV_CAP);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 16 + 16 + TASK_COMM_LEN);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 14 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 16 * 4);
 const _: () = assert!(ARGV_CAP.is_power_of_two() && FILENAME_CAP.is_power_of_two());
 
 /// Types that may be read from any byte pattern of their size.

@@ -27,12 +27,12 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::{map, raw_tracepoint},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use ffrtmp_common::{
-    ARGV_CAP, EventHeader, ExecRecord, ExitRecord, FILENAME_CAP, Offsets, PF_KTHREAD,
-    SIGNAL_GROUP_EXIT, WAKE_COALESCE_NS, exec_flags, kind,
+    ARGV_CAP, COMMS_MAX, EventHeader, ExecRecord, ExitRecord, FILENAME_CAP, Offsets, PF_KTHREAD,
+    SIGNAL_GROUP_EXIT, TASK_COMM_LEN, TRACKED_MAX, WAKE_COALESCE_NS, exec_flags, kind,
 };
 
 /// The loader's thread-group id; its own execs and exit are not reported.
@@ -56,7 +56,22 @@ static FFRTMP_OFFSETS: Offsets = Offsets {
     mm_arg_end: 0,
     binprm_filename: 0,
     task_flags: 0,
+    task_start_boottime: 0,
+    _pad: 0,
 };
+
+/// Non-zero: only execs whose comm is in `COMMS` are sent, and only exits
+/// of `TRACKED` processes (written by the loader; `watch --all` sets 0).
+#[unsafe(no_mangle)]
+static FFRTMP_FILTER: u32 = 0;
+
+/// Process names whose execs pass the filter (filled by user space).
+#[map]
+static COMMS: HashMap<[u8; TASK_COMM_LEN], u8> = HashMap::with_max_entries(COMMS_MAX, 0);
+
+/// Processes whose exit passes the filter.
+#[map]
+static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(TRACKED_MAX, 0);
 
 /// Default size; the loader may resize it (`--ring-buffer-size`).
 #[map]
@@ -103,6 +118,11 @@ fn self_tgid() -> u32 {
     unsafe { read_volatile(&FFRTMP_SELF_TGID) }
 }
 
+#[inline(always)]
+fn filtering() -> bool {
+    unsafe { read_volatile(&FFRTMP_FILTER) != 0 }
+}
+
 /// Reads a `T` at `base + off` from kernel memory.
 #[inline(always)]
 unsafe fn read_at<T>(base: *const u8, off: u32) -> Result<T, i32> {
@@ -128,6 +148,15 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     if tgid == self_tgid() {
         return 0;
     }
+    let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    if filtering() {
+        // SAFETY: a lookup; the value is not used.
+        if unsafe { COMMS.get(&comm) }.is_none() {
+            return 0;
+        }
+        // Full map: the exit goes unseen (user space still governs).
+        let _ = TRACKED.insert(&tgid, &1, 0);
+    }
     let task: *const u8 = ctx.arg(0);
     let old_pid: u64 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
@@ -152,7 +181,8 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         let ids = bpf_get_current_uid_gid();
         (*rec).uid = ids as u32;
         (*rec).gid = (ids >> 32) as u32;
-        (*rec).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*rec).comm = comm;
+        (*rec).start_boottime_ns = read_at::<u64>(task, off.task_start_boottime).unwrap_or(0);
 
         (*rec).ppid = match read_at::<*const u8>(task, off.task_real_parent) {
             Ok(parent) => read_at::<u32>(parent, off.task_tgid).unwrap_or_else(|_| {
@@ -222,6 +252,12 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let off = offsets();
+    let tgid = current_tgid();
+    // Cheapest test first: in a storm of untracked processes, one lookup.
+    // SAFETY: a lookup; the value is not used.
+    if filtering() && unsafe { TRACKED.get(&tgid) }.is_none() {
+        return 0;
+    }
     // SAFETY: every read goes through bpf_probe_read_kernel.
     unsafe {
         // The tracepoint fires for every thread; `signal->live` reached zero
@@ -233,9 +269,11 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             Ok(0) => {}
             _ => return 0,
         }
-        let tgid = current_tgid();
         if tgid == self_tgid() {
             return 0;
+        }
+        if filtering() {
+            let _ = TRACKED.remove(&tgid);
         }
         match read_at::<u32>(task, off.task_flags) {
             Ok(flags) if flags & PF_KTHREAD == 0 => {}

@@ -3,8 +3,11 @@
 //! Layout (see docs/ARCHITECTURE.md):
 //! - [`observe`]: where process events come from (eBPF tracepoints, /proc).
 //! - [`events`]: the event types and their JSON-lines/text encoding.
+//! - [`govern`]: cgroups (v1/v2), nice and oom_score_adj for a job.
+//! - [`policy`]: which processes `watch` governs, and how.
 //! - [`cli`]: the `ffrtmp` command line.
 pub mod cli;
 pub mod events;
 pub mod govern;
 pub mod observe;
+pub mod policy;

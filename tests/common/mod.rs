@@ -50,6 +50,16 @@ impl Watch {
         Self::start_with(Command::new(FFRTMP).arg("watch").args(args))
     }
 
+    /// Starts `ffrtmp watch --all --observe-only ARGS`: every process's
+    /// events, nothing governed (the observer's own tests).
+    pub fn observe_all(args: &[&str]) -> Self {
+        Self::start_with(
+            Command::new(FFRTMP)
+                .args(["watch", "--all", "--observe-only"])
+                .args(args),
+        )
+    }
+
     /// Starts a prepared command whose stdout is the event stream.
     pub fn start_with(cmd: &mut Command) -> Self {
         let mut child = cmd

@@ -140,7 +140,7 @@ impl Watcher {
     fn start(bin: &Path, out: PathBuf) -> anyhow::Result<Self> {
         let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
         let child = Command::new(bin)
-            .args(["watch", "--backend", "ebpf"])
+            .args(["watch", "--all", "--observe-only", "--backend", "ebpf"])
             .stdout(file)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

@@ -16,12 +16,12 @@ use super::{
     run::EXIT_WRAPPER,
 };
 use crate::{
-    events::{Degraded, Event, Governed, Sink, Source, Timestamp},
+    events::{Event, Governed, Sink, Source, Timestamp},
     govern::{
-        Applied, Context, Existing, Failure, GovernError, JobCgroup, Mode, Stats,
+        Applied, Context, Failure, GovernError, JobCgroup, Stats,
         layout::LayoutError,
         limits::JobId,
-        pid_in_cgroup,
+        plan::Plan,
         process::{nice_of, oom_score_adj_of},
         reap_empty,
     },
@@ -65,9 +65,6 @@ fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
     Ok((runtime, signals))
 }
 
-/// Nice applied when CPU limits cannot be (lower priority than default).
-pub const NICE_FALLBACK: i32 = 10;
-
 /// A job ready for its workload.
 pub struct Prepared {
     pub job_id: JobId,
@@ -101,103 +98,28 @@ pub fn prepare(
         e => fail(EXIT_WRAPPER, &e),
     })?;
     let limits = args.limits();
-    let mut applied = Applied::default();
-    let mut cgroup = None;
-    if ctx.root.is_some() {
-        // Leftovers are reaped once the workload runs (Prepared::reap), off
-        // the start-up path, unless one holds this job id.
-        let create = |existing| JobCgroup::create(&ctx, &job_id, &limits, existing);
-        let created = match create(Existing::Refuse) {
-            Err(GovernError::JobIdInUse(_))
-                if resident
-                    .zip(ctx.job_path(&job_id))
-                    .is_some_and(|(pid, path)| pid_in_cgroup(pid, &path)) =>
-            {
-                create(Existing::Update)
-            }
-            Err(GovernError::JobIdInUse(_)) if !reap_empty(&ctx).is_empty() => {
-                create(Existing::Refuse)
-            }
-            other => other,
-        };
-        match created {
-            Ok((cg, a)) => {
-                cgroup = Some(cg);
-                applied = a;
-            }
-            Err(e @ GovernError::JobIdInUse(_)) => return Err(fail(EXIT_USAGE, &e)),
-            Err(e) => {
-                let reason = format!("{:#}", anyhow::Error::new(e));
-                for limit in cgroup_limits(&limits) {
-                    applied.fail(limit, format!("no job cgroup: {reason}"));
-                }
-            }
-        }
-    } else {
-        for limit in cgroup_limits(&limits) {
-            applied.fail(
-                limit,
-                "unprivileged mode: no cgroup (not root, no delegated cgroup subtree)".into(),
-            );
-        }
-    }
-
-    let privileged = ctx.mode == Mode::Privileged;
-    let mut nice = limits.nice;
-    if let Some(n) = nice
-        && n < 0
-        && !privileged
-    {
-        applied.fail("nice", format!("nice {n} (below 0) needs privileges"));
-        nice = None;
-    }
-    let mut oom_score_adj = limits.oom_score_adj;
-    if let Some(v) = oom_score_adj
-        && !privileged
-        && oom_score_adj_of(std::process::id()).is_ok_and(|own| v < own)
-    {
-        applied.fail(
-            "oom_score_adj",
-            format!("lowering oom_score_adj to {v} needs privileges"),
-        );
-        oom_score_adj = None;
-    }
-
-    let cpu_failed = applied
-        .failures
-        .iter()
-        .any(|f| f.limit == "cpu_max" || f.limit == "cpu_weight");
-    let fallback = if cpu_failed && nice.is_none() && limits.nice.is_none() {
-        nice = Some(NICE_FALLBACK);
-        format!("nice {NICE_FALLBACK}")
-    } else {
-        "none".to_string()
-    };
-
-    if args.strict && !applied.failures.is_empty() {
-        for Failure { limit, reason } in &applied.failures {
+    let plan = Plan::make(&ctx, &job_id, &limits, resident).map_err(|e| fail(EXIT_USAGE, &e))?;
+    if args.strict && !plan.applied.failures.is_empty() {
+        for Failure { limit, reason } in &plan.applied.failures {
             eprintln!("ffrtmp: --strict: {limit} cannot be applied: {reason}");
         }
-        if let Some(cg) = &cgroup {
+        if let Some(cg) = &plan.cgroup {
             cg.remove_if_empty();
         }
         return Err(ExitCode::from(EXIT_WRAPPER));
     }
-    for Failure { limit, reason } in &applied.failures {
-        let fallback = if *limit == "cpu_max" || *limit == "cpu_weight" {
-            fallback.clone()
-        } else {
-            "none".into()
-        };
-        let degraded = Degraded {
-            limit: Some(limit.to_string()),
-            reason: reason.clone(),
-            fallback,
-        };
+    for degraded in plan.degradations() {
         if let Err(e) = sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, degraded)) {
             eprintln!("ffrtmp: warning: writing events: {e}");
         }
     }
+    let Plan {
+        cgroup,
+        applied,
+        nice,
+        oom_score_adj,
+        ..
+    } = plan;
     Ok(Prepared {
         job_id,
         ctx,
@@ -218,21 +140,6 @@ fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
     }
     eprintln!("ffrtmp: error: {msg}");
     ExitCode::from(code)
-}
-
-/// The names of the requested limits that need a cgroup.
-fn cgroup_limits(l: &crate::govern::limits::Limits) -> Vec<&'static str> {
-    [
-        ("cpu_max", l.cpu_max.is_some()),
-        ("cpu_weight", l.cpu_weight.is_some()),
-        ("memory_max", l.memory_max.is_some()),
-        ("memory_high", l.memory_high.is_some()),
-        ("io_max", !l.io_max.is_empty()),
-        ("pids_max", l.pids_max.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, asked)| asked.then_some(name))
-    .collect()
 }
 
 impl Prepared {
@@ -272,6 +179,9 @@ impl Prepared {
             cgroup: self.cgroup.as_ref().map(|c| c.path.as_str().to_string()),
             mode: self.ctx.mode.as_str().to_string(),
             limits,
+            rule: None,
+            adopted: false,
+            latency_us: None,
         };
         sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, governed))
     }

@@ -5,6 +5,7 @@
 mod attach;
 mod govern_args;
 mod governance;
+mod policy;
 mod run;
 mod status;
 mod watch;
@@ -30,12 +31,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream exec/exit events of every process as JSON lines on stdout.
+    /// Govern new transcoders by policy, and stream what happens as JSON lines on stdout.
     ///
-    /// Uses eBPF programs on the sched_process_exec/sched_process_exit
-    /// tracepoints when privileged, else polls /proc and says so with a
-    /// `degraded` event. Logs go to stderr (RUST_LOG sets the level).
-    /// SIGINT or SIGTERM detaches and exits 0. Events: docs/EVENTS.md.
+    /// eBPF programs on the sched_process_exec/sched_process_exit
+    /// tracepoints see every exec; the kernel passes only those whose name
+    /// a policy rule may govern (all with --all). A matching process is
+    /// placed in its job cgroup with the rule's limits (`governed`, with
+    /// `latency_us` from its exec). At start, jobs already in the cgroup tree
+    /// are followed where they are (`tracked`) and matching processes
+    /// already running are governed (`adopted`). Without --policy, the
+    /// embedded policy governs ffmpeg and gst-launch-1.0 (docs/POLICY.md).
+    /// Without eBPF, /proc is polled instead, with a `degraded` event. The
+    /// daemon never stops a workload: SIGINT or SIGTERM exits 0 and leaves
+    /// every job running and limited. Logs go to stderr (RUST_LOG).
+    /// Events: docs/EVENTS.md.
     Watch(WatchArgs),
     /// Start CMD already inside its own cgroup with CPU, memory, IO and pids limits.
     ///
@@ -59,6 +68,9 @@ pub enum Command {
     /// Mode, cgroup layout, controllers, eBPF prerequisites, and the jobs
     /// governed now (read from the cgroup tree), as JSON or text on stdout.
     Status(status::StatusArgs),
+    /// Check a policy file, or print the embedded one.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,9 +81,31 @@ pub struct WatchArgs {
     /// Polling interval of the procfs backend (e.g. 100ms, 1s).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_interval)]
     pub interval: Duration,
-    /// At start, report running processes as `exec` events with `"adopted": true`.
+    /// At start, also report running processes as `exec` events with
+    /// `"adopted": true` (those the filter passes; all with --all).
     #[arg(long)]
     pub adopt: bool,
+    /// Policy file (TOML, docs/POLICY.md) [default: the embedded policy].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
+    /// Report every exec and exit, not only those of processes a rule may govern.
+    #[arg(long)]
+    pub all: bool,
+    /// Observe only: govern nothing.
+    #[arg(long)]
+    pub observe_only: bool,
+    /// Parent of job cgroups, as a cgroup path [default: /ffrtmp, or <delegated subtree>/ffrtmp].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<String>,
+    /// Remount the cgroup2 hierarchy with `favordynmods` (host-wide; it
+    /// stays after exit) so that moving a process into its cgroup does not
+    /// wait for an RCU grace period (5-30 ms on Linux >= 6.0). See
+    /// docs/OPERATIONS.md.
+    #[arg(long)]
+    pub favordynmods: bool,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
@@ -100,23 +134,17 @@ fn parse_ring_buffer_size(s: &str) -> Result<u32, String> {
 /// Runs the command line; returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    match cli.command {
         // Only the daemon logs (run, attach and status report by events and
         // messages), so only it pays for a subscriber.
         Command::Watch(args) => {
             init_logging();
             watch::run(args)
         }
-        Command::Run(args) => return run::run(args),
-        Command::Attach(args) => return attach::attach(args),
-        Command::Status(args) => return status::status(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ffrtmp: error: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+        Command::Run(args) => run::run(args),
+        Command::Attach(args) => attach::attach(args),
+        Command::Status(args) => status::status(args),
+        Command::Policy(command) => policy::run(command),
     }
 }
 

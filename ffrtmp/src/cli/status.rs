@@ -58,7 +58,8 @@ struct Job {
     job_id: String,
     cgroup: String,
     pids: Vec<u32>,
-    /// A wrapper (run/attach) holds the job; false for detached jobs.
+    /// A live ffrtmp (run, attach or watch) holds the job; false for
+    /// detached jobs.
     supervised: bool,
     /// Limit files as the kernel reads them, by hierarchy directory.
     limits: Map<String, Value>,
@@ -90,6 +91,10 @@ pub fn status(args: StatusArgs) -> ExitCode {
         "v2": ctx.layout.v2.as_ref().map(|m| m.point.display().to_string()),
         "v2_controllers": ctx.layout.v2_controllers(),
         "v1": v1,
+        "favordynmods": ctx.layout.favordynmods,
+        // Whether moving a running process (attach, watch) avoids an RCU
+        // grace period (govern::dynmods).
+        "fast_migrations": crate::govern::dynmods::migrations_are_fast(&ctx.layout),
     });
     let ebpf = json!({
         "btf": Path::new(VMLINUX_BTF).exists(),

@@ -1,22 +1,37 @@
-//! `ffrtmp watch`: chooses a backend, reports what it chose (`started`, and
-//! `degraded` when it fell back), adopts running processes on request, and
-//! streams events until SIGINT/SIGTERM.
-use std::io;
+//! `ffrtmp watch`: loads the policy (a bad one exits 2 before anything
+//! starts), chooses a backend and says which (`started`, and `degraded` when
+//! it fell back), rebuilds its state from the cgroup tree, governs what
+//! already runs, then streams and governs until SIGINT/SIGTERM.
+//!
+//! The [`Stream`] sits between the backend and stdout: each exec goes to
+//! the [`Governor`] before it is written (so `governed` follows its
+//! `exec`), each exit of a followed process gets its job's report, and a
+//! `lost` event makes the next flush rescan /proc. The same filter the
+//! kernel applies (process names some rule may govern) is applied here too,
+//! for the procfs backend, unless `--all`.
+use std::{
+    collections::{BTreeSet, HashSet},
+    io,
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::WatchArgs;
+use super::{EXIT_FAILURE, EXIT_USAGE, WatchArgs};
 use crate::{
     events::{
-        Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Sink, Source, Started, Timestamp,
+        Body, Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Sink, Source, Started,
+        Timestamp, metrics::Metrics,
     },
+    govern::{Context, GovernError, auto::Governor, dynmods, layout::LayoutError},
     observe::{
         Backend,
-        ebpf::{EbpfError, EbpfObserver},
+        ebpf::{EbpfError, EbpfObserver, LoadOptions, Tracker},
         proc::ProcError,
         procfs::ProcfsObserver,
     },
+    policy::Policy,
 };
 
 /// Why the stream stopped early.
@@ -30,32 +45,118 @@ pub enum WatchError {
     Proc(#[from] ProcError),
 }
 
-pub fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+pub fn run(args: WatchArgs) -> ExitCode {
+    // Bad input exits 2 before anything is loaded or governed.
+    let policy = match &args.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => return usage(&anyhow::Error::new(e)),
+        },
+        None => Policy::embedded(),
+    };
+    let mut notes = Vec::new();
+    let governor = if args.observe_only {
+        None
+    } else {
+        match Context::detect(args.cgroup_root.as_deref()) {
+            Ok(ctx) => {
+                notes.extend(migration_speed(&ctx, args.favordynmods));
+                Some(Governor::new(ctx, policy.clone()))
+            }
+            Err(
+                e @ (GovernError::Layout(LayoutError::BadRoot(_))
+                | GovernError::RootOutsideHierarchy(..)),
+            ) => {
+                return usage(&anyhow::Error::new(e));
+            }
+            Err(e) => {
+                eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    };
+    let filter = if args.all { None } else { policy.comm_filter() };
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the event loop")?;
-    runtime.block_on(watch(args))
+        .context("starting the event loop")
+        .and_then(|rt| rt.block_on(watch(args, governor, filter, notes)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ffrtmp: error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
-async fn watch(args: WatchArgs) -> anyhow::Result<()> {
-    let mut sink = Output(Emitter::new(io::stdout().lock(), args.format));
+/// `--favordynmods`, or a note that governing will wait for grace periods.
+fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
+    if ctx.root.is_none() || dynmods::migrations_are_fast(&ctx.layout) {
+        return None;
+    }
+    let reason = if enable {
+        match dynmods::enable(&ctx.layout) {
+            Ok(()) => return None,
+            Err(e) => format!("{:#}", anyhow::Error::new(e)),
+        }
+    } else {
+        "favordynmods is off: moving a process into its cgroup waits for an RCU grace period (5-30 ms); --favordynmods turns it on".into()
+    };
+    Some(Degraded {
+        limit: None,
+        reason: format!("{reason} (docs/OPERATIONS.md)"),
+        fallback: "slow migrations".into(),
+    })
+}
+
+fn usage(e: &anyhow::Error) -> ExitCode {
+    eprintln!("ffrtmp: error: {e:#}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+async fn watch(
+    args: WatchArgs,
+    governor: Option<Governor>,
+    filter: Option<BTreeSet<String>>,
+    notes: Vec<Degraded>,
+) -> anyhow::Result<()> {
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let metrics = Metrics::default();
+            tokio::spawn(metrics.clone().serve(addr).await?);
+            Some(metrics)
+        }
+        None => None,
+    };
+    let mut out = Output(Emitter::new(io::stdout().lock(), args.format), metrics);
+    for note in notes {
+        out.emit(Event::new(Timestamp::now(), Source::Ffrtmp, note))?;
+    }
     // Register before loading so a signal during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
 
+    let options = LoadOptions {
+        ring_buffer_bytes: args.ring_buffer_size,
+        comm_filter: filter.clone(),
+    };
     let ebpf = match args.backend {
         Backend::Procfs => None,
         Backend::Ebpf => Some(
-            EbpfObserver::load(args.ring_buffer_size)
-                .context("loading the eBPF backend (--backend ebpf)")?,
+            EbpfObserver::load(&options).context("loading the eBPF backend (--backend ebpf)")?,
         ),
-        Backend::Auto => match EbpfObserver::load(args.ring_buffer_size) {
+        Backend::Auto => match EbpfObserver::load(&options) {
             Ok(o) => Some(o),
             Err(e) => {
-                let reason = format!("eBPF backend unavailable: {:#}", anyhow::Error::new(e));
+                let mut reason = format!("eBPF backend unavailable: {:#}", anyhow::Error::new(e));
+                if governor.is_some() {
+                    reason.push_str(
+                        "; new processes are found by polling /proc, so governing them is up to one interval late",
+                    );
+                }
                 tracing::warn!("{reason}; polling /proc instead");
-                sink.emit(Event::new(
+                out.emit(Event::new(
                     Timestamp::now(),
                     Source::Ffrtmp,
                     Degraded {
@@ -68,8 +169,22 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             }
         },
     };
+    if ebpf.is_none() && args.backend == Backend::Procfs && governor.is_some() {
+        out.emit(Event::new(
+            Timestamp::now(),
+            Source::Ffrtmp,
+            Degraded {
+                limit: None,
+                reason: format!(
+                    "governing by polling /proc every {}: a new process is governed up to one interval after it starts, and one that lives less may be missed",
+                    humantime::format_duration(args.interval)
+                ),
+                fallback: "procfs".into(),
+            },
+        ))?;
+    }
     // Ready before `started`: from that event on, nothing is missed.
-    let observer = match ebpf {
+    let mut observer = match ebpf {
         Some(observer) => Observer::Ebpf(observer),
         None => {
             let (observer, adopted) = ProcfsObserver::start(args.interval, args.adopt)?;
@@ -80,7 +195,30 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
         Observer::Ebpf(_) => Source::Ebpf,
         Observer::Procfs(..) => Source::Procfs,
     };
-    sink.emit(Event::new(
+    let tracker = match &mut observer {
+        Observer::Ebpf(o) if filter.is_some() => o.take_tracker(),
+        _ => None,
+    };
+    let mut stream = Stream {
+        out,
+        governor,
+        tracker,
+        filter,
+        passed: HashSet::new(),
+    };
+    // Start-up, before `started`: the programs are attached (or /proc was
+    // scanned) first, so a process that starts meanwhile is not missed (it
+    // may be seen twice; one already in a job is never governed again).
+    stream.start_up()?;
+    let adopted = match &mut observer {
+        Observer::Ebpf(_) if args.adopt => ProcfsObserver::start(args.interval, true)?.1,
+        Observer::Procfs(_, adopted) => std::mem::take(adopted),
+        Observer::Ebpf(_) => Vec::new(),
+    };
+    for event in adopted {
+        stream.send(event)?;
+    }
+    stream.out.send(Event::new(
         Timestamp::now(),
         Source::Ffrtmp,
         Started {
@@ -90,32 +228,20 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             backend,
         },
     ))?;
+    stream.flush()?;
 
     let result = match observer {
         Observer::Ebpf(mut observer) => {
-            // Programs are attached first, so nothing that starts during the
-            // scan is missed (it may be reported twice, once adopted).
-            if args.adopt {
-                let (_, adopted) = ProcfsObserver::start(args.interval, true)?;
-                for event in adopted {
-                    sink.send(event)?;
-                }
-                sink.flush()?;
-            }
             let result = tokio::select! {
-                r = observer.run(&mut sink) => r,
+                r = observer.run(&mut stream) => r,
                 _ = sigint.recv() => Ok(()),
                 _ = sigterm.recv() => Ok(()),
             };
-            result.and_then(|()| observer.drain(&mut sink))
+            result.and_then(|()| observer.drain(&mut stream))
         }
-        Observer::Procfs(mut observer, adopted) => {
-            for event in adopted {
-                sink.send(event)?;
-            }
-            sink.flush()?;
+        Observer::Procfs(mut observer, _) => {
             tokio::select! {
-                r = observer.run(&mut sink) => r,
+                r = observer.run(&mut stream) => r,
                 _ = sigint.recv() => Ok(()),
                 _ = sigterm.recv() => Ok(()),
             }
@@ -130,18 +256,116 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The event stream on stdout, with errors in `watch`'s terms.
-struct Output<W: io::Write>(Emitter<W>);
+/// The event stream on stdout (and in the metrics), with errors in
+/// `watch`'s terms.
+struct Output<W: io::Write>(Emitter<W>, Option<Metrics>);
 
 impl<W: io::Write> Sink for Output<W> {
     type Error = WatchError;
 
     fn send(&mut self, event: Event) -> Result<(), WatchError> {
+        if let Some(m) = &self.1 {
+            m.record(&event);
+        }
         Ok(self.0.send(event)?)
     }
 
     fn flush(&mut self) -> Result<(), WatchError> {
         Ok(self.0.flush()?)
+    }
+}
+
+/// Between the backend and the output: governs, reports, filters.
+struct Stream<W: io::Write> {
+    out: Output<W>,
+    governor: Option<Governor>,
+    /// The kernel's exit filter, told of processes followed without their
+    /// exec having passed it.
+    tracker: Option<Tracker>,
+    /// Process names whose execs are reported (`None`: all).
+    filter: Option<BTreeSet<String>>,
+    /// Processes whose exec was reported: their exit is too.
+    passed: HashSet<u32>,
+}
+
+impl<W: io::Write> Stream<W> {
+    /// Rebuilds the state from the cgroup tree and governs what runs.
+    fn start_up(&mut self) -> Result<(), WatchError> {
+        let Some(governor) = &mut self.governor else {
+            return Ok(());
+        };
+        let mut events = governor.recover();
+        events.extend(governor.scan()?);
+        self.emit_all(events)?;
+        self.out.flush()
+    }
+
+    fn emit_all(&mut self, events: Vec<Event>) -> Result<(), WatchError> {
+        for event in events {
+            match &event.body {
+                Body::Governed(g) => {
+                    self.passed.insert(g.pid);
+                }
+                Body::Tracked(t) => {
+                    self.passed.insert(t.pid);
+                }
+                _ => {}
+            }
+            self.out.send(event)?;
+        }
+        if let (Some(governor), Some(tracker)) = (&mut self.governor, &mut self.tracker) {
+            for pid in governor.take_newly_followed() {
+                tracker.track(pid)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<W: io::Write> Sink for Stream<W> {
+    type Error = WatchError;
+
+    fn send(&mut self, mut event: Event) -> Result<(), WatchError> {
+        match &mut event.body {
+            Body::Exec(exec) => {
+                let follow_up = match &mut self.governor {
+                    Some(g) => g.on_exec(event.kernel, exec),
+                    None => Vec::new(),
+                };
+                if self.filter.as_ref().is_none_or(|f| f.contains(&exec.comm)) {
+                    self.passed.insert(exec.pid);
+                    self.out.send(event)?;
+                }
+                self.emit_all(follow_up)
+            }
+            Body::Exit(exit) => {
+                if let Some(g) = &mut self.governor {
+                    g.on_exit(exit);
+                }
+                let reported = self.passed.remove(&exit.pid);
+                if self.filter.is_none() || reported || exit.job.is_some() {
+                    self.out.send(event)?;
+                }
+                Ok(())
+            }
+            Body::Lost(_) => {
+                if let Some(g) = &mut self.governor {
+                    g.request_rescan();
+                }
+                self.out.send(event)
+            }
+            _ => self.out.send(event),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), WatchError> {
+        if let Some(g) = &mut self.governor
+            && g.rescan_requested()
+        {
+            let events = g.scan()?;
+            self.emit_all(events)?;
+        }
+        self.out.flush()
     }
 }
 

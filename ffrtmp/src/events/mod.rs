@@ -9,6 +9,7 @@
 //! The JSON field order is header-first (`{"event":"exec","ts":…,"source":…,
 //! …}`) so a person reading the stream sees what kind of event a line is at
 //! once; consumers must not depend on order.
+pub mod metrics;
 mod text;
 
 use std::{
@@ -90,6 +91,18 @@ pub struct Event {
     pub ts: Timestamp,
     pub source: Source,
     pub body: Body,
+    /// Kernel facts that travel with an eBPF event for the governor but are
+    /// not part of the JSON contract.
+    pub kernel: Option<KernelStamp>,
+}
+
+/// What the kernel programs measured for an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelStamp {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC when it happened.
+    pub ktime_ns: u64,
+    /// For an exec: the process's start time (ns since boot), its identity.
+    pub start_boottime_ns: Option<u64>,
 }
 
 impl Event {
@@ -98,6 +111,7 @@ impl Event {
             ts,
             source,
             body: body.into(),
+            kernel: None,
         }
     }
 }
@@ -112,6 +126,7 @@ pub enum Body {
     Lost(Lost),
     Degraded(Degraded),
     Governed(Governed),
+    Tracked(Tracked),
     Detached(Detached),
 }
 
@@ -125,6 +140,7 @@ impl Body {
             Body::Lost(_) => "lost",
             Body::Degraded(_) => "degraded",
             Body::Governed(_) => "governed",
+            Body::Tracked(_) => "tracked",
             Body::Detached(_) => "detached",
         }
     }
@@ -199,6 +215,28 @@ pub struct Governed {
     pub mode: String,
     /// What is in force, read back from the kernel (v2 syntax).
     pub limits: serde_json::Map<String, serde_json::Value>,
+    /// `watch`: the policy rule that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// `watch`: found by a /proc scan (at start-up, or after lost events)
+    /// rather than at its exec.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+    /// `watch` with eBPF: microseconds from the kernel's exec timestamp to
+    /// the completed move into the job cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+}
+
+/// `watch` found a process already in an ffrtmp job cgroup (made by `run`,
+/// `attach` or an earlier daemon) and left it there; its exit will be
+/// reported with the job's report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub pid: u32,
+    pub comm: String,
+    pub job_id: String,
+    pub cgroup: String,
 }
 
 /// The wrapper left; the workload runs on, still governed.
@@ -235,7 +273,9 @@ macro_rules! into_body {
         }
     )*};
 }
-into_body!(Started, Exec, Exit, Lost, Degraded, Governed, Detached);
+into_body!(
+    Started, Exec, Exit, Lost, Degraded, Governed, Tracked, Detached
+);
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -263,6 +303,7 @@ impl Serialize for Event {
             Body::Lost(b) => wire(self, b).serialize(s),
             Body::Degraded(b) => wire(self, b).serialize(s),
             Body::Governed(b) => wire(self, b).serialize(s),
+            Body::Tracked(b) => wire(self, b).serialize(s),
             Body::Detached(b) => wire(self, b).serialize(s),
         }
     }
@@ -282,6 +323,7 @@ impl<'de> Deserialize<'de> for Event {
             ts: w.ts,
             source: w.source,
             body: w.body,
+            kernel: None,
         })
     }
 }
@@ -428,6 +470,56 @@ mod tests {
             Event::new(
                 ts(),
                 Source::Ffrtmp,
+                Governed {
+                    pid: 42,
+                    job_id: "ffmpeg-42".into(),
+                    cgroup: Some("/ffrtmp/ffmpeg-42".into()),
+                    mode: "privileged".into(),
+                    limits: serde_json::from_str(r#"{"cpu_max":"20000 100000","nice":5}"#).unwrap(),
+                    rule: Some("ffmpeg".into()),
+                    adopted: true,
+                    latency_us: Some(180),
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
+                Tracked {
+                    pid: 43,
+                    comm: "ffmpeg".into(),
+                    job_id: "run-40".into(),
+                    cgroup: "/ffrtmp/run-40".into(),
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
+                Detached {
+                    pid: 42,
+                    job_id: "ffmpeg-42".into(),
+                    reason: "SIGTERM".into(),
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ebpf,
+                Exit {
+                    pid: 42,
+                    comm: "ffmpeg".into(),
+                    exit_code: Some(0),
+                    signal: None,
+                    duration_ms: Some(1.5),
+                    job: Some(JobReport {
+                        job_id: "ffmpeg-42".into(),
+                        oom_killed: Some(false),
+                        cpu_usage_us: Some(10),
+                        memory_peak_bytes: None,
+                    }),
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
                 Degraded {
                     limit: None,
                     reason: "eBPF unavailable: permission denied".into(),
@@ -478,6 +570,24 @@ mod tests {
         assert_eq!(text.lines().count(), samples().len());
         for line in text.lines() {
             serde_json::from_str::<Event>(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn run_and_attach_governed_events_carry_no_watch_fields() {
+        let g = Governed {
+            pid: 1,
+            job_id: "j".into(),
+            cgroup: None,
+            mode: "unprivileged".into(),
+            limits: Default::default(),
+            rule: None,
+            adopted: false,
+            latency_us: None,
+        };
+        let v = serde_json::to_value(Event::new(ts(), Source::Ffrtmp, g)).unwrap();
+        for key in ["rule", "adopted", "latency_us"] {
+            assert!(v.get(key).is_none(), "{key} in {v}");
         }
     }
 

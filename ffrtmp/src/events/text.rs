@@ -83,7 +83,22 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
                     other => write!(out, "{other}")?,
                 }
             }
+            if let Some(rule) = &g.rule {
+                out.extend_from_slice(b" rule=");
+                quoted(out, rule)?;
+            }
+            if let Some(us) = g.latency_us {
+                write!(out, " latency_us={us}")?;
+            }
+            if g.adopted {
+                out.extend_from_slice(b" adopted");
+            }
             Ok(())
+        }
+        Body::Tracked(t) => {
+            write!(out, " pid={} comm=", t.pid)?;
+            quoted(out, &t.comm)?;
+            write!(out, " job_id={} cgroup={}", t.job_id, t.cgroup)
         }
         Body::Detached(d) => write!(
             out,

@@ -68,6 +68,12 @@ pub struct Layout {
     pub v2: Option<Mount>,
     /// v1 hierarchies of [`V1_CONTROLLERS`], by controller.
     pub v1: BTreeMap<String, Mount>,
+    /// The v2 mount's options as mountinfo shows them: per-mount (`rw,
+    /// nosuid,…`) and per-superblock (`rw,nsdelegate,…`), for a remount
+    /// that keeps them.
+    pub v2_options: Option<(String, String)>,
+    /// Some cgroup mount has `favordynmods` (see [`super::dynmods`]).
+    pub favordynmods: bool,
 }
 
 impl Layout {
@@ -101,9 +107,19 @@ impl Layout {
                 point: PathBuf::from(unescape(point)),
                 root: unescape(root),
             };
+            let superopts = right.get(2).copied().unwrap_or("");
+            if matches!(*fstype, "cgroup" | "cgroup2")
+                && superopts.split(',').any(|o| o == "favordynmods")
+            {
+                layout.favordynmods = true;
+            }
             match *fstype {
-                "cgroup2" => {
-                    layout.v2.get_or_insert(mount);
+                "cgroup2" if layout.v2.is_none() => {
+                    layout.v2 = Some(mount);
+                    layout.v2_options = Some((
+                        left.get(5).copied().unwrap_or("").to_string(),
+                        superopts.to_string(),
+                    ));
                 }
                 "cgroup" => {
                     for opt in right.get(2).map_or("", |o| o).split(',') {

@@ -311,6 +311,23 @@ impl Limits {
             || !self.io_max.is_empty()
             || self.pids_max.is_some()
     }
+
+    /// How many limits are set (an io_max line counts once).
+    pub fn count(&self) -> usize {
+        [
+            self.cpu_max.is_some(),
+            self.cpu_weight.is_some(),
+            self.memory_max.is_some(),
+            self.memory_high.is_some(),
+            self.pids_max.is_some(),
+            self.nice.is_some(),
+            self.oom_score_adj.is_some(),
+        ]
+        .into_iter()
+        .filter(|&set| set)
+        .count()
+            + self.io_max.len()
+    }
 }
 
 #[cfg(test)]

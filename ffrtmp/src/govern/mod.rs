@@ -35,8 +35,11 @@
 //!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
+pub mod auto;
+pub mod dynmods;
 pub mod layout;
 pub mod limits;
+pub mod plan;
 pub mod process;
 pub mod target;
 pub mod v1;
@@ -349,6 +352,40 @@ impl JobCgroup {
         Ok((job, applied))
     }
 
+    /// Job `job`'s cgroup as it is now in the tree (found by a restarted
+    /// daemon, say); `None` if it does not exist. Takes no claim.
+    pub fn open_existing(ctx: &Context, job: &str) -> Option<Self> {
+        let path = ctx.root.as_ref()?.child(job);
+        let inner = match (ctx.layout.kind(), &ctx.layout.v2) {
+            (Kind::V2, Some(mount)) => {
+                let dir = mount.dir_of(&path);
+                Inner::V2(v2::Job {
+                    dir: dir.is_dir().then_some(dir)?,
+                })
+            }
+            _ => Inner::V1(v1::Job::existing(&ctx.layout.v1, &path)?),
+        };
+        Some(JobCgroup {
+            path,
+            inner,
+            _claim: None,
+        })
+    }
+
+    /// The processes in the job now (from its first hierarchy).
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs_files()
+            .first()
+            .and_then(|f| fs::read_to_string(f).ok())
+            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The job's name (its directory name).
+    pub fn name(&self) -> &str {
+        self.path.as_str().rsplit('/').next().unwrap_or_default()
+    }
+
     /// The `cgroup.procs` file of each hierarchy.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         match &self.inner {
@@ -402,6 +439,16 @@ impl JobCgroup {
 /// directory with processes, or one with child cgroups is never removed (and
 /// the kernel would refuse the last two anyway).
 pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
+    reap(ctx, None)
+}
+
+/// Removes job `name`'s cgroup under the same rules as [`reap_empty`] (the
+/// daemon, once the last process it followed in a job has exited).
+pub fn reap_job(ctx: &Context, name: &str) -> Vec<PathBuf> {
+    reap(ctx, Some(name))
+}
+
+fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
     let Some(root) = &ctx.root else {
         return Vec::new();
     };
@@ -412,8 +459,12 @@ pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
     let Ok(_root_lock) = lock_root(primary) else {
         return Vec::new();
     };
+    let names = match only {
+        Some(name) => BTreeSet::from([name.to_string()]),
+        None => job_names(&dirs),
+    };
     let mut removed = Vec::new();
-    for name in job_names(&dirs) {
+    for name in names {
         let job_dirs = existing_job_dirs(&dirs, &name);
         // Held until the directory is gone, so no wrapper claims it meanwhile.
         let claim = job_dirs

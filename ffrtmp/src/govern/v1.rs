@@ -88,6 +88,16 @@ impl Job {
         Ok((job, applied))
     }
 
+    /// A job's existing directories (every hierarchy that has one).
+    pub fn existing(mounts: &BTreeMap<String, Mount>, path: &CgroupPath) -> Option<Self> {
+        let dirs: BTreeMap<String, PathBuf> = mounts
+            .iter()
+            .map(|(c, m)| (c.clone(), m.dir_of(path)))
+            .filter(|(_, d)| d.is_dir())
+            .collect();
+        (!dirs.is_empty()).then_some(Job { dirs })
+    }
+
     fn file(&self, controller: &str, file: &str) -> Result<PathBuf, String> {
         self.dirs
             .get(controller)

@@ -79,6 +79,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("task_struct", "exit_code"),
     ("task_struct", "signal"),
     ("task_struct", "start_time"),
+    ("task_struct", "start_boottime"),
     ("task_struct", "flags"),
     ("signal_struct", "live"),
     ("signal_struct", "flags"),
@@ -117,6 +118,8 @@ pub fn offsets_from(path: &Path) -> Result<Offsets, BtfError> {
         mm_arg_end: get("mm_struct", "arg_end")?,
         binprm_filename: get("linux_binprm", "filename")?,
         task_flags: get("task_struct", "flags")?,
+        task_start_boottime: get("task_struct", "start_boottime")?,
+        _pad: 0,
     })
 }
 

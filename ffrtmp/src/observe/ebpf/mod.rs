@@ -13,18 +13,19 @@ pub mod btf;
 pub mod record;
 
 use std::{
+    collections::BTreeSet,
     os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
 use aya::{
     EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::RawTracePoint,
 };
 use ffrtmp_common::{
-    EVENTS_MAP, EXEC_PROGRAM, EXIT_PROGRAM, LOST_MAP, OFFSETS_GLOBAL, SELF_TGID_GLOBAL,
-    WAKE_COALESCE_NS,
+    COMMS_MAP, COMMS_MAX, EVENTS_MAP, EXEC_PROGRAM, EXIT_PROGRAM, FILTER_GLOBAL, LOST_MAP,
+    OFFSETS_GLOBAL, SELF_TGID_GLOBAL, TASK_COMM_LEN, TRACKED_MAP, WAKE_COALESCE_NS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -65,6 +66,40 @@ pub enum EbpfError {
     },
     #[error("registering the ring buffer with the event loop")]
     Poll(#[source] std::io::Error),
+    #[error("the pre-filter holds at most {COMMS_MAX} process names, not {0}")]
+    TooManyComms(usize),
+    #[error("process name {0:?} is longer than the kernel's {max} bytes", max = TASK_COMM_LEN - 1)]
+    CommTooLong(String),
+    #[error("updating map `{name}`")]
+    Update {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// How to load the kernel programs.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    /// Send only execs of these process names (and exits of the processes
+    /// they started, or that [`Tracker::track`] adds); `None`: everything.
+    pub comm_filter: Option<BTreeSet<String>>,
+}
+
+/// Adds processes to the kernel's exit filter (those user space follows
+/// without their exec having passed the filter: adopted and recovered).
+pub struct Tracker(HashMap<MapData, u32, u8>);
+
+impl Tracker {
+    pub fn track(&mut self, pid: u32) -> Result<(), EbpfError> {
+        self.0
+            .insert(pid, 1, 0)
+            .map_err(|source| EbpfError::Update {
+                name: TRACKED_MAP,
+                source,
+            })
+    }
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches them.
@@ -73,24 +108,52 @@ pub struct EbpfObserver {
     events: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     lost_reported: u64,
+    tracker: Option<Tracker>,
     _ebpf: aya::Ebpf,
 }
 
 impl EbpfObserver {
     /// Loads and attaches the programs. Must be called inside a tokio
     /// runtime (the ring buffer is registered with its reactor).
-    pub fn load(ring_buffer_bytes: u32) -> Result<Self, EbpfError> {
+    pub fn load(options: &LoadOptions) -> Result<Self, EbpfError> {
         let offsets = btf::kernel_offsets()?;
+        let keys = options
+            .comm_filter
+            .as_ref()
+            .map(comm_keys)
+            .transpose()?;
         raise_memlock_limit();
         let self_tgid = std::process::id();
+        let filter = u32::from(keys.is_some());
         let mut ebpf = EbpfLoader::new()
             // No CO-RE relocations to apply (offsets come from `btf`).
             .btf(None)
             .override_global(SELF_TGID_GLOBAL, &self_tgid, true)
             .override_global(OFFSETS_GLOBAL, &offsets, true)
-            .map_max_entries(EVENTS_MAP, ring_buffer_bytes)
+            .override_global(FILTER_GLOBAL, &filter, true)
+            .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
+        // The names go in before the programs attach: no exec slips through
+        // an empty filter.
+        if let Some(keys) = keys {
+            let map = ebpf
+                .map_mut(COMMS_MAP)
+                .ok_or(EbpfError::MissingMap(COMMS_MAP))?;
+            let mut comms: HashMap<_, [u8; TASK_COMM_LEN], u8> =
+                HashMap::try_from(map).map_err(|source| EbpfError::Map {
+                    name: COMMS_MAP,
+                    source,
+                })?;
+            for key in keys {
+                comms
+                    .insert(key, 1, 0)
+                    .map_err(|source| EbpfError::Update {
+                        name: COMMS_MAP,
+                        source,
+                    })?;
+            }
+        }
         for name in [EXEC_PROGRAM, EXIT_PROGRAM] {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
@@ -119,6 +182,13 @@ impl EbpfObserver {
             name: LOST_MAP,
             source,
         })?;
+        let tracked = ebpf
+            .take_map(TRACKED_MAP)
+            .ok_or(EbpfError::MissingMap(TRACKED_MAP))?;
+        let tracker = Tracker(HashMap::try_from(tracked).map_err(|source| EbpfError::Map {
+            name: TRACKED_MAP,
+            source,
+        })?);
         tracing::debug!(
             fd = events.as_raw_fd(),
             ?offsets,
@@ -132,8 +202,14 @@ impl EbpfObserver {
                 .map_err(|e| EbpfError::Poll(e.into_parts().1))?,
             lost,
             lost_reported: 0,
+            tracker: Some(tracker),
             _ebpf: ebpf,
         })
+    }
+
+    /// The handle that adds processes to the kernel's exit filter (once).
+    pub fn take_tracker(&mut self) -> Option<Tracker> {
+        self.tracker.take()
     }
 
     /// Streams events to `sink` until it fails or the future is dropped.
@@ -209,6 +285,24 @@ impl EbpfObserver {
         }
         Ok(())
     }
+}
+
+/// The pre-filter's keys: each name NUL-padded as the kernel's `comm`.
+fn comm_keys(comms: &BTreeSet<String>) -> Result<Vec<[u8; TASK_COMM_LEN]>, EbpfError> {
+    if comms.len() > COMMS_MAX as usize {
+        return Err(EbpfError::TooManyComms(comms.len()));
+    }
+    comms
+        .iter()
+        .map(|c| {
+            let mut key = [0u8; TASK_COMM_LEN];
+            if c.is_empty() || c.len() >= TASK_COMM_LEN {
+                return Err(EbpfError::CommTooLong(c.clone()));
+            }
+            key[..c.len()].copy_from_slice(c.as_bytes());
+            Ok(key)
+        })
+        .collect()
 }
 
 /// aya's loader parses the kernel's whole BTF (~20 MB of heap) in

@@ -7,7 +7,7 @@ use ffrtmp_common::{EventHeader, ExecRecord, ExitRecord, Plain, exec_flags, kind
 use nix::time::{ClockId, clock_gettime};
 
 use crate::{
-    events::{Body, Event, Exec, Exit, Source, Timestamp},
+    events::{Body, Event, Exec, Exit, KernelStamp, Source, Timestamp},
     observe::proc::split_nul,
 };
 
@@ -55,9 +55,14 @@ pub fn decode(data: &[u8]) -> Result<Event, RecordError> {
     };
     let header: EventHeader = read(data).ok_or(short(0, size_of::<EventHeader>()))?;
     let ts = Timestamp(wall_clock(header.ktime_ns));
+    let mut stamp = KernelStamp {
+        ktime_ns: header.ktime_ns,
+        start_boottime_ns: None,
+    };
     let body: Body = match header.kind {
         kind::EXEC => {
             let r: ExecRecord = read(data).ok_or(short(header.kind, size_of::<ExecRecord>()))?;
+            stamp.start_boottime_ns = (r.start_boottime_ns > 0).then_some(r.start_boottime_ns);
             exec(&r).into()
         }
         kind::EXIT => {
@@ -66,7 +71,9 @@ pub fn decode(data: &[u8]) -> Result<Event, RecordError> {
         }
         other => return Err(RecordError::UnknownKind(other)),
     };
-    Ok(Event::new(ts, Source::Ebpf, body))
+    let mut event = Event::new(ts, Source::Ebpf, body);
+    event.kernel = Some(stamp);
+    Ok(event)
 }
 
 fn exec(r: &ExecRecord) -> Exec {
@@ -145,6 +152,7 @@ mod tests {
             flags,
             filename_len: 9,
             argv_len: argv.len() as u16,
+            start_boottime_ns: 7_000_000_000,
             comm: comm("true"),
             filename: [0xAA; FILENAME_CAP],
             argv: [0xBB; ARGV_CAP],
@@ -157,6 +165,13 @@ mod tests {
     #[test]
     fn decodes_an_exec_record_ignoring_bytes_past_the_lengths() {
         let ev = decode(&bytes(&exec_record(b"/bin/true\0-x\0", 0))).unwrap();
+        assert_eq!(
+            ev.kernel,
+            Some(KernelStamp {
+                ktime_ns: 5,
+                start_boottime_ns: Some(7_000_000_000)
+            })
+        );
         let Body::Exec(e) = ev.body else {
             panic!("{ev:?}")
         };

@@ -1,0 +1,54 @@
+//! `ffrtmp policy`: check a policy file before deploying it, or print the
+//! embedded policy as a starting point.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Subcommand;
+
+use super::EXIT_USAGE;
+use crate::policy::{Action, EMBEDDED, Policy};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate FILE as `watch --policy` would; print its rules. Exit 2 (with the line of the mistake) if invalid.
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the embedded policy (what `watch` uses without --policy).
+    Default,
+}
+
+pub fn run(command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Default => {
+            print!("{EMBEDDED}");
+            ExitCode::SUCCESS
+        }
+        PolicyCommand::Check { file } => match Policy::load(&file) {
+            Ok(policy) => {
+                for rule in &policy.rules {
+                    match &rule.action {
+                        Action::Ignore => println!("{rule}: ignore"),
+                        Action::Govern { limits, .. } => {
+                            println!("{rule}: govern ({} limits)", limits.count())
+                        }
+                    }
+                }
+                match policy.comm_filter() {
+                    Some(comms) => println!(
+                        "kernel pre-filter: {}",
+                        comms.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                    None => println!(
+                        "kernel pre-filter: none (a governing rule does not name its comm: every exec goes to user space)"
+                    ),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+    }
+}

@@ -1,0 +1,464 @@
+//! Automatic governance: the engine of `ffrtmp watch`. Each exec the
+//! observer reports goes to the [`Policy`]; a process a rule governs is
+//! placed in its job cgroup the way `attach` does it — held by a pidfd and
+//! checked against its start time before every step, the cgroup made and
+//! its limits read back ([`Plan`]), the whole thread group moved, nice and
+//! oom_score_adj set — and a `governed` event says what is in force and how
+//! long after the exec it took (`latency_us`).
+//!
+//! State is only a cache of the cgroup tree: which processes of which jobs
+//! the daemon follows, so that their exits carry the job's report and empty
+//! job cgroups are removed. At start ([`Governor::recover`]) it is rebuilt
+//! from the tree — jobs of `run`, `attach` or an earlier daemon are
+//! followed where they are (`tracked`), never moved — and [`Governor::scan`]
+//! governs matching processes already running (`adopted`); the same scan
+//! runs again after the kernel lost events. The daemon never signals,
+//! stops or kills a workload: killing it changes nothing for its jobs.
+//!
+//! A process already inside an ffrtmp job (a child of a governed one, or a
+//! `run` workload) is never governed again: children stay in their parent's
+//! job by kernel semantics.
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    time::Duration,
+};
+
+use nix::time::{ClockId, clock_gettime};
+use serde_json::json;
+
+use super::{
+    Context, GovernError, JobCgroup, job_dirs,
+    limits::{JobId, Limits},
+    plan::Plan,
+    process::{nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
+    reap_empty, reap_job,
+    target::{Target, TargetError},
+};
+use crate::{
+    events::{
+        Degraded, Event, Exec, Exit, Governed, JobReport, KernelStamp, Source, Timestamp, Tracked,
+    },
+    observe::proc::{self, ProcError, Stat},
+    policy::{Candidate, Decision, Needs, Policy, template::sanitise},
+};
+
+/// A process the daemon follows, and its job.
+#[derive(Debug)]
+struct Followed {
+    job: String,
+    /// The job's cgroup: made by this daemon (holding its claim), or found
+    /// in the tree. `None` without cgroups (nice only).
+    cgroup: Option<JobCgroup>,
+}
+
+/// The daemon's governor.
+pub struct Governor {
+    ctx: Context,
+    policy: Policy,
+    needs: Needs,
+    /// Names some governing rule may match (`None`: any).
+    comm_filter: Option<BTreeSet<String>>,
+    self_pid: u32,
+    /// Cgroup path prefix of job cgroups (`/ffrtmp/`).
+    job_prefix: Option<String>,
+    followed: HashMap<u32, Followed>,
+    /// Processes to add to the kernel's exit filter (adopted, recovered).
+    newly_followed: Vec<u32>,
+    rescan: bool,
+}
+
+/// What happened to one process, for the caller to emit.
+pub type Events = Vec<Event>;
+
+impl Governor {
+    pub fn new(ctx: Context, policy: Policy) -> Self {
+        let needs = policy.needs();
+        let job_prefix = ctx
+            .root
+            .as_ref()
+            .map(|r| format!("{}/", r.as_str().trim_end_matches('/')));
+        Governor {
+            ctx,
+            comm_filter: policy.comm_filter(),
+            policy,
+            needs,
+            self_pid: std::process::id(),
+            job_prefix,
+            followed: HashMap::new(),
+            newly_followed: Vec::new(),
+            rescan: false,
+        }
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Number of processes followed in jobs now.
+    pub fn followed(&self) -> usize {
+        self.followed.len()
+    }
+
+    /// Pids that started being followed since the last call (for the
+    /// kernel's exit filter).
+    pub fn take_newly_followed(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.newly_followed)
+    }
+
+    /// Rebuilds the state from the cgroup tree: every process in a job
+    /// cgroup is followed (`tracked`); empty unclaimed job cgroups are
+    /// removed.
+    pub fn recover(&mut self) -> Events {
+        let mut events = Vec::new();
+        reap_empty(&self.ctx);
+        for (name, _, _) in job_dirs(&self.ctx) {
+            let Some(cgroup) = JobCgroup::open_existing(&self.ctx, &name) else {
+                continue;
+            };
+            for pid in cgroup.pids() {
+                if self.followed.contains_key(&pid) || pid == self.self_pid {
+                    continue;
+                }
+                let comm = Stat::read(pid).map(|s| s.comm).unwrap_or_default();
+                events.push(Event::new(
+                    Timestamp::now(),
+                    Source::Ffrtmp,
+                    Tracked {
+                        pid,
+                        comm,
+                        job_id: name.clone(),
+                        cgroup: cgroup.path.as_str().to_string(),
+                    },
+                ));
+                self.follow(
+                    pid,
+                    name.clone(),
+                    JobCgroup::open_existing(&self.ctx, &name),
+                );
+            }
+        }
+        events
+    }
+
+    /// Governs every running process that the policy matches and that is
+    /// in no job yet (`adopted`).
+    pub fn scan(&mut self) -> Result<Events, ProcError> {
+        self.rescan = false;
+        let mut events = Vec::new();
+        for pid in proc::list_pids()? {
+            if pid == self.self_pid || self.followed.contains_key(&pid) {
+                continue;
+            }
+            let stat = match Stat::read(pid) {
+                Ok(s) if !s.is_kernel_thread() && s.state != 'Z' => s,
+                Ok(_) | Err(ProcError::Gone(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let Ok(uid) = proc::read_uid(pid) else {
+                continue;
+            };
+            let candidate = Candidate {
+                pid,
+                comm: stat.comm.clone(),
+                uid,
+                exe: None,
+                argv: None,
+                parent_comm: None,
+            };
+            events.extend(self.consider(
+                candidate,
+                Some(stat.ppid),
+                Origin::Scan(stat.start_ticks),
+            ));
+        }
+        Ok(events)
+    }
+
+    /// Asks for a [`Self::scan`] (the kernel lost events).
+    pub fn request_rescan(&mut self) {
+        self.rescan = true;
+    }
+
+    pub fn rescan_requested(&self) -> bool {
+        self.rescan
+    }
+
+    /// An exec the observer reported: governs the process if a rule says so.
+    /// Returns the events to emit after the exec event.
+    pub fn on_exec(&mut self, kernel: Option<KernelStamp>, exec: &Exec) -> Events {
+        if exec.pid == self.self_pid {
+            return Vec::new();
+        }
+        let candidate = Candidate {
+            pid: exec.pid,
+            comm: exec.comm.clone(),
+            uid: exec.uid,
+            exe: Some(exec.filename.clone()).filter(|f| f.starts_with('/')),
+            // The kernel keeps 1 KiB of arguments; read the rest if cut.
+            argv: exec.argv.clone().filter(|_| !exec.argv_truncated),
+            parent_comm: None,
+        };
+        let origin = match kernel {
+            Some(k) => Origin::Kernel {
+                ktime_ns: k.ktime_ns,
+                start_ticks: k.start_boottime_ns.and_then(ns_to_ticks),
+            },
+            None => Origin::Polled,
+        };
+        self.consider(candidate, exec.ppid, origin)
+    }
+
+    /// An exit: the job's report for a followed process, and its cgroup
+    /// removed once empty.
+    pub fn on_exit(&mut self, exit: &mut Exit) {
+        let Some(f) = self.followed.remove(&exit.pid) else {
+            return;
+        };
+        let stats = f.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
+        exit.job = Some(JobReport {
+            job_id: f.job.clone(),
+            oom_killed: stats.oom_killed,
+            cpu_usage_us: stats.cpu_usage_us,
+            memory_peak_bytes: stats.memory_peak_bytes,
+        });
+        let still_followed = self.followed.values().any(|o| o.job == f.job);
+        // Our claim goes first, so that the reaper may take the job.
+        drop(f.cgroup);
+        if !still_followed {
+            reap_job(&self.ctx, &f.job);
+        }
+    }
+
+    fn follow(&mut self, pid: u32, job: String, cgroup: Option<JobCgroup>) {
+        self.followed.insert(pid, Followed { job, cgroup });
+        self.newly_followed.push(pid);
+    }
+
+    /// The cgroup path of `pid`'s ffrtmp job, if it is in one.
+    fn job_of(&self, pid: u32) -> Option<String> {
+        let prefix = self.job_prefix.as_deref()?;
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        text.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .find(|p| p.starts_with(prefix))
+            .map(String::from)
+    }
+
+    /// Decides about one process and governs it if a rule says so.
+    fn consider(&mut self, mut c: Candidate, ppid: Option<u32>, origin: Origin) -> Events {
+        // Most processes fail on comm: decide that before reading more.
+        if let Some(comms) = &self.comm_filter
+            && !comms.contains(&c.comm)
+        {
+            return Vec::new();
+        }
+        if self.needs.exe && c.exe.is_none() {
+            c.exe = fs::read_link(format!("/proc/{}/exe", c.pid))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned());
+        }
+        if self.needs.argv && c.argv.is_none() {
+            c.argv = proc::read_argv(c.pid);
+        }
+        if self.needs.parent_comm {
+            c.parent_comm = ppid.and_then(|p| Stat::read(p).ok()).map(|s| s.comm);
+        }
+        let (rule, job_id, limits) = match self.policy.decide(&c) {
+            Some(Decision::Govern {
+                rule,
+                job_id,
+                limits,
+            }) => (rule.name.clone(), job_id, limits.clone()),
+            Some(Decision::Ignore { .. }) | None => return Vec::new(),
+        };
+        if self.job_of(c.pid).is_some() {
+            // Already governed (a child of a job, or a `run` workload).
+            return Vec::new();
+        }
+        self.govern(c.pid, rule, job_id, &limits, origin)
+    }
+
+    fn govern(
+        &mut self,
+        pid: u32,
+        rule: String,
+        job_id: JobId,
+        limits: &Limits,
+        origin: Origin,
+    ) -> Events {
+        let mut events = Vec::new();
+        let degraded = |reason: String| {
+            Event::new(
+                Timestamp::now(),
+                Source::Ffrtmp,
+                Degraded {
+                    limit: None,
+                    reason,
+                    fallback: "none".into(),
+                },
+            )
+        };
+        let start_ticks = match origin {
+            Origin::Kernel { start_ticks, .. } => start_ticks,
+            Origin::Scan(ticks) => Some(ticks),
+            Origin::Polled => None,
+        };
+        let target = match Target::open(pid, start_ticks) {
+            Ok(t) => t,
+            // Gone already (a short-lived process): nothing to govern.
+            Err(TargetError::NoSuchProcess(_) | TargetError::Exited(_)) => return events,
+            Err(e) => {
+                events.push(degraded(format!(
+                    "process {pid} ({rule}) not governed: {e}"
+                )));
+                return events;
+            }
+        };
+        let plan = match Plan::make(&self.ctx, &job_id, limits, None) {
+            Ok(p) => p,
+            // Two processes for one job id (a shared stream key, say): the
+            // second gets its own job, named after both.
+            Err(GovernError::JobIdInUse(_)) => {
+                let unique = sanitise(&format!(
+                    "{}-{pid}",
+                    &job_id.as_str()[..job_id.as_str().len().min(JobId::MAX_LEN - 11)]
+                ));
+                match Plan::make(&self.ctx, &unique, limits, None) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        events.push(degraded(format!(
+                            "process {pid} ({rule}) not governed: {:#}",
+                            anyhow::Error::new(e)
+                        )));
+                        return events;
+                    }
+                }
+            }
+            Err(e) => {
+                events.push(degraded(format!(
+                    "process {pid} ({rule}) not governed: {:#}",
+                    anyhow::Error::new(e)
+                )));
+                return events;
+            }
+        };
+        let job = plan
+            .cgroup
+            .as_ref()
+            .map_or_else(|| job_id.to_string(), |c| c.name().to_string());
+        let mut applied = plan.applied.limits.clone();
+        let mut failures = plan.degradations();
+        let mut cgroup = plan.cgroup;
+        if let Some(cg) = &cgroup {
+            let moved = target.check().map_err(|e| e.to_string()).and_then(|()| {
+                cg.add(pid)
+                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+            });
+            if let Err(reason) = moved {
+                cg.remove_if_empty();
+                cgroup = None;
+                if target.has_exited() {
+                    return events; // it ended first: nothing was applied
+                }
+                for limit in applied.keys() {
+                    failures.push(Degraded {
+                        limit: Some(limit.clone()),
+                        reason: format!(
+                            "process {pid} could not be moved into its cgroup: {reason}"
+                        ),
+                        fallback: "none".into(),
+                    });
+                }
+                applied.clear();
+            }
+        }
+        let latency_us = match origin {
+            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
+                .and_then(|now| now.checked_sub(ktime_ns))
+                .map(|ns| ns / 1_000),
+            _ => None,
+        };
+        if let Some(n) = plan.nice
+            && target.check().is_ok()
+        {
+            match set_nice_all_threads(pid, n) {
+                Ok(_) => {
+                    if let Ok(v) = nice_of(pid) {
+                        applied.insert("nice".into(), json!(v));
+                    }
+                }
+                Err(e) => failures.push(limit_failure("nice", e)),
+            }
+        }
+        if let Some(v) = plan.oom_score_adj
+            && target.check().is_ok()
+        {
+            match set_oom_score_adj(pid, v) {
+                Ok(_) => {
+                    if let Ok(v) = oom_score_adj_of(pid) {
+                        applied.insert("oom_score_adj".into(), json!(v));
+                    }
+                }
+                Err(e) => failures.push(limit_failure("oom_score_adj", e)),
+            }
+        }
+        for d in failures {
+            events.push(Event::new(Timestamp::now(), Source::Ffrtmp, d));
+        }
+        events.push(Event::new(
+            Timestamp::now(),
+            Source::Ffrtmp,
+            Governed {
+                pid,
+                job_id: job.clone(),
+                cgroup: cgroup.as_ref().map(|c| c.path.as_str().to_string()),
+                mode: self.ctx.mode.as_str().to_string(),
+                limits: applied,
+                rule: Some(rule),
+                adopted: matches!(origin, Origin::Scan(_)),
+                latency_us,
+            },
+        ));
+        self.follow(pid, job, cgroup);
+        events
+    }
+}
+
+/// Where a candidate came from.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// An eBPF exec: its kernel time, and the process's start (ticks).
+    Kernel {
+        ktime_ns: u64,
+        start_ticks: Option<u64>,
+    },
+    /// A /proc scan (adoption, rescan), with the start time it read.
+    Scan(u64),
+    /// The procfs backend's exec (found by polling).
+    Polled,
+}
+
+fn limit_failure(limit: &str, e: impl std::error::Error + Send + Sync + 'static) -> Degraded {
+    Degraded {
+        limit: Some(limit.into()),
+        reason: format!("{:#}", anyhow::Error::new(e)),
+        fallback: "none".into(),
+    }
+}
+
+fn monotonic_ns() -> Option<u64> {
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
+    let d = Duration::new(
+        u64::try_from(t.tv_sec()).ok()?,
+        u32::try_from(t.tv_nsec()).ok()?,
+    );
+    u64::try_from(d.as_nanos()).ok()
+}
+
+/// A start time in ns since boot as /proc/PID/stat's clock ticks.
+fn ns_to_ticks(ns: u64) -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    (hz > 0).then(|| ns / (1_000_000_000 / hz))
+}

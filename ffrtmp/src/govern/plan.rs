@@ -1,0 +1,152 @@
+//! What `run`, `attach` and `watch` share before a workload is placed:
+//! making the job cgroup with its limits, deciding which per-process
+//! settings may be applied (nice below 0 and a lowered oom_score_adj need
+//! privileges), and the nice fallback when CPU limits cannot be applied.
+//! Nothing here touches the workload; failures are collected, not fatal,
+//! so each entry point can report them (`degraded`) or refuse (`--strict`).
+use crate::events::Degraded;
+
+use super::{
+    Applied, Context, Existing, GovernError, JobCgroup, Mode, limits::JobId, limits::Limits,
+    pid_in_cgroup, process::oom_score_adj_of, reap_empty,
+};
+
+/// Nice applied when CPU limits cannot be (lower priority than default).
+pub const NICE_FALLBACK: i32 = 10;
+
+/// A job ready for its workload.
+#[derive(Debug)]
+pub struct Plan {
+    pub cgroup: Option<JobCgroup>,
+    /// Cgroup limits read back, and every refusal (cgroup or per-process).
+    pub applied: Applied,
+    /// Nice to set on the workload (asked, or the fallback).
+    pub nice: Option<i32>,
+    pub oom_score_adj: Option<i32>,
+    /// What stands in for refused CPU limits: `nice 10` or `none`.
+    pub cpu_fallback: String,
+}
+
+impl Plan {
+    /// Creates the job cgroup and applies `limits`. The only error is a job
+    /// id in use by a live job; `resident`, a process already in that job
+    /// (re-attach), makes it an update instead.
+    pub fn make(
+        ctx: &Context,
+        job_id: &JobId,
+        limits: &Limits,
+        resident: Option<u32>,
+    ) -> Result<Self, GovernError> {
+        let mut applied = Applied::default();
+        let mut cgroup = None;
+        if ctx.root.is_some() {
+            // Leftovers are reaped once the workload runs, off the start-up
+            // path, unless one holds this job id.
+            let create = |existing| JobCgroup::create(ctx, job_id, limits, existing);
+            let created = match create(Existing::Refuse) {
+                Err(GovernError::JobIdInUse(_))
+                    if resident
+                        .zip(ctx.job_path(job_id))
+                        .is_some_and(|(pid, path)| pid_in_cgroup(pid, &path)) =>
+                {
+                    create(Existing::Update)
+                }
+                Err(GovernError::JobIdInUse(_)) if !reap_empty(ctx).is_empty() => {
+                    create(Existing::Refuse)
+                }
+                other => other,
+            };
+            match created {
+                Ok((cg, a)) => {
+                    cgroup = Some(cg);
+                    applied = a;
+                }
+                Err(e @ GovernError::JobIdInUse(_)) => return Err(e),
+                Err(e) => {
+                    let reason = format!("{:#}", anyhow::Error::new(e));
+                    for limit in cgroup_limits(limits) {
+                        applied.fail(limit, format!("no job cgroup: {reason}"));
+                    }
+                }
+            }
+        } else {
+            for limit in cgroup_limits(limits) {
+                applied.fail(
+                    limit,
+                    "unprivileged mode: no cgroup (not root, no delegated cgroup subtree)".into(),
+                );
+            }
+        }
+
+        let privileged = ctx.mode == Mode::Privileged;
+        let mut nice = limits.nice;
+        if let Some(n) = nice
+            && n < 0
+            && !privileged
+        {
+            applied.fail("nice", format!("nice {n} (below 0) needs privileges"));
+            nice = None;
+        }
+        let mut oom_score_adj = limits.oom_score_adj;
+        if let Some(v) = oom_score_adj
+            && !privileged
+            && oom_score_adj_of(std::process::id()).is_ok_and(|own| v < own)
+        {
+            applied.fail(
+                "oom_score_adj",
+                format!("lowering oom_score_adj to {v} needs privileges"),
+            );
+            oom_score_adj = None;
+        }
+        let cpu_failed = applied.failures.iter().any(|f| is_cpu(f.limit));
+        let cpu_fallback = if cpu_failed && nice.is_none() && limits.nice.is_none() {
+            nice = Some(NICE_FALLBACK);
+            format!("nice {NICE_FALLBACK}")
+        } else {
+            "none".to_string()
+        };
+        Ok(Plan {
+            cgroup,
+            applied,
+            nice,
+            oom_score_adj,
+            cpu_fallback,
+        })
+    }
+
+    /// One `degraded` event body per refusal, with its fallback.
+    pub fn degradations(&self) -> Vec<Degraded> {
+        self.applied
+            .failures
+            .iter()
+            .map(|f| Degraded {
+                limit: Some(f.limit.to_string()),
+                reason: f.reason.clone(),
+                fallback: if is_cpu(f.limit) {
+                    self.cpu_fallback.clone()
+                } else {
+                    "none".into()
+                },
+            })
+            .collect()
+    }
+}
+
+fn is_cpu(limit: &str) -> bool {
+    limit == "cpu_max" || limit == "cpu_weight"
+}
+
+/// The names of the requested limits that need a cgroup.
+fn cgroup_limits(l: &Limits) -> Vec<&'static str> {
+    [
+        ("cpu_max", l.cpu_max.is_some()),
+        ("cpu_weight", l.cpu_weight.is_some()),
+        ("memory_max", l.memory_max.is_some()),
+        ("memory_high", l.memory_high.is_some()),
+        ("io_max", !l.io_max.is_empty()),
+        ("pids_max", l.pids_max.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, asked)| asked.then_some(name))
+    .collect()
+}

@@ -1,0 +1,513 @@
+//! Policies: which new processes `ffrtmp watch` governs, and how.
+//!
+//! A policy is an ordered list of rules in TOML (docs/POLICY.md). A rule
+//! matches on any of `comm` (exact, one name or a list), `exe` (a glob on
+//! the executable's path), `argv` (a regex on the arguments joined by
+//! spaces), `user`/`uid` and `parent_comm`; every condition given must hold,
+//! and the first matching rule wins. It then either governs the process —
+//! a job id from its `job_id` template and the same limits as `ffrtmp run`
+//! — or, with `action = "ignore"`, leaves it alone.
+//!
+//! Everything is validated when the policy loads, and an error names the
+//! file and line, so a bad policy stops the daemon before it starts (exit
+//! 2) instead of misgoverning at the first match. [`Policy::comm_filter`]
+//! gives the names the kernel-side pre-filter passes; with a rule that does
+//! not name its `comm`, no such filter is possible and every exec goes to
+//! user space.
+//!
+//! Without `--policy`, [`Policy::embedded`] governs `ffmpeg` and
+//! `gst-launch-1.0` (default.toml, documented in docs/POLICY.md).
+pub mod template;
+
+use std::{
+    collections::BTreeSet,
+    fmt, fs,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use globset::{Glob, GlobMatcher};
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::govern::limits::{
+    CpuMax, IoMax, JobId, LimitError, Limits, Size, parse_cpu_weight, parse_nice,
+    parse_oom_score_adj, parse_pids_max,
+};
+use template::Template;
+
+/// The policy used without `--policy`.
+pub const EMBEDDED: &str = include_str!("default.toml");
+/// Name of the embedded policy in messages.
+pub const EMBEDDED_NAME: &str = "<embedded default policy>";
+/// Longest `comm` the kernel keeps (TASK_COMM_LEN - 1).
+pub const COMM_MAX: usize = 15;
+/// Job-id template of a rule that gives none.
+pub const DEFAULT_JOB_ID: &str = "{comm}-{pid}";
+
+/// Errors while loading a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading policy file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// What a matching rule does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Govern { job_id: Template, limits: Limits },
+    Ignore,
+}
+
+/// One validated rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Its `name`, or `rule-N` (1-based, in file order).
+    pub name: String,
+    /// Line of its `[[rule]]` header, for messages.
+    pub line: usize,
+    comm: Option<Vec<String>>,
+    exe: Option<GlobMatcher>,
+    argv: Option<Regex>,
+    uid: Option<u32>,
+    parent_comm: Option<Vec<String>>,
+    pub action: Action,
+}
+
+/// What is known of a process when the policy decides about it. `exe`,
+/// `argv` and `parent_comm` are only read when some rule needs them
+/// ([`Policy::needs`]).
+#[derive(Clone, Debug, Default)]
+pub struct Candidate {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub exe: Option<String>,
+    pub argv: Option<Vec<String>>,
+    pub parent_comm: Option<String>,
+}
+
+/// The facts a policy's rules look at beyond comm and uid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub exe: bool,
+    pub argv: bool,
+    pub parent_comm: bool,
+}
+
+/// The policy's decision about one process.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision<'p> {
+    Govern {
+        rule: &'p Rule,
+        job_id: JobId,
+        limits: &'p Limits,
+    },
+    Ignore {
+        rule: &'p Rule,
+    },
+}
+
+/// An ordered list of rules.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Where it came from (a path, or [`EMBEDDED_NAME`]).
+    pub origin: String,
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The built-in policy.
+    pub fn embedded() -> Self {
+        Self::parse(EMBEDDED, EMBEDDED_NAME).expect("the embedded policy is valid (unit-tested)")
+    }
+
+    /// Parses and validates policy `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        let invalid = |span: Option<Range<usize>>, message: String| PolicyError::Invalid {
+            origin: origin.to_string(),
+            line: span.map_or(1, |s| line_of(text, s.start)),
+            message,
+        };
+        let file: RawFile =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().into()))?;
+        if file.rule.is_empty() {
+            return Err(invalid(None, "the policy has no [[rule]]".into()));
+        }
+        let mut rules = Vec::with_capacity(file.rule.len());
+        for (i, raw) in file.rule.into_iter().enumerate() {
+            let span = raw.span();
+            let rule = raw
+                .into_inner()
+                .validate(i + 1, line_of(text, span.start), span)
+                .map_err(|(span, message)| invalid(Some(span), message))?;
+            rules.push(rule);
+        }
+        Ok(Policy {
+            origin: origin.to_string(),
+            rules,
+        })
+    }
+
+    /// The first rule that matches `c`, and what it says.
+    pub fn decide(&self, c: &Candidate) -> Option<Decision<'_>> {
+        self.rules.iter().find_map(|rule| {
+            let captures = rule.matches(c)?;
+            Some(match &rule.action {
+                Action::Ignore => Decision::Ignore { rule },
+                Action::Govern { job_id, limits } => Decision::Govern {
+                    rule,
+                    job_id: job_id.expand(|field| match field {
+                        "comm" => Some(c.comm.clone()),
+                        "pid" => Some(c.pid.to_string()),
+                        "uid" => Some(c.uid.to_string()),
+                        "rule" => Some(rule.name.clone()),
+                        name => captures
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, v)| v.clone()),
+                    }),
+                    limits,
+                },
+            })
+        })
+    }
+
+    /// The comms of processes that some rule may govern, for the kernel's
+    /// pre-filter; `None` when a governing rule does not restrict `comm`
+    /// (then any exec may match). Ignore rules only ever narrow this set.
+    pub fn comm_filter(&self) -> Option<BTreeSet<String>> {
+        let mut comms = BTreeSet::new();
+        for rule in &self.rules {
+            if rule.action == Action::Ignore {
+                continue;
+            }
+            comms.extend(rule.comm.as_ref()?.iter().cloned());
+        }
+        Some(comms)
+    }
+
+    /// What the rules look at beyond comm and uid.
+    pub fn needs(&self) -> Needs {
+        let mut n = Needs::default();
+        for r in &self.rules {
+            n.exe |= r.exe.is_some();
+            n.argv |= r.argv.is_some();
+            n.parent_comm |= r.parent_comm.is_some();
+        }
+        n
+    }
+}
+
+impl Rule {
+    /// `Some(named argv captures)` when every condition holds.
+    fn matches(&self, c: &Candidate) -> Option<Vec<(String, String)>> {
+        if let Some(comms) = &self.comm
+            && !comms.contains(&c.comm)
+        {
+            return None;
+        }
+        if self.uid.is_some_and(|uid| uid != c.uid) {
+            return None;
+        }
+        if let Some(glob) = &self.exe
+            && !c.exe.as_deref().is_some_and(|e| glob.is_match(e))
+        {
+            return None;
+        }
+        if let Some(parents) = &self.parent_comm
+            && !c.parent_comm.as_ref().is_some_and(|p| parents.contains(p))
+        {
+            return None;
+        }
+        let mut captured = Vec::new();
+        if let Some(re) = &self.argv {
+            let joined = c.argv.as_ref()?.join(" ");
+            let caps = re.captures(&joined)?;
+            for name in re.capture_names().flatten() {
+                let value = caps.name(name).map_or("", |m| m.as_str());
+                captured.push((name.to_string(), value.to_string()));
+            }
+        }
+        Some(captured)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (line {})", self.name, self.line)
+    }
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.line == other.line
+    }
+}
+
+impl Eq for Rule {}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+// ---- The file as written, before validation. ----
+
+type Spanned<T> = toml::Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+/// A string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A limit written as a string or as an integer (`memory_max = 4294967296`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Text(s) => s.clone(),
+            Scalar::Int(n) => n.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<Spanned<String>>,
+    comm: Option<Spanned<OneOrMany>>,
+    exe: Option<Spanned<String>>,
+    argv: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    uid: Option<Spanned<u32>>,
+    parent_comm: Option<Spanned<OneOrMany>>,
+    action: Option<Spanned<String>>,
+    job_id: Option<Spanned<String>>,
+    cpu_max: Option<Spanned<Scalar>>,
+    cpu_weight: Option<Spanned<Scalar>>,
+    memory_max: Option<Spanned<Scalar>>,
+    memory_high: Option<Spanned<Scalar>>,
+    io_max: Option<Spanned<OneOrMany>>,
+    pids_max: Option<Spanned<Scalar>>,
+    nice: Option<Spanned<Scalar>>,
+    oom_score_adj: Option<Spanned<Scalar>>,
+}
+
+type Invalid = (Range<usize>, String);
+
+/// Parses an optional limit with `parse`, keeping the span for errors.
+fn limit<T>(
+    value: &Option<Spanned<Scalar>>,
+    parse: impl Fn(&str) -> Result<T, LimitError>,
+) -> Result<Option<T>, Invalid> {
+    value
+        .as_ref()
+        .map(|v| parse(&v.get_ref().text()).map_err(|e| (v.span(), e.to_string())))
+        .transpose()
+}
+
+fn comm_list(value: Option<Spanned<OneOrMany>>, key: &str) -> Result<Option<Vec<String>>, Invalid> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let span = value.span();
+    let names = value.into_inner().into_vec();
+    if names.is_empty() {
+        return Err((span, format!("{key} is an empty list")));
+    }
+    for name in &names {
+        if name.is_empty() || name.len() > COMM_MAX {
+            return Err((
+                span,
+                format!(
+                    "{key} {name:?} must be 1 to {COMM_MAX} bytes: the kernel keeps only the first {COMM_MAX} bytes of a process name"
+                ),
+            ));
+        }
+    }
+    Ok(Some(names))
+}
+
+impl RawRule {
+    /// `line`/`span`: where the rule is, for errors about the whole rule.
+    fn validate(self, index: usize, line: usize, span: Range<usize>) -> Result<Rule, Invalid> {
+        let name = self
+            .name
+            .as_ref()
+            .map_or_else(|| format!("rule-{index}"), |n| n.get_ref().clone());
+        let argv = self
+            .argv
+            .as_ref()
+            .map(|a| {
+                Regex::new(a.get_ref())
+                    .map_err(|e| (a.span(), format!("argv is not a valid regex: {e}")))
+            })
+            .transpose()?;
+        let exe = self
+            .exe
+            .as_ref()
+            .map(|g| {
+                Glob::new(g.get_ref())
+                    .map(|g| g.compile_matcher())
+                    .map_err(|e| (g.span(), format!("exe is not a valid glob: {e}")))
+            })
+            .transpose()?;
+        let uid = match (&self.uid, &self.user) {
+            (Some(_), Some(u)) => return Err((u.span(), "give user or uid, not both".into())),
+            (Some(uid), None) => Some(*uid.get_ref()),
+            (None, Some(user)) => Some(uid_of(user.get_ref()).map_err(|m| (user.span(), m))?),
+            (None, None) => None,
+        };
+        let ignore = match &self.action {
+            None => false,
+            Some(a) => match a.get_ref().as_str() {
+                "govern" => false,
+                "ignore" => true,
+                other => {
+                    return Err((
+                        a.span(),
+                        format!("action {other:?} must be \"govern\" or \"ignore\""),
+                    ));
+                }
+            },
+        };
+        let limits = Limits {
+            cpu_max: limit(&self.cpu_max, str::parse::<CpuMax>)?,
+            cpu_weight: limit(&self.cpu_weight, parse_cpu_weight)?,
+            memory_max: limit(&self.memory_max, str::parse::<Size>)?,
+            memory_high: limit(&self.memory_high, str::parse::<Size>)?,
+            io_max: match &self.io_max {
+                None => Vec::new(),
+                Some(v) => match v.get_ref() {
+                    OneOrMany::One(s) => vec![s.as_str()],
+                    OneOrMany::Many(l) => l.iter().map(String::as_str).collect(),
+                }
+                .into_iter()
+                .map(|s| s.parse::<IoMax>().map_err(|e| (v.span(), e.to_string())))
+                .collect::<Result<_, _>>()?,
+            },
+            pids_max: limit(&self.pids_max, parse_pids_max)?,
+            nice: limit(&self.nice, parse_nice)?,
+            oom_score_adj: limit(&self.oom_score_adj, parse_oom_score_adj)?,
+        };
+        let action = if ignore {
+            let settings = [
+                self.job_id.as_ref().map(|s| s.span()),
+                [
+                    &self.cpu_max,
+                    &self.cpu_weight,
+                    &self.memory_max,
+                    &self.memory_high,
+                    &self.pids_max,
+                    &self.nice,
+                    &self.oom_score_adj,
+                ]
+                .into_iter()
+                .find_map(|v| v.as_ref().map(|v| v.span())),
+                self.io_max.as_ref().map(|v| v.span()),
+            ];
+            if let Some(span) = settings.into_iter().flatten().next() {
+                return Err((span, "an ignore rule sets no job_id or limits".into()));
+            }
+            Action::Ignore
+        } else {
+            let captures: BTreeSet<String> = argv
+                .as_ref()
+                .map(|re| re.capture_names().flatten().map(String::from).collect())
+                .unwrap_or_default();
+            let (text, span) = match &self.job_id {
+                Some(t) => (t.get_ref().as_str(), t.span()),
+                None => (DEFAULT_JOB_ID, 0..0),
+            };
+            let job_id = Template::parse(text, &captures).map_err(|e| (span, e.to_string()))?;
+            Action::Govern { job_id, limits }
+        };
+        let has_condition = self.comm.is_some()
+            || exe.is_some()
+            || argv.is_some()
+            || uid.is_some()
+            || self.parent_comm.is_some();
+        let comm = comm_list(self.comm, "comm")?;
+        let parent_comm = comm_list(self.parent_comm, "parent_comm")?;
+        if !has_condition {
+            // A rule without conditions would govern every process.
+            return Err((
+                span,
+                format!(
+                    "rule {name:?} has no condition (comm, exe, argv, user/uid or parent_comm): it would match every process"
+                ),
+            ));
+        }
+        Ok(Rule {
+            name,
+            line,
+            comm,
+            exe,
+            argv,
+            uid,
+            parent_comm,
+            action,
+        })
+    }
+}
+
+/// A user name's uid, from the system's user database.
+fn uid_of(user: &str) -> Result<u32, String> {
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!("no user {user:?} on this system")),
+        Err(e) => Err(format!("looking up user {user:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

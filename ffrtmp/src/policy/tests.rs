@@ -1,0 +1,272 @@
+use super::*;
+
+fn candidate(comm: &str) -> Candidate {
+    Candidate {
+        pid: 4242,
+        comm: comm.into(),
+        uid: 1000,
+        exe: Some(format!("/usr/bin/{comm}")),
+        argv: Some(vec![comm.into()]),
+        parent_comm: Some("agent".into()),
+    }
+}
+
+fn error_of(text: &str) -> (usize, String) {
+    match Policy::parse(text, "p.toml") {
+        Err(PolicyError::Invalid {
+            origin,
+            line,
+            message,
+        }) => {
+            assert_eq!(origin, "p.toml");
+            (line, message)
+        }
+        other => panic!("expected an invalid policy, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_embedded_policy_governs_ffmpeg_and_gstreamer_and_nothing_else() {
+    let p = Policy::embedded();
+    for comm in ["ffmpeg", "gst-launch-1.0"] {
+        match p.decide(&candidate(comm)) {
+            Some(Decision::Govern { job_id, limits, .. }) => {
+                assert_eq!(job_id.as_str(), format!("{comm}-4242"));
+                assert_eq!(limits.cpu_weight, Some(50));
+                assert_eq!(limits.memory_max, Some(Size::Bytes(4 << 30)));
+                assert_eq!(limits.oom_score_adj, Some(500));
+            }
+            other => panic!("{comm}: {other:?}"),
+        }
+    }
+    for comm in ["bash", "nginx", "ffprobe", "ffmpeg2"] {
+        assert_eq!(p.decide(&candidate(comm)), None, "{comm}");
+    }
+    assert_eq!(
+        p.comm_filter(),
+        Some(["ffmpeg", "gst-launch-1.0"].map(String::from).into())
+    );
+}
+
+#[test]
+fn first_match_wins_and_ignore_rules_are_honoured() {
+    let p = Policy::parse(
+        r#"
+[[rule]]
+name = "probes"
+comm = "ffmpeg"
+argv = "-f null"
+action = "ignore"
+
+[[rule]]
+comm = ["ffmpeg", "x264"]
+cpu_max = "50000 100000"
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let mut probe = candidate("ffmpeg");
+    probe.argv = Some(
+        ["ffmpeg", "-i", "in", "-f", "null", "-"]
+            .map(String::from)
+            .into(),
+    );
+    assert!(matches!(p.decide(&probe), Some(Decision::Ignore { rule }) if rule.name == "probes"));
+    match p.decide(&candidate("x264")) {
+        Some(Decision::Govern {
+            rule,
+            job_id,
+            limits,
+        }) => {
+            assert_eq!(rule.name, "rule-2");
+            assert_eq!(rule.line, 8);
+            assert_eq!(job_id.as_str(), "x264-4242");
+            assert_eq!(limits.cpu_max, Some("50000 100000".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The ignore rule narrows; the filter is the governing rule's comms.
+    assert_eq!(
+        p.comm_filter(),
+        Some(["ffmpeg", "x264"].map(String::from).into())
+    );
+}
+
+#[test]
+fn conditions_on_exe_uid_and_parent_must_all_hold() {
+    let p = Policy::parse(
+        r#"
+[[rule]]
+comm = "ffmpeg"
+exe = "/opt/**/ffmpeg"
+uid = 1000
+parent_comm = ["agent", "supervisor"]
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let mut c = candidate("ffmpeg");
+    c.exe = Some("/opt/ff/7.1/bin/ffmpeg".into());
+    assert!(p.decide(&c).is_some());
+    let mut other_exe = c.clone();
+    other_exe.exe = Some("/usr/bin/ffmpeg".into());
+    let mut other_uid = c.clone();
+    other_uid.uid = 0;
+    let mut other_parent = c.clone();
+    other_parent.parent_comm = Some("bash".into());
+    let mut unknown_parent = c.clone();
+    unknown_parent.parent_comm = None;
+    for c in [other_exe, other_uid, other_parent, unknown_parent] {
+        assert_eq!(p.decide(&c), None, "{c:?}");
+    }
+    assert_eq!(
+        p.needs(),
+        Needs {
+            exe: true,
+            argv: false,
+            parent_comm: true
+        }
+    );
+}
+
+#[test]
+fn a_job_id_captured_from_argv_is_sanitised() {
+    let p = Policy::parse(
+        r#"
+[[rule]]
+comm = "ffmpeg"
+argv = 'rtmp://[^ ]*/live/(?P<stream>[^ ]+)'
+job_id = "live-{stream}"
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let mut c = candidate("ffmpeg");
+    c.argv = Some(
+        [
+            "ffmpeg",
+            "-i",
+            "rtmp://in/live/../../etc/x\ny",
+            "-c",
+            "copy",
+        ]
+        .map(String::from)
+        .into(),
+    );
+    match p.decide(&c) {
+        Some(Decision::Govern { job_id, .. }) => assert_eq!(job_id.as_str(), "live-.._.._etc_x_y"),
+        other => panic!("{other:?}"),
+    }
+    // No argv match: the rule does not apply.
+    assert_eq!(p.decide(&candidate("ffmpeg")), None);
+    // A rule with a regex on argv cannot be decided without the arguments.
+    let mut unreadable = candidate("ffmpeg");
+    unreadable.argv = None;
+    assert_eq!(p.decide(&unreadable), None);
+}
+
+#[test]
+fn a_rule_without_comm_disables_the_kernel_filter() {
+    let p = Policy::parse("[[rule]]\nexe = \"/usr/bin/ffmpeg\"\n", "p.toml").unwrap();
+    assert_eq!(p.comm_filter(), None);
+}
+
+#[test]
+fn malformed_policies_name_the_line_of_the_mistake() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\ncpu_max = \"fast\"\n",
+            3,
+            "cpu max",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\n\nmemory_max = \"4Q\"\n",
+            4,
+            "size",
+        ),
+        ("[[rule]]\ncomm = \"ffmpeg\"\nnice = -30\n", 3, "nice"),
+        ("[[rule]]\ncomm = \"ffmpeg\"\npids_max = 0\n", 3, "pids max"),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\nio_max = [\"8:0 rbps=1\", \"bogus\"]\n",
+            3,
+            "io max",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\nargv = \"(unclosed\"\n",
+            3,
+            "regex",
+        ),
+        ("[[rule]]\ncomm = \"ffmpeg\"\nexe = \"[\"\n", 3, "glob"),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\njob_id = \"{stream}\"\n",
+            3,
+            "{stream}",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\njob_id = \"x-{pid\"\n",
+            3,
+            "unclosed",
+        ),
+        (
+            "[[rule]]\ncomm = \"a-very-long-process-name\"\n",
+            2,
+            "15 bytes",
+        ),
+        ("[[rule]]\ncomm = []\n", 2, "empty list"),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\naction = \"kill\"\n",
+            3,
+            "action",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\naction = \"ignore\"\ncpu_weight = 5\n",
+            4,
+            "ignore rule",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\nuid = 0\nuser = \"root\"\n",
+            4,
+            "not both",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\nuser = \"no-such-user-ffrtmp\"\n",
+            3,
+            "no user",
+        ),
+        (
+            "\n\n[[rule]]\nname = \"all\"\ncpu_weight = 10\n",
+            3,
+            "no condition",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\ncpu_wieght = 10\n",
+            3,
+            "unknown field",
+        ),
+        ("[[rule]]\ncomm = \"ffmpeg\"\nnice = \n", 3, ""),
+        ("# nothing\n", 1, "no [[rule]]"),
+    ];
+    for (text, line, needle) in cases {
+        let (got_line, message) = error_of(text);
+        assert_eq!(got_line, *line, "{text:?}: {message}");
+        assert!(
+            message.contains(needle),
+            "{text:?}: {message:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn limits_accept_integers_and_strings() {
+    let p = Policy::parse(
+        "[[rule]]\ncomm = \"ffmpeg\"\nmemory_max = 4294967296\nmemory_high = \"max\"\npids_max = \"max\"\nnice = -5\n",
+        "p.toml",
+    )
+    .unwrap();
+    let Action::Govern { limits, .. } = &p.rules[0].action else {
+        panic!("not a govern rule");
+    };
+    assert_eq!(limits.memory_max, Some(Size::Bytes(4 << 30)));
+    assert_eq!(limits.memory_high, Some(Size::Max));
+    assert_eq!(limits.nice, Some(-5));
+}

@@ -1,0 +1,539 @@
+//! `ffrtmp watch` governing by policy, against the real kernel (host v1
+//! hybrid, and pure v2 in the VM): new matching processes land in their job
+//! cgroup with the policy's limits read back, unrelated ones are untouched,
+//! running ones are adopted, jobs survive kill -9 of the daemon and a
+//! restarted daemon reports their exits, lost events trigger a rescan, and
+//! the procfs fallback governs too.
+//!
+//! Each test uses its own cgroup root (`--cgroup-root`), removed at the end,
+//! and copies of `sleep`/`sh` under transcoder names.
+mod common;
+
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{FFRTMP, PATIENCE, Watch, exit_of, require_root, scratch};
+use ffrtmp::events::{Body, Event, Governed};
+
+/// A cgroup root of the test's own, removed (with its empty jobs) on drop.
+struct Root(String);
+
+impl Root {
+    fn new(test: &str) -> Self {
+        Root(format!("/ffrtmp-t-{test}-{}", std::process::id()))
+    }
+
+    fn path(&self) -> &str {
+        &self.0
+    }
+
+    /// The directory of `cgroup` (a cgroup path) in each cgroup mount.
+    fn dirs_of(cgroup: &str) -> Vec<PathBuf> {
+        fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                matches!(f.get(2), Some(&"cgroup" | &"cgroup2")).then(|| f[1].to_string())
+            })
+            .map(|m| Path::new(&m).join(cgroup.trim_start_matches('/')))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        for dir in Self::dirs_of(&self.0) {
+            if let Ok(jobs) = fs::read_dir(&dir) {
+                for job in jobs.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
+                    let _ = fs::remove_dir(job.path());
+                }
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn write_policy(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("policy.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// A copy of `real` named `name`: its processes have that comm.
+fn fake(dir: &Path, name: &str, real: &str) -> PathBuf {
+    let src = fs::canonicalize(real).unwrap();
+    let path = dir.join(name);
+    fs::copy(&src, &path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs a copy of `sleep` (argv[0] "sleep", which busybox needs).
+fn sleeper(path: &Path, secs: &str) -> Child {
+    Command::new(path)
+        .arg0("sleep")
+        .arg(secs)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn cgroups(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+/// The CPU quota of cgroup `path`, as the kernel reads it.
+fn cpu_quota(path: &str) -> String {
+    let rel = path.trim_start_matches('/');
+    let v2 = Path::new("/sys/fs/cgroup").join(rel).join("cpu.max");
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let text = fs::read_to_string(&v2).unwrap_or_else(|e| panic!("{}: {e}", v2.display()));
+        return text.split_whitespace().next().unwrap().into();
+    }
+    let v1 = Path::new("/sys/fs/cgroup/cpu")
+        .join(rel)
+        .join("cpu.cfs_quota_us");
+    fs::read_to_string(&v1)
+        .unwrap_or_else(|e| panic!("{}: {e}", v1.display()))
+        .trim()
+        .into()
+}
+
+fn governed_of(pid: u32) -> impl Fn(&Event) -> bool {
+    move |e| matches!(&e.body, Body::Governed(g) if g.pid == pid)
+}
+
+fn as_governed(e: Event) -> Governed {
+    match e.body {
+        Body::Governed(g) => g,
+        other => panic!("not governed: {other:?}"),
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn watch(policy: &Path, root: &Root, extra: &[&str]) -> Watch {
+    Watch::start_with(
+        Command::new(FFRTMP)
+            .arg("watch")
+            .arg("--policy")
+            .arg(policy)
+            .args(["--cgroup-root", root.path()])
+            .args(extra),
+    )
+}
+
+/// Helper: sleep for a minute.
+#[test]
+fn helper_sleep() {
+    if common::is_helper("sleep") {
+        thread::sleep(Duration::from_secs(60));
+    }
+}
+
+const POLICY: &str = r#"
+[[rule]]
+name = "probe"
+comm = "ffmpeg"
+argv = "^sleep 29$"
+action = "ignore"
+
+[[rule]]
+name = "transcode"
+comm = "ffmpeg"
+cpu_max = "30000 100000"
+memory_max = "256M"
+nice = 3
+
+[[rule]]
+name = "keyed"
+comm = "ffkeyed"
+argv = 'stream=(?P<key>\S+)'
+job_id = "live-{key}"
+pids_max = 64
+"#;
+
+#[test]
+fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
+    if !require_root("a_new_ffmpeg_is_governed_by_its_rule") {
+        return;
+    }
+    let dir = scratch("auto-new");
+    let root = Root::new("new");
+    let policy = write_policy(&dir, POLICY);
+    let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
+    let keyed = fake(&dir, "ffkeyed", "/bin/sh");
+    let mut w = watch(&policy, &root, &["--backend", "ebpf"]);
+
+    let mut job = sleeper(&ffmpeg, "30");
+    let pid = job.id();
+    let g = as_governed(w.wait_for("governed ffmpeg", governed_of(pid)));
+    assert_eq!(g.rule.as_deref(), Some("transcode"));
+    assert_eq!(g.job_id, format!("ffmpeg-{pid}"));
+    assert_eq!(g.limits["cpu_max"], "30000 100000");
+    assert_eq!(g.limits["memory_max"], "268435456");
+    assert_eq!(g.limits["nice"], 3);
+    assert!(!g.adopted);
+    assert!(
+        g.latency_us.is_some(),
+        "eBPF governing has a latency: {g:?}"
+    );
+    let cgroup = format!("{}/ffmpeg-{pid}", root.path());
+    assert_eq!(g.cgroup.as_deref(), Some(cgroup.as_str()));
+    assert!(cgroups(pid).contains(&cgroup), "{}", cgroups(pid));
+    assert_eq!(cpu_quota(&cgroup), "30000");
+
+    // Unrelated processes: not reported (the kernel filters them), never moved.
+    let mut other = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+    // The ignore rule is honoured.
+    let mut probe = sleeper(&ffmpeg, "29");
+    // A job id captured from argv is sanitised to one directory name.
+    let mut stream = Command::new(&keyed)
+        .arg0("sh")
+        .args(["-c", "exec sleep 30", "stream=../../etc/x y"])
+        .spawn()
+        .unwrap();
+    let k = as_governed(w.wait_for("governed ffkeyed", governed_of(stream.id())));
+    assert_eq!(k.job_id, "live-.._.._etc_x");
+    assert_eq!(k.limits["pids_max"], "64");
+    // By now the earlier execs have been handled (events are in order).
+    w.drain();
+    for pid in [other.id(), probe.id()] {
+        assert!(
+            !cgroups(pid).contains(root.path()),
+            "{pid} moved: {}",
+            cgroups(pid)
+        );
+        assert!(
+            !w.events.iter().any(governed_of(pid)),
+            "{pid} governed: {:?}",
+            w.events
+        );
+    }
+    assert!(
+        !w.events
+            .iter()
+            .any(|e| matches!(&e.body, Body::Exec(x) if x.pid == other.id())),
+        "an unrelated exec was reported without --all"
+    );
+
+    // Its exit carries the job's report, and the empty job cgroup goes.
+    kill(&mut job);
+    let exit = w.wait_for("exit of the governed ffmpeg", exit_of(pid));
+    let Body::Exit(x) = exit.body else {
+        unreachable!()
+    };
+    assert_eq!(x.signal, Some(9));
+    let report = x.job.expect("a job report on the exit");
+    assert_eq!(report.job_id, format!("ffmpeg-{pid}"));
+    assert!(report.cpu_usage_us.is_some());
+    let deadline = Instant::now() + PATIENCE;
+    while !Root::dirs_of(&cgroup).is_empty() {
+        assert!(Instant::now() < deadline, "{cgroup} was not removed");
+        thread::sleep(Duration::from_millis(20));
+    }
+    for c in [&mut other, &mut probe, &mut stream] {
+        kill(c);
+    }
+    let (status, _) = w.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn running_matches_are_adopted_and_run_jobs_are_left_where_they_are() {
+    if !require_root("running_matches_are_adopted") {
+        return;
+    }
+    let dir = scratch("auto-adopt");
+    let root = Root::new("adopt");
+    let policy = write_policy(&dir, POLICY);
+    let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
+    let mut early = sleeper(&ffmpeg, "30");
+    // A workload of `ffrtmp run` that the policy matches (this test binary
+    // as a helper, named ffmpeg), already in its own job.
+    let as_ffmpeg = dir.join("helper").join("ffmpeg");
+    fs::create_dir_all(as_ffmpeg.parent().unwrap()).unwrap();
+    fs::copy(std::env::current_exe().unwrap(), &as_ffmpeg).unwrap();
+    let run_job = format!("runjob-{}", std::process::id());
+    let mut wrapper = Command::new(FFRTMP)
+        .args(["run", "--cgroup-root", root.path(), "--job-id", &run_job])
+        .args(["--cpu-max", "50000 100000", "--events", "/dev/null", "--"])
+        .arg(&as_ffmpeg)
+        .args(["--exact", "helper_sleep", "--nocapture", "--test-threads=1"])
+        .env(common::HELPER_ENV, "sleep")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_cgroup = format!("{}/{run_job}", root.path());
+    let deadline = Instant::now() + PATIENCE;
+    let run_pid = loop {
+        let pids = Root::dirs_of(&run_cgroup)
+            .first()
+            .and_then(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .and_then(|t| t.lines().next().and_then(|l| l.parse::<u32>().ok()));
+        if let Some(p) = pids {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the run workload did not start");
+        thread::sleep(Duration::from_millis(20));
+    };
+
+    let mut w = watch(&policy, &root, &["--backend", "ebpf"]);
+    let g = as_governed(w.wait_for("adopted ffmpeg", governed_of(early.id())));
+    assert!(g.adopted, "{g:?}");
+    assert_eq!(g.latency_us, None);
+    assert!(cgroups(early.id()).contains(&format!("{}/ffmpeg-{}", root.path(), early.id())));
+    let tracked = w.wait_for(
+        "the run workload tracked",
+        |e| matches!(&e.body, Body::Tracked(t) if t.pid == run_pid),
+    );
+    let Body::Tracked(t) = tracked.body else {
+        unreachable!()
+    };
+    assert_eq!(t.job_id, run_job);
+    assert!(
+        !w.events.iter().any(governed_of(run_pid)),
+        "a run workload was moved"
+    );
+    assert!(
+        cgroups(run_pid).contains(&run_cgroup),
+        "{}",
+        cgroups(run_pid)
+    );
+    assert_eq!(cpu_quota(&run_cgroup), "50000", "its limits were changed");
+
+    kill(&mut early);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    w.wait_for("exit of the run workload", exit_of(run_pid));
+    let _ = wrapper.wait();
+    let (status, _) = w.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn kill_9_of_the_daemon_leaves_jobs_governed_and_a_restart_reports_their_exits() {
+    if !require_root("kill_9_of_the_daemon") {
+        return;
+    }
+    let dir = scratch("auto-restart");
+    let root = Root::new("restart");
+    let policy = write_policy(&dir, POLICY);
+    let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
+    let mut w = watch(&policy, &root, &["--backend", "ebpf"]);
+    let mut jobs: Vec<Child> = (0..3).map(|_| sleeper(&ffmpeg, "60")).collect();
+    let mut cgroups_before = Vec::new();
+    for j in &jobs {
+        let g = as_governed(w.wait_for("governed", governed_of(j.id())));
+        cgroups_before.push(g.cgroup.unwrap());
+    }
+    let (status, _) = w.stop_with(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    thread::sleep(Duration::from_millis(100));
+    for (j, cg) in jobs.iter_mut().zip(&cgroups_before) {
+        assert!(
+            j.try_wait().unwrap().is_none(),
+            "a workload died with the daemon"
+        );
+        assert!(cgroups(j.id()).contains(cg.as_str()), "left its cgroup");
+        assert_eq!(cpu_quota(cg), "30000", "its limit is gone");
+    }
+
+    let mut w = watch(&policy, &root, &["--backend", "ebpf"]);
+    for j in &jobs {
+        let pid = j.id();
+        w.wait_for(
+            "tracked after restart",
+            move |e| matches!(&e.body, Body::Tracked(t) if t.pid == pid),
+        );
+        assert!(!w.events.iter().any(governed_of(pid)), "governed twice");
+    }
+    let first = jobs.remove(0);
+    let pid = first.id();
+    let mut first = first;
+    kill(&mut first);
+    let exit = w.wait_for("exit reported by the restarted daemon", exit_of(pid));
+    let Body::Exit(x) = exit.body else {
+        unreachable!()
+    };
+    assert_eq!(x.job.map(|j| j.job_id), Some(format!("ffmpeg-{pid}")));
+    for j in &mut jobs {
+        kill(j);
+    }
+    let (status, _) = w.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn lost_events_trigger_a_rescan_that_governs_every_match() {
+    if !require_root("lost_events_trigger_a_rescan") {
+        return;
+    }
+    let dir = scratch("auto-lost");
+    let root = Root::new("lost");
+    let policy = write_policy(&dir, POLICY);
+    let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
+    // A one-page ring with every exec reported: a storm overflows it.
+    let mut w = watch(
+        &policy,
+        &root,
+        &["--backend", "ebpf", "--all", "--ring-buffer-size", "4096"],
+    );
+    let storm: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(|| {
+                for _ in 0..1500 {
+                    let _ = Command::new("/bin/true").status();
+                }
+            })
+        })
+        .collect();
+    let mut jobs: Vec<Child> = (0..20)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(5));
+            sleeper(&ffmpeg, "60")
+        })
+        .collect();
+    for t in storm {
+        t.join().unwrap();
+    }
+    w.wait_for("a lost event", |e| matches!(e.body, Body::Lost(_)));
+    for j in &jobs {
+        w.wait_for("every match governed", governed_of(j.id()));
+        assert!(cgroups(j.id()).contains(root.path()), "{}", cgroups(j.id()));
+    }
+    for j in &mut jobs {
+        kill(j);
+    }
+}
+
+#[test]
+fn the_procfs_fallback_governs_and_says_so() {
+    if !require_root("the_procfs_fallback_governs") {
+        return;
+    }
+    let dir = scratch("auto-procfs");
+    let root = Root::new("procfs");
+    let policy = write_policy(&dir, POLICY);
+    let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
+    let mut w = watch(
+        &policy,
+        &root,
+        &["--backend", "procfs", "--interval", "50ms"],
+    );
+    let d = w
+        .events
+        .iter()
+        .find_map(|e| match &e.body {
+            Body::Degraded(d) if d.fallback == "procfs" => Some(d.clone()),
+            _ => None,
+        })
+        .expect("a degraded event saying governing polls /proc");
+    assert!(d.reason.contains("/proc"), "{}", d.reason);
+    let mut job = sleeper(&ffmpeg, "30");
+    let g = as_governed(w.wait_for("governed by polling", governed_of(job.id())));
+    assert_eq!(g.latency_us, None);
+    assert_eq!(g.limits["cpu_max"], "30000 100000");
+    assert!(cgroups(job.id()).contains(root.path()));
+    kill(&mut job);
+    w.wait_for("exit by polling", exit_of(job.id()));
+}
+
+#[test]
+fn a_malformed_policy_exits_2_naming_its_line_and_starts_nothing() {
+    let dir = scratch("auto-bad");
+    let bad = write_policy(
+        &dir,
+        "[[rule]]\ncomm = \"ffmpeg\"\n\nmemory_max = \"lots\"\n",
+    );
+    for args in [
+        vec!["watch".into(), "--policy".into(), bad.display().to_string()],
+        vec!["policy".into(), "check".into(), bad.display().to_string()],
+    ] {
+        let out = Command::new(FFRTMP).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{}:4:", bad.display())) && stderr.contains("lots"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "something started: {out:?}");
+    }
+    let missing = Command::new(FFRTMP)
+        .args(["watch", "--policy", "/nonexistent/policy.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let good = Command::new(FFRTMP)
+        .args(["policy", "check"])
+        .arg(write_policy(&dir, POLICY))
+        .output()
+        .unwrap();
+    assert!(good.status.success(), "{good:?}");
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        text.contains("kernel pre-filter: ffkeyed, ffmpeg"),
+        "{text}"
+    );
+}
+
+/// `GET /metrics` from `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    text
+}
+
+#[test]
+fn metrics_count_what_the_stream_says() {
+    if !require_root("metrics_count_what_the_stream_says") {
+        return;
+    }
+    let dir = scratch("auto-metrics");
+    let root = Root::new("metrics");
+    let policy = write_policy(&dir, POLICY);
+    let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
+    let addr = format!("127.0.0.1:{}", 20_000 + std::process::id() % 20_000);
+    let mut w = watch(
+        &policy,
+        &root,
+        &["--backend", "ebpf", "--metrics-addr", &addr],
+    );
+    let mut jobs: Vec<Child> = (0..2).map(|_| sleeper(&ffmpeg, "30")).collect();
+    for j in &jobs {
+        w.wait_for("governed", governed_of(j.id()));
+    }
+    let text = scrape(&addr);
+    for needle in [
+        "ffrtmp_events_total{event=\"governed\"} 2",
+        "ffrtmp_governed_processes 2",
+        "ffrtmp_govern_latency_seconds_count 2",
+    ] {
+        assert!(text.contains(needle), "{needle} not in:\n{text}");
+    }
+    kill(&mut jobs[0]);
+    w.wait_for("exit", exit_of(jobs[0].id()));
+    assert!(scrape(&addr).contains("ffrtmp_governed_processes 1"));
+    kill(&mut jobs[1]);
+}
