@@ -50,13 +50,22 @@ impl Root {
 
 impl Drop for Root {
     fn drop(&mut self) {
-        for dir in Self::dirs_of(&self.0) {
-            if let Ok(jobs) = fs::read_dir(&dir) {
-                for job in jobs.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
-                    let _ = fs::remove_dir(job.path());
+        /// Removes a cgroup directory and its (empty) descendants.
+        fn remove(dir: &Path) {
+            if let Ok(children) = fs::read_dir(dir) {
+                for child in children.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
+                    remove(&child.path());
                 }
             }
-            let _ = fs::remove_dir(&dir);
+            let _ = fs::remove_dir(dir);
+        }
+        // Killed workloads may take a moment to leave.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !Self::dirs_of(&self.0).is_empty() && Instant::now() < deadline {
+            for dir in Self::dirs_of(&self.0) {
+                remove(&dir);
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -193,6 +202,10 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
     assert_eq!(g.cgroup.as_deref(), Some(cgroup.as_str()));
     assert!(cgroups(pid).contains(&cgroup), "{}", cgroups(pid));
     assert_eq!(cpu_quota(&cgroup), "30000");
+    // It went through its rule's staging cgroup (same limits), now empty.
+    let staging = format!("{}/.staging/transcode", root.path());
+    assert_eq!(cpu_quota(&staging), "30000");
+    assert!(!cgroups(pid).contains("/.staging/"), "{}", cgroups(pid));
 
     // Unrelated processes: not reported (the kernel filters them), never moved.
     let mut other = Command::new("/bin/sleep").arg("30").spawn().unwrap();

@@ -65,7 +65,8 @@ static FFRTMP_OFFSETS: Offsets = Offsets {
 #[unsafe(no_mangle)]
 static FFRTMP_FILTER: u32 = 0;
 
-/// Process names whose execs pass the filter (filled by user space).
+/// Process names the policy governs (filled by user space): their execs
+/// wake user space at once, and with the filter on only they pass.
 #[map]
 static COMMS: HashMap<[u8; TASK_COMM_LEN], u8> = HashMap::with_max_entries(COMMS_MAX, 0);
 
@@ -149,9 +150,11 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    // A name the policy governs: user space must act at once.
+    // SAFETY: a lookup; the value is not used.
+    let urgent = unsafe { COMMS.get(&comm) }.is_some();
     if filtering() {
-        // SAFETY: a lookup; the value is not used.
-        if unsafe { COMMS.get(&comm) }.is_none() {
+        if !urgent {
             return 0;
         }
         // Full map: the exit goes unseen (user space still governs).
@@ -244,7 +247,12 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         (*rec).argv_len = argv_len;
         (*rec).flags = flags;
     }
-    entry.submit(wake_flags(now));
+    // Governing waits for no coalescing window.
+    entry.submit(if urgent {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        wake_flags(now)
+    });
     0
 }
 

@@ -40,6 +40,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 200)]
         runs: usize,
     },
+    /// `watch` governing new matching processes, against cgrulesengd:
+    /// exec→in-cgroup latency idle and under an exec storm; daemon RSS and
+    /// idle CPU.
+    Govern {
+        /// Matching execs per measurement.
+        #[arg(long, default_value_t = 500)]
+        execs: usize,
+        /// Seconds of idle CPU measurement.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+    },
     /// Exec storm with and without `watch`; loss, probe cost, CPU and RSS.
     Observe {
         /// Execs per forker per round.
@@ -57,6 +68,9 @@ pub enum Bench {
 pub fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Run { runs } => run_bench(root, runs),
+        Bench::Govern { execs, idle_secs } => {
+            crate::bench_govern::run(root, execs, Duration::from_secs(idle_secs))
+        }
         Bench::Observe {
             execs,
             rounds,
@@ -131,16 +145,22 @@ fn storm(forkers: usize, per_forker: usize) -> anyhow::Result<Storm> {
 }
 
 /// A running `watch` writing its events to a file.
-struct Watcher {
+pub(crate) struct Watcher {
     child: Child,
     out: PathBuf,
 }
 
 impl Watcher {
     fn start(bin: &Path, out: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(bin, &["--all", "--observe-only"], out)
+    }
+
+    /// `ffrtmp watch --backend ebpf ARGS`, ready (its `started` written).
+    pub(crate) fn start_with(bin: &Path, args: &[&str], out: PathBuf) -> anyhow::Result<Self> {
         let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
         let child = Command::new(bin)
-            .args(["watch", "--all", "--observe-only", "--backend", "ebpf"])
+            .args(["watch", "--backend", "ebpf"])
+            .args(args)
             .stdout(file)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -157,12 +177,12 @@ impl Watcher {
         Ok(Self { child, out })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// CPU time of all threads, in ns (schedstat, not tick-granular).
-    fn cpu_ns(&self) -> anyhow::Result<u64> {
+    pub(crate) fn cpu_ns(&self) -> anyhow::Result<u64> {
         let tasks = format!("/proc/{}/task", self.pid());
         let mut total = 0;
         for task in fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
@@ -203,7 +223,7 @@ impl Watcher {
     }
 
     /// SIGTERM, wait, and return the events it wrote.
-    fn stop(mut self) -> anyhow::Result<Vec<serde_json::Value>> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<Vec<serde_json::Value>> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
         let status = self.child.wait()?;
@@ -218,8 +238,18 @@ impl Watcher {
     }
 }
 
+impl Drop for Watcher {
+    /// A bench that fails half-way does not leave a daemon behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Runs `f` while sampling `pid`'s VmRSS every 20 ms; returns the peak (KiB).
-fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
+pub(crate) fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = Arc::clone(&stop);
@@ -240,7 +270,7 @@ fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
 }
 
 /// A `Vm…:` field of /proc/PID/status, in KiB.
-fn vm_field(pid: u32, name: &str) -> Option<u64> {
+pub(crate) fn vm_field(pid: u32, name: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -10,6 +10,7 @@
 //!   Debian kernels 5.10 and 6.1 (6.12 on request), under qemu.
 //! - `bench observe`: the observer's benchmark (docs/BENCHMARKS.md).
 mod bench;
+mod bench_govern;
 mod packages;
 mod test;
 mod toolchain;

@@ -168,6 +168,28 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The shipped unit's command line is valid for this CLI, and the unit
+    /// never lets systemd reach the workloads.
+    #[test]
+    fn the_shipped_systemd_unit_runs_a_valid_watch() {
+        let unit = include_str!("../../systemd/ffrtmp-watch.service");
+        let exec = unit
+            .replace("\\\n", " ")
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .expect("an ExecStart line");
+        assert!(exec[0].ends_with("/ffrtmp"), "{exec:?}");
+        let cli = Cli::try_parse_from(&exec).unwrap_or_else(|e| panic!("{exec:?}: {e}"));
+        let Command::Watch(w) = cli.command else {
+            panic!("the unit does not run watch");
+        };
+        assert!(w.policy.is_some() && w.metrics_addr.is_some());
+        for line in ["KillMode=process", "Delegate=yes", "Restart=always"] {
+            assert!(unit.lines().any(|l| l == line), "{line} missing");
+        }
+    }
+
     #[test]
     fn watch_defaults() {
         let Command::Watch(w) = Cli::try_parse_from(["ffrtmp", "watch"]).unwrap().command else {

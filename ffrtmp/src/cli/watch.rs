@@ -75,12 +75,14 @@ pub fn run(args: WatchArgs) -> ExitCode {
             }
         }
     };
+    // The names the policy governs: with --observe-only nothing is urgent.
+    let urgent = policy.comm_filter().filter(|_| governor.is_some());
     let filter = if args.all { None } else { policy.comm_filter() };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")
-        .and_then(|rt| rt.block_on(watch(args, governor, filter, notes)));
+        .and_then(|rt| rt.block_on(watch(args, governor, urgent, filter, notes)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -118,6 +120,7 @@ fn usage(e: &anyhow::Error) -> ExitCode {
 async fn watch(
     args: WatchArgs,
     governor: Option<Governor>,
+    urgent: Option<BTreeSet<String>>,
     filter: Option<BTreeSet<String>>,
     notes: Vec<Degraded>,
 ) -> anyhow::Result<()> {
@@ -139,7 +142,10 @@ async fn watch(
 
     let options = LoadOptions {
         ring_buffer_bytes: args.ring_buffer_size,
-        comm_filter: filter.clone(),
+        // The filter's names when filtering (then they are all the kernel
+        // sends), else the names governed.
+        urgent_comms: filter.clone().or(urgent).unwrap_or_default(),
+        filter: filter.is_some(),
     };
     let ebpf = match args.backend {
         Backend::Procfs => None,
@@ -294,7 +300,8 @@ impl<W: io::Write> Stream<W> {
         let Some(governor) = &mut self.governor else {
             return Ok(());
         };
-        let mut events = governor.recover();
+        let mut events = governor.prepare_staging();
+        events.extend(governor.recover());
         events.extend(governor.scan()?);
         self.emit_all(events)?;
         self.out.flush()

@@ -215,16 +215,16 @@ pub struct Governed {
     pub mode: String,
     /// What is in force, read back from the kernel (v2 syntax).
     pub limits: serde_json::Map<String, serde_json::Value>,
-    /// `watch`: the policy rule that matched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `watch`: the policy rule that matched; null for `run` and `attach`.
+    #[serde(default)]
     pub rule: Option<String>,
     /// `watch`: found by a /proc scan (at start-up, or after lost events)
     /// rather than at its exec.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub adopted: bool,
     /// `watch` with eBPF: microseconds from the kernel's exec timestamp to
-    /// the completed move into the job cgroup.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// the completed move into the job cgroup; null otherwise.
+    #[serde(default)]
     pub latency_us: Option<u64>,
 }
 
@@ -574,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn run_and_attach_governed_events_carry_no_watch_fields() {
+    fn governed_events_of_run_and_attach_have_null_watch_fields() {
         let g = Governed {
             pid: 1,
             job_id: "j".into(),
@@ -586,9 +586,8 @@ mod tests {
             latency_us: None,
         };
         let v = serde_json::to_value(Event::new(ts(), Source::Ffrtmp, g)).unwrap();
-        for key in ["rule", "adopted", "latency_us"] {
-            assert!(v.get(key).is_none(), "{key} in {v}");
-        }
+        assert!(v["rule"].is_null() && v["latency_us"].is_null(), "{v}");
+        assert_eq!(v["adopted"], false);
     }
 
     #[test]

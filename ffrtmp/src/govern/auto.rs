@@ -21,6 +21,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
+    sync::mpsc::{Sender, channel},
     time::Duration,
 };
 
@@ -28,7 +29,7 @@ use nix::time::{ClockId, clock_gettime};
 use serde_json::json;
 
 use super::{
-    Context, GovernError, JobCgroup, job_dirs,
+    Context, Existing, GovernError, JobCgroup, job_dirs,
     limits::{JobId, Limits},
     plan::Plan,
     process::{nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
@@ -40,7 +41,7 @@ use crate::{
         Degraded, Event, Exec, Exit, Governed, JobReport, KernelStamp, Source, Timestamp, Tracked,
     },
     observe::proc::{self, ProcError, Stat},
-    policy::{Candidate, Decision, Needs, Policy, template::sanitise},
+    policy::{Action, Candidate, Decision, Needs, Policy, template::sanitise},
 };
 
 /// A process the daemon follows, and its job.
@@ -63,6 +64,10 @@ pub struct Governor {
     /// Cgroup path prefix of job cgroups (`/ffrtmp/`).
     job_prefix: Option<String>,
     followed: HashMap<u32, Followed>,
+    /// Staging cgroups by rule name ([`Governor::prepare_staging`]).
+    staging: HashMap<String, Staging>,
+    /// Ended jobs to remove, to the reaper thread.
+    reaper: Option<Sender<String>>,
     /// Processes to add to the kernel's exit filter (adopted, recovered).
     newly_followed: Vec<u32>,
     rescan: bool,
@@ -73,6 +78,7 @@ pub type Events = Vec<Event>;
 
 impl Governor {
     pub fn new(ctx: Context, policy: Policy) -> Self {
+        let reaper = spawn_reaper(&ctx);
         let needs = policy.needs();
         let job_prefix = ctx
             .root
@@ -86,6 +92,8 @@ impl Governor {
             self_pid: std::process::id(),
             job_prefix,
             followed: HashMap::new(),
+            staging: HashMap::new(),
+            reaper,
             newly_followed: Vec::new(),
             rescan: false,
         }
@@ -226,8 +234,24 @@ impl Governor {
         // Our claim goes first, so that the reaper may take the job.
         drop(f.cgroup);
         if !still_followed {
-            reap_job(&self.ctx, &f.job);
+            self.reap(f.job);
         }
+    }
+
+    /// Removes an ended job's cgroup, on the reaper thread: removing
+    /// cgroups is the slowest thing the daemon does (a few hundred µs per
+    /// job on v1) and must not delay the next exec.
+    fn reap(&mut self, job: String) {
+        let job = match &self.reaper {
+            Some(reaper) => match reaper.send(job) {
+                Ok(()) => return,
+                // The thread is gone: from now on, inline.
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        self.reaper = None;
+        reap_job(&self.ctx, &job);
     }
 
     fn follow(&mut self, pid: u32, job: String, cgroup: Option<JobCgroup>) {
@@ -239,9 +263,10 @@ impl Governor {
     fn job_of(&self, pid: u32) -> Option<String> {
         let prefix = self.job_prefix.as_deref()?;
         let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let staging = format!("{prefix}{}/", JobId::STAGING);
         text.lines()
             .filter_map(|l| l.splitn(3, ':').nth(2))
-            .find(|p| p.starts_with(prefix))
+            .find(|p| p.starts_with(prefix) && !p.starts_with(&staging))
             .map(String::from)
     }
 
@@ -288,17 +313,6 @@ impl Governor {
         origin: Origin,
     ) -> Events {
         let mut events = Vec::new();
-        let degraded = |reason: String| {
-            Event::new(
-                Timestamp::now(),
-                Source::Ffrtmp,
-                Degraded {
-                    limit: None,
-                    reason,
-                    fallback: "none".into(),
-                },
-            )
-        };
         let start_ticks = match origin {
             Origin::Kernel { start_ticks, .. } => start_ticks,
             Origin::Scan(ticks) => Some(ticks),
@@ -309,14 +323,27 @@ impl Governor {
             // Gone already (a short-lived process): nothing to govern.
             Err(TargetError::NoSuchProcess(_) | TargetError::Exited(_)) => return events,
             Err(e) => {
-                events.push(degraded(format!(
-                    "process {pid} ({rule}) not governed: {e}"
-                )));
+                events.push(note(format!("process {pid} ({rule}) not governed: {e}")));
                 return events;
             }
         };
+        // A new exec goes first into its rule's staging cgroup, whose limits
+        // are the rule's: governed within one move of its exec.
+        let staging = match origin {
+            Origin::Kernel { .. } => self.staging.get(&rule),
+            _ => None,
+        };
+        let staged = staging.filter(|s| target.check().is_ok() && s.cgroup.add(pid).is_ok());
+        let since_exec = || match origin {
+            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
+                .and_then(|now| now.checked_sub(ktime_ns))
+                .map(|ns| ns / 1_000),
+            _ => None,
+        };
+        let staged_at = staged.and_then(|_| since_exec());
+        let staged_report = staged.map(|s| (s.cgroup.path.as_str().to_string(), s.applied.clone()));
+
         let plan = match Plan::make(&self.ctx, &job_id, limits, None) {
-            Ok(p) => p,
             // Two processes for one job id (a shared stream key, say): the
             // second gets its own job, named after both.
             Err(GovernError::JobIdInUse(_)) => {
@@ -324,23 +351,20 @@ impl Governor {
                     "{}-{pid}",
                     &job_id.as_str()[..job_id.as_str().len().min(JobId::MAX_LEN - 11)]
                 ));
-                match Plan::make(&self.ctx, &unique, limits, None) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        events.push(degraded(format!(
-                            "process {pid} ({rule}) not governed: {:#}",
-                            anyhow::Error::new(e)
-                        )));
-                        return events;
-                    }
-                }
+                Plan::make(&self.ctx, &unique, limits, None)
             }
+            other => other,
+        };
+        let plan = match plan {
+            Ok(p) => p,
             Err(e) => {
-                events.push(degraded(format!(
-                    "process {pid} ({rule}) not governed: {:#}",
-                    anyhow::Error::new(e)
-                )));
-                return events;
+                let reason = format!("{:#}", anyhow::Error::new(e));
+                return match staged_report {
+                    Some((path, applied)) => self.left_in_staging(
+                        pid, rule, job_id.to_string(), path, applied, staged_at, &reason,
+                    ),
+                    None => vec![note(format!("process {pid} ({rule}) not governed: {reason}"))],
+                };
             }
         };
         let job = plan
@@ -357,10 +381,13 @@ impl Governor {
             });
             if let Err(reason) = moved {
                 cg.remove_if_empty();
-                cgroup = None;
                 if target.has_exited() {
-                    return events; // it ended first: nothing was applied
+                    return events; // it ended first: nothing to report
                 }
+                if let Some((path, applied)) = staged_report {
+                    return self.left_in_staging(pid, rule, job, path, applied, staged_at, &reason);
+                }
+                cgroup = None;
                 for limit in applied.keys() {
                     failures.push(Degraded {
                         limit: Some(limit.clone()),
@@ -373,12 +400,7 @@ impl Governor {
                 applied.clear();
             }
         }
-        let latency_us = match origin {
-            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
-                .and_then(|now| now.checked_sub(ktime_ns))
-                .map(|ns| ns / 1_000),
-            _ => None,
-        };
+        let latency_us = staged_at.or_else(since_exec);
         if let Some(n) = plan.nice
             && target.check().is_ok()
         {
@@ -423,6 +445,132 @@ impl Governor {
         self.follow(pid, job, cgroup);
         events
     }
+
+    /// Its own job could not be made or joined: the process stays in its
+    /// rule's staging cgroup, under the rule's limits (shared with whatever
+    /// else is staged there), and that is what is reported.
+    #[allow(clippy::too_many_arguments)]
+    fn left_in_staging(
+        &mut self,
+        pid: u32,
+        rule: String,
+        job: String,
+        path: String,
+        limits: serde_json::Map<String, serde_json::Value>,
+        latency_us: Option<u64>,
+        reason: &str,
+    ) -> Events {
+        vec![
+            Event::new(
+                Timestamp::now(),
+                Source::Ffrtmp,
+                Degraded {
+                    limit: None,
+                    reason: format!("process {pid} ({rule}): its job cgroup: {reason}"),
+                    fallback: format!("stays in {path}, under the rule's limits"),
+                },
+            ),
+            Event::new(
+                Timestamp::now(),
+                Source::Ffrtmp,
+                Governed {
+                    pid,
+                    job_id: job,
+                    cgroup: Some(path),
+                    mode: self.ctx.mode.as_str().to_string(),
+                    limits,
+                    rule: Some(rule),
+                    adopted: false,
+                    latency_us,
+                },
+            ),
+        ]
+    }
+
+    /// Makes (or updates) each governing rule's staging cgroup under
+    /// `<root>/.staging`, with the rule's limits. A rule whose staging
+    /// cgroup cannot be made governs new processes directly, a little later.
+    pub fn prepare_staging(&mut self) -> Events {
+        let Some(root) = &self.ctx.root else {
+            return Vec::new();
+        };
+        let ctx = Context {
+            root: Some(root.child(JobId::STAGING)),
+            ..self.ctx.clone()
+        };
+        let mut events = Vec::new();
+        for rule in &self.policy.rules {
+            let Action::Govern { limits, .. } = &rule.action else {
+                continue;
+            };
+            let id = sanitise(&rule.name);
+            match JobCgroup::create(&ctx, &id, limits, Existing::Update) {
+                Ok((cgroup, applied)) if applied.failures.is_empty() => {
+                    self.staging.insert(
+                        rule.name.clone(),
+                        Staging {
+                            cgroup,
+                            applied: applied.limits,
+                        },
+                    );
+                }
+                Ok((_, applied)) => events.push(note(format!(
+                    "rule {}: its staging cgroup cannot hold all its limits ({}); new processes go straight to their job",
+                    rule.name,
+                    applied
+                        .failures
+                        .iter()
+                        .map(|f| format!("{}: {}", f.limit, f.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ))),
+                Err(e) => events.push(note(format!(
+                    "rule {}: no staging cgroup ({:#}); new processes go straight to their job",
+                    rule.name,
+                    anyhow::Error::new(e)
+                ))),
+            }
+        }
+        events
+    }
+}
+
+/// The reaper thread: removes ended jobs' cgroups in the background (the
+/// root's lock keeps it and job creation from racing). `None` if it cannot
+/// start: then jobs are removed inline.
+fn spawn_reaper(ctx: &Context) -> Option<Sender<String>> {
+    let (tx, rx) = channel::<String>();
+    let ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name("ffrtmp-reaper".into())
+        .spawn(move || {
+            for job in rx {
+                reap_job(&ctx, &job);
+            }
+        })
+        .ok()
+        .map(|_| tx)
+}
+
+/// A rule's staging cgroup: where a new exec is moved first.
+#[derive(Debug)]
+struct Staging {
+    cgroup: JobCgroup,
+    /// Its limits, read back.
+    applied: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A `degraded` event about governing as a whole (no single limit).
+fn note(reason: String) -> Event {
+    Event::new(
+        Timestamp::now(),
+        Source::Ffrtmp,
+        Degraded {
+            limit: None,
+            reason,
+            fallback: "none".into(),
+        },
+    )
 }
 
 /// Where a candidate came from.

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Errors in a limit or a job id, worded for the command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LimitError {
-    #[error("job id {0:?} must be 1 to 64 characters of [A-Za-z0-9._-], and not \".\" or \"..\"")]
+    #[error(
+        "job id {0:?} must be 1 to 64 characters of [A-Za-z0-9._-], and not \".\", \"..\" or \".staging\" (reserved)"
+    )]
     JobId(String),
     #[error(
         "cpu max {0:?} must be \"QUOTA PERIOD\", \"max\" or \"max PERIOD\" (microseconds, period 1000..=1000000, quota >= 1000)"
@@ -38,6 +40,8 @@ pub struct JobId(String);
 
 impl JobId {
     pub const MAX_LEN: usize = 64;
+    /// Reserved: `watch`'s staging cgroups live in `<root>/.staging`.
+    pub const STAGING: &str = ".staging";
 
     pub fn as_str(&self) -> &str {
         &self.0
@@ -51,6 +55,7 @@ impl FromStr for JobId {
         let ok = (1..=Self::MAX_LEN).contains(&s.len())
             && s != "."
             && s != ".."
+            && s != Self::STAGING
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if ok {

@@ -516,6 +516,7 @@ fn job_names(root_dirs: &[PathBuf]) -> BTreeSet<String> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name != JobId::STAGING)
         .collect()
 }
 

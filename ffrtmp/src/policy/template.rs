@@ -100,7 +100,7 @@ pub fn sanitise(raw: &str) -> JobId {
         })
         .take(JobId::MAX_LEN)
         .collect();
-    if id.is_empty() || id == "." || id == ".." {
+    if id.is_empty() || id == "." || id == ".." || id == JobId::STAGING {
         id.insert(0, '_');
     }
     // Valid by construction; the parse is the proof.
@@ -158,6 +158,7 @@ mod tests {
             ("..", "_.."),
             (".", "_."),
             ("", "_"),
+            (".staging", "_.staging"),
             ("ключ", "____"),
         ] {
             let id = t.expand(|_| Some(raw.to_string()));

@@ -82,9 +82,12 @@ pub enum EbpfError {
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
-    /// Send only execs of these process names (and exits of the processes
-    /// they started, or that [`Tracker::track`] adds); `None`: everything.
-    pub comm_filter: Option<BTreeSet<String>>,
+    /// Process names the policy governs: their execs wake user space at
+    /// once, bypassing wake-up coalescing.
+    pub urgent_comms: BTreeSet<String>,
+    /// Send only execs of the urgent names (and exits of the processes they
+    /// started, or that [`Tracker::track`] adds); else everything.
+    pub filter: bool,
 }
 
 /// Adds processes to the kernel's exit filter (those user space follows
@@ -117,14 +120,10 @@ impl EbpfObserver {
     /// runtime (the ring buffer is registered with its reactor).
     pub fn load(options: &LoadOptions) -> Result<Self, EbpfError> {
         let offsets = btf::kernel_offsets()?;
-        let keys = options
-            .comm_filter
-            .as_ref()
-            .map(comm_keys)
-            .transpose()?;
+        let keys = comm_keys(&options.urgent_comms)?;
         raise_memlock_limit();
         let self_tgid = std::process::id();
-        let filter = u32::from(keys.is_some());
+        let filter = u32::from(options.filter);
         let mut ebpf = EbpfLoader::new()
             // No CO-RE relocations to apply (offsets come from `btf`).
             .btf(None)
@@ -136,7 +135,7 @@ impl EbpfObserver {
             .map_err(EbpfError::Load)?;
         // The names go in before the programs attach: no exec slips through
         // an empty filter.
-        if let Some(keys) = keys {
+        if !keys.is_empty() {
             let map = ebpf
                 .map_mut(COMMS_MAP)
                 .ok_or(EbpfError::MissingMap(COMMS_MAP))?;
