@@ -53,7 +53,10 @@ impl Drop for Root {
         /// Removes a cgroup directory and its (empty) descendants.
         fn remove(dir: &Path) {
             if let Ok(children) = fs::read_dir(dir) {
-                for child in children.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
+                for child in children
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                {
                     remove(&child.path());
                 }
             }

@@ -414,7 +414,9 @@ fn hostile_job_ids_exit_2_and_touch_nothing() {
     let marker = dir.join("started");
     let long = "x".repeat(65);
     let before = cgroup_tree();
-    for id in ["../x", "/abs", "", &long, "a\nb", ".", "..", ".staging", "a/b", "x y"] {
+    for id in [
+        "../x", "/abs", "", &long, "a\nb", ".", "..", ".staging", "a/b", "x y",
+    ] {
         let out = Command::new(FFRTMP)
             .args([
                 "run",

@@ -161,7 +161,9 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
     let _ = Command::new("cgdelete").args(["-g", &target]).status();
     cgred?;
 
-    println!("  exec -> in cgroup under its limits (kernel tracepoints), ms; [own job: last move]:");
+    println!(
+        "  exec -> in cgroup under its limits (kernel tracepoints), ms; [own job: last move]:"
+    );
     println!(
         "  {:<14} {:<6} {:>8} {:>8} {:>8} {:>8} {:>11}   {:>8} {:>8}",
         "", "", "p50", "p90", "p99", "max", "ungoverned", "[p50", "p99]"

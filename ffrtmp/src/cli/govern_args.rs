@@ -16,7 +16,7 @@ pub type EventOut = Emitter<Box<dyn io::Write>>;
 
 #[derive(Debug, Args)]
 pub struct GovernArgs {
-    /// Job name: 1..64 of [A-Za-z0-9._-], not "." or ".."; names the job's
+    /// Job name: 1..64 of [A-Za-z0-9._-], not ".", ".." or ".staging"; names the job's
     /// cgroup. A job id in use by a live job exits 2, except for `attach` to
     /// a process already in that job: its limits are then updated.
     #[arg(long, value_name = "ID")]

@@ -361,9 +361,17 @@ impl Governor {
                 let reason = format!("{:#}", anyhow::Error::new(e));
                 return match staged_report {
                     Some((path, applied)) => self.left_in_staging(
-                        pid, rule, job_id.to_string(), path, applied, staged_at, &reason,
+                        pid,
+                        rule,
+                        job_id.to_string(),
+                        path,
+                        applied,
+                        staged_at,
+                        &reason,
                     ),
-                    None => vec![note(format!("process {pid} ({rule}) not governed: {reason}"))],
+                    None => vec![note(format!(
+                        "process {pid} ({rule}) not governed: {reason}"
+                    ))],
                 };
             }
         };
