@@ -553,3 +553,65 @@ fn metrics_count_what_the_stream_says() {
     assert!(scrape(&addr).contains("ffrtmp_governed_processes 1"));
     kill(&mut jobs[1]);
 }
+
+/// Whether some cgroup mount has `favordynmods`.
+fn favordynmods_on() -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" - cgroup"))
+        .any(|l| {
+            l.rsplit(' ')
+                .next()
+                .is_some_and(|o| o.split(',').any(|o| o == "favordynmods"))
+        })
+}
+
+fn kernel_at_least_6() -> bool {
+    nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| u.release().to_str()?.split('.').next()?.parse::<u32>().ok())
+        .is_some_and(|major| major >= 6)
+}
+
+/// Without `favordynmods` (Linux >= 6.0) `watch` says governing will be
+/// slow; `--favordynmods` turns it on (a remount keeping the other options).
+#[test]
+fn favordynmods_is_reported_when_off_and_turned_on_when_asked() {
+    if !require_root("favordynmods_is_reported_when_off") {
+        return;
+    }
+    if favordynmods_on() || !kernel_at_least_6() {
+        common::skip(
+            "favordynmods_is_reported_when_off",
+            "favordynmods is already on, or the kernel predates it (runs in the 6.1 VM)",
+        );
+        return;
+    }
+    let dir = scratch("auto-dynmods");
+    let root = Root::new("dynmods");
+    let policy = write_policy(&dir, POLICY);
+    let slow = |w: &Watch| {
+        w.events
+            .iter()
+            .any(|e| matches!(&e.body, Body::Degraded(d) if d.fallback == "slow migrations"))
+    };
+    let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let w = watch(&policy, &root, &["--backend", "ebpf"]);
+    assert!(slow(&w), "no degraded event: {:?}", w.events);
+    drop(w);
+    assert!(!favordynmods_on(), "changed without being asked");
+    let w = watch(&policy, &root, &["--backend", "ebpf", "--favordynmods"]);
+    assert!(!slow(&w), "{:?}", w.events);
+    assert!(favordynmods_on(), "not turned on");
+    // The cgroup2 mount kept its other options (per mount and per superblock).
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains(" - cgroup2 "))
+            .map(|l| l.replace(",favordynmods", ""))
+    };
+    assert_eq!(
+        line(&before),
+        line(&fs::read_to_string("/proc/self/mountinfo").unwrap())
+    );
+}

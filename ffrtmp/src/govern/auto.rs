@@ -163,6 +163,14 @@ impl Governor {
                 Ok(_) | Err(ProcError::Gone(_)) => continue,
                 Err(e) => return Err(e),
             };
+            // Most processes fail on their name: nothing more to read.
+            if self
+                .comm_filter
+                .as_ref()
+                .is_some_and(|c| !c.contains(&stat.comm))
+            {
+                continue;
+            }
             let Ok(uid) = proc::read_uid(pid) else {
                 continue;
             };
