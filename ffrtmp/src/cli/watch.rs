@@ -191,7 +191,7 @@ async fn watch(
     }
     // Ready before `started`: from that event on, nothing is missed.
     let mut observer = match ebpf {
-        Some(observer) => Observer::Ebpf(observer),
+        Some(observer) => Observer::Ebpf(Box::new(observer)),
         None => {
             let (observer, adopted) = ProcfsObserver::start(args.interval, args.adopt)?;
             Observer::Procfs(observer, adopted)
@@ -211,6 +211,7 @@ async fn watch(
         tracker,
         filter,
         passed: HashSet::new(),
+        pending: Vec::new(),
     };
     // Start-up, before `started`: the programs are attached (or /proc was
     // scanned) first, so a process that starts meanwhile is not missed (it
@@ -224,6 +225,7 @@ async fn watch(
     for event in adopted {
         stream.send(event)?;
     }
+    stream.handle_batch()?;
     stream.out.send(Event::new(
         Timestamp::now(),
         Source::Ffrtmp,
@@ -292,6 +294,8 @@ struct Stream<W: io::Write> {
     filter: Option<BTreeSet<String>>,
     /// Processes whose exec was reported: their exit is too.
     passed: HashSet<u32>,
+    /// The batch being received.
+    pending: Vec<Event>,
 }
 
 impl<W: io::Write> Stream<W> {
@@ -332,40 +336,19 @@ impl<W: io::Write> Stream<W> {
 impl<W: io::Write> Sink for Stream<W> {
     type Error = WatchError;
 
-    fn send(&mut self, mut event: Event) -> Result<(), WatchError> {
-        match &mut event.body {
-            Body::Exec(exec) => {
-                let follow_up = match &mut self.governor {
-                    Some(g) => g.on_exec(event.kernel, exec),
-                    None => Vec::new(),
-                };
-                if self.filter.as_ref().is_none_or(|f| f.contains(&exec.comm)) {
-                    self.passed.insert(exec.pid);
-                    self.out.send(event)?;
-                }
-                self.emit_all(follow_up)
-            }
-            Body::Exit(exit) => {
-                if let Some(g) = &mut self.governor {
-                    g.on_exit(exit);
-                }
-                let reported = self.passed.remove(&exit.pid);
-                if self.filter.is_none() || reported || exit.job.is_some() {
-                    self.out.send(event)?;
-                }
-                Ok(())
-            }
-            Body::Lost(_) => {
-                if let Some(g) = &mut self.governor {
-                    g.request_rescan();
-                }
-                self.out.send(event)
-            }
-            _ => self.out.send(event),
+    /// Events are handled per batch (the backend flushes after each), so
+    /// that a batch's execs are governed before the exits queued ahead of
+    /// them are reported.
+    fn send(&mut self, event: Event) -> Result<(), WatchError> {
+        self.pending.push(event);
+        if self.pending.len() >= MAX_BATCH {
+            self.handle_batch()?;
         }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), WatchError> {
+        self.handle_batch()?;
         if let Some(g) = &mut self.governor
             && g.rescan_requested()
         {
@@ -376,9 +359,57 @@ impl<W: io::Write> Sink for Stream<W> {
     }
 }
 
+/// Events handled at once at most (a bound on memory in a storm).
+const MAX_BATCH: usize = 4096;
+
+impl<W: io::Write> Stream<W> {
+    /// Governs the batch's execs first (a new transcoder must not wait
+    /// behind the job reports of exits that arrived just before it), then
+    /// writes everything in the order it happened, each `governed` after
+    /// its `exec`.
+    fn handle_batch(&mut self) -> Result<(), WatchError> {
+        let batch = std::mem::take(&mut self.pending);
+        let mut follow_ups: Vec<Vec<Event>> = batch
+            .iter()
+            .map(|event| match (&mut self.governor, &event.body) {
+                (Some(g), Body::Exec(exec)) => g.on_exec(event.kernel, exec),
+                _ => Vec::new(),
+            })
+            .collect();
+        for (mut event, follow_up) in batch.into_iter().zip(follow_ups.drain(..)) {
+            match &mut event.body {
+                Body::Exec(exec) => {
+                    if self.filter.as_ref().is_none_or(|f| f.contains(&exec.comm)) {
+                        self.passed.insert(exec.pid);
+                        self.out.send(event)?;
+                    }
+                    self.emit_all(follow_up)?;
+                }
+                Body::Exit(exit) => {
+                    if let Some(g) = &mut self.governor {
+                        g.on_exit(exit);
+                    }
+                    let reported = self.passed.remove(&exit.pid);
+                    if self.filter.is_none() || reported || exit.job.is_some() {
+                        self.out.send(event)?;
+                    }
+                }
+                Body::Lost(_) => {
+                    if let Some(g) = &mut self.governor {
+                        g.request_rescan();
+                    }
+                    self.out.send(event)?;
+                }
+                _ => self.out.send(event)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The backend `watch` runs, ready to stream.
 enum Observer {
-    Ebpf(EbpfObserver),
+    Ebpf(Box<EbpfObserver>),
     /// With the adopted processes' exec events, when `--adopt` was given.
     Procfs(ProcfsObserver, Vec<Event>),
 }

@@ -19,9 +19,13 @@
 //! `run` workload) is never governed again: children stay in their parent's
 //! job by kernel semantics.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     fs,
-    sync::mpsc::{Sender, channel},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{RecvTimeoutError, Sender, channel},
+    },
     time::Duration,
 };
 
@@ -68,6 +72,8 @@ pub struct Governor {
     staging: HashMap<String, Staging>,
     /// Ended jobs to remove, to the reaper thread.
     reaper: Option<Sender<String>>,
+    /// CLOCK_MONOTONIC ns of the last governing (the reaper waits for quiet).
+    last_governed: Arc<AtomicU64>,
     /// Processes to add to the kernel's exit filter (adopted, recovered).
     newly_followed: Vec<u32>,
     rescan: bool,
@@ -78,7 +84,8 @@ pub type Events = Vec<Event>;
 
 impl Governor {
     pub fn new(ctx: Context, policy: Policy) -> Self {
-        let reaper = spawn_reaper(&ctx);
+        let last_governed = Arc::new(AtomicU64::new(0));
+        let reaper = spawn_reaper(&ctx, Arc::clone(&last_governed));
         let needs = policy.needs();
         let job_prefix = ctx
             .root
@@ -94,6 +101,7 @@ impl Governor {
             followed: HashMap::new(),
             staging: HashMap::new(),
             reaper,
+            last_governed,
             newly_followed: Vec::new(),
             rescan: false,
         }
@@ -321,6 +329,7 @@ impl Governor {
         origin: Origin,
     ) -> Events {
         let mut events = Vec::new();
+        self.mark_busy();
         let start_ticks = match origin {
             Origin::Kernel { start_ticks, .. } => start_ticks,
             Origin::Scan(ticks) => Some(ticks),
@@ -459,7 +468,14 @@ impl Governor {
             },
         ));
         self.follow(pid, job, cgroup);
+        self.mark_busy();
         events
+    }
+
+    fn mark_busy(&self) {
+        if let Some(now) = monotonic_ns() {
+            self.last_governed.store(now, Relaxed);
+        }
     }
 
     /// Its own job could not be made or joined: the process stays in its
@@ -554,19 +570,64 @@ impl Governor {
 /// The reaper thread: removes ended jobs' cgroups in the background (the
 /// root's lock keeps it and job creation from racing). `None` if it cannot
 /// start: then jobs are removed inline.
-fn spawn_reaper(ctx: &Context) -> Option<Sender<String>> {
+///
+/// Removing a cgroup holds the kernel's global `cgroup_mutex`, which every
+/// move into a cgroup also needs: a removal under way delays the next
+/// governing by a few hundred µs. So the reaper waits until the governor has
+/// been quiet for [`REAP_QUIET`], unless [`REAP_BACKLOG`] jobs are waiting.
+fn spawn_reaper(ctx: &Context, last_governed: Arc<AtomicU64>) -> Option<Sender<String>> {
     let (tx, rx) = channel::<String>();
     let ctx = ctx.clone();
     std::thread::Builder::new()
         .name("ffrtmp-reaper".into())
         .spawn(move || {
-            for job in rx {
-                reap_job(&ctx, &job);
+            // Background work: never ahead of the thread that governs.
+            // SAFETY: setpriority on this thread's own id.
+            unsafe {
+                libc::setpriority(
+                    libc::PRIO_PROCESS,
+                    libc::gettid() as libc::id_t,
+                    REAPER_NICE,
+                );
+            }
+            let mut queue = VecDeque::new();
+            loop {
+                if queue.is_empty() {
+                    match rx.recv() {
+                        Ok(job) => queue.push_back(job),
+                        Err(_) => return, // the governor is gone
+                    }
+                }
+                queue.extend(rx.try_iter());
+                let quiet = monotonic_ns()
+                    .map(|now| {
+                        Duration::from_nanos(now.saturating_sub(last_governed.load(Relaxed)))
+                    })
+                    .unwrap_or(REAP_QUIET);
+                if quiet >= REAP_QUIET || queue.len() >= REAP_BACKLOG {
+                    if let Some(job) = queue.pop_front() {
+                        reap_job(&ctx, &job);
+                    }
+                    continue;
+                }
+                match rx.recv_timeout(REAP_QUIET - quiet) {
+                    Ok(job) => queue.push_back(job),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
         })
         .ok()
         .map(|_| tx)
 }
+
+/// How long the governor must have been idle before a job is removed.
+const REAP_QUIET: Duration = Duration::from_millis(20);
+/// Jobs waiting for removal beyond which the reaper no longer waits.
+const REAP_BACKLOG: usize = 256;
+
+/// Nice of the reaper thread (the governing thread keeps the daemon's).
+const REAPER_NICE: i32 = 10;
 
 /// A rule's staging cgroup: where a new exec is moved first.
 #[derive(Debug)]
