@@ -615,3 +615,65 @@ fn favordynmods_is_reported_when_off_and_turned_on_when_asked() {
         line(&fs::read_to_string("/proc/self/mountinfo").unwrap())
     );
 }
+
+/// Debian's real ffmpeg (installed by `cargo xtask test` on the host; not in
+/// the VM image) is governed by the embedded policy's rule for it, and its
+/// transcode completes under the limits.
+#[test]
+fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
+    if !require_root("the_real_ffmpeg_is_governed") {
+        return;
+    }
+    if common::in_vm() {
+        common::skip(
+            "the_real_ffmpeg_is_governed",
+            "no ffmpeg in the VM image (runs on the host)",
+        );
+        return;
+    }
+    if !Path::new("/usr/bin/ffmpeg").exists() {
+        if common::required() {
+            panic!("ffmpeg is missing: `cargo xtask test` installs it as root");
+        }
+        common::skip("the_real_ffmpeg_is_governed", "ffmpeg is not installed");
+        return;
+    }
+    let dir = scratch("auto-ffmpeg");
+    let root = Root::new("ffmpeg");
+    // No --policy: the embedded one.
+    let mut w = Watch::start_with(Command::new(FFRTMP).args([
+        "watch",
+        "--backend",
+        "ebpf",
+        "--cgroup-root",
+        root.path(),
+    ]));
+    let out = dir.join("out.mp4");
+    let mut ffmpeg = Command::new("/usr/bin/ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .args([
+            "testsrc=duration=2:size=320x240:rate=25",
+            "-c:v",
+            "mpeg4",
+            "-y",
+        ])
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let pid = ffmpeg.id();
+    let g = as_governed(w.wait_for("the real ffmpeg governed", governed_of(pid)));
+    assert_eq!(g.rule.as_deref(), Some("ffmpeg"));
+    assert_eq!(g.limits["cpu_weight"], 50);
+    assert_eq!(g.limits["memory_max"], "4294967296");
+    assert_eq!(g.limits["oom_score_adj"], 500);
+    assert!(cgroups(pid).contains(&format!("{}/ffmpeg-{pid}", root.path())));
+    assert!(ffmpeg.wait().unwrap().success());
+    assert!(fs::metadata(&out).unwrap().len() > 0, "no output written");
+    let exit = w.wait_for("its exit", exit_of(pid));
+    let Body::Exit(x) = exit.body else {
+        unreachable!()
+    };
+    assert_eq!(x.exit_code, Some(0));
+    let report = x.job.expect("a job report");
+    assert!(report.cpu_usage_us.is_some_and(|us| us > 0), "{report:?}");
+}
