@@ -40,7 +40,7 @@ pub fn run(command: PolicyCommand) -> ExitCode {
                         comms.into_iter().collect::<Vec<_>>().join(", ")
                     ),
                     None => println!(
-                        "kernel pre-filter: none (a governing rule does not name its comm: every exec goes to user space)"
+                        "kernel pre-filter: none (a governing rule does not name its comm: every exec goes to user space, and a match may wait up to 10 ms for watch to wake)"
                     ),
                 }
                 ExitCode::SUCCESS
