@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, helper, is_helper, read_events, require_root, scratch};
+use common::{FFRTMP, cgroups, cpu_quota, helper, is_helper, read_events, require_root, scratch};
 use ffrtmp::events::{Body, Event};
 
 fn wait_for(path: &Path, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
@@ -38,10 +38,6 @@ fn start_time(pid: u32) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-fn cgroups(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
 }
 
 fn nice_of_threads(pid: u32) -> Vec<i32> {
@@ -404,24 +400,9 @@ fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
     sleeper.wait().unwrap();
 }
 
-/// The CPU quota of job `job`, as the kernel reads it (v2 or v1).
+/// The CPU quota of job `job` under the default root.
 fn cpu_quota_of(job: &str) -> String {
-    let v2 = Path::new("/sys/fs/cgroup/ffrtmp").join(job).join("cpu.max");
-    if v2.exists() {
-        return fs::read_to_string(v2)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .into();
-    }
-    let v1 = Path::new("/sys/fs/cgroup/cpu/ffrtmp")
-        .join(job)
-        .join("cpu.cfs_quota_us");
-    fs::read_to_string(&v1)
-        .unwrap_or_else(|e| panic!("{}: {e}", v1.display()))
-        .trim()
-        .into()
+    cpu_quota(&format!("/ffrtmp/{job}"))
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, PATIENCE, Watch, exit_of, require_root, scratch};
+use common::{FFRTMP, PATIENCE, Watch, cgroups, cpu_quota, exit_of, require_root, scratch};
 use ffrtmp::events::{Body, Event, Governed};
 
 /// A cgroup root of the test's own, removed (with its empty jobs) on drop.
@@ -96,27 +96,6 @@ fn sleeper(path: &Path, secs: &str) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn cgroups(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
-}
-
-/// The CPU quota of cgroup `path`, as the kernel reads it.
-fn cpu_quota(path: &str) -> String {
-    let rel = path.trim_start_matches('/');
-    let v2 = Path::new("/sys/fs/cgroup").join(rel).join("cpu.max");
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        let text = fs::read_to_string(&v2).unwrap_or_else(|e| panic!("{}: {e}", v2.display()));
-        return text.split_whitespace().next().unwrap().into();
-    }
-    let v1 = Path::new("/sys/fs/cgroup/cpu")
-        .join(rel)
-        .join("cpu.cfs_quota_us");
-    fs::read_to_string(&v1)
-        .unwrap_or_else(|e| panic!("{}: {e}", v1.display()))
-        .trim()
-        .into()
 }
 
 fn governed_of(pid: u32) -> impl Fn(&Event) -> bool {

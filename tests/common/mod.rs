@@ -213,3 +213,27 @@ pub fn read_events(path: &std::path::Path) -> Vec<Event> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
         .collect()
 }
+
+/// The cgroup lines of `pid` (/proc/PID/cgroup); empty when it is gone.
+pub fn cgroups(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+/// The CPU quota of cgroup `path` (a cgroup path such as `/ffrtmp/job`), as
+/// the kernel reads it: v2 `cpu.max`, else v1 `cpu.cfs_quota_us`.
+pub fn cpu_quota(path: &str) -> String {
+    use std::path::Path;
+    let rel = path.trim_start_matches('/');
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let v2 = Path::new("/sys/fs/cgroup").join(rel).join("cpu.max");
+        let text = std::fs::read_to_string(&v2).unwrap_or_else(|e| panic!("{}: {e}", v2.display()));
+        return text.split_whitespace().next().unwrap_or_default().into();
+    }
+    let v1 = Path::new("/sys/fs/cgroup/cpu")
+        .join(rel)
+        .join("cpu.cfs_quota_us");
+    std::fs::read_to_string(&v1)
+        .unwrap_or_else(|e| panic!("{}: {e}", v1.display()))
+        .trim()
+        .into()
+}

@@ -190,14 +190,13 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
         );
     }
     if !own.is_empty() {
-        let mut own = own;
+        let mut own: Vec<f64> = own.iter().map(|us| us / 1000.0).collect();
         own.sort_by(f64::total_cmp);
-        let at = |p: f64| own[((own.len() - 1) as f64 * p / 100.0).round() as usize] / 1000.0;
         println!(
             "  ffrtmp's own latency_us (exec -> cgroup.procs written), ms: p50 {:.3} p99 {:.3} max {:.3} over {}",
-            at(50.0),
-            at(99.0),
-            at(100.0),
+            pct(&own, 50.0),
+            pct(&own, 99.0),
+            pct(&own, 100.0),
             own.len()
         );
     }

@@ -76,8 +76,9 @@ pub fn run(args: WatchArgs) -> ExitCode {
         }
     };
     // The names the policy governs: with --observe-only nothing is urgent.
-    let urgent = policy.comm_filter().filter(|_| governor.is_some());
-    let filter = if args.all { None } else { policy.comm_filter() };
+    let comms = policy.comm_filter();
+    let filter = if args.all { None } else { comms.clone() };
+    let urgent = comms.filter(|_| governor.is_some());
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -33,7 +33,7 @@ use nix::time::{ClockId, clock_gettime};
 use serde_json::json;
 
 use super::{
-    Context, Existing, GovernError, JobCgroup, job_dirs,
+    Context, Existing, GovernError, JobCgroup, cgroup_paths_of, job_dirs,
     limits::{JobId, Limits},
     plan::Plan,
     process::{nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
@@ -105,15 +105,6 @@ impl Governor {
             newly_followed: Vec::new(),
             rescan: false,
         }
-    }
-
-    pub fn context(&self) -> &Context {
-        &self.ctx
-    }
-
-    /// Number of processes followed in jobs now.
-    pub fn followed(&self) -> usize {
-        self.followed.len()
     }
 
     /// Pids that started being followed since the last call (for the
@@ -278,12 +269,10 @@ impl Governor {
     /// The cgroup path of `pid`'s ffrtmp job, if it is in one.
     fn job_of(&self, pid: u32) -> Option<String> {
         let prefix = self.job_prefix.as_deref()?;
-        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         let staging = format!("{prefix}{}/", JobId::STAGING);
-        text.lines()
-            .filter_map(|l| l.splitn(3, ':').nth(2))
+        cgroup_paths_of(pid)
+            .into_iter()
             .find(|p| p.starts_with(prefix) && !p.starts_with(&staging))
-            .map(String::from)
     }
 
     /// Decides about one process and governs it if a rule says so.

@@ -298,13 +298,22 @@ pub enum Existing {
     Update,
 }
 
-/// Whether `pid` is in cgroup `path` in any hierarchy (/proc/PID/cgroup).
+/// The cgroup paths of `pid`, one per hierarchy (/proc/PID/cgroup); empty
+/// when it is gone.
+pub fn cgroup_paths_of(pid: u32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is in cgroup `path` in any hierarchy.
 pub fn pid_in_cgroup(pid: u32, path: &CgroupPath) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-        text.lines()
-            .filter_map(|l| l.splitn(3, ':').nth(2))
-            .any(|p| p == path.as_str())
-    })
+    cgroup_paths_of(pid).iter().any(|p| p == path.as_str())
 }
 
 #[derive(Debug)]
