@@ -245,6 +245,45 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
     assert!(status.success());
 }
 
+/// Renditions of one stream start together: every one gets its own job
+/// (each is staged first, their jobs made once none waits for its first
+/// move), and one that ends at once leaves no job cgroup behind.
+#[test]
+fn a_ladder_started_at_once_gets_a_job_each_and_leaves_nothing_behind() {
+    if !require_root("a_ladder_started_at_once") {
+        return;
+    }
+    let dir = scratch("auto-ladder");
+    let root = Root::new("ladder");
+    let policy = write_policy(&dir, POLICY);
+    let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
+    let mut w = watch(&policy, &root, &["--backend", "ebpf"]);
+    let mut ladder: Vec<Child> = (0..6).map(|_| sleeper(&ffmpeg, "30")).collect();
+    let mut short = sleeper(&ffmpeg, "0");
+    let short_pid = short.id();
+    assert!(short.wait().unwrap().success());
+    for rendition in &ladder {
+        let pid = rendition.id();
+        let g = as_governed(w.wait_for("governed rendition", governed_of(pid)));
+        let cgroup = format!("{}/ffmpeg-{pid}", root.path());
+        assert_eq!(g.cgroup.as_deref(), Some(cgroup.as_str()));
+        assert!(cgroups(pid).contains(&cgroup), "{}", cgroups(pid));
+        assert_eq!(cpu_quota(&cgroup), "30000");
+    }
+    w.wait_for("exit of the short one", exit_of(short_pid));
+    let leftover = format!("{}/ffmpeg-{short_pid}", root.path());
+    let deadline = Instant::now() + PATIENCE;
+    while !Root::dirs_of(&leftover).is_empty() {
+        assert!(Instant::now() < deadline, "{leftover} was left behind");
+        thread::sleep(Duration::from_millis(20));
+    }
+    for rendition in &mut ladder {
+        kill(rendition);
+    }
+    let (status, _) = w.stop();
+    assert!(status.success());
+}
+
 #[test]
 fn running_matches_are_adopted_and_run_jobs_are_left_where_they_are() {
     if !require_root("running_matches_are_adopted") {

@@ -135,7 +135,10 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
         stop.store(true, Ordering::Relaxed);
         let execs: u64 = forkers.into_iter().filter_map(|f| f.join().ok()).sum();
         let used = watcher.cpu_ns()?.saturating_sub(t0);
-        (execs, used as f64 / start.elapsed().as_nanos() as f64 * 100.0)
+        (
+            execs,
+            used as f64 / start.elapsed().as_nanos() as f64 * 100.0,
+        )
     };
     let hwm = vm_field(wpid, "VmHWM:").unwrap_or(0);
     let events = watcher.stop()?;

@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeSet, HashSet},
     io,
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -24,7 +25,7 @@ use crate::{
         Body, Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Sink, Source, Started,
         Timestamp, metrics::Metrics,
     },
-    govern::{Context, GovernError, auto::Governor, dynmods, layout::LayoutError},
+    govern::{Context, GovernError, auto::Governor, dynmods, layout::LayoutError, process},
     observe::{
         Backend,
         ebpf::{EbpfError, EbpfObserver, LoadOptions, Tracker},
@@ -33,6 +34,14 @@ use crate::{
     },
     policy::Policy,
 };
+
+/// The scheduler slice the governing thread asks for: shorter than the
+/// default (0.75 ms × (1 + log2 CPUs)), so that it preempts a new
+/// transcoder's loader instead of waiting for it to sleep, and longer than
+/// one governing (~0.3 ms of CPU), so that it is not itself preempted
+/// halfway. 0.1 ms (the kernel's minimum) and 1 ms measured worse
+/// (docs/BENCHMARKS.md); see [`process::request_slice`].
+const GOVERN_SLICE: Duration = Duration::from_micros(500);
 
 /// Why the stream stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +70,13 @@ pub fn run(args: WatchArgs) -> ExitCode {
         match Context::detect(args.cgroup_root.as_deref()) {
             Ok(ctx) => {
                 notes.extend(migration_speed(&ctx, args.favordynmods));
-                Some(Governor::new(ctx, policy.clone()))
+                let governor = Governor::new(ctx, policy.clone());
+                // After the reaper thread started: it must not inherit it.
+                match process::request_slice(GOVERN_SLICE) {
+                    Ok(slice) => tracing::debug!(?slice, "governing thread's scheduler slice"),
+                    Err(e) => tracing::debug!("{:#}", anyhow::Error::new(e)),
+                }
+                Some(governor)
             }
             Err(
                 e @ (GovernError::Layout(LayoutError::BadRoot(_))
@@ -346,6 +361,17 @@ impl<W: io::Write> Sink for Stream<W> {
             self.handle_batch()?;
         }
         Ok(())
+    }
+
+    /// Makes one staged process's own job (the eBPF backend calls this
+    /// only while its ring is empty).
+    fn work(&mut self) -> Result<bool, WatchError> {
+        let Some(events) = self.governor.as_mut().and_then(Governor::make_next_job) else {
+            return Ok(false);
+        };
+        self.emit_all(events)?;
+        self.out.flush()?;
+        Ok(true)
     }
 
     fn flush(&mut self) -> Result<(), WatchError> {

@@ -346,6 +346,12 @@ pub trait Sink {
     fn send(&mut self, event: Event) -> Result<(), Self::Error>;
     /// Writes out everything sent so far.
     fn flush(&mut self) -> Result<(), Self::Error>;
+    /// Does one piece of deferred work, if any, and says whether it did.
+    /// A backend calls it only when no event is waiting, so deferred work
+    /// (a governed process's own job cgroup) never delays a new event.
+    fn work(&mut self) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
     /// `send` then `flush`.
     fn emit(&mut self, event: Event) -> Result<(), Self::Error> {
         self.send(event)?;

@@ -33,7 +33,7 @@ use nix::time::{ClockId, clock_gettime};
 use serde_json::json;
 
 use super::{
-    Context, Existing, GovernError, JobCgroup, cgroup_paths_of, job_dirs,
+    Context, Existing, GovernError, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs,
     limits::{JobId, Limits},
     plan::Plan,
     process::{nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
@@ -76,6 +76,8 @@ pub struct Governor {
     last_governed: Arc<AtomicU64>,
     /// Processes to add to the kernel's exit filter (adopted, recovered).
     newly_followed: Vec<u32>,
+    /// Staged processes whose own job is still to be made, oldest first.
+    unmade: VecDeque<Unmade>,
     rescan: bool,
 }
 
@@ -103,6 +105,7 @@ impl Governor {
             reaper,
             last_governed,
             newly_followed: Vec::new(),
+            unmade: VecDeque::new(),
             rescan: false,
         }
     }
@@ -227,6 +230,8 @@ impl Governor {
     /// An exit: the job's report for a followed process, and its cgroup
     /// removed once empty.
     pub fn on_exit(&mut self, exit: &mut Exit) {
+        // Ended in its staging cgroup before its job was made.
+        self.unmade.retain(|j| j.pid != exit.pid);
         let Some(f) = self.followed.remove(&exit.pid) else {
             return;
         };
@@ -302,8 +307,9 @@ impl Governor {
             }) => (rule.name.clone(), job_id, limits.clone()),
             Some(Decision::Ignore { .. }) | None => return Vec::new(),
         };
-        if self.job_of(c.pid).is_some() {
-            // Already governed (a child of a job, or a `run` workload).
+        if self.job_of(c.pid).is_some() || self.unmade.iter().any(|j| j.pid == c.pid) {
+            // Already governed (a child of a job, or a `run` workload), or
+            // staged and waiting for its job (seen twice).
             return Vec::new();
         }
         self.govern(c.pid, rule, job_id, &limits, origin)
@@ -339,16 +345,61 @@ impl Governor {
             Origin::Kernel { .. } => self.staging.get(&rule),
             _ => None,
         };
-        let staged = staging.filter(|s| target.check().is_ok() && s.cgroup.add(pid).is_ok());
-        let since_exec = || match origin {
-            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
-                .and_then(|now| now.checked_sub(ktime_ns))
-                .map(|ns| ns / 1_000),
-            _ => None,
-        };
-        let staged_at = staged.and_then(|_| since_exec());
+        // Not `check()`: its start time was verified a moment ago, and while
+        // the pidfd says it lives the pid cannot name another process; a
+        // second read of /proc/PID/stat here would cost more than the move.
+        let staged = staging.filter(|s| !target.has_exited() && s.procs.add(pid).is_ok());
+        let staged_at = staged.and_then(|_| origin.since_exec_us());
         let staged_report = staged.map(|s| (s.cgroup.path.as_str().to_string(), s.applied.clone()));
+        let job = Unmade {
+            pid,
+            rule,
+            job_id,
+            limits: limits.clone(),
+            origin,
+            target,
+            staged_at,
+            staged_report,
+        };
+        if job.staged_report.is_some() {
+            // Under its limits already: its own job is made once no other
+            // new process waits for its first move (see `make_next_job`).
+            self.unmade.push_back(job);
+            return events;
+        }
+        self.make_job(job)
+    }
 
+    /// Makes the own job of the process that has waited longest in a
+    /// staging cgroup; `None` when none waits. The caller does this only
+    /// when no new exec is queued: a job takes ~0.5 ms to make (a few
+    /// `mkdir`s and limit writes), and a transcoder started meanwhile (a
+    /// ladder of renditions starts at once) must not wait behind it for
+    /// its first move.
+    pub fn make_next_job(&mut self) -> Option<Events> {
+        let job = self.unmade.pop_front()?;
+        Some(self.make_job(job))
+    }
+
+    /// The second half of governing: the process's own job cgroup, the
+    /// move into it, nice and oom_score_adj, and the `governed` event.
+    fn make_job(&mut self, job: Unmade) -> Events {
+        let Unmade {
+            pid,
+            rule,
+            job_id,
+            limits,
+            origin,
+            target,
+            staged_at,
+            staged_report,
+        } = job;
+        let limits = &limits;
+        let mut events = Vec::new();
+        if target.has_exited() {
+            return events; // it ended in staging: no job to make
+        }
+        self.mark_busy();
         let plan = match Plan::make(&self.ctx, &job_id, limits, None) {
             // Two processes for one job id (a shared stream key, say): the
             // second gets its own job, named after both.
@@ -414,7 +465,7 @@ impl Governor {
                 applied.clear();
             }
         }
-        let latency_us = staged_at.or_else(since_exec);
+        let latency_us = staged_at.or_else(|| origin.since_exec_us());
         if let Some(n) = plan.nice
             && target.check().is_ok()
         {
@@ -525,17 +576,20 @@ impl Governor {
                 continue;
             };
             let id = sanitise(&rule.name);
-            match JobCgroup::create(&ctx, &id, limits, Existing::Update) {
-                Ok((cgroup, applied)) if applied.failures.is_empty() => {
+            let made = JobCgroup::create(&ctx, &id, limits, Existing::Update)
+                .and_then(|(cgroup, applied)| Ok((cgroup.procs_writer()?, cgroup, applied)));
+            match made {
+                Ok((procs, cgroup, applied)) if applied.failures.is_empty() => {
                     self.staging.insert(
                         rule.name.clone(),
                         Staging {
                             cgroup,
+                            procs,
                             applied: applied.limits,
                         },
                     );
                 }
-                Ok((_, applied)) => events.push(note(format!(
+                Ok((_, _, applied)) => events.push(note(format!(
                     "rule {}: its staging cgroup cannot hold all its limits ({}); new processes go straight to their job",
                     rule.name,
                     applied
@@ -622,6 +676,9 @@ const REAPER_NICE: i32 = 10;
 #[derive(Debug)]
 struct Staging {
     cgroup: JobCgroup,
+    /// Its `cgroup.procs` files, held open: one write per hierarchy moves a
+    /// new process.
+    procs: ProcsWriter,
     /// Its limits, read back.
     applied: serde_json::Map<String, serde_json::Value>,
 }
@@ -639,6 +696,20 @@ fn note(reason: String) -> Event {
     )
 }
 
+/// A process in its rule's staging cgroup, its own job not made yet.
+struct Unmade {
+    pid: u32,
+    rule: String,
+    job_id: JobId,
+    limits: Limits,
+    origin: Origin,
+    target: Target,
+    /// µs from exec to the staging move.
+    staged_at: Option<u64>,
+    /// The staging cgroup's path and limits (`None`: not staged).
+    staged_report: Option<(String, serde_json::Map<String, serde_json::Value>)>,
+}
+
 /// Where a candidate came from.
 #[derive(Clone, Copy, Debug)]
 enum Origin {
@@ -651,6 +722,18 @@ enum Origin {
     Scan(u64),
     /// The procfs backend's exec (found by polling).
     Polled,
+}
+
+impl Origin {
+    /// µs since the kernel saw the exec (eBPF only).
+    fn since_exec_us(self) -> Option<u64> {
+        match self {
+            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
+                .and_then(|now| now.checked_sub(ktime_ns))
+                .map(|ns| ns / 1_000),
+            _ => None,
+        }
+    }
 }
 
 fn limit_failure(limit: &str, e: impl std::error::Error + Send + Sync + 'static) -> Degraded {

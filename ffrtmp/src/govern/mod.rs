@@ -301,9 +301,10 @@ pub enum Existing {
 /// The cgroup paths of `pid`, one per hierarchy (/proc/PID/cgroup); empty
 /// when it is gone.
 pub fn cgroup_paths_of(pid: u32) -> Vec<String> {
-    fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map(|text| {
-            text.lines()
+    crate::observe::proc::read_small(Path::new(&format!("/proc/{pid}/cgroup")))
+        .map(|raw| {
+            String::from_utf8_lossy(&raw)
+                .lines()
                 .filter_map(|l| l.splitn(3, ':').nth(2))
                 .map(String::from)
                 .collect()
@@ -314,6 +315,24 @@ pub fn cgroup_paths_of(pid: u32) -> Vec<String> {
 /// Whether `pid` is in cgroup `path` in any hierarchy.
 pub fn pid_in_cgroup(pid: u32, path: &CgroupPath) -> bool {
     cgroup_paths_of(pid).iter().any(|p| p == path.as_str())
+}
+
+/// A cgroup's `cgroup.procs` files (one per hierarchy), held open.
+#[derive(Debug)]
+pub struct ProcsWriter(Vec<(PathBuf, fs::File)>);
+
+impl ProcsWriter {
+    /// Moves a whole thread group in, as [`JobCgroup::add`] does, without
+    /// opening and closing a file per hierarchy.
+    pub fn add(&self, pid: u32) -> Result<(), GovernError> {
+        let pid = pid.to_string();
+        for (path, file) in &self.0 {
+            // Each write is one request to the kernel, whatever the offset.
+            std::os::unix::fs::FileExt::write_all_at(file, pid.as_bytes(), 0)
+                .map_err(|e| GovernError::io("moving a process into", path, e))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -410,6 +429,22 @@ impl JobCgroup {
                 .map_err(|e| GovernError::io("moving a process into", &file, e))?;
         }
         Ok(())
+    }
+
+    /// Its `cgroup.procs` files opened for writing, for a cgroup that
+    /// receives many processes (a staging cgroup).
+    pub fn procs_writer(&self) -> Result<ProcsWriter, GovernError> {
+        self.procs_files()
+            .into_iter()
+            .map(|path| {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| GovernError::io("opening", &path, e))?;
+                Ok((path, file))
+            })
+            .collect::<Result<_, _>>()
+            .map(ProcsWriter)
     }
 
     pub fn stats(&self) -> Stats {

@@ -1,6 +1,7 @@
 //! Per-process governance that needs no cgroup: nice (per thread on Linux,
-//! so every thread is set) and oom_score_adj, each read back.
-use std::{fs, io};
+//! so every thread is set) and oom_score_adj, each read back; and the
+//! daemon's own request for a short scheduler slice.
+use std::{fs, io, time::Duration};
 
 /// Errors while setting nice or oom_score_adj.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,12 @@ pub enum ProcessError {
     #[error("listing the threads of {pid}")]
     Threads {
         pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("requesting a {slice:?} scheduler slice for this thread")]
+    Slice {
+        slice: Duration,
         #[source]
         source: io::Error,
     },
@@ -81,4 +88,93 @@ pub fn oom_score_adj_of(pid: u32) -> io::Result<i32> {
         .trim()
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Asks the scheduler to run the calling thread in slices of `slice`,
+/// keeping its policy and nice; returns the slice read back, or `None` when
+/// the kernel has no per-task slice (before 6.12) or the thread is not
+/// under the fair scheduler (an operator's real-time policy is kept).
+///
+/// Why: the kernel often wakes `watch` on the CPU where the new transcoder
+/// is still loading. Under EEVDF (6.6+) a woken task whose slice is not
+/// shorter than the running one's waits for it to sleep (~1 ms for a
+/// dynamically linked binary), however low its nice; a shorter slice
+/// lets it preempt at the loader's next return to user space. It changes
+/// latency only, not the CPU share, so the streams lose nothing by it.
+pub fn request_slice(slice: Duration) -> Result<Option<Duration>, ProcessError> {
+    let err = |source| ProcessError::Slice { slice, source };
+    let mut attr = sched_attr_of_self().map_err(err)?;
+    if attr.sched_policy != libc::SCHED_OTHER as u32 {
+        return Ok(None);
+    }
+    attr.sched_runtime = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
+    // SAFETY: sched_setattr(2) on the calling thread (0) with a
+    // fully initialised struct whose size field is its own size.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
+    if r != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // Kernels before 6.12 accept the call and ignore sched_runtime for the
+    // fair policy; they report 0 back.
+    let back = sched_attr_of_self().map_err(err)?.sched_runtime;
+    Ok((back != 0).then(|| Duration::from_nanos(back)))
+}
+
+fn sched_attr_of_self() -> io::Result<libc::sched_attr> {
+    let size = std::mem::size_of::<libc::sched_attr>();
+    // SAFETY: sched_attr is plain integers; all-zero is a valid value.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getattr(2) on the calling thread (0) writes at most
+    // `size` bytes into `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut libc::sched_attr,
+            size as libc::c_uint,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    attr.size = size as u32;
+    Ok(attr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the running kernel has per-task slices (Linux 6.12).
+    fn kernel_has_custom_slices() -> bool {
+        let release = nix::sys::utsname::uname().expect("uname");
+        let release = release.release().to_string_lossy().into_owned();
+        let mut parts = release
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) >= (6, 12)
+    }
+
+    #[test]
+    fn a_requested_slice_is_read_back_and_nice_is_kept() {
+        // On a thread of its own: the attributes are per thread.
+        std::thread::spawn(|| {
+            // SAFETY: gettid and setpriority on this thread.
+            let tid = unsafe { libc::gettid() } as u32;
+            // SAFETY: as above; raising nice needs no privilege.
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 3) }, 0);
+            let slice = Duration::from_micros(500);
+            let got = request_slice(slice).expect("sched_setattr");
+            if kernel_has_custom_slices() {
+                assert_eq!(got, Some(slice));
+            } else {
+                assert_eq!(got, None, "this kernel has no per-task slice");
+            }
+            assert_eq!(nice_of(tid).expect("getpriority"), 3);
+        })
+        .join()
+        .expect("test thread");
+    }
 }

@@ -114,7 +114,11 @@ impl Target {
                 actual: stat.start_ticks,
             });
         }
-        target.check()?;
+        // The pidfd was opened before the stat was read: it names this
+        // process, and from here on it alone says whether it still lives.
+        if target.has_exited() {
+            return Err(TargetError::Exited(pid));
+        }
         Ok(target)
     }
 

@@ -3,7 +3,12 @@
 //!
 //! Every read can race with the process exiting; callers treat a missing
 //! process as "gone", never as an error of ffrtmp.
-use std::{fs, io, path::PathBuf, time::Duration};
+use std::{
+    fs, io,
+    io::Read as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -53,7 +58,7 @@ pub struct Stat {
 impl Stat {
     pub fn read(pid: u32) -> Result<Self, ProcError> {
         let path = PathBuf::from(format!("/proc/{pid}/stat"));
-        let raw = fs::read(&path).map_err(|e| ProcError::io(pid, path.clone(), e))?;
+        let raw = read_small(&path).map_err(|e| ProcError::io(pid, path.clone(), e))?;
         Self::parse(pid, &raw).ok_or(ProcError::Parse {
             path,
             what: "unexpected /proc/PID/stat layout",
@@ -117,6 +122,29 @@ pub fn read_uid(pid: u32) -> Result<u32, ProcError> {
 }
 
 /// Arguments from `/proc/PID/cmdline`; `None` when unreadable or empty.
+/// Reads a small /proc file. `fs::read` asks for the size and position
+/// first (0 for /proc) and then grows its buffer from 32 bytes: eight
+/// system calls for a stat line. This is one read and the one that says
+/// "end", on the path that governs a new process.
+pub fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
 pub fn read_argv(pid: u32) -> Option<Vec<String>> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args = split_nul(&raw);
@@ -172,6 +200,22 @@ pub fn exec_event(stat: &Stat, adopted: bool) -> Result<Exec, ProcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_small_reads_whole_files_of_any_size() {
+        let dir = std::env::temp_dir().join(format!("ffrtmp-read-small-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for size in [0, 1, 4095, 4096, 4097, 20_000] {
+            let path = dir.join(format!("f{size}"));
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            fs::write(&path, &data).unwrap();
+            assert_eq!(read_small(&path).unwrap(), data, "size {size}");
+        }
+        let _ = fs::remove_dir_all(&dir);
+        let stat = format!("/proc/{}/stat", std::process::id());
+        let ours = read_small(Path::new(&stat)).unwrap();
+        assert!(ours.starts_with(format!("{} (", std::process::id()).as_bytes()));
+    }
 
     #[test]
     fn parses_stat_with_a_hostile_comm() {
