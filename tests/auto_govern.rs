@@ -246,8 +246,10 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
 }
 
 /// Renditions of one stream start together: every one gets its own job
-/// (each is staged first, their jobs made once none waits for its first
-/// move), and one that ends at once leaves no job cgroup behind.
+/// (each is staged first, their jobs made on the maker thread), and ones
+/// that end at once — many while their job is being made — are reported
+/// in order (`governed`, then the exit with the job's report) and leave no
+/// job cgroup behind.
 #[test]
 fn a_ladder_started_at_once_gets_a_job_each_and_leaves_nothing_behind() {
     if !require_root("a_ladder_started_at_once") {
@@ -259,9 +261,15 @@ fn a_ladder_started_at_once_gets_a_job_each_and_leaves_nothing_behind() {
     let ffmpeg = fake(&dir, "ffmpeg", "/bin/sleep");
     let mut w = watch(&policy, &root, &["--backend", "ebpf"]);
     let mut ladder: Vec<Child> = (0..6).map(|_| sleeper(&ffmpeg, "30")).collect();
-    let mut short = sleeper(&ffmpeg, "0");
-    let short_pid = short.id();
-    assert!(short.wait().unwrap().success());
+    // Lifetimes spread over the time the maker thread takes for them all,
+    // so that some end while their job is being made.
+    let mut short: Vec<Child> = (0..24)
+        .map(|i| sleeper(&ffmpeg, &format!("{:.4}", f64::from(i) * 0.0004)))
+        .collect();
+    let short_pids: Vec<u32> = short.iter().map(Child::id).collect();
+    for s in &mut short {
+        assert!(s.wait().unwrap().success());
+    }
     for rendition in &ladder {
         let pid = rendition.id();
         let g = as_governed(w.wait_for("governed rendition", governed_of(pid)));
@@ -270,13 +278,31 @@ fn a_ladder_started_at_once_gets_a_job_each_and_leaves_nothing_behind() {
         assert!(cgroups(pid).contains(&cgroup), "{}", cgroups(pid));
         assert_eq!(cpu_quota(&cgroup), "30000");
     }
-    w.wait_for("exit of the short one", exit_of(short_pid));
-    let leftover = format!("{}/ffmpeg-{short_pid}", root.path());
-    let deadline = Instant::now() + PATIENCE;
-    while !Root::dirs_of(&leftover).is_empty() {
-        assert!(Instant::now() < deadline, "{leftover} was left behind");
-        thread::sleep(Duration::from_millis(20));
+    let mut governed_short = 0;
+    for &pid in &short_pids {
+        w.wait_for("exit of a short one", exit_of(pid));
+        let at = |pred: &dyn Fn(&Event) -> bool| w.events.iter().position(pred);
+        let (exit_at, governed_at) = (at(&exit_of(pid)), at(&governed_of(pid)));
+        let Some(Body::Exit(exit)) = exit_at.map(|i| &w.events[i].body) else {
+            unreachable!()
+        };
+        if let Some(g) = governed_at {
+            governed_short += 1;
+            assert!(g < exit_at.unwrap(), "{pid}: exit before governed");
+            let report = exit
+                .job
+                .as_ref()
+                .expect("a governed process's exit has a report");
+            assert_eq!(report.job_id, format!("ffmpeg-{pid}"));
+        }
+        let leftover = format!("{}/ffmpeg-{pid}", root.path());
+        let deadline = Instant::now() + PATIENCE;
+        while !Root::dirs_of(&leftover).is_empty() {
+            assert!(Instant::now() < deadline, "{leftover} was left behind");
+            thread::sleep(Duration::from_millis(20));
+        }
     }
+    assert!(governed_short > 0, "none of the short ones was governed");
     for rendition in &mut ladder {
         kill(rendition);
     }

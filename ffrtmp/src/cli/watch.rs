@@ -228,6 +228,7 @@ async fn watch(
         filter,
         passed: HashSet::new(),
         pending: Vec::new(),
+        held_exits: Vec::new(),
     };
     // Start-up, before `started`: the programs are attached (or /proc was
     // scanned) first, so a process that starts meanwhile is not missed (it
@@ -261,7 +262,11 @@ async fn watch(
                 _ = sigint.recv() => Ok(()),
                 _ = sigterm.recv() => Ok(()),
             };
-            result.and_then(|()| observer.drain(&mut stream))
+            let result = result.and_then(|()| observer.drain(&mut stream));
+            match result {
+                Ok(()) => stream.finish_in_flight().await,
+                e => e,
+            }
         }
         Observer::Procfs(mut observer, _) => {
             tokio::select! {
@@ -312,6 +317,8 @@ struct Stream<W: io::Write> {
     passed: HashSet<u32>,
     /// The batch being received.
     pending: Vec<Event>,
+    /// Exits of processes whose job the maker thread is still making.
+    held_exits: Vec<Event>,
 }
 
 impl<W: io::Write> Stream<W> {
@@ -363,15 +370,36 @@ impl<W: io::Write> Sink for Stream<W> {
         Ok(())
     }
 
-    /// Makes one staged process's own job (the eBPF backend calls this
-    /// only while its ring is empty).
+    /// Emits the jobs the maker thread has made, each `governed` followed
+    /// by its process's exit if that was held for it.
     fn work(&mut self) -> Result<bool, WatchError> {
-        let Some(events) = self.governor.as_mut().and_then(Governor::make_next_job) else {
+        let Some(governor) = &mut self.governor else {
             return Ok(false);
         };
-        self.emit_all(events)?;
+        let made = governor.take_made();
+        if made.is_empty() {
+            return Ok(false);
+        }
+        for (pid, events) in made {
+            self.emit_all(events)?;
+            if let Some(i) = self
+                .held_exits
+                .iter()
+                .position(|e| matches!(&e.body, Body::Exit(x) if x.pid == pid))
+            {
+                let exit = self.held_exits.swap_remove(i);
+                self.exit(exit)?;
+            }
+        }
         self.out.flush()?;
         Ok(true)
+    }
+
+    async fn work_ready(&mut self) {
+        match &mut self.governor {
+            Some(governor) => governor.wait_made().await,
+            None => std::future::pending().await,
+        }
     }
 
     fn flush(&mut self) -> Result<(), WatchError> {
@@ -389,7 +417,45 @@ impl<W: io::Write> Sink for Stream<W> {
 /// Events handled at once at most (a bound on memory in a storm).
 const MAX_BATCH: usize = 4096;
 
+/// How long a stopping `watch` waits for jobs being made (each takes
+/// about a millisecond; the processes are under their limits meanwhile).
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
+
 impl<W: io::Write> Stream<W> {
+    /// On the way out: emits the jobs still being made and the exits held
+    /// for them, so that the stream ends with nothing half said.
+    async fn finish_in_flight(&mut self) -> Result<(), WatchError> {
+        let deadline = tokio::time::Instant::now() + IN_FLIGHT_GRACE;
+        while self.governor.as_ref().is_some_and(|g| g.in_flight() > 0) {
+            if tokio::time::timeout_at(deadline, self.work_ready())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            self.work()?;
+        }
+        for exit in std::mem::take(&mut self.held_exits) {
+            self.exit(exit)?;
+        }
+        self.out.flush()
+    }
+
+    /// Reports an exit, with its job's report if it was governed.
+    fn exit(&mut self, mut event: Event) -> Result<(), WatchError> {
+        let Body::Exit(exit) = &mut event.body else {
+            return self.out.send(event);
+        };
+        if let Some(g) = &mut self.governor {
+            g.on_exit(exit);
+        }
+        let reported = self.passed.remove(&exit.pid);
+        if self.filter.is_none() || reported || exit.job.is_some() {
+            self.out.send(event)?;
+        }
+        Ok(())
+    }
+
     /// Governs the batch's execs first (a new transcoder must not wait
     /// behind the job reports of exits that arrived just before it), then
     /// writes everything in the order it happened, each `governed` after
@@ -413,12 +479,15 @@ impl<W: io::Write> Stream<W> {
                     self.emit_all(follow_up)?;
                 }
                 Body::Exit(exit) => {
-                    if let Some(g) = &mut self.governor {
-                        g.on_exit(exit);
-                    }
-                    let reported = self.passed.remove(&exit.pid);
-                    if self.filter.is_none() || reported || exit.job.is_some() {
-                        self.out.send(event)?;
+                    if self
+                        .governor
+                        .as_ref()
+                        .is_some_and(|g| g.is_in_flight(exit.pid))
+                    {
+                        // After its `governed`, with its job's report.
+                        self.held_exits.push(event);
+                    } else {
+                        self.exit(event)?;
                     }
                 }
                 Body::Lost(_) => {

@@ -346,11 +346,16 @@ pub trait Sink {
     fn send(&mut self, event: Event) -> Result<(), Self::Error>;
     /// Writes out everything sent so far.
     fn flush(&mut self) -> Result<(), Self::Error>;
-    /// Does one piece of deferred work, if any, and says whether it did.
-    /// A backend calls it only when no event is waiting, so deferred work
-    /// (a governed process's own job cgroup) never delays a new event.
+    /// Takes in work finished elsewhere (jobs made on the governor's
+    /// maker thread) and says whether there was any. Backends call it when
+    /// [`Sink::work_ready`] resolves.
     fn work(&mut self) -> Result<bool, Self::Error> {
         Ok(false)
+    }
+    /// Resolves when [`Sink::work`] has something to take in; never, for a
+    /// sink without outside work. Cancel-safe.
+    fn work_ready(&mut self) -> impl std::future::Future<Output = ()> {
+        std::future::pending()
     }
     /// `send` then `flush`.
     fn emit(&mut self, event: Event) -> Result<(), Self::Error> {

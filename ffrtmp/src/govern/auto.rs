@@ -19,31 +19,27 @@
 //! `run` workload) is never governed again: children stay in their parent's
 //! job by kernel semantics.
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     fs,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc::{RecvTimeoutError, Sender, channel},
+        mpsc::{self, RecvTimeoutError, Sender, channel},
     },
     time::Duration,
 };
 
 use nix::time::{ClockId, clock_gettime};
-use serde_json::json;
 
 use super::{
-    Context, Existing, GovernError, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs,
+    Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs,
     limits::{JobId, Limits},
-    plan::Plan,
-    process::{nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
+    maker::{self, Made, Maker, MakerThread, Unmade},
     reap_empty, reap_job,
     target::{Target, TargetError},
 };
 use crate::{
-    events::{
-        Degraded, Event, Exec, Exit, Governed, JobReport, KernelStamp, Source, Timestamp, Tracked,
-    },
+    events::{Degraded, Event, Exec, Exit, JobReport, KernelStamp, Source, Timestamp, Tracked},
     observe::proc::{self, ProcError, Stat},
     policy::{Action, Candidate, Decision, Needs, Policy, template::sanitise},
 };
@@ -72,12 +68,15 @@ pub struct Governor {
     staging: HashMap<String, Staging>,
     /// Ended jobs to remove, to the reaper thread.
     reaper: Option<Sender<String>>,
-    /// CLOCK_MONOTONIC ns of the last governing (the reaper waits for quiet).
-    last_governed: Arc<AtomicU64>,
     /// Processes to add to the kernel's exit filter (adopted, recovered).
     newly_followed: Vec<u32>,
-    /// Staged processes whose own job is still to be made, oldest first.
-    unmade: VecDeque<Unmade>,
+    /// Makes jobs (the second move), inline or on its thread.
+    maker: Arc<Maker>,
+    maker_thread: Option<MakerThread>,
+    /// Staged processes whose job the maker thread is making.
+    in_flight: HashSet<u32>,
+    /// Made jobs received while waiting ([`Governor::wait_made`]).
+    made: VecDeque<Made>,
     rescan: bool,
 }
 
@@ -88,6 +87,10 @@ impl Governor {
     pub fn new(ctx: Context, policy: Policy) -> Self {
         let last_governed = Arc::new(AtomicU64::new(0));
         let reaper = spawn_reaper(&ctx, Arc::clone(&last_governed));
+        let maker = Arc::new(Maker {
+            ctx: ctx.clone(),
+            last_governed: Arc::clone(&last_governed),
+        });
         let needs = policy.needs();
         let job_prefix = ctx
             .root
@@ -103,9 +106,11 @@ impl Governor {
             followed: HashMap::new(),
             staging: HashMap::new(),
             reaper,
-            last_governed,
             newly_followed: Vec::new(),
-            unmade: VecDeque::new(),
+            maker_thread: maker::spawn(Arc::clone(&maker)),
+            maker,
+            in_flight: HashSet::new(),
+            made: VecDeque::new(),
             rescan: false,
         }
     }
@@ -230,8 +235,6 @@ impl Governor {
     /// An exit: the job's report for a followed process, and its cgroup
     /// removed once empty.
     pub fn on_exit(&mut self, exit: &mut Exit) {
-        // Ended in its staging cgroup before its job was made.
-        self.unmade.retain(|j| j.pid != exit.pid);
         let Some(f) = self.followed.remove(&exit.pid) else {
             return;
         };
@@ -307,7 +310,7 @@ impl Governor {
             }) => (rule.name.clone(), job_id, limits.clone()),
             Some(Decision::Ignore { .. }) | None => return Vec::new(),
         };
-        if self.job_of(c.pid).is_some() || self.unmade.iter().any(|j| j.pid == c.pid) {
+        if self.job_of(c.pid).is_some() || self.in_flight.contains(&c.pid) {
             // Already governed (a child of a job, or a `run` workload), or
             // staged and waiting for its job (seen twice).
             return Vec::new();
@@ -324,7 +327,7 @@ impl Governor {
         origin: Origin,
     ) -> Events {
         let mut events = Vec::new();
-        self.mark_busy();
+        self.maker.mark_busy();
         let start_ticks = match origin {
             Origin::Kernel { start_ticks, .. } => start_ticks,
             Origin::Scan(ticks) => Some(ticks),
@@ -361,202 +364,71 @@ impl Governor {
             staged_at,
             staged_report,
         };
-        if job.staged_report.is_some() {
-            // Under its limits already: its own job is made once no other
-            // new process waits for its first move (see `make_next_job`).
-            self.unmade.push_back(job);
-            return events;
-        }
-        self.make_job(job)
-    }
-
-    /// Makes the own job of the process that has waited longest in a
-    /// staging cgroup; `None` when none waits. The caller does this only
-    /// when no new exec is queued: a job takes ~0.5 ms to make (a few
-    /// `mkdir`s and limit writes), and a transcoder started meanwhile (a
-    /// ladder of renditions starts at once) must not wait behind it for
-    /// its first move.
-    pub fn make_next_job(&mut self) -> Option<Events> {
-        let job = self.unmade.pop_front()?;
-        Some(self.make_job(job))
-    }
-
-    /// The second half of governing: the process's own job cgroup, the
-    /// move into it, nice and oom_score_adj, and the `governed` event.
-    fn make_job(&mut self, job: Unmade) -> Events {
-        let Unmade {
-            pid,
-            rule,
-            job_id,
-            limits,
-            origin,
-            target,
-            staged_at,
-            staged_report,
-        } = job;
-        let limits = &limits;
-        let mut events = Vec::new();
-        if target.has_exited() {
-            return events; // it ended in staging: no job to make
-        }
-        self.mark_busy();
-        let plan = match Plan::make(&self.ctx, &job_id, limits, None) {
-            // Two processes for one job id (a shared stream key, say): the
-            // second gets its own job, named after both.
-            Err(GovernError::JobIdInUse(_)) => {
-                let unique = sanitise(&format!(
-                    "{}-{pid}",
-                    &job_id.as_str()[..job_id.as_str().len().min(JobId::MAX_LEN - 11)]
-                ));
-                Plan::make(&self.ctx, &unique, limits, None)
-            }
-            other => other,
-        };
-        let plan = match plan {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = format!("{:#}", anyhow::Error::new(e));
-                return match staged_report {
-                    Some((path, applied)) => self.left_in_staging(
-                        pid,
-                        rule,
-                        job_id.to_string(),
-                        path,
-                        applied,
-                        staged_at,
-                        &reason,
-                    ),
-                    None => vec![note(format!(
-                        "process {pid} ({rule}) not governed: {reason}"
-                    ))],
-                };
-            }
-        };
-        let job = plan
-            .cgroup
-            .as_ref()
-            .map_or_else(|| job_id.to_string(), |c| c.name().to_string());
-        let mut applied = plan.applied.limits.clone();
-        let mut failures = plan.degradations();
-        let mut cgroup = plan.cgroup;
-        if let Some(cg) = &cgroup {
-            let moved = target.check().map_err(|e| e.to_string()).and_then(|()| {
-                cg.add(pid)
-                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
-            });
-            if let Err(reason) = moved {
-                cg.remove_if_empty();
-                if target.has_exited() {
-                    return events; // it ended first: nothing to report
-                }
-                if let Some((path, applied)) = staged_report {
-                    return self.left_in_staging(pid, rule, job, path, applied, staged_at, &reason);
-                }
-                cgroup = None;
-                for limit in applied.keys() {
-                    failures.push(Degraded {
-                        limit: Some(limit.clone()),
-                        reason: format!(
-                            "process {pid} could not be moved into its cgroup: {reason}"
-                        ),
-                        fallback: "none".into(),
-                    });
-                }
-                applied.clear();
-            }
-        }
-        let latency_us = staged_at.or_else(|| origin.since_exec_us());
-        if let Some(n) = plan.nice
-            && target.check().is_ok()
+        if job.staged_report.is_some()
+            && let Some(thread) = &self.maker_thread
         {
-            match set_nice_all_threads(pid, n) {
-                Ok(_) => {
-                    if let Ok(v) = nice_of(pid) {
-                        applied.insert("nice".into(), json!(v));
-                    }
+            // Under its limits already: its own job is made on the maker
+            // thread, and this one is free for the next exec.
+            match thread.jobs.send(job) {
+                Ok(()) => {
+                    self.in_flight.insert(pid);
+                    return events;
                 }
-                Err(e) => failures.push(limit_failure("nice", e)),
+                Err(mpsc::SendError(job)) => {
+                    self.maker_thread = None;
+                    return self.accept(self.maker.make(job));
+                }
             }
         }
-        if let Some(v) = plan.oom_score_adj
-            && target.check().is_ok()
-        {
-            match set_oom_score_adj(pid, v) {
-                Ok(_) => {
-                    if let Ok(v) = oom_score_adj_of(pid) {
-                        applied.insert("oom_score_adj".into(), json!(v));
-                    }
-                }
-                Err(e) => failures.push(limit_failure("oom_score_adj", e)),
+        let made = self.maker.make(job);
+        self.accept(made)
+    }
+
+    /// Follows a made job; its events, for the caller to emit.
+    fn accept(&mut self, made: Made) -> Events {
+        self.in_flight.remove(&made.pid);
+        if let Some((job, cgroup)) = made.follow {
+            self.follow(made.pid, job, cgroup);
+        }
+        made.events
+    }
+
+    /// Whether the maker thread is making `pid`'s job: its exit must wait
+    /// for its `governed` event and job report.
+    pub fn is_in_flight(&self, pid: u32) -> bool {
+        self.in_flight.contains(&pid)
+    }
+
+    /// How many jobs the maker thread is making.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Jobs the maker thread has made since the last call: each pid and
+    /// its events, now followed.
+    pub fn take_made(&mut self) -> Vec<(u32, Events)> {
+        let mut made: Vec<Made> = self.made.drain(..).collect();
+        if let Some(thread) = &mut self.maker_thread {
+            while let Ok(m) = thread.made.try_recv() {
+                made.push(m);
             }
         }
-        for d in failures {
-            events.push(Event::new(Timestamp::now(), Source::Ffrtmp, d));
-        }
-        events.push(Event::new(
-            Timestamp::now(),
-            Source::Ffrtmp,
-            Governed {
-                pid,
-                job_id: job.clone(),
-                cgroup: cgroup.as_ref().map(|c| c.path.as_str().to_string()),
-                mode: self.ctx.mode.as_str().to_string(),
-                limits: applied,
-                rule: Some(rule),
-                adopted: matches!(origin, Origin::Scan(_)),
-                latency_us,
-            },
-        ));
-        self.follow(pid, job, cgroup);
-        self.mark_busy();
-        events
+        made.into_iter().map(|m| (m.pid, self.accept(m))).collect()
     }
 
-    fn mark_busy(&self) {
-        if let Some(now) = monotonic_ns() {
-            self.last_governed.store(now, Relaxed);
+    /// Resolves once the maker thread has made a job (never without the
+    /// thread). Cancel-safe: what arrives is kept for [`Governor::take_made`].
+    pub async fn wait_made(&mut self) {
+        if !self.made.is_empty() {
+            return;
         }
-    }
-
-    /// Its own job could not be made or joined: the process stays in its
-    /// rule's staging cgroup, under the rule's limits (shared with whatever
-    /// else is staged there), and that is what is reported.
-    #[allow(clippy::too_many_arguments)]
-    fn left_in_staging(
-        &mut self,
-        pid: u32,
-        rule: String,
-        job: String,
-        path: String,
-        limits: serde_json::Map<String, serde_json::Value>,
-        latency_us: Option<u64>,
-        reason: &str,
-    ) -> Events {
-        vec![
-            Event::new(
-                Timestamp::now(),
-                Source::Ffrtmp,
-                Degraded {
-                    limit: None,
-                    reason: format!("process {pid} ({rule}): its job cgroup: {reason}"),
-                    fallback: format!("stays in {path}, under the rule's limits"),
-                },
-            ),
-            Event::new(
-                Timestamp::now(),
-                Source::Ffrtmp,
-                Governed {
-                    pid,
-                    job_id: job,
-                    cgroup: Some(path),
-                    mode: self.ctx.mode.as_str().to_string(),
-                    limits,
-                    rule: Some(rule),
-                    adopted: false,
-                    latency_us,
-                },
-            ),
-        ]
+        let Some(thread) = &mut self.maker_thread else {
+            return std::future::pending().await;
+        };
+        match thread.made.recv().await {
+            Some(m) => self.made.push_back(m),
+            None => std::future::pending().await,
+        }
     }
 
     /// Makes (or updates) each governing rule's staging cgroup under
@@ -684,7 +556,7 @@ struct Staging {
 }
 
 /// A `degraded` event about governing as a whole (no single limit).
-fn note(reason: String) -> Event {
+pub(super) fn note(reason: String) -> Event {
     Event::new(
         Timestamp::now(),
         Source::Ffrtmp,
@@ -696,23 +568,9 @@ fn note(reason: String) -> Event {
     )
 }
 
-/// A process in its rule's staging cgroup, its own job not made yet.
-struct Unmade {
-    pid: u32,
-    rule: String,
-    job_id: JobId,
-    limits: Limits,
-    origin: Origin,
-    target: Target,
-    /// µs from exec to the staging move.
-    staged_at: Option<u64>,
-    /// The staging cgroup's path and limits (`None`: not staged).
-    staged_report: Option<(String, serde_json::Map<String, serde_json::Value>)>,
-}
-
 /// Where a candidate came from.
 #[derive(Clone, Copy, Debug)]
-enum Origin {
+pub(super) enum Origin {
     /// An eBPF exec: its kernel time, and the process's start (ticks).
     Kernel {
         ktime_ns: u64,
@@ -726,7 +584,7 @@ enum Origin {
 
 impl Origin {
     /// µs since the kernel saw the exec (eBPF only).
-    fn since_exec_us(self) -> Option<u64> {
+    pub(super) fn since_exec_us(self) -> Option<u64> {
         match self {
             Origin::Kernel { ktime_ns, .. } => monotonic_ns()
                 .and_then(|now| now.checked_sub(ktime_ns))
@@ -736,7 +594,10 @@ impl Origin {
     }
 }
 
-fn limit_failure(limit: &str, e: impl std::error::Error + Send + Sync + 'static) -> Degraded {
+pub(super) fn limit_failure(
+    limit: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Degraded {
     Degraded {
         limit: Some(limit.into()),
         reason: format!("{:#}", anyhow::Error::new(e)),
@@ -744,7 +605,7 @@ fn limit_failure(limit: &str, e: impl std::error::Error + Send + Sync + 'static)
     }
 }
 
-fn monotonic_ns() -> Option<u64> {
+pub(super) fn monotonic_ns() -> Option<u64> {
     let t = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
     let d = Duration::new(
         u64::try_from(t.tv_sec()).ok()?,

@@ -39,6 +39,7 @@ pub mod auto;
 pub mod dynmods;
 pub mod layout;
 pub mod limits;
+mod maker;
 pub mod plan;
 pub mod process;
 pub mod target;

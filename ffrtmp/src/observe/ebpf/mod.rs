@@ -241,6 +241,9 @@ impl EbpfObserver {
                     polling = n > 0 || last_wake.elapsed() < window;
                 }
                 _ = lost_tick.tick() => self.report_lost(sink)?,
+                () = sink.work_ready() => {
+                    sink.work()?;
+                }
             }
         }
     }
@@ -251,30 +254,22 @@ impl EbpfObserver {
         self.report_lost(sink)
     }
 
-    /// Decodes every record in the ring, then flushes, then lets the sink
-    /// do its deferred work one step at a time, looking at the ring again
-    /// after each; returns how many records it read.
+    /// Decodes every record in the ring, then flushes; returns how many.
     fn consume<S: Sink>(ring: &mut RingBuf<MapData>, sink: &mut S) -> Result<usize, S::Error> {
-        let mut total = 0;
-        loop {
-            let mut n = 0;
-            while let Some(item) = ring.next() {
-                n += 1;
-                match record::decode(&item) {
-                    Ok(event) => sink.send(event)?,
-                    // A record we cannot read is a bug on one side; say so
-                    // and keep observing rather than stop the stream.
-                    Err(e) => tracing::error!(error = %e, "dropping an undecodable kernel record"),
-                }
-            }
-            if n > 0 {
-                sink.flush()?;
-                total += n;
-            }
-            if !sink.work()? {
-                return Ok(total);
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            n += 1;
+            match record::decode(&item) {
+                Ok(event) => sink.send(event)?,
+                // A record we cannot read is a bug on one side; say so and
+                // keep observing rather than stop the stream.
+                Err(e) => tracing::error!(error = %e, "dropping an undecodable kernel record"),
             }
         }
+        if n > 0 {
+            sink.flush()?;
+        }
+        Ok(n)
     }
 
     fn report_lost<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error> {

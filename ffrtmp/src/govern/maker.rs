@@ -1,0 +1,288 @@
+//! The job maker: the second half of governing a new process, on a thread
+//! of its own.
+//!
+//! `watch` governs a new exec in two moves. The first, on the thread that
+//! reads the kernel's ring ([`super::auto`]), puts it into its rule's
+//! pre-made staging cgroup: one write per hierarchy, and its limits are in
+//! force. The second, here, makes its own job cgroup (a few `mkdir`s and
+//! limit writes with read-backs, ~0.3–0.5 ms), moves it there, sets nice
+//! and oom_score_adj, and says so (`governed`).
+//!
+//! Why a thread: measured with `cargo xtask bench govern`, a transcoder
+//! started while the reading thread was making another's job waited for it
+//! (a ladder of renditions starts at once); and a thread that has just
+//! spent half a millisecond of CPU loses the scheduler's favour (EEVDF
+//! lag), so the next exec's wake-up no longer preempts the new process's
+//! loader (~1 ms). The reading thread now only ever does the short first
+//! move. Without the thread (it could not be started), jobs are made
+//! inline, as before.
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering::Relaxed},
+    mpsc,
+};
+
+use serde_json::json;
+use tokio::sync::mpsc as async_mpsc;
+
+use super::{
+    Context, GovernError, JobCgroup,
+    auto::{Events, Origin, limit_failure, monotonic_ns, note},
+    limits::{JobId, Limits},
+    plan::Plan,
+    process::{nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
+    target::Target,
+};
+use crate::{
+    events::{Degraded, Event, Governed, Source, Timestamp},
+    policy::template::sanitise,
+};
+
+/// A process in its rule's staging cgroup, its own job not made yet.
+pub(super) struct Unmade {
+    pub(super) pid: u32,
+    pub(super) rule: String,
+    pub(super) job_id: JobId,
+    pub(super) limits: Limits,
+    pub(super) origin: Origin,
+    pub(super) target: Target,
+    /// µs from exec to the staging move.
+    pub(super) staged_at: Option<u64>,
+    /// The staging cgroup's path and limits (`None`: not staged).
+    pub(super) staged_report: Option<(String, serde_json::Map<String, serde_json::Value>)>,
+}
+
+/// What became of an [`Unmade`] process.
+pub(super) struct Made {
+    pub(super) pid: u32,
+    /// Its job and cgroup, to follow (`None`: not followed, e.g. it ended).
+    pub(super) follow: Option<(String, Option<JobCgroup>)>,
+    pub(super) events: Events,
+}
+
+/// Makes jobs: shared by the governor (inline) and the maker thread.
+pub(super) struct Maker {
+    pub(super) ctx: Context,
+    /// CLOCK_MONOTONIC ns of the last governing (the reaper waits for quiet).
+    pub(super) last_governed: Arc<AtomicU64>,
+}
+
+impl Maker {
+    /// Makes `job`'s own job and moves it there.
+    pub(super) fn make(&self, job: Unmade) -> Made {
+        let pid = job.pid;
+        let mut follow = None;
+        let events = self.make_job(job, &mut follow);
+        Made {
+            pid,
+            follow,
+            events,
+        }
+    }
+
+    /// The second half of governing: the process's own job cgroup, the
+    /// move into it, nice and oom_score_adj, and the `governed` event.
+    fn make_job(&self, job: Unmade, follow: &mut Option<(String, Option<JobCgroup>)>) -> Events {
+        let Unmade {
+            pid,
+            rule,
+            job_id,
+            limits,
+            origin,
+            target,
+            staged_at,
+            staged_report,
+        } = job;
+        let limits = &limits;
+        let mut events = Vec::new();
+        if target.has_exited() {
+            return events; // it ended in staging: no job to make
+        }
+        self.mark_busy();
+        let plan = match Plan::make(&self.ctx, &job_id, limits, None) {
+            // Two processes for one job id (a shared stream key, say): the
+            // second gets its own job, named after both.
+            Err(GovernError::JobIdInUse(_)) => {
+                let unique = sanitise(&format!(
+                    "{}-{pid}",
+                    &job_id.as_str()[..job_id.as_str().len().min(JobId::MAX_LEN - 11)]
+                ));
+                Plan::make(&self.ctx, &unique, limits, None)
+            }
+            other => other,
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!("{:#}", anyhow::Error::new(e));
+                return match staged_report {
+                    Some((path, applied)) => self.left_in_staging(
+                        pid,
+                        rule,
+                        job_id.to_string(),
+                        path,
+                        applied,
+                        staged_at,
+                        &reason,
+                    ),
+                    None => vec![note(format!(
+                        "process {pid} ({rule}) not governed: {reason}"
+                    ))],
+                };
+            }
+        };
+        let job = plan
+            .cgroup
+            .as_ref()
+            .map_or_else(|| job_id.to_string(), |c| c.name().to_string());
+        let mut applied = plan.applied.limits.clone();
+        let mut failures = plan.degradations();
+        let mut cgroup = plan.cgroup;
+        if let Some(cg) = &cgroup {
+            let moved = target.check().map_err(|e| e.to_string()).and_then(|()| {
+                cg.add(pid)
+                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
+            });
+            if let Err(reason) = moved {
+                cg.remove_if_empty();
+                if target.has_exited() {
+                    return events; // it ended first: nothing to report
+                }
+                if let Some((path, applied)) = staged_report {
+                    return self.left_in_staging(pid, rule, job, path, applied, staged_at, &reason);
+                }
+                cgroup = None;
+                for limit in applied.keys() {
+                    failures.push(Degraded {
+                        limit: Some(limit.clone()),
+                        reason: format!(
+                            "process {pid} could not be moved into its cgroup: {reason}"
+                        ),
+                        fallback: "none".into(),
+                    });
+                }
+                applied.clear();
+            }
+        }
+        let latency_us = staged_at.or_else(|| origin.since_exec_us());
+        if let Some(n) = plan.nice
+            && target.check().is_ok()
+        {
+            match set_nice_all_threads(pid, n) {
+                Ok(_) => {
+                    if let Ok(v) = nice_of(pid) {
+                        applied.insert("nice".into(), json!(v));
+                    }
+                }
+                Err(e) => failures.push(limit_failure("nice", e)),
+            }
+        }
+        if let Some(v) = plan.oom_score_adj
+            && target.check().is_ok()
+        {
+            match set_oom_score_adj(pid, v) {
+                Ok(_) => {
+                    if let Ok(v) = oom_score_adj_of(pid) {
+                        applied.insert("oom_score_adj".into(), json!(v));
+                    }
+                }
+                Err(e) => failures.push(limit_failure("oom_score_adj", e)),
+            }
+        }
+        for d in failures {
+            events.push(Event::new(Timestamp::now(), Source::Ffrtmp, d));
+        }
+        events.push(Event::new(
+            Timestamp::now(),
+            Source::Ffrtmp,
+            Governed {
+                pid,
+                job_id: job.clone(),
+                cgroup: cgroup.as_ref().map(|c| c.path.as_str().to_string()),
+                mode: self.ctx.mode.as_str().to_string(),
+                limits: applied,
+                rule: Some(rule),
+                adopted: matches!(origin, Origin::Scan(_)),
+                latency_us,
+            },
+        ));
+        *follow = Some((job, cgroup));
+        self.mark_busy();
+        events
+    }
+
+    pub(super) fn mark_busy(&self) {
+        if let Some(now) = monotonic_ns() {
+            self.last_governed.store(now, Relaxed);
+        }
+    }
+
+    /// Its own job could not be made or joined: the process stays in its
+    /// rule's staging cgroup, under the rule's limits (shared with whatever
+    /// else is staged there), and that is what is reported.
+    #[allow(clippy::too_many_arguments)]
+    fn left_in_staging(
+        &self,
+        pid: u32,
+        rule: String,
+        job: String,
+        path: String,
+        limits: serde_json::Map<String, serde_json::Value>,
+        latency_us: Option<u64>,
+        reason: &str,
+    ) -> Events {
+        vec![
+            Event::new(
+                Timestamp::now(),
+                Source::Ffrtmp,
+                Degraded {
+                    limit: None,
+                    reason: format!("process {pid} ({rule}): its job cgroup: {reason}"),
+                    fallback: format!("stays in {path}, under the rule's limits"),
+                },
+            ),
+            Event::new(
+                Timestamp::now(),
+                Source::Ffrtmp,
+                Governed {
+                    pid,
+                    job_id: job,
+                    cgroup: Some(path),
+                    mode: self.ctx.mode.as_str().to_string(),
+                    limits,
+                    rule: Some(rule),
+                    adopted: false,
+                    latency_us,
+                },
+            ),
+        ]
+    }
+}
+
+/// The maker thread's two ends, as the governor holds them.
+pub(super) struct MakerThread {
+    pub(super) jobs: mpsc::Sender<Unmade>,
+    /// Async, so that `watch`'s event loop wakes when a job is made.
+    pub(super) made: async_mpsc::UnboundedReceiver<Made>,
+}
+
+/// Starts the maker thread; `None` if it cannot be started (jobs are then
+/// made inline).
+pub(super) fn spawn(maker: Arc<Maker>) -> Option<MakerThread> {
+    let (jobs, rx) = mpsc::channel::<Unmade>();
+    let (tx, made) = async_mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("ffrtmp-jobs".into())
+        .spawn(move || {
+            // Ends when the governor (the sender) or the event loop (the
+            // receiver) is gone.
+            while let Ok(job) = rx.recv() {
+                if tx.send(maker.make(job)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "no job maker thread; making jobs inline"))
+        .ok()?;
+    Some(MakerThread { jobs, made })
+}
