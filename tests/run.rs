@@ -241,7 +241,7 @@ fn the_exit_status_is_the_workloads() {
 /// Starts `ffrtmp run -- sleep 30`; returns the wrapper and the workload pid.
 fn start_sleeper(dir: &Path, job: &str) -> (Child, u32) {
     let events = dir.join(format!("events-{job}"));
-    let wrapper = Command::new(FFRTMP)
+    let mut wrapper = Command::new(FFRTMP)
         .args([
             "run",
             "--job-id",
@@ -262,7 +262,11 @@ fn start_sleeper(dir: &Path, job: &str) -> (Child, u32) {
         }) {
             return (wrapper, g);
         }
-        assert!(Instant::now() < deadline, "no governed event for {job}");
+        if Instant::now() >= deadline {
+            let _ = wrapper.kill();
+            let _ = wrapper.wait();
+            panic!("no governed event for {job}");
+        }
         thread::sleep(Duration::from_millis(20));
     }
 }

@@ -23,7 +23,7 @@ use crate::{
         limits::JobId,
         plan::Plan,
         process::{nice_of, oom_score_adj_of},
-        reap_empty,
+        reap_empty_besides,
     },
 };
 
@@ -200,7 +200,7 @@ impl Prepared {
     /// Removes empty job cgroups left by crashed wrappers (never this one:
     /// it is claimed).
     pub fn reap_leftovers(&self) {
-        reap_empty(&self.ctx);
+        reap_empty_besides(&self.ctx, self.cgroup.as_ref());
     }
 
     /// Nothing was started: remove the cgroup made for it.

@@ -7,6 +7,7 @@ mod govern_args;
 mod governance;
 mod policy;
 mod run;
+mod spawn;
 mod status;
 mod watch;
 

@@ -13,27 +13,24 @@
 use std::{
     ffi::OsString,
     io,
-    os::{
-        fd::{AsRawFd as _, OwnedFd},
-        unix::process::ExitStatusExt as _,
-    },
+    os::fd::{AsRawFd as _, OwnedFd},
     path::Path,
     process::ExitCode,
     time::Instant,
 };
 
 use clap::Args;
+use nix::sys::{signal::SigSet, signalfd::SignalFd, wait::WaitStatus};
 
 use super::{
     govern_args::{EventOut, GovernArgs},
-    governance::{DetachSignals, Prepared, begin, prepare},
+    governance::{Prepared, prepare},
+    spawn::{self, Setup, Workload},
 };
 use crate::events::{Detached, Event, Exit, JobReport, Sink, Source, Timestamp};
 
 /// ffrtmp failed (as env(1) and timeout(1) use 125).
 pub const EXIT_WRAPPER: u8 = 125;
-const EXIT_NOT_EXECUTABLE: u8 = 126;
-const EXIT_NOT_FOUND: u8 = 127;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -48,22 +45,36 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    let (mut sink, runtime, signals) = match begin(&args.govern) {
-        Ok(b) => b,
-        Err(code) => return code,
+    let mut sink = match args.govern.emitter() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ffrtmp: error: opening the events file: {e}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
+    // Before any set-up: a detach signal from now on is read, not fatal.
+    let (mask, signals) = match spawn::block_detach_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ffrtmp: error: blocking the detach signals: {e}");
+            return ExitCode::from(EXIT_WRAPPER);
+        }
     };
     let default_job = format!("run-{}", std::process::id());
     let prepared = match prepare(&args.govern, &default_job, None, &mut sink) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    runtime.block_on(supervise(args, prepared, signals, &mut sink))
+    supervise(&args, prepared, mask, &signals, &mut sink)
 }
 
-async fn supervise(
-    args: RunArgs,
+/// Starts the workload and waits for its exit or a detach signal: one
+/// thread, blocking in poll(2) on the workload's pidfd and a signalfd.
+fn supervise(
+    args: &RunArgs,
     prepared: Prepared,
-    [mut term, mut int, mut hup]: DetachSignals,
+    mask: SigSet,
+    signals: &SignalFd,
     sink: &mut EventOut,
 ) -> ExitCode {
     // Opened here, written by the child before exec.
@@ -75,66 +86,24 @@ async fn supervise(
             return ExitCode::from(EXIT_WRAPPER);
         }
     };
-    let raw: Vec<i32> = procs.iter().map(|fd| fd.as_raw_fd()).collect();
-    let nice = prepared.nice;
-    let oom = prepared.oom_score_adj.map(|v| v.to_string().into_bytes());
-
-    let program = &args.command[0];
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&args.command[1..]).kill_on_drop(false);
-    // SAFETY: only async-signal-safe calls (setsid, write, setpriority,
-    // open, close) on memory prepared before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            for &fd in &raw {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if let Some(n) = nice
-                && libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(v) = &oom {
-                let fd = libc::open(
-                    c"/proc/self/oom_score_adj".as_ptr(),
-                    libc::O_WRONLY | libc::O_CLOEXEC,
-                );
-                let ok = fd >= 0 && libc::write(fd, v.as_ptr().cast(), v.len()) == v.len() as isize;
-                if fd >= 0 {
-                    libc::close(fd);
-                }
-                if !ok {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    let setup = Setup {
+        procs: &procs,
+        nice: prepared.nice,
+        oom_score_adj: prepared.oom_score_adj,
+        mask,
+    };
     let started = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let workload = match spawn::spawn(&args.command, &setup) {
+        Ok(w) => w,
         Err(e) => {
-            let code = match e.kind() {
-                io::ErrorKind::NotFound => EXIT_NOT_FOUND,
-                io::ErrorKind::PermissionDenied => EXIT_NOT_EXECUTABLE,
-                _ if e.raw_os_error() == Some(libc::ENOEXEC) => EXIT_NOT_EXECUTABLE,
-                _ => EXIT_WRAPPER,
-            };
-            eprintln!("ffrtmp: cannot run {}: {e}", Path::new(program).display());
+            let code = e.exit_code();
+            eprintln!("ffrtmp: cannot run {:#}", anyhow::Error::new(e));
             prepared.abandon();
             return ExitCode::from(code);
         }
     };
     drop(procs);
-    let Some(pid) = child.id() else {
-        eprintln!("ffrtmp: error: the workload has no pid");
-        return ExitCode::from(EXIT_WRAPPER);
-    };
+    let pid = workload.pid;
     let job_id = prepared.job_id.to_string();
     if let Err(e) = prepared.report_governed(pid, sink) {
         eprintln!("ffrtmp: warning: writing events: {e}");
@@ -142,22 +111,34 @@ async fn supervise(
     prepared.reap_leftovers();
 
     let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            _ = term.recv() => if let Some(code) = on_signal(&args, pid, &job_id, libc::SIGTERM, sink) { return code },
-            _ = int.recv() => if let Some(code) = on_signal(&args, pid, &job_id, libc::SIGINT, sink) { return code },
-            _ = hup.recv() => if let Some(code) = on_signal(&args, pid, &job_id, libc::SIGHUP, sink) { return code },
+        match wait_for(&workload, signals) {
+            Ok(Woken::Exited) => {
+                match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
+                    Ok(status) => break status,
+                    Err(e) => {
+                        eprintln!("ffrtmp: error: waiting for the workload: {e}");
+                        return ExitCode::from(EXIT_WRAPPER);
+                    }
+                }
+            }
+            Ok(Woken::Signal(signo)) => {
+                if let Some(code) = on_signal(args, pid, &job_id, signo, sink) {
+                    return code;
+                }
+            }
+            Err(e) => {
+                eprintln!("ffrtmp: error: waiting for the workload: {e}");
+                return ExitCode::from(EXIT_WRAPPER);
+            }
         }
     };
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ffrtmp: error: waiting for the workload: {e}");
-            return ExitCode::from(EXIT_WRAPPER);
-        }
+    let (exit_code, sig) = match status {
+        WaitStatus::Exited(_, code) => (Some(code), None),
+        WaitStatus::Signaled(_, s, _) => (None, Some(s as i32)),
+        _ => (None, None),
     };
     let stats = prepared.stats();
-    let (exit_code, sig) = (status.code(), status.signal());
+    let program = &args.command[0];
     let exit = Exit {
         pid,
         comm: Path::new(program)
@@ -181,6 +162,48 @@ async fn supervise(
         (Some(c), _) => ExitCode::from(c as u8),
         (None, Some(s)) => ExitCode::from(128u8.wrapping_add(s as u8)),
         _ => ExitCode::from(EXIT_WRAPPER),
+    }
+}
+
+/// What ended a wait.
+enum Woken {
+    Exited,
+    Signal(i32),
+}
+
+/// Blocks until the workload exits or a detach signal arrives.
+fn wait_for(workload: &Workload, signals: &SignalFd) -> io::Result<Woken> {
+    loop {
+        if let Some(info) = signals.read_signal().map_err(io::Error::from)? {
+            return Ok(Woken::Signal(info.ssi_signo as i32));
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: workload.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds; no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            continue; // read above
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            return Ok(Woken::Exited);
+        }
     }
 }
 

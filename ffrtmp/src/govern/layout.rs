@@ -7,7 +7,7 @@
 //!   as on our hosts); ffrtmp then governs through the v1 hierarchies.
 use std::{
     collections::BTreeMap,
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -79,7 +79,7 @@ pub struct Layout {
 impl Layout {
     pub fn detect() -> Result<Self, LayoutError> {
         let path = Path::new("/proc/self/mountinfo");
-        let text = fs::read_to_string(path).map_err(|source| LayoutError::Io {
+        let text = crate::observe::proc::read_text(path).map_err(|source| LayoutError::Io {
             path: path.into(),
             source,
         })?;
@@ -151,7 +151,7 @@ impl Layout {
     pub fn v2_controllers(&self) -> Vec<String> {
         self.v2
             .as_ref()
-            .and_then(|m| fs::read_to_string(m.point.join("cgroup.controllers")).ok())
+            .and_then(|m| crate::observe::proc::read_text(m.point.join("cgroup.controllers")).ok())
             .map(|s| s.split_whitespace().map(String::from).collect())
             .unwrap_or_default()
     }
@@ -231,7 +231,7 @@ impl CgroupPath {
 
 /// This process's v2 cgroup path, from the `0::` line of /proc/self/cgroup.
 pub fn own_v2_cgroup() -> Option<CgroupPath> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let text = crate::observe::proc::read_text("/proc/self/cgroup").ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     CgroupPath::new(path.trim()).ok()
 }

@@ -219,7 +219,7 @@ pub fn privileged() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    fs::read_to_string("/proc/self/status")
+    crate::observe::proc::read_text("/proc/self/status")
         .ok()
         .and_then(|s| {
             let hex = s
@@ -284,8 +284,14 @@ fn existing_job_dirs(root_dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
 
 /// An exclusive lock on ffrtmp's root (created if needed).
 fn lock_root(dir: &Path) -> Result<Flock<File>, GovernError> {
-    fs::create_dir_all(dir).map_err(|e| GovernError::io("creating", dir, e))?;
-    let file = File::open(dir).map_err(|e| GovernError::io("opening", dir, e))?;
+    let file = match File::open(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| GovernError::io("creating", dir, e))?;
+            File::open(dir)
+        }
+        other => other,
+    }
+    .map_err(|e| GovernError::io("opening", dir, e))?;
     Flock::lock(file, FlockArg::LockExclusive)
         .map_err(|(_, errno)| GovernError::io("locking", dir, io::Error::from(errno)))
 }
@@ -405,7 +411,7 @@ impl JobCgroup {
     pub fn pids(&self) -> Vec<u32> {
         self.procs_files()
             .first()
-            .and_then(|f| fs::read_to_string(f).ok())
+            .and_then(|f| crate::observe::proc::read_text(f).ok())
             .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
     }
@@ -462,11 +468,10 @@ impl JobCgroup {
         }
     }
 
-    /// Removes the job's cgroup(s) if no process is left in them.
+    /// Removes the job's cgroup(s) if no process is left in them: the
+    /// kernel refuses to remove a cgroup that holds a process (EBUSY), so
+    /// asking it is the check, without a race between looking and removing.
     pub fn remove_if_empty(&self) -> bool {
-        if !self.is_empty() {
-            return false;
-        }
         self.dirs().iter().all(|d| fs::remove_dir(d).is_ok())
     }
 
@@ -485,6 +490,29 @@ impl JobCgroup {
 /// the kernel would refuse the last two anyway).
 pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
     reap(ctx, None)
+}
+
+/// [`reap_empty`] for a wrapper whose own job is `own`: first asks whether
+/// the root holds any other cgroup at all. cgroupfs counts a directory's
+/// subdirectories in its link count (2 + subdirectories), so one `stat` per
+/// hierarchy answers what listing each would, and the common case (nothing
+/// left over) costs a few system calls instead of a scan.
+pub fn reap_empty_besides(ctx: &Context, own: Option<&JobCgroup>) -> Vec<PathBuf> {
+    let Some(root) = &ctx.root else {
+        return Vec::new();
+    };
+    let own = own.map(JobCgroup::dirs).unwrap_or_default();
+    let others = root_dirs(ctx, root).iter().any(|dir| {
+        let ours = own
+            .iter()
+            .filter(|d| d.parent() == Some(dir.as_path()))
+            .count() as u64;
+        match fs::metadata(dir) {
+            Ok(m) => std::os::unix::fs::MetadataExt::nlink(&m).saturating_sub(2) > ours,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound, // let the scan decide
+        }
+    });
+    if others { reap_empty(ctx) } else { Vec::new() }
 }
 
 /// Removes job `name`'s cgroup under the same rules as [`reap_empty`] (the
@@ -567,7 +595,8 @@ fn job_names(root_dirs: &[PathBuf]) -> BTreeSet<String> {
 
 /// No process in it and no child cgroup under it.
 fn is_empty_leaf(dir: &Path) -> bool {
-    let no_procs = fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty());
+    let no_procs = crate::observe::proc::read_text(dir.join("cgroup.procs"))
+        .is_ok_and(|s| s.trim().is_empty());
     let no_children = fs::read_dir(dir)
         .map(|es| es.filter_map(Result::ok).all(|e| !e.path().is_dir()))
         .unwrap_or(false);

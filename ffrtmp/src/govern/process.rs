@@ -84,7 +84,7 @@ pub fn set_oom_score_adj(pid: u32, value: i32) -> Result<i32, ProcessError> {
 }
 
 pub fn oom_score_adj_of(pid: u32) -> io::Result<i32> {
-    fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?
+    crate::observe::proc::read_text(format!("/proc/{pid}/oom_score_adj"))?
         .trim()
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))

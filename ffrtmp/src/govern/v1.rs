@@ -61,11 +61,16 @@ impl Job {
             let dir = mount.dir_of(path);
             // Co-mounted controllers share one directory.
             if !dirs.values().any(|d| *d == dir) {
-                if let Some(parent) = dir.parent() {
+                // The root usually exists: make it only when missing.
+                let mut made_dir = fs::create_dir(&dir);
+                if let (Err(e), Some(parent)) = (&made_dir, dir.parent())
+                    && e.kind() == io::ErrorKind::NotFound
+                {
                     fs::create_dir_all(parent)
                         .map_err(|e| GovernError::io("creating", parent, e))?;
+                    made_dir = fs::create_dir(&dir);
                 }
-                match fs::create_dir(&dir) {
+                match made_dir {
                     Ok(()) => made.push(dir.clone()),
                     Err(e)
                         if e.kind() == io::ErrorKind::AlreadyExists
@@ -114,7 +119,7 @@ impl Job {
 
     fn read(&self, controller: &str, file: &str) -> Result<String, String> {
         let path = self.file(controller, file)?;
-        fs::read_to_string(&path)
+        crate::observe::proc::read_text(&path)
             .map(|s| s.trim().to_string())
             .map_err(|e| format!("reading back {}: {e}", path.display()))
     }
@@ -257,7 +262,7 @@ impl Job {
     pub fn is_empty(&self) -> bool {
         self.procs_files()
             .iter()
-            .all(|f| fs::read_to_string(f).is_ok_and(|s| s.trim().is_empty()))
+            .all(|f| crate::observe::proc::read_text(f).is_ok_and(|s| s.trim().is_empty()))
     }
 
     /// The distinct directories, one per hierarchy.

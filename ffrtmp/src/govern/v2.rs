@@ -44,7 +44,7 @@ pub fn enable_controllers(
     let mut failed = Vec::new();
     for cg in parent.lineage() {
         let file = mount.dir_of(&cg).join("cgroup.subtree_control");
-        let enabled = fs::read_to_string(&file).unwrap_or_default();
+        let enabled = crate::observe::proc::read_text(&file).unwrap_or_default();
         for &c in controllers {
             if failed.iter().any(|(f, _)| *f == c) || enabled.split_whitespace().any(|e| e == c) {
                 continue;
@@ -89,7 +89,7 @@ impl Job {
         let path = self.dir.join(file);
         fs::write(&path, value)
             .map_err(|e| format!("writing {value:?} to {}: {e}", path.display()))?;
-        fs::read_to_string(&path)
+        crate::observe::proc::read_text(&path)
             .map(|s| s.trim().to_string())
             .map_err(|e| format!("reading back {}: {e}", path.display()))
     }
@@ -153,14 +153,14 @@ impl Job {
 
     pub fn stats(&self) -> Stats {
         let flat = |file: &str, key: &str| -> Option<u64> {
-            let text = fs::read_to_string(self.dir.join(file)).ok()?;
+            let text = crate::observe::proc::read_text(self.dir.join(file)).ok()?;
             text.lines().find_map(|l| {
                 let (k, v) = l.split_once(' ')?;
                 (k == key).then(|| v.trim().parse().ok())?
             })
         };
         let single = |file: &str| -> Option<u64> {
-            fs::read_to_string(self.dir.join(file))
+            crate::observe::proc::read_text(self.dir.join(file))
                 .ok()?
                 .trim()
                 .parse()
@@ -175,7 +175,8 @@ impl Job {
     }
 
     pub fn is_empty(&self) -> bool {
-        fs::read_to_string(self.dir.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty())
+        crate::observe::proc::read_text(self.dir.join("cgroup.procs"))
+            .is_ok_and(|s| s.trim().is_empty())
     }
 
     pub fn dirs(&self) -> Vec<PathBuf> {

@@ -145,6 +145,12 @@ pub fn read_small(path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// [`read_small`] as text: for /proc and cgroupfs files.
+pub fn read_text(path: impl AsRef<Path>) -> io::Result<String> {
+    let raw = read_small(path.as_ref())?;
+    String::from_utf8(raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 pub fn read_argv(pid: u32) -> Option<Vec<String>> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args = split_nul(&raw);

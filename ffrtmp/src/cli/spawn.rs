@@ -1,0 +1,318 @@
+//! Starting `run`'s workload the way `posix_spawn` does — `clone` with
+//! `CLONE_VM | CLONE_VFORK` — with the steps that must happen between fork
+//! and exec in the child: restore the signal mask and SIGPIPE, `setsid`,
+//! join the job cgroup (`0` to each `cgroup.procs`), nice, oom_score_adj,
+//! then `execv`. The workload's first instruction runs governed.
+//!
+//! Why not `fork`: the wrapper's memory is not copied (no page tables to
+//! duplicate, no copy-on-write faults while the child runs), which is most
+//! of what a wrapper adds to a short workload (docs/BENCHMARKS.md). The
+//! price is the vfork discipline: the child runs on the wrapper's memory
+//! with the wrapper suspended, so it makes only system calls on data
+//! prepared before the clone, and leaves a failure in [`Failure`] for the
+//! parent to read once the clone returns.
+use std::{
+    ffi::{CString, OsStr, OsString},
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicI32, Ordering::Relaxed},
+};
+
+use nix::{
+    sched::CloneFlags,
+    sys::signal::{SigSet, SigmaskHow},
+};
+
+/// The child's stack: it only makes system calls.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Errors while starting the workload.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0}: command not found")]
+    NotFound(String),
+    #[error("{program}: {step}")]
+    Step {
+        program: String,
+        step: Step,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}: an argument contains a NUL byte")]
+    Nul(String),
+    #[error("starting the workload")]
+    Clone(#[source] io::Error),
+    #[error("opening a pidfd for the workload")]
+    Pidfd(#[source] io::Error),
+}
+
+/// Where in the child a start failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Session,
+    JoinCgroup,
+    Nice,
+    OomScoreAdj,
+    Exec,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Session => "starting a session",
+            Step::JoinCgroup => "joining the job cgroup",
+            Step::Nice => "setting nice",
+            Step::OomScoreAdj => "setting oom_score_adj",
+            Step::Exec => "exec",
+        })
+    }
+}
+
+impl SpawnError {
+    /// `run`'s exit status for it, as env(1) has it: 127 not found, 126
+    /// found but not executable, else 125 (the wrapper failed).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SpawnError::NotFound(_) => 127,
+            SpawnError::Step {
+                step: Step::Exec,
+                source,
+                ..
+            } => match source.raw_os_error() {
+                Some(libc::ENOENT) => 127,
+                Some(libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => 126,
+                _ => 125,
+            },
+            _ => 125,
+        }
+    }
+}
+
+/// What the child does before exec.
+pub struct Setup<'a> {
+    /// `cgroup.procs` of the job, one per hierarchy.
+    pub procs: &'a [OwnedFd],
+    pub nice: Option<i32>,
+    pub oom_score_adj: Option<i32>,
+    /// The signal mask to give the workload (the wrapper blocks its
+    /// detach signals).
+    pub mask: SigSet,
+}
+
+/// A started workload.
+pub struct Workload {
+    pub pid: u32,
+    /// Readable once it has exited.
+    pub pidfd: OwnedFd,
+}
+
+/// A failure in the child, written there and read by the parent after the
+/// clone returns (`CLONE_VFORK`: the child has exec'd or exited by then).
+#[derive(Default)]
+struct Failure {
+    step: AtomicI32,
+    errno: AtomicI32,
+}
+
+/// Starts `command` (looked up in `PATH` without a `/`, as execvp does).
+pub fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnError> {
+    let program = command
+        .first()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = resolve(&command[0]).ok_or_else(|| SpawnError::NotFound(program.clone()))?;
+    let cstring =
+        |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(program.clone()));
+    let path = cstring(path.as_os_str())?;
+    let args: Vec<CString> = command
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let oom = setup.oom_score_adj.map(|v| v.to_string().into_bytes());
+    let procs: Vec<i32> = setup.procs.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mask = setup.mask;
+    let failure = Failure::default();
+    let mut stack = vec![0u8; CHILD_STACK];
+
+    let child = Box::new(|| -> isize {
+        // From here to exec: system calls only, on memory made above.
+        let fail = |step: Step| -> isize {
+            failure.errno.store(nix::errno::Errno::last_raw(), Relaxed);
+            failure.step.store(step as i32 + 1, Relaxed);
+            // SAFETY: _exit(2) never returns and runs no atexit handlers.
+            unsafe { libc::_exit(127) }
+        };
+        // SAFETY (whole block): async-signal-safe calls on prepared data.
+        unsafe {
+            if libc::pthread_sigmask(libc::SIG_SETMASK, mask.as_ref(), std::ptr::null_mut()) != 0 {
+                return fail(Step::Session);
+            }
+            // Rust ignores SIGPIPE; an ignored signal survives exec.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if libc::setsid() < 0 {
+                return fail(Step::Session);
+            }
+            for &fd in &procs {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return fail(Step::JoinCgroup);
+                }
+            }
+            if let Some(n) = setup.nice
+                && libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0
+            {
+                return fail(Step::Nice);
+            }
+            if let Some(v) = &oom {
+                let fd = libc::open(
+                    c"/proc/self/oom_score_adj".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                let ok = fd >= 0 && libc::write(fd, v.as_ptr().cast(), v.len()) == v.len() as isize;
+                if !ok {
+                    return fail(Step::OomScoreAdj);
+                }
+                libc::close(fd);
+            }
+            libc::execv(path.as_ptr(), argv.as_ptr());
+            fail(Step::Exec)
+        }
+    });
+    // SAFETY: CLONE_VM | CLONE_VFORK: this thread is suspended until the
+    // child execs or exits; the child only makes system calls (above) on
+    // data that outlives the clone. The wrapper is single-threaded here.
+    let pid = unsafe {
+        nix::sched::clone(
+            child,
+            &mut stack,
+            CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(|e| SpawnError::Clone(e.into()))?;
+    let pid_raw = pid.as_raw();
+    let step = failure.step.load(Relaxed);
+    if step != 0 {
+        // It has exited: reap it, and say what failed.
+        let _ = nix::sys::wait::waitpid(pid, None);
+        let step = [
+            Step::Session,
+            Step::JoinCgroup,
+            Step::Nice,
+            Step::OomScoreAdj,
+            Step::Exec,
+        ][(step - 1) as usize];
+        return Err(SpawnError::Step {
+            program,
+            step,
+            source: io::Error::from_raw_os_error(failure.errno.load(Relaxed)),
+        });
+    }
+    // SAFETY: pidfd_open(2) returns a new fd or -1. The child is ours and
+    // not reaped, so its pid cannot have been reused.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_raw, 0) };
+    if fd < 0 {
+        return Err(SpawnError::Pidfd(io::Error::last_os_error()));
+    }
+    Ok(Workload {
+        pid: pid_raw as u32,
+        // SAFETY: a fresh fd that nothing else owns.
+        pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+    })
+}
+
+/// `program` as execvp would find it: as given with a `/`, else the first
+/// executable `PATH` entry (or, failing that, the first that exists, so
+/// that exec says why it cannot run it).
+fn resolve(program: &OsStr) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(program));
+    }
+    let search =
+        std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let mut existing = None;
+    for dir in std::env::split_paths(&search) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(program);
+        let Ok(meta) = candidate.metadata() else {
+            continue;
+        };
+        if meta.is_file() && is_executable(&candidate) {
+            return Some(candidate);
+        }
+        existing.get_or_insert(candidate);
+    }
+    existing
+}
+
+fn is_executable(path: &Path) -> bool {
+    CString::new(path.as_os_str().as_bytes())
+        // SAFETY: access(2) on a NUL-terminated path.
+        .is_ok_and(|p| unsafe { libc::access(p.as_ptr(), libc::X_OK) } == 0)
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP for this thread (they are read from a
+/// signalfd instead); returns the mask to restore in the workload.
+pub fn block_detach_signals() -> io::Result<(SigSet, nix::sys::signalfd::SignalFd)> {
+    let mut detach = SigSet::empty();
+    for s in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        detach.add(s);
+    }
+    let mut original = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&detach), Some(&mut original))?;
+    let fd = nix::sys::signalfd::SignalFd::with_flags(
+        &detach,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )?;
+    Ok((original, fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_follows_path_like_execvp() {
+        assert_eq!(resolve(OsStr::new("")), None);
+        assert_eq!(resolve(OsStr::new("./x")), Some(PathBuf::from("./x")));
+        let sh = resolve(OsStr::new("sh")).expect("sh is on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        assert_eq!(resolve(OsStr::new("ffrtmp-no-such-program")), None);
+    }
+
+    #[test]
+    fn exit_codes_follow_env() {
+        let step = |errno| SpawnError::Step {
+            program: "x".into(),
+            step: Step::Exec,
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert_eq!(SpawnError::NotFound("x".into()).exit_code(), 127);
+        assert_eq!(step(libc::ENOENT).exit_code(), 127);
+        assert_eq!(step(libc::EACCES).exit_code(), 126);
+        assert_eq!(step(libc::ENOEXEC).exit_code(), 126);
+        assert_eq!(step(libc::E2BIG).exit_code(), 125);
+        let join = SpawnError::Step {
+            program: "x".into(),
+            step: Step::JoinCgroup,
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(join.exit_code(), 125);
+    }
+}
