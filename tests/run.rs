@@ -239,6 +239,8 @@ fn the_exit_status_is_the_workloads() {
 }
 
 /// Starts `ffrtmp run -- sleep 30`; returns the wrapper and the workload pid.
+// The wrapper is returned to the caller, which waits for it.
+#[allow(clippy::zombie_processes)]
 fn start_sleeper(dir: &Path, job: &str) -> (Child, u32) {
     let events = dir.join(format!("events-{job}"));
     let mut wrapper = Command::new(FFRTMP)
