@@ -1,10 +1,13 @@
 //! Automatic governance: the engine of `ffrtmp watch`. Each exec the
 //! observer reports goes to the [`Policy`]; a process a rule governs is
-//! placed in its job cgroup the way `attach` does it — held by a pidfd and
-//! checked against its start time before every step, the cgroup made and
-//! its limits read back ([`Plan`]), the whole thread group moved, nice and
-//! oom_score_adj set — and a `governed` event says what is in force and how
-//! long after the exec it took (`latency_us`).
+//! placed in its job cgroup the way `attach` does it — held by a pidfd
+//! whose start time was checked, the cgroup made and its limits read back,
+//! the whole thread group moved, nice and oom_score_adj set — and a
+//! `governed` event says what is in force and how long after the exec it
+//! took (`latency_us`). A new exec gets there in two moves: here, at once,
+//! into its rule's pre-made staging cgroup (its limits are in force from
+//! then on); then, on the job maker thread (`govern/maker.rs`), into its own
+//! job. Processes found by a /proc scan go straight to their job.
 //!
 //! State is only a cache of the cgroup tree: which processes of which jobs
 //! the daemon follows, so that their exits carry the job's report and empty

@@ -181,7 +181,7 @@ pub fn list_pids() -> Result<Vec<u32>, ProcError> {
 }
 
 /// An `exec` event for a process found in /proc (adopted or polled).
-/// `filename` is the resolved executable (`/proc/PID/exe`), else argv[0].
+/// `filename` is the resolved executable (`/proc/PID/exe`), else `argv[0]`.
 pub fn exec_event(stat: &Stat, adopted: bool) -> Result<Exec, ProcError> {
     let uid = read_uid(stat.pid)?;
     let argv = read_argv(stat.pid);
