@@ -380,16 +380,19 @@ impl<W: io::Write> Sink for Stream<W> {
         if made.is_empty() {
             return Ok(false);
         }
-        for (pid, events) in made {
+        for events in made {
             self.emit_all(events)?;
-            if let Some(i) = self
-                .held_exits
-                .iter()
-                .position(|e| matches!(&e.body, Body::Exit(x) if x.pid == pid))
-            {
-                let exit = self.held_exits.swap_remove(i);
-                self.exit(exit)?;
-            }
+        }
+        // Exits whose process is no longer being made, in arrival order.
+        let (ready, held): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.held_exits)
+            .into_iter()
+            .partition(|e| match (&e.body, &self.governor) {
+                (Body::Exit(x), Some(g)) => !g.is_in_flight(x.pid),
+                _ => true,
+            });
+        self.held_exits = held;
+        for exit in ready {
+            self.exit(exit)?;
         }
         self.out.flush()?;
         Ok(true)

@@ -407,16 +407,16 @@ impl Governor {
         self.in_flight.len()
     }
 
-    /// Jobs the maker thread has made since the last call: each pid and
-    /// its events, now followed.
-    pub fn take_made(&mut self) -> Vec<(u32, Events)> {
+    /// Jobs the maker thread has made since the last call (now followed):
+    /// their events.
+    pub fn take_made(&mut self) -> Vec<Events> {
         let mut made: Vec<Made> = self.made.drain(..).collect();
         if let Some(thread) = &mut self.maker_thread {
             while let Ok(m) = thread.made.try_recv() {
                 made.push(m);
             }
         }
-        made.into_iter().map(|m| (m.pid, self.accept(m))).collect()
+        made.into_iter().map(|m| self.accept(m)).collect()
     }
 
     /// Resolves once the maker thread has made a job (never without the
@@ -430,7 +430,20 @@ impl Governor {
         };
         match thread.made.recv().await {
             Some(m) => self.made.push_back(m),
-            None => std::future::pending().await,
+            None => {
+                // The thread is gone (a bug): say so, make jobs inline from
+                // now on, and let the held exits go. The processes it had
+                // stay in their staging cgroups, under their rules' limits.
+                self.maker_thread = None;
+                let stranded = std::mem::take(&mut self.in_flight);
+                self.made.push_back(Made {
+                    pid: 0,
+                    follow: None,
+                    events: vec![note(format!(
+                        "the job maker thread stopped; jobs are made inline from now on; processes {stranded:?} stay in their staging cgroups"
+                    ))],
+                });
+            }
         }
     }
 

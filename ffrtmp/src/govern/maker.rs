@@ -38,7 +38,8 @@ use crate::{
     policy::template::sanitise,
 };
 
-/// A process in its rule's staging cgroup, its own job not made yet.
+/// A process to govern whose own job is not made yet: waiting in its
+/// rule's staging cgroup, or (found by a scan) not moved at all.
 pub(super) struct Unmade {
     pub(super) pid: u32,
     pub(super) rule: String,
