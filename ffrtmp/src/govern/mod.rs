@@ -493,10 +493,9 @@ pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
 }
 
 /// [`reap_empty`] for a wrapper whose own job is `own`: first asks whether
-/// the root holds any other cgroup at all. cgroupfs counts a directory's
-/// subdirectories in its link count (2 + subdirectories), so one `stat` per
-/// hierarchy answers what listing each would, and the common case (nothing
-/// left over) costs a few system calls instead of a scan.
+/// the root holds any other cgroup at all (one `stat` per hierarchy, see
+/// [`subdirs`]), so that the common case — nothing left over — costs a few
+/// system calls instead of a scan.
 pub fn reap_empty_besides(ctx: &Context, own: Option<&JobCgroup>) -> Vec<PathBuf> {
     let Some(root) = &ctx.root else {
         return Vec::new();
@@ -507,9 +506,9 @@ pub fn reap_empty_besides(ctx: &Context, own: Option<&JobCgroup>) -> Vec<PathBuf
             .iter()
             .filter(|d| d.parent() == Some(dir.as_path()))
             .count() as u64;
-        match fs::metadata(dir) {
-            Ok(m) => std::os::unix::fs::MetadataExt::nlink(&m).saturating_sub(2) > ours,
-            Err(e) => e.kind() != std::io::ErrorKind::NotFound, // let the scan decide
+        match subdirs(dir) {
+            Ok(n) => n > ours,
+            Err(e) => e.kind() != io::ErrorKind::NotFound, // let the scan decide
         }
     });
     if others { reap_empty(ctx) } else { Vec::new() }
@@ -597,8 +596,14 @@ fn job_names(root_dirs: &[PathBuf]) -> BTreeSet<String> {
 fn is_empty_leaf(dir: &Path) -> bool {
     let no_procs = crate::observe::proc::read_text(dir.join("cgroup.procs"))
         .is_ok_and(|s| s.trim().is_empty());
-    let no_children = fs::read_dir(dir)
-        .map(|es| es.filter_map(Result::ok).all(|e| !e.path().is_dir()))
-        .unwrap_or(false);
+    let no_children = subdirs(dir).is_ok_and(|n| n == 0);
     no_procs && no_children
+}
+
+/// How many subdirectories (child cgroups) a cgroup directory has:
+/// cgroupfs keeps a directory's link count at 2 + that number, so one
+/// `stat` says what listing it would.
+fn subdirs(dir: &Path) -> io::Result<u64> {
+    let links = std::os::unix::fs::MetadataExt::nlink(&fs::metadata(dir)?);
+    Ok(links.saturating_sub(2))
 }
