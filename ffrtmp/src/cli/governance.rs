@@ -30,9 +30,11 @@ use crate::{
 /// SIGTERM, SIGINT and SIGHUP: the signals on which a wrapper detaches.
 pub type DetachSignals = [Signal; 3];
 
-/// How `run` and `attach` begin: their event output, then their event loop
-/// with the detach signals installed before any set-up (a signal during
-/// set-up must detach, not kill the wrapper with the default action).
+/// How `attach` (when it stays) begins: its event output, then its event
+/// loop with the detach signals installed before any set-up (a signal
+/// during set-up must detach, not kill the wrapper with the default
+/// action). `run` does the same without an event loop
+/// ([`super::spawn::block_detach_signals`]).
 pub fn begin(args: &GovernArgs) -> Result<(EventOut, Runtime, DetachSignals), ExitCode> {
     let sink = args.emitter().map_err(|e| {
         eprintln!("ffrtmp: error: opening the events file: {e}");
