@@ -2,9 +2,12 @@
 //! it is governed and how it ended, and never own it.
 //!
 //! - The cgroup is created and configured first; the child joins it between
-//!   fork and exec (writing `0` to each `cgroup.procs`), so the workload's
-//!   first instruction already runs governed. It gets its own session and
+//!   clone and exec (writing `0` to each `cgroup.procs`; started the way
+//!   `posix_spawn` does it, see `spawn.rs`), so the workload's first
+//!   instruction already runs governed. It gets its own session and
 //!   inherits stdin/stdout/stderr; events go to stderr or `--events`.
+//! - One thread, no event loop: the wrapper blocks in poll(2) on the
+//!   workload's pidfd and a signalfd for the detach signals.
 //! - Exit status: the workload's; 128+N when killed by signal N; 125 when
 //!   ffrtmp itself fails; 126 not executable; 127 not found (like env(1)).
 //! - SIGTERM, SIGINT, SIGHUP: a `detached` event, then exit 0 leaving the
