@@ -370,8 +370,8 @@ impl<W: io::Write> Sink for Stream<W> {
         Ok(())
     }
 
-    /// Emits the jobs the maker thread has made, each `governed` followed
-    /// by its process's exit if that was held for it.
+    /// Emits the jobs the maker thread has made (their `governed`), then
+    /// the exits that were held until their process's job was made.
     fn work(&mut self) -> Result<bool, WatchError> {
         let Some(governor) = &mut self.governor else {
             return Ok(false);
