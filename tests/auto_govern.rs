@@ -315,7 +315,21 @@ fn a_ladder_started_at_once_gets_a_job_each_and_leaves_nothing_behind() {
         let leftover = format!("{}/ffmpeg-{pid}", root.path());
         let deadline = Instant::now() + PATIENCE;
         while !Root::dirs_of(&leftover).is_empty() {
-            assert!(Instant::now() < deadline, "{leftover} was left behind");
+            if Instant::now() >= deadline {
+                w.drain();
+                let about: Vec<String> = w
+                    .events
+                    .iter()
+                    .filter(|e| {
+                        serde_json::to_string(e).is_ok_and(|j| j.contains(&pid.to_string()))
+                    })
+                    .map(|e| serde_json::to_string(e).unwrap_or_default())
+                    .collect();
+                panic!(
+                    "{leftover} was left behind; its events:\n{}",
+                    about.join("\n")
+                );
+            }
             thread::sleep(Duration::from_millis(20));
         }
     }

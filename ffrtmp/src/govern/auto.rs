@@ -29,13 +29,13 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         mpsc::{self, RecvTimeoutError, Sender, channel},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::time::{ClockId, clock_gettime};
 
 use super::{
-    Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs,
+    Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs, job_exists,
     limits::{JobId, Limits},
     maker::{self, Made, Maker, MakerThread, Unmade},
     reap_empty, reap_job,
@@ -521,28 +521,55 @@ fn spawn_reaper(ctx: &Context, last_governed: Arc<AtomicU64>) -> Option<Sender<S
                     REAPER_NICE,
                 );
             }
-            let mut queue = VecDeque::new();
+            let mut queue: VecDeque<Ending> = VecDeque::new();
+            let fresh = |job| Ending {
+                job,
+                tries: 0,
+                due: Instant::now(),
+            };
             loop {
                 if queue.is_empty() {
                     match rx.recv() {
-                        Ok(job) => queue.push_back(job),
+                        Ok(job) => queue.push_back(fresh(job)),
                         Err(_) => return, // the governor is gone
                     }
                 }
-                queue.extend(rx.try_iter());
+                queue.extend(rx.try_iter().map(fresh));
                 let quiet = monotonic_ns()
                     .map(|now| {
                         Duration::from_nanos(now.saturating_sub(last_governed.load(Relaxed)))
                     })
                     .unwrap_or(REAP_QUIET);
-                if quiet >= REAP_QUIET || queue.len() >= REAP_BACKLOG {
-                    if let Some(job) = queue.pop_front() {
-                        reap_job(&ctx, &job);
+                let now = Instant::now();
+                let due = queue.iter().position(|e| e.due <= now);
+                if let Some(i) = due
+                    && (quiet >= REAP_QUIET || queue.len() >= REAP_BACKLOG)
+                {
+                    let Some(mut ending) = queue.remove(i) else {
+                        continue;
+                    };
+                    // The exit event comes before the kernel has taken the
+                    // task out of its cgroup; until then the cgroup is busy.
+                    if reap_job(&ctx, &ending.job).is_empty()
+                        && job_exists(&ctx, &ending.job)
+                        && ending.tries < REAP_TRIES
+                    {
+                        ending.tries += 1;
+                        ending.due = now + REAP_RETRY;
+                        queue.push_back(ending);
                     }
                     continue;
                 }
-                match rx.recv_timeout(REAP_QUIET - quiet) {
-                    Ok(job) => queue.push_back(job),
+                let next_due = queue
+                    .iter()
+                    .map(|e| e.due.saturating_duration_since(now))
+                    .min()
+                    .unwrap_or(REAP_QUIET);
+                let wait = next_due
+                    .max(REAP_QUIET.saturating_sub(quiet))
+                    .max(Duration::from_millis(1));
+                match rx.recv_timeout(wait) {
+                    Ok(job) => queue.push_back(fresh(job)),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
@@ -551,6 +578,19 @@ fn spawn_reaper(ctx: &Context, last_governed: Arc<AtomicU64>) -> Option<Sender<S
         .ok()
         .map(|_| tx)
 }
+
+/// An ended job waiting for its cgroup to be removed.
+struct Ending {
+    job: String,
+    tries: u32,
+    /// Not before then (a retry).
+    due: Instant,
+}
+
+/// How often, and how far apart, a busy job cgroup is tried again (the
+/// last process is still leaving it; longer in a slow VM): 5 s in all.
+const REAP_TRIES: u32 = 50;
+const REAP_RETRY: Duration = Duration::from_millis(100);
 
 /// How long the governor must have been idle before a job is removed.
 const REAP_QUIET: Duration = Duration::from_millis(20);

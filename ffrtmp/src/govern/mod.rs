@@ -520,6 +520,13 @@ pub fn reap_job(ctx: &Context, name: &str) -> Vec<PathBuf> {
     reap(ctx, Some(name))
 }
 
+/// Whether job `name` still has a directory under the root.
+pub fn job_exists(ctx: &Context, name: &str) -> bool {
+    ctx.root
+        .as_ref()
+        .is_some_and(|root| !existing_job_dirs(&root_dirs(ctx, root), name).is_empty())
+}
+
 fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
     let Some(root) = &ctx.root else {
         return Vec::new();
