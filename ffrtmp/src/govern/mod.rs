@@ -471,6 +471,8 @@ impl JobCgroup {
     /// Removes the job's cgroup(s) if no process is left in them: the
     /// kernel refuses to remove a cgroup that holds a process (EBUSY), so
     /// asking it is the check, without a race between looking and removing.
+    /// On v1 a hierarchy whose directory is still busy keeps it while the
+    /// others go; the job's name stays until that one is reaped too.
     pub fn remove_if_empty(&self) -> bool {
         self.dirs().iter().all(|d| fs::remove_dir(d).is_ok())
     }
