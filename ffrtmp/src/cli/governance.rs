@@ -2,7 +2,7 @@
 //! be applied (the job cgroup and its limits, nice, oom_score_adj), saying
 //! what cannot (`degraded`, or a refusal with `--strict`), and the
 //! `governed` report once a pid is in place.
-use std::{fs::File, io, os::fd::OwnedFd, process::ExitCode};
+use std::{io, process::ExitCode};
 
 use serde_json::json;
 use tokio::{
@@ -18,7 +18,7 @@ use super::{
 use crate::{
     events::{Event, Governed, Sink, Source, Timestamp},
     govern::{
-        Applied, Context, Failure, GovernError, JobCgroup, Stats,
+        Applied, Context, Failure, GovernError, JobCgroup, ProcsWriter, Stats,
         layout::LayoutError,
         limits::JobId,
         plan::Plan,
@@ -145,21 +145,13 @@ fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
 }
 
 impl Prepared {
-    /// The job cgroup's `cgroup.procs` files, open for writing.
-    pub fn open_procs(&self) -> io::Result<Vec<OwnedFd>> {
-        let Some(cg) = &self.cgroup else {
-            return Ok(Vec::new());
-        };
-        cg.procs_files()
-            .iter()
-            .map(|f| {
-                File::options()
-                    .write(true)
-                    .open(f)
-                    .map(OwnedFd::from)
-                    .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", f.display())))
-            })
-            .collect()
+    /// The job cgroup's `cgroup.procs` files, open for writing (none
+    /// without a cgroup).
+    pub fn open_procs(&self) -> Result<ProcsWriter, GovernError> {
+        match &self.cgroup {
+            Some(cg) => cg.procs_writer(),
+            None => Ok(ProcsWriter::default()),
+        }
     }
 
     /// Emits `governed` for `pid`, with nice and oom_score_adj read back.

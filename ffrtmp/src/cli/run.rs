@@ -13,14 +13,7 @@
 //! - SIGTERM, SIGINT, SIGHUP: a `detached` event, then exit 0 leaving the
 //!   workload running and limited (with `--forward-signals`: pass the signal
 //!   on and keep waiting). kill -9 of the wrapper changes nothing for it.
-use std::{
-    ffi::OsString,
-    io,
-    os::fd::{AsRawFd as _, OwnedFd},
-    path::Path,
-    process::ExitCode,
-    time::Instant,
-};
+use std::{ffi::OsString, io, os::fd::AsRawFd as _, path::Path, process::ExitCode, time::Instant};
 
 use clap::Args;
 use nix::sys::{signal::SigSet, signalfd::SignalFd, wait::WaitStatus};
@@ -81,16 +74,17 @@ fn supervise(
     sink: &mut EventOut,
 ) -> ExitCode {
     // Opened here, written by the child before exec.
-    let procs: Vec<OwnedFd> = match prepared.open_procs() {
-        Ok(fds) => fds,
+    let procs = match prepared.open_procs() {
+        Ok(p) => p,
         Err(e) => {
-            eprintln!("ffrtmp: error: {e}");
+            eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
             prepared.abandon();
             return ExitCode::from(EXIT_WRAPPER);
         }
     };
+    let fds = procs.raw_fds();
     let setup = Setup {
-        procs: &procs,
+        procs: &fds,
         nice: prepared.nice,
         oom_score_adj: prepared.oom_score_adj,
         mask,

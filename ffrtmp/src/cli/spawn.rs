@@ -15,7 +15,7 @@ use std::{
     ffi::{CString, OsStr, OsString},
     io,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{FromRawFd as _, OwnedFd, RawFd},
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
@@ -94,8 +94,8 @@ impl SpawnError {
 
 /// What the child does before exec.
 pub struct Setup<'a> {
-    /// `cgroup.procs` of the job, one per hierarchy.
-    pub procs: &'a [OwnedFd],
+    /// `cgroup.procs` of the job, one per hierarchy, open for writing.
+    pub procs: &'a [RawFd],
     pub nice: Option<i32>,
     pub oom_score_adj: Option<i32>,
     /// The signal mask to give the workload (the wrapper blocks its
@@ -135,7 +135,6 @@ pub fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnE
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let oom = setup.oom_score_adj.map(|v| v.to_string().into_bytes());
-    let procs: Vec<i32> = setup.procs.iter().map(|fd| fd.as_raw_fd()).collect();
     let mask = setup.mask;
     let failure = Failure::default();
     let mut stack = vec![0u8; CHILD_STACK];
@@ -158,7 +157,7 @@ pub fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnE
             if libc::setsid() < 0 {
                 return fail(Step::Session);
             }
-            for &fd in &procs {
+            for &fd in setup.procs {
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     return fail(Step::JoinCgroup);
                 }

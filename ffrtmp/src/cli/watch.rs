@@ -372,13 +372,13 @@ impl<W: io::Write> Sink for Stream<W> {
 
     /// Emits the jobs the maker thread has made (their `governed`), then
     /// the exits that were held until their process's job was made.
-    fn work(&mut self) -> Result<bool, WatchError> {
+    fn work(&mut self) -> Result<(), WatchError> {
         let Some(governor) = &mut self.governor else {
-            return Ok(false);
+            return Ok(());
         };
         let made = governor.take_made();
         if made.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         for events in made {
             self.emit_all(events)?;
@@ -394,8 +394,7 @@ impl<W: io::Write> Sink for Stream<W> {
         for exit in ready {
             self.exit(exit)?;
         }
-        self.out.flush()?;
-        Ok(true)
+        self.out.flush()
     }
 
     async fn work_ready(&mut self) {

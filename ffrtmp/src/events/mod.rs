@@ -347,10 +347,9 @@ pub trait Sink {
     /// Writes out everything sent so far.
     fn flush(&mut self) -> Result<(), Self::Error>;
     /// Takes in work finished elsewhere (jobs made on the governor's
-    /// maker thread) and says whether there was any. Backends call it when
-    /// [`Sink::work_ready`] resolves.
-    fn work(&mut self) -> Result<bool, Self::Error> {
-        Ok(false)
+    /// maker thread). Backends call it when [`Sink::work_ready`] resolves.
+    fn work(&mut self) -> Result<(), Self::Error> {
+        Ok(())
     }
     /// Resolves when [`Sink::work`] has something to take in; never, for a
     /// sink without outside work. Cancel-safe.

@@ -325,10 +325,16 @@ pub fn pid_in_cgroup(pid: u32, path: &CgroupPath) -> bool {
 }
 
 /// A cgroup's `cgroup.procs` files (one per hierarchy), held open.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ProcsWriter(Vec<(PathBuf, fs::File)>);
 
 impl ProcsWriter {
+    /// The open files, for a child to write `0` to before exec.
+    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd as _;
+        self.0.iter().map(|(_, f)| f.as_raw_fd()).collect()
+    }
+
     /// Moves a whole thread group in, as [`JobCgroup::add`] does, without
     /// opening and closing a file per hierarchy.
     pub fn add(&self, pid: u32) -> Result<(), GovernError> {
