@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, cgroups, cpu_quota, helper, is_helper, read_events, require_root, scratch};
+use common::{cgroups, cpu_quota, ffrtmp, helper, is_helper, read_events, require_root, scratch};
 use ffrtmp::events::{Body, Event};
 
 fn wait_for(path: &Path, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
@@ -91,7 +91,7 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
     let mut target = spawn_threads();
     let pid = target.id();
     let job = format!("attach-basic-{}", std::process::id());
-    let mut attach = Command::new(FFRTMP)
+    let mut attach = Command::new(ffrtmp())
         .args([
             "attach",
             "--pid",
@@ -163,7 +163,7 @@ fn bad_pids_exit_2_with_a_clear_message() {
         ("-5", "PID"),
         ("abc", "PID"),
     ] {
-        let out = Command::new(FFRTMP)
+        let out = Command::new(ffrtmp())
             .args(["attach", "--pid", pid])
             .output()
             .unwrap();
@@ -173,7 +173,7 @@ fn bad_pids_exit_2_with_a_clear_message() {
     }
     // ffrtmp itself.
     let out = Command::new("/bin/sh")
-        .args(["-c", &format!("exec {FFRTMP} attach --pid $$")])
+        .args(["-c", &format!("exec {} attach --pid $$", ffrtmp())])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -211,7 +211,7 @@ fn a_reused_pid_is_refused() {
         recorded,
         "ticks are 10 ms; the reuse came later"
     );
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args([
             "attach",
             "--pid",
@@ -252,7 +252,7 @@ fn stopping_attach_or_detaching_leaves_the_process_running_and_governed() {
     for cycle in 0..3 {
         let events = dir.join(format!("events-{cycle}"));
         let job = format!("cycle-{}-{cycle}", std::process::id());
-        let mut attach = Command::new(FFRTMP)
+        let mut attach = Command::new(ffrtmp())
             .args([
                 "attach",
                 "--pid",
@@ -285,7 +285,7 @@ fn stopping_attach_or_detaching_leaves_the_process_running_and_governed() {
     }
     // --detach returns at once, leaving it governed.
     let job = format!("detach-{}", std::process::id());
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args([
             "attach",
             "--pid",
@@ -329,7 +329,7 @@ fn include_children_moves_the_descendants_too() {
         thread::sleep(Duration::from_millis(10));
     };
     let job = format!("family-{}", std::process::id());
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args([
             "attach",
             "--pid",
@@ -366,7 +366,7 @@ fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
     let mut sleeper = Command::new("/bin/sleep").arg("30").spawn().unwrap();
     let pid = sleeper.id();
     let job = format!("status-{}", std::process::id());
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args([
             "attach",
             "--pid",
@@ -380,7 +380,7 @@ fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args(["status", "--format", "json"])
         .output()
         .unwrap();
@@ -416,7 +416,7 @@ fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
     let mut other = Command::new("/bin/sleep").arg("30").spawn().unwrap();
     let job = format!("reattach-{}", std::process::id());
     let attach = |pid: u32, limits: &[&str]| {
-        Command::new(FFRTMP)
+        Command::new(ffrtmp())
             .args([
                 "attach",
                 "--detach",
@@ -473,7 +473,7 @@ fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
 
     // `run` under a job id in use: refused before the workload starts.
     let marker = dir.join("ran");
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args(["run", "--job-id", &job, "--", "/bin/touch"])
         .arg(&marker)
         .output()

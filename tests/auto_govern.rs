@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, PATIENCE, Watch, cgroups, cpu_quota, exit_of, require_root, scratch};
+use common::{PATIENCE, Watch, cgroups, cpu_quota, exit_of, ffrtmp, require_root, scratch};
 use ffrtmp::events::{Body, Event, Governed};
 
 /// A cgroup root of the test's own, removed (with its empty jobs) on drop.
@@ -128,7 +128,7 @@ fn kill(child: &mut Child) {
 
 fn watch(policy: &Path, root: &Root, extra: &[&str]) -> Watch {
     Watch::start_with(
-        Command::new(FFRTMP)
+        Command::new(ffrtmp())
             .arg("watch")
             .arg("--policy")
             .arg(policy)
@@ -355,7 +355,7 @@ fn running_matches_are_adopted_and_run_jobs_are_left_where_they_are() {
     fs::create_dir_all(as_ffmpeg.parent().unwrap()).unwrap();
     fs::copy(std::env::current_exe().unwrap(), &as_ffmpeg).unwrap();
     let run_job = format!("runjob-{}", std::process::id());
-    let mut wrapper = Command::new(FFRTMP)
+    let mut wrapper = Command::new(ffrtmp())
         .args(["run", "--cgroup-root", root.path(), "--job-id", &run_job])
         .args(["--cpu-max", "50000 100000", "--events", "/dev/null", "--"])
         .arg(&as_ffmpeg)
@@ -556,7 +556,7 @@ fn a_malformed_policy_exits_2_naming_its_line_and_starts_nothing() {
         vec!["watch".into(), "--policy".into(), bad.display().to_string()],
         vec!["policy".into(), "check".into(), bad.display().to_string()],
     ] {
-        let out = Command::new(FFRTMP).args(&args).output().unwrap();
+        let out = Command::new(ffrtmp()).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -565,12 +565,12 @@ fn a_malformed_policy_exits_2_naming_its_line_and_starts_nothing() {
         );
         assert!(out.stdout.is_empty(), "something started: {out:?}");
     }
-    let missing = Command::new(FFRTMP)
+    let missing = Command::new(ffrtmp())
         .args(["watch", "--policy", "/nonexistent/policy.toml"])
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
-    let good = Command::new(FFRTMP)
+    let good = Command::new(ffrtmp())
         .args(["policy", "check"])
         .arg(write_policy(&dir, POLICY))
         .output()
@@ -714,7 +714,7 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
     let dir = scratch("auto-ffmpeg");
     let root = Root::new("ffmpeg");
     // No --policy: the embedded one.
-    let mut w = Watch::start_with(Command::new(FFRTMP).args([
+    let mut w = Watch::start_with(Command::new(ffrtmp()).args([
         "watch",
         "--backend",
         "ebpf",

@@ -4,10 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use common::FFRTMP;
-
 fn ffrtmp(args: &[&str]) -> std::process::Output {
-    Command::new(FFRTMP)
+    Command::new(common::ffrtmp())
         .args(args)
         .output()
         .expect("running ffrtmp")

@@ -13,12 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, is_helper, read_events, require_root, scratch, skip};
+use common::{ffrtmp, is_helper, read_events, require_root, scratch, skip};
 use ffrtmp::events::{Body, Event};
 
 /// `ffrtmp run ARGS` with events to a file; returns the output and events.
 fn run(events: &Path, args: &[&str]) -> (Output, Vec<Event>) {
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .arg("run")
         .arg("--events")
         .arg(events)
@@ -156,7 +156,7 @@ fn cpu_max_gives_a_busy_loop_its_quota() {
     }
     let dir = scratch("cpu");
     let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(FFRTMP);
+    let mut cmd = Command::new(ffrtmp());
     cmd.args(["run", "--cpu-max", "20000 100000", "--events"])
         .arg(dir.join("events"))
         .arg("--")
@@ -186,7 +186,7 @@ fn memory_max_oom_kills_and_the_report_says_so() {
     }
     let dir = scratch("oom");
     let exe = std::env::current_exe().unwrap();
-    let status = Command::new(FFRTMP)
+    let status = Command::new(ffrtmp())
         .args(["run", "--memory-max", "32M", "--events"])
         .arg(dir.join("events"))
         .arg("--")
@@ -243,7 +243,7 @@ fn the_exit_status_is_the_workloads() {
 #[allow(clippy::zombie_processes)]
 fn start_sleeper(dir: &Path, job: &str) -> (Child, u32) {
     let events = dir.join(format!("events-{job}"));
-    let mut wrapper = Command::new(FFRTMP)
+    let mut wrapper = Command::new(ffrtmp())
         .args([
             "run",
             "--job-id",
@@ -371,7 +371,7 @@ fn forward_signals_passes_sigterm_to_the_workload() {
     }
     let dir = scratch("forward");
     let events = dir.join("events");
-    let mut wrapper = Command::new(FFRTMP)
+    let mut wrapper = Command::new(ffrtmp())
         .args(["run", "--forward-signals", "--events"])
         .arg(&events)
         .args(["--", "/bin/sleep", "30"])
@@ -423,7 +423,7 @@ fn hostile_job_ids_exit_2_and_touch_nothing() {
     for id in [
         "../x", "/abs", "", &long, "a\nb", ".", "..", ".staging", "a/b", "x y",
     ] {
-        let out = Command::new(FFRTMP)
+        let out = Command::new(ffrtmp())
             .args([
                 "run",
                 "--job-id",
@@ -479,7 +479,7 @@ fn bad_limits_exit_2_before_anything_is_created() {
         &["--cgroup-root", "relative/path"],
         &["--cgroup-root", "/a/../b"],
     ] {
-        let out = Command::new(FFRTMP)
+        let out = Command::new(ffrtmp())
             .arg("run")
             .args(args)
             .args(["--", "/bin/true"])
@@ -488,7 +488,7 @@ fn bad_limits_exit_2_before_anything_is_created() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert!(!out.stderr.is_empty(), "{args:?}: no message");
     }
-    let out = Command::new(FFRTMP).args(["run", "--"]).output().unwrap();
+    let out = Command::new(ffrtmp()).args(["run", "--"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a missing command is bad usage");
     assert_eq!(cgroup_tree(), before);
 }
@@ -539,7 +539,7 @@ fn a_limit_the_kernel_refuses_is_degraded_or_with_strict_refused() {
     let marker = dir.join("started");
     // No such block device: the kernel refuses the io limit.
     let bogus = "250:250 rbps=1048576";
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args(["run", "--strict", "--io-max", bogus, "--events"])
         .arg(dir.join("events-strict"))
         .args(["--", "/bin/touch"])
@@ -587,7 +587,7 @@ fn a_job_id_in_use_is_refused() {
     let dir = scratch("inuse");
     let job = format!("inuse-{}", std::process::id());
     let (mut wrapper, pid) = start_sleeper(&dir, &job);
-    let out = Command::new(FFRTMP)
+    let out = Command::new(ffrtmp())
         .args(["run", "--job-id", &job, "--", "/bin/true"])
         .output()
         .unwrap();
@@ -608,7 +608,7 @@ fn concurrent_runs_each_get_their_own_cgroup() {
     let dir = scratch("concurrent");
     let runs: Vec<_> = (0..8)
         .map(|i| {
-            Command::new(FFRTMP)
+            Command::new(ffrtmp())
                 .args(["run", "--events"])
                 .arg(dir.join(format!("events-{i}")))
                 .args(["--", "/bin/sleep", "1"])
@@ -646,7 +646,7 @@ fn unprivileged_mode_degrades_to_nice_and_says_so() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            FFRTMP,
+            ffrtmp(),
             "run",
             "--cpu-max",
             "20000 100000",
@@ -720,9 +720,10 @@ fn delegated_mode_governs_inside_the_delegated_subtree() {
     // As the service manager: start it in the leaf, as the delegate.
     let script = format!(
         "echo $$ > {leaf}/cgroup.procs && exec /usr/bin/setpriv --reuid={uid} --regid={uid} --clear-groups \
-         {FFRTMP} run --cpu-max '20000 100000' --memory-max 64M --events {events} -- /bin/cat /proc/self/cgroup",
+         {ffrtmp} run --cpu-max '20000 100000' --memory-max 64M --events {events} -- /bin/cat /proc/self/cgroup",
         leaf = leaf.display(),
-        events = events.display()
+        events = events.display(),
+        ffrtmp = ffrtmp(),
     );
     let out = Command::new("/bin/sh")
         .args(["-c", &script])
@@ -813,7 +814,7 @@ fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
     // Long enough to be killed mid-way under a 0.5 CPU quota.
     let long = dir.join("long.mp4");
     let events = dir.join("events-long");
-    let mut wrapper = Command::new(FFRTMP)
+    let mut wrapper = Command::new(ffrtmp())
         .args(["run", "--cpu-max", "50000 100000", "--events"])
         .arg(&events)
         .arg("--")
@@ -892,7 +893,7 @@ fn io_max_throttles_writes_to_a_real_block_device() {
     let exe = std::env::current_exe().unwrap();
     let timed = |extra: &[&str], events: &Path| {
         let start = Instant::now();
-        let status = Command::new(FFRTMP)
+        let status = Command::new(ffrtmp())
             .arg("run")
             .args(extra)
             .arg("--events")

@@ -9,10 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{FFRTMP, require_root};
+use common::require_root;
 
 fn ffrtmp(args: &[&str]) -> std::process::Output {
-    Command::new(FFRTMP)
+    Command::new(common::ffrtmp())
         .args(args)
         .output()
         .expect("running ffrtmp")
@@ -71,7 +71,7 @@ fn case_02_stopping_an_attach_leaves_the_process_alive() {
         return;
     }
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-    let mut attach = Command::new(FFRTMP)
+    let mut attach = Command::new(common::ffrtmp())
         .args(["attach", "--pid", &sleeper.id().to_string()])
         .stderr(Stdio::null())
         .spawn()
@@ -90,7 +90,7 @@ fn case_03_kill_9_of_the_wrapper_leaves_the_workload_alive() {
         return;
     }
     let events = events_file(3);
-    let mut wrapper = Command::new(FFRTMP)
+    let mut wrapper = Command::new(common::ffrtmp())
         .args(["run", "--events"])
         .arg(&events)
         .args(["--", "sleep", "60"])
@@ -138,7 +138,7 @@ fn case_07_three_concurrent_runs_all_finish() {
     }
     let runs: Vec<Child> = (0..3)
         .map(|_| {
-            Command::new(FFRTMP)
+            Command::new(common::ffrtmp())
                 .args(["run", "--", "sleep", "2"])
                 .stderr(Stdio::null())
                 .spawn()
@@ -156,7 +156,7 @@ fn case_08_sigterm_to_the_wrapper_leaves_the_workload_alive() {
         return;
     }
     let events = events_file(8);
-    let mut wrapper = Command::new(FFRTMP)
+    let mut wrapper = Command::new(common::ffrtmp())
         .args(["run", "--events"])
         .arg(&events)
         .args(["--", "sleep", "60"])

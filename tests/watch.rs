@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{FFRTMP, Watch, exec_of, exit_of, helper, is_helper, require_root, skip};
+use common::{Watch, exec_of, exit_of, ffrtmp, helper, is_helper, require_root, skip};
 use ffrtmp::events::{Body, Event, Source};
 use nix::sys::signal::Signal;
 
@@ -358,7 +358,7 @@ fn ebpf_works_without_tracefs_mounted() {
         "sh",
         "-c",
         script,
-        FFRTMP,
+        ffrtmp(),
     ]);
     let mut w = Watch::start_with(&mut cmd);
     assert_eq!(started_backend(&w), Source::Ebpf);
@@ -381,7 +381,7 @@ fn auto_falls_back_to_procfs_when_not_privileged_and_says_why() {
         "--regid=65534",
         "--clear-groups",
         "--inh-caps=-all",
-        FFRTMP,
+        ffrtmp(),
         "watch",
         "--all",
         "--observe-only",
@@ -408,7 +408,7 @@ fn text_format_prints_one_line_per_event() {
     if !require_root("text_format_prints_one_line_per_event") {
         return;
     }
-    let mut watch = Command::new(FFRTMP)
+    let mut watch = Command::new(ffrtmp())
         .args([
             "watch",
             "--all",

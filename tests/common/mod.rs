@@ -12,8 +12,19 @@ use std::{
 
 use ffrtmp::events::{Body, Event};
 
-/// Path of the binary under test.
-pub const FFRTMP: &str = env!("CARGO_BIN_EXE_ffrtmp");
+/// Environment variable naming the binary under test; `cargo xtask test`
+/// sets it to the shipped build (static musl, release), so that what ships
+/// is what the integration tests run.
+pub const BIN_ENV: &str = "FFRTMP_BIN";
+
+/// Path of the binary under test: `$FFRTMP_BIN`, else cargo's own build of
+/// this package (`cargo test`).
+pub fn ffrtmp() -> &'static str {
+    static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var(BIN_ENV).unwrap_or_else(|_| env!("CARGO_BIN_EXE_ffrtmp").to_string())
+    });
+    &BIN
+}
 /// Upper bound on waiting for an event; a bound on a hang, not a speed target.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -47,14 +58,14 @@ pub struct Watch {
 impl Watch {
     /// Starts `ffrtmp watch ARGS` and waits for its `started` event.
     pub fn start(args: &[&str]) -> Self {
-        Self::start_with(Command::new(FFRTMP).arg("watch").args(args))
+        Self::start_with(Command::new(ffrtmp()).arg("watch").args(args))
     }
 
     /// Starts `ffrtmp watch --all --observe-only ARGS`: every process's
     /// events, nothing governed (the observer's own tests).
     pub fn observe_all(args: &[&str]) -> Self {
         Self::start_with(
-            Command::new(FFRTMP)
+            Command::new(ffrtmp())
                 .args(["watch", "--all", "--observe-only"])
                 .args(args),
         )

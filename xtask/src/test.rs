@@ -19,6 +19,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[("ffmpeg", "ffmpeg")];
 
 /// Set for the test binaries: root tests fail instead of skipping.
 const REQUIRE_ROOT_ENV: &str = "FFRTMP_REQUIRE_ROOT_TESTS";
+/// Set for the test binaries: the `ffrtmp` binary the integration tests run
+/// (tests/common). They run the shipped build (static musl, release), not
+/// cargo's debug build of it: what ships is what is tested.
+pub const BIN_ENV: &str = "FFRTMP_BIN";
 
 pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let tools = toolchain::setup(root)?;
@@ -38,22 +42,24 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         // The transcode test runs Debian's real ffmpeg.
         crate::packages::ensure(TEST_PACKAGES)?;
     }
+    let shipped = crate::build_release(root)?;
     let mut cmd = tools.cargo(root);
-    cmd.args([
-        "test",
-        "--no-fail-fast",
-        "--package",
-        "ffrtmp-common",
-        "--package",
-        "ffrtmp",
-        "--package",
-        "xtask",
-        "--",
-        // The kernel tests each start their own `watch`; one at a time keeps
-        // an exec storm in one test from filling another's ring buffer.
-        "--test-threads=1",
-    ])
-    .args(extra);
+    cmd.env(BIN_ENV, &shipped)
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--package",
+            "ffrtmp-common",
+            "--package",
+            "ffrtmp",
+            "--package",
+            "xtask",
+            "--",
+            // The kernel tests each start their own `watch`; one at a time keeps
+            // an exec storm in one test from filling another's ring buffer.
+            "--test-threads=1",
+        ])
+        .args(extra);
     if in_ci || is_root {
         cmd.env(REQUIRE_ROOT_ENV, "1");
     }

@@ -112,6 +112,26 @@ impl NightlyInfo {
     }
 }
 
+/// Adds the standard library for `target` to the toolchain that builds the
+/// workspace (the shipped binary's musl target is not installed by default).
+pub fn ensure_target(root: &Path, target: &str) -> anyhow::Result<()> {
+    let installed =
+        capture(
+            Command::new("rustup")
+                .current_dir(root)
+                .args(["target", "list", "--installed"]),
+        )?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {target} target");
+    run_command(
+        Command::new("rustup")
+            .current_dir(root)
+            .args(["target", "add", target]),
+    )
+}
+
 fn ensure_nightly() -> anyhow::Result<()> {
     let list = capture(Command::new("rustup").args(["toolchain", "list"]))?;
     if list.lines().any(|l| l.starts_with(&format!("{NIGHTLY}-"))) {

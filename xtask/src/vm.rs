@@ -499,6 +499,7 @@ fn sanitize(name: &str) -> String {
 /// The test binaries (and the `ffrtmp` binary they run) for the VM.
 struct BuiltTests {
     binaries: Vec<PathBuf>,
+    /// The shipped build; the tests find it through `FFRTMP_BIN`.
     ffrtmp: PathBuf,
 }
 
@@ -532,8 +533,7 @@ fn build_tests(root: &Path, tools: &Tools) -> anyhow::Result<BuiltTests> {
     }
     Ok(BuiltTests {
         binaries: binaries.into_iter().collect(),
-        // CARGO_BIN_EXE_ffrtmp, compiled into the tests as an absolute path.
-        ffrtmp: root.join("target/debug/ffrtmp"),
+        ffrtmp: crate::build_release(root)?,
     })
 }
 
@@ -571,9 +571,8 @@ fn pack_initramfs(
         copy_stripped(bin, &stage.join("tests").join(name))?;
         with_libs.push(bin.clone());
     }
-    // At the same absolute path as on the host (CARGO_BIN_EXE_ffrtmp).
+    // At the same absolute path as on the host; static, so no libraries.
     copy_stripped(&built.ffrtmp, &stage.join(built.ffrtmp.strip_prefix("/")?))?;
-    with_libs.push(built.ffrtmp.clone());
     for lib in shared_libraries(&with_libs)? {
         copy(&lib, &stage.join(lib.strip_prefix("/")?))?;
     }
@@ -591,7 +590,7 @@ fn pack_initramfs(
         format!("root:x:0:\ndelegate:x:{DELEGATE_UID}:\nnogroup:x:65534:\n"),
     )?;
     let init = stage.join("init");
-    fs::write(&init, init_script(test_args))?;
+    fs::write(&init, init_script(test_args, &built.ffrtmp))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
     let archive = vm_dir.join(format!("initramfs-{}.cpio", sanitize(&kernel.name)));
@@ -666,7 +665,7 @@ fn decompress_module(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// The VM's init (busybox sh).
-fn init_script(test_args: &[String]) -> String {
+fn init_script(test_args: &[String], ffrtmp: &Path) -> String {
     let args = test_args
         .iter()
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
@@ -698,6 +697,7 @@ chown {uid}:{uid} $d $d/cgroup.procs $d/cgroup.subtree_control $d/cgroup.threads
 insmod /lib/modules/brd.ko rd_nr=1 rd_size=65536
 echo "FFRTMP-VM: kernel $(uname -r); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 export FFRTMP_VM=1 FFRTMP_REQUIRE_ROOT_TESTS=1 FFRTMP_DELEGATED_CGROUP=$d FFRTMP_DELEGATED_UID={uid}
+export {bin_env}='{bin}'
 fail=0
 for t in /tests/*; do
     echo "FFRTMP-VM: running $(basename $t)"
@@ -708,6 +708,8 @@ poweroff -f
 "#,
         uid = DELEGATE_UID,
         done = DONE_MARKER,
+        bin_env = crate::test::BIN_ENV,
+        bin = ffrtmp.display(),
     )
 }
 
@@ -835,9 +837,18 @@ mod tests {
 
     #[test]
     fn init_quotes_test_arguments() {
-        let script = init_script(&["it's".into(), "--exact".into()]);
+        let script = init_script(&["it's".into(), "--exact".into()], Path::new("/b/ffrtmp"));
         assert!(
             script.contains(r"--test-threads=1 'it'\''s' '--exact'"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn init_names_the_binary_under_test() {
+        let script = init_script(&[], Path::new("/work/t/ffrtmp"));
+        assert!(
+            script.contains("export FFRTMP_BIN='/work/t/ffrtmp'\n"),
             "{script}"
         );
     }

@@ -3,6 +3,7 @@
 //! Exit statuses: 0 success, 1 runtime failure, 2 bad usage (clap's own
 //! status for malformed options, also used for values we validate).
 mod attach;
+mod deferred;
 mod govern_args;
 mod governance;
 mod policy;
@@ -15,6 +16,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+use self::deferred::Deferred;
 use crate::{events::Format, observe::Backend};
 
 /// Exit status for bad usage, before anything is started.
@@ -46,7 +48,7 @@ pub enum Command {
     /// daemon never stops a workload: SIGINT or SIGTERM exits 0 and leaves
     /// every job running and limited. Logs go to stderr (RUST_LOG).
     /// Events: docs/EVENTS.md.
-    Watch(WatchArgs),
+    Watch(Deferred<WatchArgs>),
     /// Start CMD already inside its own cgroup with CPU, memory, IO and pids limits.
     ///
     /// The cgroup is made and configured first, and the workload joins it
@@ -55,7 +57,7 @@ pub enum Command {
     /// --events FILE). Exit status: the workload's; 128+N if killed by signal
     /// N; 125 if ffrtmp fails; 126 not executable; 127 not found. SIGTERM,
     /// SIGINT or SIGHUP detach (the workload runs on, still limited).
-    Run(run::RunArgs),
+    Run(Deferred<run::RunArgs>),
     /// Govern a running process without restarting it.
     ///
     /// The pid is held by a pidfd and its identity (start time) checked
@@ -65,10 +67,10 @@ pub enum Command {
     /// exit through the pidfd and reports it (the exit status of a process
     /// that is not ffrtmp's child is unknown: null). A missing, exited or
     /// reused pid exits 2.
-    Attach(attach::AttachArgs),
+    Attach(Deferred<attach::AttachArgs>),
     /// Mode, cgroup layout, controllers, eBPF prerequisites, and the jobs
     /// governed now (read from the cgroup tree), as JSON or text on stdout.
-    Status(status::StatusArgs),
+    Status(Deferred<status::StatusArgs>),
     /// Check a policy file, or print the embedded one.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -138,13 +140,13 @@ pub fn main() -> ExitCode {
     match cli.command {
         // Only the daemon logs (run, attach and status report by events and
         // messages), so only it pays for a subscriber.
-        Command::Watch(args) => {
+        Command::Watch(Deferred(args)) => {
             init_logging();
             watch::run(args)
         }
-        Command::Run(args) => run::run(args),
-        Command::Attach(args) => attach::attach(args),
-        Command::Status(args) => status::status(args),
+        Command::Run(Deferred(args)) => run::run(args),
+        Command::Attach(Deferred(args)) => attach::attach(args),
+        Command::Status(Deferred(args)) => status::status(args),
         Command::Policy(command) => policy::run(command),
     }
 }
@@ -182,7 +184,7 @@ mod tests {
             .expect("an ExecStart line");
         assert!(exec[0].ends_with("/ffrtmp"), "{exec:?}");
         let cli = Cli::try_parse_from(&exec).unwrap_or_else(|e| panic!("{exec:?}: {e}"));
-        let Command::Watch(w) = cli.command else {
+        let Command::Watch(Deferred(w)) = cli.command else {
             panic!("the unit does not run watch");
         };
         assert!(w.policy.is_some() && w.metrics_addr.is_some());
@@ -193,7 +195,8 @@ mod tests {
 
     #[test]
     fn watch_defaults() {
-        let Command::Watch(w) = Cli::try_parse_from(["ffrtmp", "watch"]).unwrap().command else {
+        let Command::Watch(Deferred(w)) = Cli::try_parse_from(["ffrtmp", "watch"]).unwrap().command
+        else {
             panic!("not watch");
         };
         assert_eq!(w.backend, Backend::Auto);
