@@ -476,13 +476,19 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
     crate::run_command(Command::new("cgcreate").args(["-g", &format!("cpu,memory:/{group}")]))?;
     let cgexec_group = format!("cpu,memory:/{group}");
     let limits = ["--cpu-max", "100000 100000", "--memory-max", "512M"];
-    let commands: [(&str, Vec<&OsStr>); 4] = [
+    let bin_str = bin.to_str().context("the binary's path is not UTF-8")?;
+    let commands: [(&str, Vec<&OsStr>); 5] = [
         ("/bin/true", vec![]),
         // The floor of a supervising wrapper: timeout(1), a small C program
         // that forks, execs and waits.
         ("timeout", ["600", "/bin/true"].map(OsStr::new).to_vec()),
+        // The command: a job cgroup for the exit report (cpuacct,
+        // memory), no limits.
+        (bin_str, ["run", "--", "/bin/true"].map(OsStr::new).to_vec()),
+        // With limits, as operators run it: also the cpu hierarchy and the
+        // limits written and read back.
         (
-            bin.to_str().context("the binary's path is not UTF-8")?,
+            bin_str,
             ["run"]
                 .iter()
                 .chain(&limits)
@@ -499,12 +505,18 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
     let _ = Command::new("cgdelete")
         .args(["-g", &cgexec_group])
         .status();
-    let [bare, floor, wrapped, cgexec] = medians?;
+    let [bare, floor, plain, wrapped, cgexec] = medians?;
     println!("  /bin/true:                         {:>8.3} ms", ms(bare));
     println!(
         "  timeout 600 /bin/true (floor):     {:>8.3} ms  (+{:.3} ms)",
         ms(floor),
         ms(floor) - ms(bare)
+    );
+    println!(
+        "  ffrtmp run -- /bin/true:           {:>8.3} ms  (+{:.3} ms, x{:.1})",
+        ms(plain),
+        ms(plain) - ms(bare),
+        plain.as_secs_f64() / bare.as_secs_f64()
     );
     println!(
         "  ffrtmp run (cpu+memory limits):    {:>8.3} ms  (+{:.3} ms, x{:.1})",
