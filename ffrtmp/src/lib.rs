@@ -6,6 +6,8 @@
 //! - [`govern`]: cgroups (v1/v2), nice and oom_score_adj for a job.
 //! - [`policy`]: which processes `watch` governs, and how.
 //! - [`cli`]: the `ffrtmp` command line.
+//! - [`alloc`]: the shipped binary's allocator, chosen per command.
+pub mod alloc;
 pub mod cli;
 pub mod events;
 pub mod govern;

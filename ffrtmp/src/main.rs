@@ -1,8 +1,7 @@
-/// See ffrtmp/Cargo.toml: musl's allocator costs `ffrtmp run` page faults and
-/// system calls on every start.
+/// See [`ffrtmp::alloc`]: `run` and `watch` need different allocators.
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: ffrtmp::alloc::ByCommand = ffrtmp::alloc::ByCommand;
 
 fn main() -> std::process::ExitCode {
     ffrtmp::cli::main()
