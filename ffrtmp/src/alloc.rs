@@ -11,7 +11,7 @@
 //!   (0.4 MB of heap afterwards), dlmalloc keeps what fragmentation pins
 //!   (26 MB with `--all`).
 //!
-//! So [`ByCommand`] serves `watch` from musl's allocator and every other
+//! So `ByCommand` serves `watch` from musl's allocator and every other
 //! command (short-lived, or small like a following `attach`) from dlmalloc.
 //! It decides once, at the first allocation, from `/proc/self/cmdline`, and
 //! never changes its mind: every block is freed by the allocator that made

@@ -502,7 +502,7 @@ pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
 
 /// [`reap_empty`] for a wrapper whose own job is `own`: first asks whether
 /// the root holds any other cgroup at all (one `stat` per hierarchy, see
-/// [`subdirs`]), so that the common case — nothing left over — costs a few
+/// `subdirs`), so that the common case — nothing left over — costs a few
 /// system calls instead of a scan.
 pub fn reap_empty_besides(ctx: &Context, own: Option<&JobCgroup>) -> Vec<PathBuf> {
     let Some(root) = &ctx.root else {
