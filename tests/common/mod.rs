@@ -25,6 +25,7 @@ pub fn ffrtmp() -> &'static str {
     });
     &BIN
 }
+
 /// Upper bound on waiting for an event; a bound on a hang, not a speed target.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
