@@ -86,18 +86,22 @@ static CHOICE: AtomicU8 = AtomicU8::new(UNDECIDED);
 
 #[cfg(target_env = "musl")]
 impl ByCommand {
+    #[inline]
     fn packed() -> bool {
         match CHOICE.load(Relaxed) {
             PACKED => true,
             SYSTEM => false,
-            // The first allocation comes before any second thread; were
-            // two to race, both would read the same command line.
-            _ => {
-                let packed = decide();
-                CHOICE.store(if packed { PACKED } else { SYSTEM }, Relaxed);
-                packed
-            }
+            _ => Self::choose(),
         }
+    }
+
+    /// The first allocation comes before any second thread; were two to
+    /// race, both would read the same command line.
+    #[cold]
+    fn choose() -> bool {
+        let packed = decide();
+        CHOICE.store(if packed { PACKED } else { SYSTEM }, Relaxed);
+        packed
     }
 }
 
