@@ -86,12 +86,18 @@ static CHOICE: AtomicU8 = AtomicU8::new(UNDECIDED);
 
 #[cfg(target_env = "musl")]
 impl ByCommand {
+    /// The allocator chosen for this process.
     #[inline]
-    fn packed() -> bool {
-        match CHOICE.load(Relaxed) {
+    fn chosen() -> &'static dyn GlobalAlloc {
+        let packed = match CHOICE.load(Relaxed) {
             PACKED => true,
             SYSTEM => false,
             _ => Self::choose(),
+        };
+        if packed {
+            &dlmalloc::GlobalDlmalloc
+        } else {
+            &System
         }
     }
 
@@ -106,51 +112,25 @@ impl ByCommand {
 }
 
 // SAFETY: every call goes to the one allocator chosen for the process's
-// lifetime, which upholds GlobalAlloc's contract itself.
+// lifetime (so a block is always freed or resized by the allocator that
+// made it), which upholds GlobalAlloc's contract itself; the caller's
+// guarantees are forwarded unchanged.
 #[cfg(target_env = "musl")]
 unsafe impl GlobalAlloc for ByCommand {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if Self::packed() {
-                dlmalloc::GlobalDlmalloc.alloc(layout)
-            } else {
-                System.alloc(layout)
-            }
-        }
+        unsafe { Self::chosen().alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from the same allocator (the choice is fixed).
-        unsafe {
-            if Self::packed() {
-                dlmalloc::GlobalDlmalloc.dealloc(ptr, layout)
-            } else {
-                System.dealloc(ptr, layout)
-            }
-        }
+        unsafe { Self::chosen().dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if Self::packed() {
-                dlmalloc::GlobalDlmalloc.alloc_zeroed(layout)
-            } else {
-                System.alloc_zeroed(layout)
-            }
-        }
+        unsafe { Self::chosen().alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` came from the same allocator (the choice is fixed).
-        unsafe {
-            if Self::packed() {
-                dlmalloc::GlobalDlmalloc.realloc(ptr, layout, new_size)
-            } else {
-                System.realloc(ptr, layout, new_size)
-            }
-        }
+        unsafe { Self::chosen().realloc(ptr, layout, new_size) }
     }
 }
 
