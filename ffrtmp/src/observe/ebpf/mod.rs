@@ -310,6 +310,8 @@ fn comm_keys(comms: &BTreeSet<String>) -> Result<Vec<[u8; TASK_COMM_LEN]>, EbpfE
 /// aya's loader parses the kernel's whole BTF (~20 MB of heap) in
 /// `EbpfLoader::new`, even though we apply no relocations; hand the freed
 /// memory back to the system rather than keep it for the daemon's lifetime.
+/// glibc needs asking; musl's allocator, which the shipped binary's `watch`
+/// uses (`crate::alloc`), gives it back by itself.
 fn release_freed_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages.
