@@ -9,9 +9,12 @@
 //! - `vm-test`: the root suites on a pure cgroup v2 hierarchy and on the
 //!   Debian kernels 5.10 and 6.1 (6.12 on request), under qemu.
 //! - `bench observe`: the observer's benchmark (docs/BENCHMARKS.md).
+//! - `startup-order`: profile `run` and `attach` for the linker (see
+//!   `startup.rs`).
 mod bench;
 mod bench_govern;
 mod packages;
+mod startup;
 mod test;
 mod toolchain;
 mod vm;
@@ -50,6 +53,9 @@ enum Task {
     },
     /// Run the root test suites in qemu VMs: pure cgroup v2, other kernels.
     VmTest(vm::VmArgs),
+    /// Profile the shipped binary's `run` and `attach` (root, perf) and write
+    /// the order the linker places their functions in (xtask/startup.order).
+    StartupOrder,
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -78,6 +84,10 @@ fn main() -> anyhow::Result<()> {
             vm::check(&outcomes)
         }
         Task::Bench { which } => bench::run(&root, which),
+        Task::StartupOrder => {
+            let bin = build_release(&root)?;
+            startup::generate(&root, &bin)
+        }
     }
 }
 
@@ -100,13 +110,22 @@ fn release_target() -> String {
 
 /// Builds the shipped binary: a static PIE (no dynamic loading at start-up,
 /// no shared-library pages in its RSS, runs on any distribution) with the
-/// eBPF toolchain on PATH. `--target` keeps the target off build scripts and
-/// proc macros.
+/// eBPF toolchain on PATH, linked in the start-up order (`startup.rs`).
+/// `--target` keeps the target and its flags off build scripts and proc
+/// macros.
 fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
     let tools = toolchain::setup(root)?;
     let target = release_target();
     toolchain::ensure_target(root, &target)?;
-    run_command(tools.cargo(root).args([
+    let mut cmd = tools.cargo(root);
+    if let Some(flags) = startup::link_flags(root)? {
+        let var = format!(
+            "CARGO_TARGET_{}_RUSTFLAGS",
+            target.to_uppercase().replace('-', "_")
+        );
+        cmd.env(var, flags);
+    }
+    run_command(cmd.args([
         "build",
         "--release",
         "--package",
@@ -114,7 +133,9 @@ fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
         "--target",
         &target,
     ]))?;
-    Ok(root.join("target").join(target).join("release/ffrtmp"))
+    let bin = root.join("target").join(target).join("release/ffrtmp");
+    startup::report(root, &bin)?;
+    Ok(bin)
 }
 
 /// Runs a command to completion; fails unless it exits 0.
