@@ -13,6 +13,8 @@ use anyhow::{Context as _, anyhow};
 const XTASK_TOOLS_BIN: &str = "target/tools/bin";
 const BPF_LINKER: &str = "bpf-linker";
 const EBPF_PACKAGE: &str = "ffrtmp-ebpf";
+/// The start-up profile the shipped binary is linked in the order of.
+const STARTUP_ORDER: &str = "startup.order";
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir =
@@ -22,6 +24,12 @@ fn main() -> anyhow::Result<()> {
         .context("ffrtmp has no parent directory")?
         .to_path_buf();
     println!("cargo:rerun-if-env-changed=PATH");
+    // The shipped binary's link order (xtask/src/startup.rs): the linker
+    // reads it, so a new profile must relink.
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join(STARTUP_ORDER).display()
+    );
     println!(
         "cargo:rerun-if-changed={}",
         workspace.join("ffrtmp-common").display()

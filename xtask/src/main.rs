@@ -54,7 +54,7 @@ enum Task {
     /// Run the root test suites in qemu VMs: pure cgroup v2, other kernels.
     VmTest(vm::VmArgs),
     /// Profile the shipped binary's `run` and `attach` (root, perf) and write
-    /// the order the linker places their functions in (xtask/startup.order).
+    /// the order the linker places their functions in (ffrtmp/startup.order).
     StartupOrder,
     /// Run a benchmark and print its figures.
     Bench {

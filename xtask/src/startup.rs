@@ -11,7 +11,8 @@
 //! startup-order` writes it from `perf` samples and page faults of the
 //! shipped binary running `run` and `attach`. Symbols the code no longer has
 //! are skipped by the linker; `cargo xtask build` says how many it placed,
-//! so a stale profile shows. Without rust-lld the binary links as before.
+//! so a stale profile shows. ffrtmp's build script names the file, so a new
+//! profile relinks. Without rust-lld the binary links as before.
 use std::{
     collections::BTreeSet,
     fs,
@@ -24,7 +25,7 @@ use anyhow::{Context as _, bail};
 use crate::{run_command, toolchain::capture};
 
 /// The profile, relative to the workspace root: one mangled symbol a line.
-pub const ORDER_FILE: &str = "xtask/startup.order";
+pub const ORDER_FILE: &str = "ffrtmp/startup.order";
 /// Rounds of each profiled command.
 const PROFILE_ROUNDS: usize = 400;
 /// Sampling frequency of the profile (Hz): high, to catch short functions.
