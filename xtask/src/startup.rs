@@ -4,7 +4,7 @@
 //! Every job pays for its wrapper's start-up, and on our VMs most of that is
 //! page faults: the code `run` touches was spread over ~33 of the binary's
 //! 64 KiB fault-around windows. Linking the functions it executes first
-//! (rust-lld's `--symbol-ordering-file`) takes 24 page faults and ~0.1 ms
+//! (rust-lld's `--symbol-ordering-file`) takes 26 page faults and ~0.1 ms
 //! off every `run` and `attach` (docs/BENCHMARKS.md).
 //!
 //! [`ORDER_FILE`] is a profile, committed like a lock file: `cargo xtask
