@@ -77,7 +77,8 @@ fn main() -> anyhow::Result<()> {
         Task::Test { args } => test::run(&root, &args),
         Task::VmTest(args) => {
             let tools = toolchain::setup(&root)?;
-            let outcomes = vm::run(&root, &tools, &args)?;
+            let shipped = build_release(&root)?;
+            let outcomes = vm::run(&root, &tools, &shipped, &args)?;
             if outcomes.is_empty() {
                 bail!("no VM ran");
             }

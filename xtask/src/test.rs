@@ -74,7 +74,7 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
                 kvm: false,
                 test_args: extra.to_vec(),
             };
-            vm_outcomes = vm::run(root, &tools, &args)?;
+            vm_outcomes = vm::run(root, &tools, &shipped, &args)?;
             for outcome in &vm_outcomes {
                 totals.passed += outcome.passed;
                 totals.failed += outcome.failed;

@@ -156,10 +156,16 @@ impl std::fmt::Display for VmOutcome {
     }
 }
 
-/// Builds the test binaries and runs them in a VM per kernel.
-pub fn run(root: &Path, tools: &Tools, args: &VmArgs) -> anyhow::Result<Vec<VmOutcome>> {
+/// Builds the test binaries and runs them in a VM per kernel, against
+/// `ffrtmp`, the shipped binary.
+pub fn run(
+    root: &Path,
+    tools: &Tools,
+    ffrtmp: &Path,
+    args: &VmArgs,
+) -> anyhow::Result<Vec<VmOutcome>> {
     ensure_host_packages()?;
-    let built = build_tests(root, tools)?;
+    let built = build_tests(root, tools, ffrtmp)?;
     let vm_dir = root.join("target/vm");
     fs::create_dir_all(&vm_dir)?;
     let names: Vec<String> = if args.kernels.is_empty() {
@@ -504,7 +510,7 @@ struct BuiltTests {
 }
 
 /// Builds the integration test binaries without running them.
-fn build_tests(root: &Path, tools: &Tools) -> anyhow::Result<BuiltTests> {
+fn build_tests(root: &Path, tools: &Tools, ffrtmp: &Path) -> anyhow::Result<BuiltTests> {
     let out = capture(tools.cargo(root).args([
         "test",
         "--package",
@@ -533,7 +539,7 @@ fn build_tests(root: &Path, tools: &Tools) -> anyhow::Result<BuiltTests> {
     }
     Ok(BuiltTests {
         binaries: binaries.into_iter().collect(),
-        ffrtmp: crate::build_release(root)?,
+        ffrtmp: ffrtmp.to_path_buf(),
     })
 }
 

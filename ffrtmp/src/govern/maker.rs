@@ -30,7 +30,7 @@ use super::{
     auto::{Events, Origin, limit_failure, monotonic_ns, note},
     limits::{JobId, Limits},
     plan::Plan,
-    process::{nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
+    process::{ProcessError, nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
     target::Target,
 };
 use crate::{
@@ -166,28 +166,30 @@ impl Maker {
             }
         }
         let latency_us = staged_at.or_else(|| origin.since_exec_us());
-        if let Some(n) = plan.nice
-            && target.check().is_ok()
-        {
-            match set_nice_all_threads(pid, n) {
-                Ok(_) => {
-                    if let Ok(v) = nice_of(pid) {
-                        applied.insert("nice".into(), json!(v));
-                    }
-                }
-                Err(e) => failures.push(limit_failure("nice", e)),
+        // Per-process limits: each set on the live target, then read back.
+        type Set = fn(u32, i32) -> Result<i32, ProcessError>;
+        type Read = fn(u32) -> std::io::Result<i32>;
+        let process_limits: [(&str, Option<i32>, Set, Read); 2] = [
+            ("nice", plan.nice, set_nice_all_threads, nice_of),
+            (
+                "oom_score_adj",
+                plan.oom_score_adj,
+                set_oom_score_adj,
+                oom_score_adj_of,
+            ),
+        ];
+        for (limit, value, set, read) in process_limits {
+            let Some(value) = value else { continue };
+            if target.check().is_err() {
+                continue;
             }
-        }
-        if let Some(v) = plan.oom_score_adj
-            && target.check().is_ok()
-        {
-            match set_oom_score_adj(pid, v) {
+            match set(pid, value) {
                 Ok(_) => {
-                    if let Ok(v) = oom_score_adj_of(pid) {
-                        applied.insert("oom_score_adj".into(), json!(v));
+                    if let Ok(now) = read(pid) {
+                        applied.insert(limit.into(), json!(now));
                     }
                 }
-                Err(e) => failures.push(limit_failure("oom_score_adj", e)),
+                Err(e) => failures.push(limit_failure(limit, e)),
             }
         }
         for d in failures {
