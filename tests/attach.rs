@@ -12,6 +12,7 @@ use std::{
 
 use common::{cgroups, cpu_quota, ffrtmp, helper, is_helper, read_events, require_root, scratch};
 use ffrtmp::events::{Body, Event};
+use ffrtmp::limits::LimitName;
 
 fn wait_for(path: &Path, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
     let deadline = Instant::now() + common::PATIENCE;
@@ -112,8 +113,8 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
         unreachable!()
     };
     assert_eq!((g.pid, g.job_id.as_str()), (pid, job.as_str()));
-    assert_eq!(g.limits["cpu_max"], "20000 100000");
-    assert_eq!(g.limits["nice"], 7);
+    assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
+    assert_eq!(g.limits[&LimitName::Nice], 7);
     let cg = cgroups(pid);
     assert!(cg.contains(&format!("/ffrtmp/{job}")), "{cg}");
     // Every thread moved with the process and got the nice value.
@@ -451,8 +452,8 @@ fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(last.limits["cpu_max"], "50000 100000");
-    assert_eq!(last.limits["pids_max"], "16");
+    assert_eq!(last.limits[&LimitName::CpuMax], "50000 100000");
+    assert_eq!(last.limits[&LimitName::PidsMax], "16");
     let cg = cgroups(first.id());
     assert!(cg.contains(&format!("/ffrtmp/{job}")), "{cg}");
     if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {

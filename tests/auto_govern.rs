@@ -20,6 +20,7 @@ use std::{
 
 use common::{PATIENCE, Watch, cgroups, cpu_quota, exit_of, ffrtmp, require_root, scratch};
 use ffrtmp::events::{Body, Event, Governed};
+use ffrtmp::limits::LimitName;
 
 /// A cgroup root of the test's own, removed (with its empty jobs) on drop.
 struct Root(String);
@@ -184,9 +185,9 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
     let g = as_governed(w.wait_for("governed ffmpeg", governed_of(pid)));
     assert_eq!(g.rule.as_deref(), Some("transcode"));
     assert_eq!(g.job_id, format!("ffmpeg-{pid}"));
-    assert_eq!(g.limits["cpu_max"], "30000 100000");
-    assert_eq!(g.limits["memory_max"], "268435456");
-    assert_eq!(g.limits["nice"], 3);
+    assert_eq!(g.limits[&LimitName::CpuMax], "30000 100000");
+    assert_eq!(g.limits[&LimitName::MemoryMax], "268435456");
+    assert_eq!(g.limits[&LimitName::Nice], 3);
     assert!(!g.adopted);
     assert!(
         g.latency_us.is_some(),
@@ -213,7 +214,7 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
         .unwrap();
     let k = as_governed(w.wait_for("governed ffkeyed", governed_of(stream.id())));
     assert_eq!(k.job_id, "live-.._.._etc_x");
-    assert_eq!(k.limits["pids_max"], "64");
+    assert_eq!(k.limits[&LimitName::PidsMax], "64");
     // By now the earlier execs have been handled (events are in order).
     w.drain();
     for pid in [other.id(), probe.id()] {
@@ -539,7 +540,7 @@ fn the_procfs_fallback_governs_and_says_so() {
     let mut job = sleeper(&ffmpeg, "30");
     let g = as_governed(w.wait_for("governed by polling", governed_of(job.id())));
     assert_eq!(g.latency_us, None);
-    assert_eq!(g.limits["cpu_max"], "30000 100000");
+    assert_eq!(g.limits[&LimitName::CpuMax], "30000 100000");
     assert!(cgroups(job.id()).contains(root.path()));
     kill(&mut job);
     w.wait_for("exit by polling", exit_of(job.id()));
@@ -736,9 +737,9 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
     let pid = ffmpeg.id();
     let g = as_governed(w.wait_for("the real ffmpeg governed", governed_of(pid)));
     assert_eq!(g.rule.as_deref(), Some("ffmpeg"));
-    assert_eq!(g.limits["cpu_weight"], 50);
-    assert_eq!(g.limits["memory_max"], "4294967296");
-    assert_eq!(g.limits["oom_score_adj"], 500);
+    assert_eq!(g.limits[&LimitName::CpuWeight], 50);
+    assert_eq!(g.limits[&LimitName::MemoryMax], "4294967296");
+    assert_eq!(g.limits[&LimitName::OomScoreAdj], 500);
     assert!(cgroups(pid).contains(&format!("{}/ffmpeg-{pid}", root.path())));
     assert!(ffmpeg.wait().unwrap().success());
     assert!(fs::metadata(&out).unwrap().len() > 0, "no output written");

@@ -15,6 +15,7 @@ use std::{
 
 use common::{ffrtmp, is_helper, read_events, require_root, scratch, skip};
 use ffrtmp::events::{Body, Event};
+use ffrtmp::limits::LimitName;
 
 /// `ffrtmp run ARGS` with events to a file; returns the output and events.
 fn run(events: &Path, args: &[&str]) -> (Output, Vec<Event>) {
@@ -167,7 +168,7 @@ fn cpu_max_gives_a_busy_loop_its_quota() {
     let status = cmd.status().unwrap();
     assert!(status.success(), "{status}");
     let events = read_events(&dir.join("events"));
-    assert_eq!(governed(&events).limits["cpu_max"], "20000 100000");
+    assert_eq!(governed(&events).limits[&LimitName::CpuMax], "20000 100000");
     let x = job_exit(&events);
     let job = x.job.as_ref().unwrap();
     let share = job.cpu_usage_us.unwrap() as f64 / (x.duration_ms.unwrap() * 1000.0);
@@ -199,7 +200,7 @@ fn memory_max_oom_kills_and_the_report_says_so() {
     assert_eq!(status.code(), Some(128 + 9), "{status}");
     let events = read_events(&dir.join("events"));
     assert_eq!(
-        governed(&events).limits["memory_max"],
+        governed(&events).limits[&LimitName::MemoryMax],
         (32u64 << 20).to_string()
     );
     let x = job_exit(&events);
@@ -519,15 +520,18 @@ fn the_deployment_guides_forms_work_verbatim() {
     );
     assert!(out.status.success(), "{out:?}");
     let g = governed(&events);
-    assert_eq!(g.limits["cpu_max"], "100000 100000");
-    assert_eq!(g.limits["cpu_weight"], 150);
-    assert_eq!(g.limits["memory_max"], four_gib);
+    assert_eq!(g.limits[&LimitName::CpuMax], "100000 100000");
+    assert_eq!(g.limits[&LimitName::CpuWeight], 150);
+    assert_eq!(g.limits[&LimitName::MemoryMax], four_gib);
     // 8:0 is not a block device on every machine: applied or degraded,
     // never silently dropped.
     let io_degraded = events
         .iter()
-        .any(|e| matches!(&e.body, Body::Degraded(d) if d.limit.as_deref() == Some("io_max")));
-    assert!(g.limits.contains_key("io_max") != io_degraded, "{events:?}");
+        .any(|e| matches!(&e.body, Body::Degraded(d) if d.limit == Some(LimitName::IoMax)));
+    assert!(
+        g.limits.contains_key(&LimitName::IoMax) != io_degraded,
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -572,9 +576,9 @@ fn a_limit_the_kernel_refuses_is_degraded_or_with_strict_refused() {
             _ => None,
         })
         .expect("a degraded event");
-    assert_eq!(d.limit.as_deref(), Some("io_max"));
+    assert_eq!(d.limit, Some(LimitName::IoMax));
     assert!(
-        !governed(&events).limits.contains_key("io_max"),
+        !governed(&events).limits.contains_key(&LimitName::IoMax),
         "a refused limit is not reported as applied"
     );
 }
@@ -661,7 +665,11 @@ fn unprivileged_mode_degrades_to_nice_and_says_so() {
     let g = governed(&events);
     assert_eq!(g.mode, "unprivileged");
     assert_eq!(g.cgroup, None);
-    assert_eq!(g.limits.get("nice"), Some(&serde_json::json!(10)), "{g:?}");
+    assert_eq!(
+        g.limits.get(&LimitName::Nice),
+        Some(&serde_json::json!(10)),
+        "{g:?}"
+    );
     let d = events
         .iter()
         .find_map(|e| match &e.body {
@@ -670,8 +678,8 @@ fn unprivileged_mode_degrades_to_nice_and_says_so() {
         })
         .expect("degraded");
     assert_eq!(
-        (d.limit.as_deref(), d.fallback.as_str()),
-        (Some("cpu_max"), "nice 10")
+        (d.limit, d.fallback.as_str()),
+        (Some(LimitName::CpuMax), "nice 10")
     );
     // Field 19 of /proc/self/stat is the nice value the workload runs with.
     let stat = String::from_utf8_lossy(&out.stdout);
@@ -739,7 +747,7 @@ fn delegated_mode_governs_inside_the_delegated_subtree() {
         cgroup.starts_with(&format!("/{}/ffrtmp/", rel.display())),
         "{cgroup}"
     );
-    assert_eq!(g.limits["cpu_max"], "20000 100000");
+    assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("0::{cgroup}")),
         "{out:?}"
@@ -808,7 +816,10 @@ fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
     args.extend(cmd.iter().map(String::as_str));
     let (out, events) = run(&dir.join("events-short"), &args);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(governed(&events).limits["cpu_max"], "100000 100000");
+    assert_eq!(
+        governed(&events).limits[&LimitName::CpuMax],
+        "100000 100000"
+    );
     assert_eq!(frames_of(&short), Some(50), "2 s at 25 fps");
 
     // Long enough to be killed mid-way under a 0.5 CPU quota.
@@ -913,7 +924,7 @@ fn io_max_throttles_writes_to_a_real_block_device() {
     let limit = format!("{dev} wbps=1048576");
     let throttled = timed(&["--io-max", &limit], &dir.join("events-io"));
     let events = read_events(&dir.join("events-io"));
-    let applied = governed(&events).limits["io_max"][0]
+    let applied = governed(&events).limits[&LimitName::IoMax][0]
         .as_str()
         .unwrap()
         .to_string();

@@ -10,15 +10,15 @@ use clap::Args;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    EXIT_USAGE,
+    exit,
     govern_args::{EventOut, GovernArgs},
-    governance::{DetachSignals, Prepared, begin, prepare},
-    run::EXIT_WRAPPER,
+    governance::{DetachSignals, Placed, begin, events_of, prepare},
 };
 use crate::{
-    events::{Degraded, Detached, Event, Exit, JobReport, Sink, Source, Timestamp},
+    errors::chain,
+    events::{Detached, Event, Exit, Source, Timestamp},
     govern::{
-        process::{set_nice_all_threads, set_oom_score_adj},
+        place::NotPlaced,
         target::{Target, descendants},
     },
     observe::proc::age_of,
@@ -48,12 +48,9 @@ pub fn attach(args: AttachArgs) -> ExitCode {
     // protect: a signal during set-up may end the wrapper (the workload is
     // untouched; a cgroup made but unused is reaped later), so no event loop.
     let (mut sink, follower) = if args.detach {
-        match args.govern.emitter() {
+        match events_of(&args.govern) {
             Ok(sink) => (sink, None),
-            Err(e) => {
-                eprintln!("ffrtmp: error: opening the events file: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
+            Err(code) => return code,
         }
     } else {
         match begin(&args.govern) {
@@ -65,15 +62,14 @@ pub fn attach(args: AttachArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => {
             let code = if e.is_bad_input() {
-                EXIT_USAGE
+                exit::USAGE
             } else {
-                EXIT_WRAPPER
+                exit::WRAPPER
             };
-            eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
-            return ExitCode::from(code);
+            return exit::fail(code, &e);
         }
     };
-    let mut prepared = match prepare(
+    let prepared = match prepare(
         &args.govern,
         &format!("attach-{}", args.pid),
         Some(args.pid),
@@ -82,109 +78,40 @@ pub fn attach(args: AttachArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let mut moved = vec![args.pid];
-    if args.include_children {
-        moved.extend(descendants(args.pid));
-    }
-    let mut move_failed = None;
-    if let Some(cg) = &prepared.cgroup {
-        if let Err(code) = step(&target, &prepared, "moving it into its cgroup") {
-            return code;
+    let descendants = if args.include_children {
+        descendants(args.pid)
+    } else {
+        Vec::new()
+    };
+    let placed = match prepared.place(&target, &descendants, args.govern.strict) {
+        Ok(p) => p,
+        Err(NotPlaced::Gone { before, error }) => {
+            eprintln!("ffrtmp: error: before {before}: {}", chain(&error));
+            return ExitCode::from(exit::USAGE);
         }
-        for &pid in &moved {
-            // A descendant may have exited meanwhile; the target may not.
-            if let Err(e) = cg.add(pid)
-                && pid == args.pid
-            {
-                move_failed = Some(format!("{:#}", anyhow::Error::new(e)));
-            }
-        }
-    }
-    if let Some(reason) = move_failed {
-        if args.govern.strict {
+        Err(NotPlaced::NotMoved { reason }) => {
             eprintln!(
                 "ffrtmp: --strict: cannot move {} into its cgroup: {reason}",
                 args.pid
             );
-            prepared.abandon();
-            return ExitCode::from(EXIT_WRAPPER);
+            return ExitCode::from(exit::WRAPPER);
         }
-        // Its cgroup limits are not in force: say so, report none of them.
-        for limit in prepared.drop_cgroup() {
-            let _ = sink.emit(Event::new(
-                Timestamp::now(),
-                Source::Ffrtmp,
-                Degraded {
-                    limit: Some(limit),
-                    reason: format!("the workload could not be moved into its cgroup: {reason}"),
-                    fallback: "none".into(),
-                },
-            ));
-        }
-    }
-    let mut failures = Vec::new();
-    if let Some(n) = prepared.nice {
-        if let Err(code) = step(&target, &prepared, "setting nice") {
-            return code;
-        }
-        for &pid in &moved {
-            if let Err(e) = set_nice_all_threads(pid, n)
-                && pid == args.pid
-            {
-                failures.push(("nice", format!("{:#}", anyhow::Error::new(e))));
-            }
-        }
-    }
-    if let Some(v) = prepared.oom_score_adj {
-        if let Err(code) = step(&target, &prepared, "setting oom_score_adj") {
-            return code;
-        }
-        for &pid in &moved {
-            if let Err(e) = set_oom_score_adj(pid, v)
-                && pid == args.pid
-            {
-                failures.push(("oom_score_adj", format!("{:#}", anyhow::Error::new(e))));
-            }
-        }
-    }
-    for (limit, reason) in failures {
-        let _ = sink.emit(Event::new(
-            Timestamp::now(),
-            Source::Ffrtmp,
-            Degraded {
-                limit: Some(limit.into()),
-                reason,
-                fallback: "none".into(),
-            },
-        ));
-    }
-    if let Err(e) = prepared.report_governed(args.pid, &mut sink) {
-        eprintln!("ffrtmp: warning: writing events: {e}");
-    }
-    prepared.reap_leftovers();
+    };
+    placed.report_governed(&mut sink);
+    placed.reap_leftovers();
     match follower {
         None => ExitCode::SUCCESS,
-        Some((runtime, signals)) => runtime.block_on(follow(target, prepared, signals, &mut sink)),
+        Some((runtime, signals)) => runtime.block_on(follow(target, placed, signals, &mut sink)),
     }
-}
-
-/// Each step only on the same live process; else undo and refuse.
-fn step(target: &Target, prepared: &Prepared, what: &str) -> Result<(), ExitCode> {
-    target.check().map_err(|e| {
-        eprintln!("ffrtmp: error: before {what}: {e}");
-        prepared.abandon();
-        ExitCode::from(EXIT_USAGE)
-    })
 }
 
 /// Waits for the exit (pidfd readable) or a signal (detach).
 async fn follow(
     target: Target,
-    prepared: Prepared,
+    placed: Placed,
     [mut term, mut int, mut hup]: DetachSignals,
     sink: &mut EventOut,
 ) -> ExitCode {
-    let job_id = prepared.job_id.to_string();
     // SAFETY: the pidfd is owned by `target`, which outlives this AsyncFd.
     let exited = match unsafe {
         AsyncFd::register_with_interest(target.pidfd(), tokio::io::Interest::READABLE)
@@ -193,7 +120,7 @@ async fn follow(
         Err(e) => {
             let e = e.into_parts().1;
             eprintln!("ffrtmp: error: watching process {}: {e}", target.pid);
-            return ExitCode::from(EXIT_WRAPPER);
+            return ExitCode::from(exit::WRAPPER);
         }
     };
     let reason = tokio::select! {
@@ -205,28 +132,22 @@ async fn follow(
     if let Some(reason) = reason {
         let detached = Detached {
             pid: target.pid,
-            job_id,
+            job_id: placed.job_id.to_string(),
             reason: reason.into(),
         };
-        let _ = sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, detached));
+        sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, detached));
         return ExitCode::SUCCESS;
     }
-    let stats = prepared.stats();
-    let exit = Exit {
+    let ended = Exit {
         pid: target.pid,
         comm: target.comm.clone(),
         // Not our child: its status is not ours to know.
         exit_code: None,
         signal: None,
         duration_ms: age_of(target.start_ticks).map(|a| a.as_micros() as f64 / 1000.0),
-        job: Some(JobReport {
-            job_id,
-            oom_killed: stats.oom_killed,
-            cpu_usage_us: stats.cpu_usage_us,
-            memory_peak_bytes: stats.memory_peak_bytes,
-        }),
+        job: Some(placed.report()),
     };
-    let _ = sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, exit));
-    prepared.finish();
+    sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, ended));
+    placed.finish();
     ExitCode::SUCCESS
 }

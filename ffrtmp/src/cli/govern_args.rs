@@ -1,18 +1,17 @@
 //! Options shared by `run` and `attach`, and the event output they write to.
+//!
+//! The limit options are made from the limits table (`crate::limits`): one
+//! `--NAME` per row, with its help, value name and check, so a new limit
+//! is a new option with no change here.
 use std::{fs::File, io, path::PathBuf};
 
-use clap::Args;
+use clap::{ArgAction, ArgMatches, Args, FromArgMatches, builder::ValueParser};
 
 use crate::{
-    events::{Emitter, Format},
-    govern::limits::{
-        Count, CpuMax, IoMax, JobId, Limits, Size, parse_cpu_weight, parse_nice,
-        parse_oom_score_adj, parse_pids_max,
-    },
+    errors::chain,
+    events::{Emitter, Event, Format, Sink},
+    limits::{JobId, LimitName, Limits},
 };
-
-/// Where `run` and `attach` write their events.
-pub type EventOut = Emitter<Box<dyn io::Write>>;
 
 #[derive(Debug, Args)]
 pub struct GovernArgs {
@@ -21,30 +20,8 @@ pub struct GovernArgs {
     /// a process already in that job: its limits are then updated.
     #[arg(long, value_name = "ID")]
     pub job_id: Option<JobId>,
-    /// CPU bandwidth, cgroup v2 syntax: "QUOTA PERIOD" in µs ("200000 100000" = 2 CPUs), "max", "max PERIOD".
-    #[arg(long, value_name = "SPEC")]
-    pub cpu_max: Option<CpuMax>,
-    /// Proportional CPU weight, 1..10000 (100 is the default share).
-    #[arg(long, value_name = "N", value_parser = parse_cpu_weight)]
-    pub cpu_weight: Option<u32>,
-    /// Memory limit: bytes, or 512M / 4G / …, or "max". Exceeding it OOM-kills.
-    #[arg(long, value_name = "SIZE")]
-    pub memory_max: Option<Size>,
-    /// Memory throttling threshold (v1: soft limit): same syntax.
-    #[arg(long, value_name = "SIZE")]
-    pub memory_high: Option<Size>,
-    /// IO limits for one device: "MAJ:MIN rbps=N wbps=N riops=N wiops=N" (any subset); repeatable.
-    #[arg(long, value_name = "SPEC")]
-    pub io_max: Vec<IoMax>,
-    /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N", value_parser = parse_pids_max)]
-    pub pids_max: Option<Count>,
-    /// Nice value -20..19 for every thread (below 0 only when privileged).
-    #[arg(long, value_name = "N", value_parser = parse_nice, allow_negative_numbers = true)]
-    pub nice: Option<i32>,
-    /// OOM score adjustment -1000..1000 (lowering only when privileged).
-    #[arg(long, value_name = "N", value_parser = parse_oom_score_adj, allow_negative_numbers = true)]
-    pub oom_score_adj: Option<i32>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Parent of job cgroups, as a cgroup path (/ffrtmp) [default: /ffrtmp, or <delegated subtree>/ffrtmp].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<String>,
@@ -59,18 +36,83 @@ pub struct GovernArgs {
     pub events: Option<PathBuf>,
 }
 
+/// One option per row of the limits table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitArgs(pub Limits);
+
+impl Args for LimitArgs {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for &name in LimitName::ALL {
+            let row = name.row();
+            let check = row.check;
+            cmd = cmd.arg(
+                clap::Arg::new(name.as_str())
+                    .long(name.flag())
+                    .value_name(row.value_name)
+                    .help(row.help)
+                    .allow_negative_numbers(row.negative)
+                    .action(if row.repeatable {
+                        ArgAction::Append
+                    } else {
+                        ArgAction::Set
+                    })
+                    .value_parser(ValueParser::new(move |text: &str| {
+                        check(text).map(|()| text.to_string())
+                    })),
+            );
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for LimitArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = LimitArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        let invalid = |e: crate::limits::LimitError| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+        };
+        for &name in LimitName::ALL {
+            for text in matches
+                .get_many::<String>(name.as_str())
+                .into_iter()
+                .flatten()
+            {
+                self.0.set(name, text).map_err(invalid)?;
+            }
+        }
+        self.0.validate().map_err(invalid)
+    }
+}
+
+/// Where `run` and `attach` write their events.
+///
+/// The rule for a failed write, the same everywhere: the wrapper warns on
+/// stderr (once per failed write) and carries on. An events file that
+/// cannot be written (a full disk, a closed pipe) never changes what
+/// happens to the workload or the wrapper's exit status.
+pub struct EventOut(Emitter<Box<dyn io::Write>>);
+
+impl EventOut {
+    /// Writes one event now.
+    pub fn emit(&mut self, event: Event) {
+        if let Err(e) = self.0.emit(event) {
+            eprintln!("ffrtmp: warning: writing events: {}", chain(&e));
+        }
+    }
+}
+
 impl GovernArgs {
     pub fn limits(&self) -> Limits {
-        Limits {
-            cpu_max: self.cpu_max,
-            cpu_weight: self.cpu_weight,
-            memory_max: self.memory_max,
-            memory_high: self.memory_high,
-            io_max: self.io_max.clone(),
-            pids_max: self.pids_max,
-            nice: self.nice,
-            oom_score_adj: self.oom_score_adj,
-        }
+        self.limits.0.clone()
     }
 
     /// The event output: stderr, or `--events FILE`.
@@ -79,6 +121,42 @@ impl GovernArgs {
             Some(path) => Box::new(File::options().create(true).append(true).open(path)?),
             None => Box::new(io::stderr()),
         };
-        Ok(Emitter::new(out, self.format))
+        Ok(EventOut(Emitter::new(out, self.format)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::{
+        cli::{Cli, Command, deferred::Deferred},
+        limits::{CpuWeight, Nice},
+    };
+
+    fn run_limits(args: &[&str]) -> Result<super::Limits, clap::Error> {
+        let argv = [&["ffrtmp", "run"][..], args, &["--", "true"]].concat();
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Run(Deferred(run)) = cli.command else {
+            panic!("not run");
+        };
+        Ok(run.govern.limits())
+    }
+
+    #[test]
+    fn every_limit_is_an_option_checked_by_its_row() {
+        let l = run_limits(&["--cpu-weight", "200", "--nice", "-5"]).unwrap();
+        assert_eq!(l.cpu_weight, Some(CpuWeight(200)));
+        assert_eq!(l.nice, Some(Nice(-5)));
+        let l = run_limits(&["--io-max", "8:0 rbps=1", "--io-max", "8:16 wbps=2"]).unwrap();
+        assert_eq!(l.io_max.map(|io| io.0.len()), Some(2));
+        for bad in [
+            &["--cpu-max", "20000 100"][..],
+            &["--cpu-weight", "0"],
+            &["--nice", "20"],
+        ] {
+            let e = run_limits(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
     }
 }

@@ -1,30 +1,30 @@
 //! What `run` and `attach` share: deciding, before anything starts, what can
 //! be applied (the job cgroup and its limits, nice, oom_score_adj), saying
-//! what cannot (`degraded`, or a refusal with `--strict`), and the
-//! `governed` report once a pid is in place.
+//! what cannot (`degraded`, or a refusal with `--strict`), and, once the
+//! workload is in place (`govern::place`), its `governed` event, its exit
+//! report and its cgroup's removal.
 use std::{io, process::ExitCode};
 
-use serde_json::json;
 use tokio::{
     runtime::Runtime,
     signal::unix::{Signal, SignalKind, signal},
 };
 
 use super::{
-    EXIT_USAGE,
+    exit::{self, fail},
     govern_args::{EventOut, GovernArgs},
-    run::EXIT_WRAPPER,
 };
 use crate::{
-    events::{Event, Governed, Sink, Source, Timestamp},
+    events::{Event, JobReport, Source, Timestamp},
     govern::{
-        Applied, Context, Failure, GovernError, JobCgroup, ProcsWriter, Stats,
+        Context, GovernError, ProcsWriter,
         layout::LayoutError,
-        limits::JobId,
+        place::{IfNotMoved, NotPlaced, Placement, place},
         plan::Plan,
-        process::{nice_of, oom_score_adj_of},
         reap_empty_besides,
+        target::Target,
     },
+    limits::{Failure, JobId},
 };
 
 /// SIGTERM, SIGINT and SIGHUP: the signals on which a wrapper detaches.
@@ -36,19 +36,24 @@ pub type DetachSignals = [Signal; 3];
 /// action). `run` does the same without an event loop
 /// ([`super::spawn::block_detach_signals`]).
 pub fn begin(args: &GovernArgs) -> Result<(EventOut, Runtime, DetachSignals), ExitCode> {
-    let sink = args.emitter().map_err(|e| {
-        eprintln!("ffrtmp: error: opening the events file: {e}");
-        ExitCode::from(EXIT_USAGE)
-    })?;
+    let sink = events_of(args)?;
     let (runtime, signals) = runtime_with_signals()?;
     Ok((sink, runtime, signals))
+}
+
+/// The event output, or exit 2 when `--events FILE` cannot be opened.
+pub fn events_of(args: &GovernArgs) -> Result<EventOut, ExitCode> {
+    args.emitter().map_err(|e| {
+        eprintln!("ffrtmp: error: opening the events file: {e}");
+        ExitCode::from(exit::USAGE)
+    })
 }
 
 /// The wrappers' event loop (one thread) with the detach signals installed.
 fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
     let fail = |what: &str, e: io::Error| {
         eprintln!("ffrtmp: error: {what}: {e}");
-        ExitCode::from(EXIT_WRAPPER)
+        ExitCode::from(exit::WRAPPER)
     };
     // I/O only (signals, the child's exit, pidfds): wrappers use no timers.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -71,11 +76,7 @@ fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
 pub struct Prepared {
     pub job_id: JobId,
     pub ctx: Context,
-    pub cgroup: Option<JobCgroup>,
-    pub applied: Applied,
-    /// Nice to set on the workload (asked, or the fallback).
-    pub nice: Option<i32>,
-    pub oom_score_adj: Option<i32>,
+    pub plan: Plan,
 }
 
 /// Decides and prepares; on refusal returns the exit code (after saying why).
@@ -91,102 +92,104 @@ pub fn prepare(
 ) -> Result<Prepared, ExitCode> {
     let job_id = match &args.job_id {
         Some(j) => j.clone(),
-        None => default_job.parse().map_err(|e| fail(EXIT_WRAPPER, &e))?,
+        None => default_job.parse().map_err(|e| fail(exit::WRAPPER, &e))?,
     };
     let ctx = Context::detect(args.cgroup_root.as_deref()).map_err(|e| match e {
         GovernError::Layout(LayoutError::BadRoot(_)) | GovernError::RootOutsideHierarchy(..) => {
-            fail(EXIT_USAGE, &e)
+            fail(exit::USAGE, &e)
         }
-        e => fail(EXIT_WRAPPER, &e),
+        e => fail(exit::WRAPPER, &e),
     })?;
     let limits = args.limits();
-    let plan = Plan::make(&ctx, &job_id, &limits, resident).map_err(|e| fail(EXIT_USAGE, &e))?;
-    if args.strict && !plan.applied.failures.is_empty() {
-        for Failure { limit, reason } in &plan.applied.failures {
+    let plan = Plan::make(&ctx, &job_id, &limits, resident).map_err(|e| fail(exit::USAGE, &e))?;
+    let prepared = Prepared { job_id, ctx, plan };
+    if args.strict && !prepared.plan.applied.failures.is_empty() {
+        for Failure { limit, reason } in &prepared.plan.applied.failures {
             eprintln!("ffrtmp: --strict: {limit} cannot be applied: {reason}");
         }
-        if let Some(cg) = &plan.cgroup {
-            cg.remove_if_empty();
-        }
-        return Err(ExitCode::from(EXIT_WRAPPER));
+        prepared.abandon();
+        return Err(ExitCode::from(exit::WRAPPER));
     }
-    for degraded in plan.degradations() {
-        if let Err(e) = sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, degraded)) {
-            eprintln!("ffrtmp: warning: writing events: {e}");
-        }
+    for degraded in prepared.plan.degradations() {
+        sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, degraded));
     }
-    let Plan {
-        cgroup,
-        applied,
-        nice,
-        oom_score_adj,
-        ..
-    } = plan;
-    Ok(Prepared {
-        job_id,
-        ctx,
-        cgroup,
-        applied,
-        nice,
-        oom_score_adj,
-    })
-}
-
-/// Prints the error chain and returns the exit code.
-fn fail(code: u8, e: &dyn std::error::Error) -> ExitCode {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    eprintln!("ffrtmp: error: {msg}");
-    ExitCode::from(code)
+    Ok(prepared)
 }
 
 impl Prepared {
     /// The job cgroup's `cgroup.procs` files, open for writing (none
-    /// without a cgroup).
+    /// without a cgroup), for `run`'s child to join before exec.
     pub fn open_procs(&self) -> Result<ProcsWriter, GovernError> {
-        match &self.cgroup {
+        match &self.plan.cgroup {
             Some(cg) => cg.procs_writer(),
             None => Ok(ProcsWriter::default()),
         }
     }
 
-    /// Emits `governed` for `pid`, with nice and oom_score_adj read back.
-    pub fn report_governed<S: Sink>(&self, pid: u32, sink: &mut S) -> Result<(), S::Error> {
-        let mut limits = self.applied.limits.clone();
-        if self.nice.is_some()
-            && let Ok(n) = nice_of(pid)
-        {
-            limits.insert("nice".into(), json!(n));
+    /// Nothing was started: remove the cgroup made for it.
+    pub fn abandon(&self) {
+        if let Some(cg) = &self.plan.cgroup {
+            cg.remove_if_empty();
         }
-        if self.oom_score_adj.is_some()
-            && let Ok(v) = oom_score_adj_of(pid)
-        {
-            limits.insert("oom_score_adj".into(), json!(v));
-        }
-        let governed = Governed {
-            pid,
-            job_id: self.job_id.to_string(),
-            cgroup: self.cgroup.as_ref().map(|c| c.path.as_str().to_string()),
-            mode: self.ctx.mode.as_str().to_string(),
-            limits,
-            rule: None,
-            adopted: false,
-            latency_us: None,
-        };
-        sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, governed))
     }
 
-    pub fn stats(&self) -> Stats {
-        self.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default()
+    /// `run`: the workload `pid` placed itself before exec.
+    pub fn spawned(self, pid: u32) -> Placed {
+        Placed {
+            pid,
+            placement: Placement::confirm(self.plan, pid),
+            job_id: self.job_id,
+            ctx: self.ctx,
+        }
+    }
+
+    /// `attach`: places `target` (and `also`, its descendants). With
+    /// `--strict` a target that cannot join its cgroup is refused.
+    pub fn place(self, target: &Target, also: &[u32], strict: bool) -> Result<Placed, NotPlaced> {
+        let if_not_moved = if strict {
+            IfNotMoved::Refuse
+        } else {
+            IfNotMoved::Degrade
+        };
+        let placement = place(target, self.plan, also, if_not_moved)?;
+        Ok(Placed {
+            pid: target.pid,
+            placement,
+            job_id: self.job_id,
+            ctx: self.ctx,
+        })
+    }
+}
+
+/// A workload in its job, followed until it exits or the wrapper detaches.
+pub struct Placed {
+    pub pid: u32,
+    pub job_id: JobId,
+    pub ctx: Context,
+    pub placement: Placement,
+}
+
+impl Placed {
+    /// Emits what the placement could not do, then `governed`.
+    pub fn report_governed(&self, sink: &mut EventOut) {
+        for d in &self.placement.degradations {
+            sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, d.clone()));
+        }
+        let governed = self
+            .placement
+            .governed(self.pid, self.job_id.as_str(), self.ctx.mode, None);
+        sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, governed));
+    }
+
+    /// The job's exit report, from its cgroup.
+    pub fn report(&self) -> JobReport {
+        let stats = self.placement.cgroup.as_ref().map(|c| c.stats());
+        stats.unwrap_or_default().report(self.job_id.to_string())
     }
 
     /// The job ended: remove its cgroup if nothing is left in it.
     pub fn finish(&self) {
-        if let Some(cg) = &self.cgroup {
+        if let Some(cg) = &self.placement.cgroup {
             cg.remove_if_empty();
         }
     }
@@ -194,21 +197,6 @@ impl Prepared {
     /// Removes empty job cgroups left by crashed wrappers (never this one:
     /// it is claimed).
     pub fn reap_leftovers(&self) {
-        reap_empty_besides(&self.ctx, self.cgroup.as_ref());
-    }
-
-    /// Nothing was started: remove the cgroup made for it.
-    pub fn abandon(&self) {
-        self.finish();
-    }
-
-    /// The workload could not join its cgroup: remove it, and return the
-    /// limits that had been applied to it (they are not in force).
-    pub fn drop_cgroup(&mut self) -> Vec<String> {
-        self.finish();
-        self.cgroup = None;
-        let lost = self.applied.limits.keys().cloned().collect();
-        self.applied.limits.clear();
-        lost
+        reap_empty_besides(&self.ctx, self.placement.cgroup.as_ref());
     }
 }

@@ -1,9 +1,9 @@
 //! Command-line interface: the `ffrtmp` commands and their options.
 //!
-//! Exit statuses: 0 success, 1 runtime failure, 2 bad usage (clap's own
-//! status for malformed options, also used for values we validate).
+//! Exit statuses: [`exit`].
 mod attach;
 mod deferred;
+pub mod exit;
 mod govern_args;
 mod governance;
 mod policy;
@@ -18,11 +18,6 @@ use clap::{Parser, Subcommand};
 
 use self::deferred::Deferred;
 use crate::{events::Format, observe::Backend};
-
-/// Exit status for bad usage, before anything is started.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit status for a failure while running.
-pub const EXIT_FAILURE: u8 = 1;
 
 /// Observe and govern live-transcoding workloads (FFmpeg, GStreamer).
 #[derive(Debug, Parser)]
@@ -216,7 +211,7 @@ mod tests {
             &["ffrtmp", "watch", "--bogus"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
-            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{args:?}");
+            assert_eq!(err.exit_code(), i32::from(exit::USAGE), "{args:?}");
         }
     }
 }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use super::EXIT_USAGE;
+use super::exit;
 use crate::policy::{Action, EMBEDDED, Policy};
 
 #[derive(Debug, Subcommand)]
@@ -47,7 +47,7 @@ pub fn run(command: PolicyCommand) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
-                ExitCode::from(EXIT_USAGE)
+                ExitCode::from(exit::USAGE)
             }
         },
     }

@@ -19,14 +19,15 @@ use clap::Args;
 use nix::sys::{signal::SigSet, signalfd::SignalFd, wait::WaitStatus};
 
 use super::{
+    exit,
     govern_args::{EventOut, GovernArgs},
-    governance::{Prepared, prepare},
+    governance::{Prepared, events_of, prepare},
     spawn::{self, Setup, Workload},
 };
-use crate::events::{Detached, Event, Exit, JobReport, Sink, Source, Timestamp};
-
-/// ffrtmp failed (as env(1) and timeout(1) use 125).
-pub const EXIT_WRAPPER: u8 = 125;
+use crate::{
+    errors::chain,
+    events::{Detached, Event, Exit, Source, Timestamp},
+};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -41,19 +42,16 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    let mut sink = match args.govern.emitter() {
+    let mut sink = match events_of(&args.govern) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("ffrtmp: error: opening the events file: {e}");
-            return ExitCode::from(super::EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     // Before any set-up: a detach signal from now on is read, not fatal.
     let (mask, signals) = match spawn::block_detach_signals() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ffrtmp: error: blocking the detach signals: {e}");
-            return ExitCode::from(EXIT_WRAPPER);
+            return ExitCode::from(exit::WRAPPER);
         }
     };
     let default_job = format!("run-{}", std::process::id());
@@ -77,16 +75,15 @@ fn supervise(
     let procs = match prepared.open_procs() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
             prepared.abandon();
-            return ExitCode::from(EXIT_WRAPPER);
+            return exit::fail(exit::WRAPPER, &e);
         }
     };
     let fds = procs.raw_fds();
     let setup = Setup {
         procs: &fds,
-        nice: prepared.nice,
-        oom_score_adj: prepared.oom_score_adj,
+        nice: prepared.plan.nice,
+        oom_score_adj: prepared.plan.oom_score_adj,
         mask,
     };
     let started = Instant::now();
@@ -94,18 +91,16 @@ fn supervise(
         Ok(w) => w,
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("ffrtmp: cannot run {:#}", anyhow::Error::new(e));
+            eprintln!("ffrtmp: cannot run {}", chain(&e));
             prepared.abandon();
             return ExitCode::from(code);
         }
     };
     drop(procs);
     let pid = workload.pid;
-    let job_id = prepared.job_id.to_string();
-    if let Err(e) = prepared.report_governed(pid, sink) {
-        eprintln!("ffrtmp: warning: writing events: {e}");
-    }
-    prepared.reap_leftovers();
+    let placed = prepared.spawned(pid);
+    placed.report_governed(sink);
+    placed.reap_leftovers();
 
     let status = loop {
         match wait_for(&workload, signals) {
@@ -114,18 +109,18 @@ fn supervise(
                     Ok(status) => break status,
                     Err(e) => {
                         eprintln!("ffrtmp: error: waiting for the workload: {e}");
-                        return ExitCode::from(EXIT_WRAPPER);
+                        return ExitCode::from(exit::WRAPPER);
                     }
                 }
             }
             Ok(Woken::Signal(signo)) => {
-                if let Some(code) = on_signal(args, pid, &job_id, signo, sink) {
+                if let Some(code) = on_signal(args, pid, placed.job_id.as_str(), signo, sink) {
                     return code;
                 }
             }
             Err(e) => {
                 eprintln!("ffrtmp: error: waiting for the workload: {e}");
-                return ExitCode::from(EXIT_WRAPPER);
+                return ExitCode::from(exit::WRAPPER);
             }
         }
     };
@@ -134,9 +129,8 @@ fn supervise(
         WaitStatus::Signaled(_, s, _) => (None, Some(s as i32)),
         _ => (None, None),
     };
-    let stats = prepared.stats();
     let program = &args.command[0];
-    let exit = Exit {
+    let ended = Exit {
         pid,
         comm: Path::new(program)
             .file_name()
@@ -144,21 +138,14 @@ fn supervise(
         exit_code,
         signal: sig,
         duration_ms: Some(started.elapsed().as_micros() as f64 / 1000.0),
-        job: Some(JobReport {
-            job_id,
-            oom_killed: stats.oom_killed,
-            cpu_usage_us: stats.cpu_usage_us,
-            memory_peak_bytes: stats.memory_peak_bytes,
-        }),
+        job: Some(placed.report()),
     };
-    if let Err(e) = sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, exit)) {
-        eprintln!("ffrtmp: warning: writing events: {e}");
-    }
-    prepared.finish();
+    sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, ended));
+    placed.finish();
     match (exit_code, sig) {
         (Some(c), _) => ExitCode::from(c as u8),
         (None, Some(s)) => ExitCode::from(128u8.wrapping_add(s as u8)),
-        _ => ExitCode::from(EXIT_WRAPPER),
+        _ => ExitCode::from(exit::WRAPPER),
     }
 }
 
@@ -223,6 +210,6 @@ fn on_signal(
         job_id: job_id.to_string(),
         reason: name.to_string(),
     };
-    let _ = sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, detached));
+    sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, detached));
     Some(ExitCode::SUCCESS)
 }

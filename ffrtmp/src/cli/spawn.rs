@@ -27,6 +27,8 @@ use nix::{
     sys::signal::{SigSet, SigmaskHow},
 };
 
+use super::exit;
+
 /// The child's stack: it only makes system calls.
 const CHILD_STACK: usize = 64 * 1024;
 
@@ -120,17 +122,19 @@ impl SpawnError {
     /// found but not executable, else 125 (the wrapper failed).
     pub fn exit_code(&self) -> u8 {
         match self {
-            SpawnError::NotFound(_) => 127,
+            SpawnError::NotFound(_) => exit::NOT_FOUND,
             SpawnError::Step {
                 step: Step::Exec,
                 source,
                 ..
             } => match source.raw_os_error() {
-                Some(libc::ENOENT) => 127,
-                Some(libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => 126,
-                _ => 125,
+                Some(libc::ENOENT) => exit::NOT_FOUND,
+                Some(libc::EACCES | libc::ENOEXEC | libc::EISDIR | libc::EPERM) => {
+                    exit::NOT_EXECUTABLE
+                }
+                _ => exit::WRAPPER,
             },
-            _ => 125,
+            _ => exit::WRAPPER,
         }
     }
 }
@@ -187,8 +191,9 @@ pub fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnE
         let fail = |step: Step| -> isize {
             failure.errno.store(nix::errno::Errno::last_raw(), Relaxed);
             failure.step.store(step as i32 + 1, Relaxed);
+            // The parent reads the failure above, not this status.
             // SAFETY: _exit(2) never returns and runs no atexit handlers.
-            unsafe { libc::_exit(127) }
+            unsafe { libc::_exit(i32::from(exit::NOT_FOUND)) }
         };
         // SAFETY (whole block): async-signal-safe calls on prepared data.
         unsafe {

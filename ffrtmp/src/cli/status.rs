@@ -7,32 +7,28 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{EXIT_FAILURE, EXIT_USAGE};
+use super::exit;
 use crate::{
     events::Format,
     govern::{Context, GovernError, job_dirs, layout::LayoutError},
+    limits::LimitName,
     observe::ebpf::btf::VMLINUX_BTF,
 };
 
-/// Limit files reported per job, by hierarchy kind.
-const V2_FILES: &[&str] = &[
-    "cpu.max",
-    "cpu.weight",
-    "memory.max",
-    "memory.high",
-    "io.max",
-    "pids.max",
-];
-const V1_FILES: &[&str] = &[
-    "cpu.cfs_quota_us",
-    "cpu.cfs_period_us",
-    "cpu.shares",
-    "memory.limit_in_bytes",
-    "memory.soft_limit_in_bytes",
-    "pids.max",
-    "blkio.throttle.read_bps_device",
-    "blkio.throttle.write_bps_device",
-];
+/// The limit files reported per job, by hierarchy kind: each limit's own
+/// (its row in the limits table), once each.
+fn limit_files(v2: bool) -> Vec<&'static str> {
+    let mut files: Vec<&'static str> = LimitName::ALL
+        .iter()
+        .flat_map(|n| {
+            let row = n.row();
+            if v2 { row.status_v2 } else { row.status_v1 }
+        })
+        .copied()
+        .collect();
+    files.dedup();
+    files
+}
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -72,12 +68,10 @@ pub fn status(args: StatusArgs) -> ExitCode {
             e @ (GovernError::Layout(LayoutError::BadRoot(_))
             | GovernError::RootOutsideHierarchy(..)),
         ) => {
-            eprintln!("ffrtmp: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return exit::fail(exit::USAGE, &e);
         }
         Err(e) => {
-            eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
-            return ExitCode::from(EXIT_FAILURE);
+            return exit::fail(exit::FAILURE, &e);
         }
     };
     let v1: BTreeMap<&str, String> = ctx
@@ -105,13 +99,11 @@ pub fn status(args: StatusArgs) -> ExitCode {
         .map(|(name, dirs, supervised)| {
             let mut limits = Map::new();
             let mut pids = Vec::new();
-            let files = if dirs.len() == 1 && ctx.layout.kind() == crate::govern::layout::Kind::V2 {
-                V2_FILES
-            } else {
-                V1_FILES
-            };
+            let files = limit_files(
+                dirs.len() == 1 && ctx.layout.kind() == crate::govern::layout::Kind::V2,
+            );
             for dir in &dirs {
-                for f in files {
+                for f in &files {
                     if let Ok(v) = fs::read_to_string(dir.join(f)) {
                         limits.insert(f.to_string(), json!(v.trim()));
                     }
@@ -153,7 +145,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("ffrtmp: error: {e}");
-                return ExitCode::from(EXIT_FAILURE);
+                return ExitCode::from(exit::FAILURE);
             }
         },
         Format::Text => {

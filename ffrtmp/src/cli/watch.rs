@@ -19,7 +19,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{EXIT_FAILURE, EXIT_USAGE, WatchArgs};
+use super::{WatchArgs, exit};
 use crate::{
     events::{
         Body, Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Sink, Source, Started,
@@ -86,7 +86,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
-                return ExitCode::from(EXIT_FAILURE);
+                return ExitCode::from(exit::FAILURE);
             }
         }
     };
@@ -103,7 +103,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ffrtmp: error: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(exit::FAILURE)
         }
     }
 }
@@ -130,7 +130,7 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
 
 fn usage(e: &anyhow::Error) -> ExitCode {
     eprintln!("ffrtmp: error: {e:#}");
-    ExitCode::from(EXIT_USAGE)
+    ExitCode::from(exit::USAGE)
 }
 
 async fn watch(

@@ -20,6 +20,11 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::limits::LimitName;
+
+/// `governed.limits`: each limit in force, as the kernel reads it back.
+pub type Limits = std::collections::BTreeMap<LimitName, serde_json::Value>;
+
 /// Version of the event schema; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -214,7 +219,7 @@ pub struct Governed {
     /// `privileged`, `delegated` or `unprivileged`.
     pub mode: String,
     /// What is in force, read back from the kernel (v2 syntax).
-    pub limits: serde_json::Map<String, serde_json::Value>,
+    pub limits: Limits,
     /// `watch`: the policy rule that matched; null for `run` and `attach`.
     #[serde(default)]
     pub rule: Option<String>,
@@ -260,7 +265,7 @@ pub struct Lost {
 pub struct Degraded {
     /// The limit not applied, when the degradation is about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<String>,
+    pub limit: Option<LimitName>,
     pub reason: String,
     /// What ffrtmp does instead (e.g. `procfs`).
     pub fallback: String,

@@ -76,7 +76,7 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
             )?;
             for (k, v) in &g.limits {
                 out.extend_from_slice(b" ");
-                out.extend_from_slice(k.as_bytes());
+                out.extend_from_slice(k.as_str().as_bytes());
                 out.extend_from_slice(b"=");
                 match v {
                     serde_json::Value::String(s) => quoted(out, s)?,

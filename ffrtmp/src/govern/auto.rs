@@ -36,13 +36,14 @@ use nix::time::{ClockId, clock_gettime};
 
 use super::{
     Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs, job_exists,
-    limits::{JobId, Limits},
     maker::{self, Made, Maker, MakerThread, Unmade},
     reap_empty, reap_job,
     target::{Target, TargetError},
 };
 use crate::{
-    events::{Degraded, Event, Exec, Exit, JobReport, KernelStamp, Source, Timestamp, Tracked},
+    errors::chain,
+    events::{self, Degraded, Event, Exec, Exit, KernelStamp, Source, Timestamp, Tracked},
+    limits::{JobId, Limits},
     observe::proc::{self, ProcError, Stat},
     policy::{Action, Candidate, Decision, Needs, Policy, template::sanitise},
 };
@@ -241,13 +242,8 @@ impl Governor {
         let Some(f) = self.followed.remove(&exit.pid) else {
             return;
         };
-        let stats = f.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
-        exit.job = Some(JobReport {
-            job_id: f.job.clone(),
-            oom_killed: stats.oom_killed,
-            cpu_usage_us: stats.cpu_usage_us,
-            memory_peak_bytes: stats.memory_peak_bytes,
-        });
+        let stats = f.cgroup.as_ref().map(JobCgroup::stats).unwrap_or_default();
+        exit.job = Some(stats.report(f.job.clone()));
         let still_followed = self.followed.values().any(|o| o.job == f.job);
         // Our claim goes first, so that the reaper may take the job.
         drop(f.cgroup);
@@ -488,9 +484,9 @@ impl Governor {
                         .join("; ")
                 ))),
                 Err(e) => events.push(note(format!(
-                    "rule {}: no staging cgroup ({:#}); new processes go straight to their job",
+                    "rule {}: no staging cgroup ({}); new processes go straight to their job",
                     rule.name,
-                    anyhow::Error::new(e)
+                    chain(&e)
                 ))),
             }
         }
@@ -608,7 +604,7 @@ struct Staging {
     /// new process.
     procs: ProcsWriter,
     /// Its limits, read back.
-    applied: serde_json::Map<String, serde_json::Value>,
+    applied: events::Limits,
 }
 
 /// A `degraded` event about governing as a whole (no single limit).
@@ -647,17 +643,6 @@ impl Origin {
                 .map(|ns| ns / 1_000),
             _ => None,
         }
-    }
-}
-
-pub(super) fn limit_failure(
-    limit: &str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> Degraded {
-    Degraded {
-        limit: Some(limit.into()),
-        reason: format!("{:#}", anyhow::Error::new(e)),
-        fallback: "none".into(),
     }
 }
 

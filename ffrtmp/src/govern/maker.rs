@@ -22,19 +22,19 @@ use std::sync::{
     mpsc,
 };
 
-use serde_json::json;
 use tokio::sync::mpsc as async_mpsc;
 
 use super::{
     Context, GovernError, JobCgroup,
-    auto::{Events, Origin, limit_failure, monotonic_ns, note},
-    limits::{JobId, Limits},
+    auto::{Events, Origin, monotonic_ns, note},
+    place::{ByRule, IfNotMoved, NotPlaced, governed, place},
     plan::Plan,
-    process::{ProcessError, nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
     target::Target,
 };
 use crate::{
-    events::{Degraded, Event, Governed, Source, Timestamp},
+    errors::chain,
+    events::{self, Degraded, Event, Source, Timestamp},
+    limits::{JobId, Limits},
     policy::template::sanitise,
 };
 
@@ -50,7 +50,7 @@ pub(super) struct Unmade {
     /// µs from exec to the staging move.
     pub(super) staged_at: Option<u64>,
     /// The staging cgroup's path and limits (`None`: not staged).
-    pub(super) staged_report: Option<(String, serde_json::Map<String, serde_json::Value>)>,
+    pub(super) staged_report: Option<(String, events::Limits)>,
 }
 
 /// What became of an [`Unmade`] process.
@@ -95,9 +95,8 @@ impl Maker {
             staged_report,
         } = job;
         let limits = &limits;
-        let mut events = Vec::new();
         if target.has_exited() {
-            return events; // it ended in staging: no job to make
+            return Vec::new(); // it ended in staging: no job to make
         }
         self.mark_busy();
         let plan = match Plan::make(&self.ctx, &job_id, limits, None) {
@@ -115,7 +114,7 @@ impl Maker {
         let plan = match plan {
             Ok(p) => p,
             Err(e) => {
-                let reason = format!("{:#}", anyhow::Error::new(e));
+                let reason = chain(&e).to_string();
                 return match staged_report {
                     Some((path, applied)) => self.left_in_staging(
                         pid,
@@ -136,80 +135,47 @@ impl Maker {
             .cgroup
             .as_ref()
             .map_or_else(|| job_id.to_string(), |c| c.name().to_string());
-        let mut applied = plan.applied.limits.clone();
-        let mut failures = plan.degradations();
-        let mut cgroup = plan.cgroup;
-        if let Some(cg) = &cgroup {
-            let moved = target.check().map_err(|e| e.to_string()).and_then(|()| {
-                cg.add(pid)
-                    .map_err(|e| format!("{:#}", anyhow::Error::new(e)))
-            });
-            if let Err(reason) = moved {
-                cg.remove_if_empty();
-                if target.has_exited() {
-                    return events; // it ended first: nothing to report
-                }
-                if let Some((path, applied)) = staged_report {
-                    return self.left_in_staging(pid, rule, job, path, applied, staged_at, &reason);
-                }
-                cgroup = None;
-                for limit in applied.keys() {
-                    failures.push(Degraded {
-                        limit: Some(limit.clone()),
-                        reason: format!(
-                            "process {pid} could not be moved into its cgroup: {reason}"
-                        ),
-                        fallback: "none".into(),
-                    });
-                }
-                applied.clear();
+        let mut events: Events = plan
+            .degradations()
+            .into_iter()
+            .map(|d| Event::new(Timestamp::now(), Source::Ffrtmp, d))
+            .collect();
+        // A staged process that cannot join its own job stays where it is.
+        let if_not_moved = if staged_report.is_some() {
+            IfNotMoved::Refuse
+        } else {
+            IfNotMoved::Degrade
+        };
+        let placement = match place(&target, plan, &[], if_not_moved) {
+            Ok(p) => p,
+            // It ended first: nothing to report.
+            Err(NotPlaced::Gone { .. }) => return Vec::new(),
+            Err(NotPlaced::NotMoved { reason }) => {
+                let Some((path, applied)) = staged_report else {
+                    return Vec::new(); // not reached: only staged ones refuse
+                };
+                return self.left_in_staging(pid, rule, job, path, applied, staged_at, &reason);
             }
-        }
+        };
         let latency_us = staged_at.or_else(|| origin.since_exec_us());
-        // Per-process limits: each set on the live target, then read back.
-        type Set = fn(u32, i32) -> Result<i32, ProcessError>;
-        type Read = fn(u32) -> std::io::Result<i32>;
-        let process_limits: [(&str, Option<i32>, Set, Read); 2] = [
-            ("nice", plan.nice, set_nice_all_threads, nice_of),
-            (
-                "oom_score_adj",
-                plan.oom_score_adj,
-                set_oom_score_adj,
-                oom_score_adj_of,
-            ),
-        ];
-        for (limit, value, set, read) in process_limits {
-            let Some(value) = value else { continue };
-            if target.check().is_err() {
-                continue;
-            }
-            match set(pid, value) {
-                Ok(_) => {
-                    if let Ok(now) = read(pid) {
-                        applied.insert(limit.into(), json!(now));
-                    }
-                }
-                Err(e) => failures.push(limit_failure(limit, e)),
-            }
-        }
-        for d in failures {
-            events.push(Event::new(Timestamp::now(), Source::Ffrtmp, d));
+        for d in &placement.degradations {
+            events.push(Event::new(Timestamp::now(), Source::Ffrtmp, d.clone()));
         }
         events.push(Event::new(
             Timestamp::now(),
             Source::Ffrtmp,
-            Governed {
+            placement.governed(
                 pid,
-                job_id: job.clone(),
-                cgroup: cgroup.as_ref().map(|c| c.path.as_str().to_string()),
-                mode: self.ctx.mode.as_str().to_string(),
-                limits: applied,
-                rule: Some(rule),
-                adopted: matches!(origin, Origin::Scan(_)),
-                latency_us,
-            },
+                &job,
+                self.ctx.mode,
+                Some(ByRule {
+                    rule,
+                    adopted: matches!(origin, Origin::Scan(_)),
+                    latency_us,
+                }),
+            ),
         ));
-        *follow = Some((job, cgroup));
+        *follow = Some((job, placement.cgroup));
         self.mark_busy();
         events
     }
@@ -230,7 +196,7 @@ impl Maker {
         rule: String,
         job: String,
         path: String,
-        limits: serde_json::Map<String, serde_json::Value>,
+        limits: events::Limits,
         latency_us: Option<u64>,
         reason: &str,
     ) -> Events {
@@ -247,16 +213,18 @@ impl Maker {
             Event::new(
                 Timestamp::now(),
                 Source::Ffrtmp,
-                Governed {
+                governed(
                     pid,
-                    job_id: job,
-                    cgroup: Some(path),
-                    mode: self.ctx.mode.as_str().to_string(),
+                    &job,
+                    Some(&path),
+                    self.ctx.mode,
                     limits,
-                    rule: Some(rule),
-                    adopted: false,
-                    latency_us,
-                },
+                    Some(ByRule {
+                        rule,
+                        adopted: false,
+                        latency_us,
+                    }),
+                ),
             ),
         ]
     }

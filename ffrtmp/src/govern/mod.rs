@@ -3,8 +3,8 @@
 //!
 //! The design, in the order `run`/`attach` use it:
 //!
-//! 1. [`limits`]: every option is parsed and validated first; bad input
-//!    exits 2 before anything is created. A job id is a single cgroup
+//! 1. [`crate::limits`]: every option is parsed and validated first; bad
+//!    input exits 2 before anything is created. A job id is a single cgroup
 //!    directory name, so it can never name a path.
 //! 2. [`Context::detect`]: the cgroup layout ([`layout`]: v2, v1 or hybrid,
 //!    read from mountinfo) and the mode: **privileged** (root or
@@ -38,8 +38,8 @@
 pub mod auto;
 pub mod dynmods;
 pub mod layout;
-pub mod limits;
 mod maker;
+pub mod place;
 pub mod plan;
 pub mod process;
 pub mod target;
@@ -56,10 +56,9 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 
+use crate::limits::{Applied, JobId, Limits};
 use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
-use limits::{JobId, Limits};
 
 /// Name of ffrtmp's root cgroup under a hierarchy or delegated subtree.
 pub const ROOT_NAME: &str = "ffrtmp";
@@ -123,28 +122,25 @@ impl Mode {
     }
 }
 
-/// What the kernel accepted (read back, in v2 terms) and what it refused.
-#[derive(Clone, Debug, Default)]
-pub struct Applied {
-    pub limits: Map<String, Value>,
-    pub failures: Vec<Failure>,
-}
-
-/// A limit that was asked for and is not in force.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub limit: &'static str,
-    pub reason: String,
-}
-
-impl Applied {
-    pub fn set(&mut self, limit: &'static str, value: Value) {
-        self.limits.insert(limit.to_string(), value);
+/// Writes `value` to a control file and reads it back (trimmed), for
+/// [`crate::limits::Files`]. A file that does not exist is one this kernel
+/// lacks (its controller is enabled, or its hierarchy mounted, by then).
+fn write_and_read_back(path: &Path, value: &str) -> Result<String, String> {
+    if let Err(e) = fs::write(path, value) {
+        let lacks = if e.kind() == io::ErrorKind::NotFound {
+            let file = path.file_name().unwrap_or_default().to_string_lossy();
+            format!(": this kernel has no {file}")
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "writing {value:?} to {}: {e}{lacks}",
+            path.display()
+        ));
     }
-
-    pub fn fail(&mut self, limit: &'static str, reason: String) {
-        self.failures.push(Failure { limit, reason });
-    }
+    crate::observe::proc::read_text(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("reading back {}: {e}", path.display()))
 }
 
 /// A job's cgroup statistics for its exit report; `None` when unknown.
@@ -153,6 +149,18 @@ pub struct Stats {
     pub oom_killed: Option<bool>,
     pub cpu_usage_us: Option<u64>,
     pub memory_peak_bytes: Option<u64>,
+}
+
+impl Stats {
+    /// The exit report of job `job_id` (the one constructor of it).
+    pub fn report(self, job_id: String) -> crate::events::JobReport {
+        crate::events::JobReport {
+            job_id,
+            oom_killed: self.oom_killed,
+            cpu_usage_us: self.cpu_usage_us,
+            memory_peak_bytes: self.memory_peak_bytes,
+        }
+    }
 }
 
 /// The layout, the mode and ffrtmp's root cgroup.

@@ -4,11 +4,14 @@
 //! privileges), and the nice fallback when CPU limits cannot be applied.
 //! Nothing here touches the workload; failures are collected, not fatal,
 //! so each entry point can report them (`degraded`) or refuse (`--strict`).
-use crate::events::Degraded;
-
 use super::{
-    Applied, Context, Existing, GovernError, JobCgroup, Mode, limits::JobId, limits::Limits,
-    pid_in_cgroup, process::oom_score_adj_of, reap_empty,
+    Context, Existing, GovernError, JobCgroup, Mode, pid_in_cgroup, process::oom_score_adj_of,
+    reap_empty,
+};
+use crate::{
+    errors::chain,
+    events::Degraded,
+    limits::{Applied, JobId, LimitName, Limits, Nice, OomScoreAdj},
 };
 
 /// Nice applied when CPU limits cannot be (lower priority than default).
@@ -63,7 +66,7 @@ impl Plan {
                 }
                 Err(e @ GovernError::JobIdInUse(_)) => return Err(e),
                 Err(e) => {
-                    let reason = format!("{:#}", anyhow::Error::new(e));
+                    let reason = chain(&e).to_string();
                     for limit in cgroup_limits(limits) {
                         applied.fail(limit, format!("no job cgroup: {reason}"));
                     }
@@ -79,26 +82,29 @@ impl Plan {
         }
 
         let privileged = ctx.mode == Mode::Privileged;
-        let mut nice = limits.nice;
+        let mut nice = limits.nice.map(|Nice(n)| n);
         if let Some(n) = nice
             && n < 0
             && !privileged
         {
-            applied.fail("nice", format!("nice {n} (below 0) needs privileges"));
+            applied.fail(
+                LimitName::Nice,
+                format!("nice {n} (below 0) needs privileges"),
+            );
             nice = None;
         }
-        let mut oom_score_adj = limits.oom_score_adj;
+        let mut oom_score_adj = limits.oom_score_adj.map(|OomScoreAdj(v)| v);
         if let Some(v) = oom_score_adj
             && !privileged
             && oom_score_adj_of(std::process::id()).is_ok_and(|own| v < own)
         {
             applied.fail(
-                "oom_score_adj",
+                LimitName::OomScoreAdj,
                 format!("lowering oom_score_adj to {v} needs privileges"),
             );
             oom_score_adj = None;
         }
-        let cpu_failed = applied.failures.iter().any(|f| is_cpu(f.limit));
+        let cpu_failed = applied.failures.iter().any(|f| nice_stands_in(f.limit));
         let cpu_fallback = if cpu_failed && nice.is_none() && limits.nice.is_none() {
             nice = Some(NICE_FALLBACK);
             format!("nice {NICE_FALLBACK}")
@@ -120,9 +126,9 @@ impl Plan {
             .failures
             .iter()
             .map(|f| Degraded {
-                limit: Some(f.limit.to_string()),
+                limit: Some(f.limit),
                 reason: f.reason.clone(),
-                fallback: if is_cpu(f.limit) {
+                fallback: if nice_stands_in(f.limit) {
                     self.cpu_fallback.clone()
                 } else {
                     "none".into()
@@ -132,21 +138,17 @@ impl Plan {
     }
 }
 
-fn is_cpu(limit: &str) -> bool {
-    limit == "cpu_max" || limit == "cpu_weight"
+/// The limits whose refusal the nice fallback stands in for: those that
+/// decide the job's CPU share. (A refused burst allowance leaves the quota
+/// in force; a lower nice would only cost the stream more.)
+fn nice_stands_in(limit: LimitName) -> bool {
+    matches!(limit, LimitName::CpuMax | LimitName::CpuWeight)
 }
 
 /// The names of the requested limits that need a cgroup.
-fn cgroup_limits(l: &Limits) -> Vec<&'static str> {
-    [
-        ("cpu_max", l.cpu_max.is_some()),
-        ("cpu_weight", l.cpu_weight.is_some()),
-        ("memory_max", l.memory_max.is_some()),
-        ("memory_high", l.memory_high.is_some()),
-        ("io_max", !l.io_max.is_empty()),
-        ("pids_max", l.pids_max.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, asked)| asked.then_some(name))
-    .collect()
+fn cgroup_limits(l: &Limits) -> Vec<LimitName> {
+    l.names()
+        .into_iter()
+        .filter(|n| n.row().cgroup.is_some())
+        .collect()
 }

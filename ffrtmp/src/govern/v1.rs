@@ -4,18 +4,12 @@
 //! write read back and reported in v2 terms.
 use std::{collections::BTreeMap, fs, io, path::PathBuf};
 
-use serde_json::{Value, json};
-
 use super::{
-    Applied, Existing, GovernError, Stats,
+    Existing, GovernError, Stats,
     layout::{CgroupPath, Mount},
-    limits::{Count, CpuMax, Limits, Size},
+    write_and_read_back,
 };
-
-/// v1 reads an unlimited memory limit back as this (PAGE_COUNTER_MAX pages).
-const V1_MEMORY_UNLIMITED_MIN: u64 = 1 << 62;
-/// `cpu.shares` for the v2 default weight (100 → 1024, as systemd maps it).
-const SHARES_PER_WEIGHT_100: u64 = 1024;
+use crate::limits::{Applied, Files, Limit, Limits, Visit};
 
 /// A job's cgroups, one per v1 hierarchy (co-mounted controllers share one).
 #[derive(Debug)]
@@ -29,14 +23,12 @@ pub struct Job {
 /// job is not put in hierarchies nothing asked for.
 fn controllers_for(limits: &Limits) -> Vec<&'static str> {
     let mut c = vec!["cpuacct", "memory"];
-    if limits.cpu_max.is_some() || limits.cpu_weight.is_some() {
-        c.push("cpu");
-    }
-    if !limits.io_max.is_empty() {
-        c.push("blkio");
-    }
-    if limits.pids_max.is_some() {
-        c.push("pids");
+    for name in limits.names() {
+        if let Some(needed) = name.row().cgroup
+            && !c.contains(&needed.v1)
+        {
+            c.push(needed.v1);
+        }
     }
     c
 }
@@ -88,8 +80,12 @@ impl Job {
             dirs.insert(controller.clone(), dir);
         }
         let job = Job { dirs };
-        let mut applied = Applied::default();
-        job.apply(limits, &mut applied);
+        let mut apply = Apply {
+            job: &job,
+            applied: Applied::default(),
+        };
+        limits.visit(&mut apply);
+        let applied = apply.applied;
         Ok((job, applied))
     }
 
@@ -110,129 +106,11 @@ impl Job {
             .ok_or_else(|| format!("the {controller} controller is not mounted"))
     }
 
-    fn write(&self, controller: &str, file: &str, value: &str) -> Result<String, String> {
-        let path = self.file(controller, file)?;
-        fs::write(&path, value)
-            .map_err(|e| format!("writing {value:?} to {}: {e}", path.display()))?;
-        self.read(controller, file)
-    }
-
     fn read(&self, controller: &str, file: &str) -> Result<String, String> {
         let path = self.file(controller, file)?;
         crate::observe::proc::read_text(&path)
             .map(|s| s.trim().to_string())
             .map_err(|e| format!("reading back {}: {e}", path.display()))
-    }
-
-    fn apply(&self, limits: &Limits, applied: &mut Applied) {
-        let mut record = |name: &'static str, r: Result<Value, String>| match r {
-            Ok(v) => applied.set(name, v),
-            Err(reason) => applied.fail(name, reason),
-        };
-        if let Some(max) = limits.cpu_max {
-            record("cpu_max", self.cpu_max(max));
-        }
-        if let Some(w) = limits.cpu_weight {
-            let shares = (u64::from(w) * SHARES_PER_WEIGHT_100 / 100).max(2);
-            record(
-                "cpu_weight",
-                self.write("cpu", "cpu.shares", &shares.to_string())
-                    .and_then(|back| {
-                        let shares: u64 = back
-                            .parse()
-                            .map_err(|_| format!("cpu.shares reads {back:?}"))?;
-                        Ok(json!((shares * 100).div_ceil(SHARES_PER_WEIGHT_100)))
-                    }),
-            );
-        }
-        if let Some(size) = limits.memory_max {
-            record("memory_max", self.memory("memory.limit_in_bytes", size));
-        }
-        if let Some(size) = limits.memory_high {
-            // v1 has no throttling "high"; the soft limit is the closest:
-            // reclaim pressure under contention.
-            record(
-                "memory_high",
-                self.memory("memory.soft_limit_in_bytes", size),
-            );
-        }
-        if let Some(max) = limits.pids_max {
-            record(
-                "pids_max",
-                self.write("pids", "pids.max", &max.to_string())
-                    .map(Value::String),
-            );
-        }
-        let mut io = Vec::new();
-        for dev in &limits.io_max {
-            match self.io_max(dev) {
-                Ok(line) => io.push(json!(line)),
-                Err(reason) => applied.fail("io_max", reason),
-            }
-        }
-        if !io.is_empty() {
-            applied.set("io_max", Value::Array(io));
-        }
-    }
-
-    fn cpu_max(&self, max: CpuMax) -> Result<Value, String> {
-        // Period first: the kernel checks the quota against it.
-        let period = self.write("cpu", "cpu.cfs_period_us", &max.period.to_string())?;
-        let quota = max
-            .quota
-            .map_or_else(|| "-1".to_string(), |q| q.to_string());
-        let quota = self.write("cpu", "cpu.cfs_quota_us", &quota)?;
-        let quota = if quota == "-1" {
-            "max".to_string()
-        } else {
-            quota
-        };
-        Ok(Value::String(format!("{quota} {period}")))
-    }
-
-    fn memory(&self, file: &str, size: Size) -> Result<Value, String> {
-        let value = match size {
-            Size::Max => "-1".to_string(),
-            Size::Bytes(n) => n.to_string(),
-        };
-        let back = self.write("memory", file, &value)?;
-        let n: u64 = back.parse().map_err(|_| format!("{file} reads {back:?}"))?;
-        Ok(Value::String(if n >= V1_MEMORY_UNLIMITED_MIN {
-            "max".into()
-        } else {
-            n.to_string()
-        }))
-    }
-
-    fn io_max(&self, dev: &super::limits::IoMax) -> Result<String, String> {
-        let device = format!("{}:{}", dev.major, dev.minor);
-        let mut parts = vec![device.clone()];
-        for (key, value) in dev.fields() {
-            let file = match key {
-                "rbps" => "blkio.throttle.read_bps_device",
-                "wbps" => "blkio.throttle.write_bps_device",
-                "riops" => "blkio.throttle.read_iops_device",
-                _ => "blkio.throttle.write_iops_device",
-            };
-            // v1 removes a device's limit when it is set to 0.
-            let n = match value {
-                Count::Max => 0,
-                Count::N(n) => n,
-            };
-            let back = self.write("blkio", file, &format!("{device} {n}"))?;
-            let line = back.lines().find(|l| l.starts_with(&format!("{device} ")));
-            match (value, line) {
-                (Count::Max, None) => parts.push(format!("{key}=max")),
-                (_, Some(l)) => parts.push(format!(
-                    "{key}={}",
-                    l.split_whitespace().nth(1).unwrap_or("?")
-                )),
-                (Count::N(_), None) => {
-                    return Err(format!("{file} has no line for {device} after writing it"));
-                }
-            }
-        }
-        Ok(parts.join(" "))
     }
 
     pub fn procs_files(&self) -> Vec<PathBuf> {
@@ -271,5 +149,25 @@ impl Job {
         dirs.sort();
         dirs.dedup();
         dirs
+    }
+}
+
+impl Files for Job {
+    fn write(&self, controller: &'static str, file: &str, value: &str) -> Result<String, String> {
+        write_and_read_back(&self.file(controller, file)?, value)
+    }
+}
+
+/// Writes each cgroup limit to its own hierarchy.
+struct Apply<'a> {
+    job: &'a Job,
+    applied: Applied,
+}
+
+impl Visit for Apply<'_> {
+    fn visit<L: Limit>(&mut self, limit: &L) {
+        if L::CGROUP.is_some() {
+            self.applied.record(L::NAME, limit.apply_v1(self.job));
+        }
     }
 }

@@ -6,13 +6,12 @@
 //! down to the job's parent before the job is made. Every write is read back.
 use std::{fs, io, path::PathBuf};
 
-use serde_json::{Value, json};
-
 use super::{
-    Applied, Existing, GovernError, Stats,
+    Existing, GovernError, Stats,
     layout::{CgroupPath, Mount},
-    limits::Limits,
+    write_and_read_back,
 };
+use crate::limits::{Applied, Files, Limit, Limits, Visit};
 
 /// A job's cgroup in the v2 hierarchy.
 #[derive(Debug)]
@@ -25,11 +24,12 @@ fn controllers_for(limits: &Limits) -> Vec<&'static str> {
     // cpu and memory always: cpu.stat and memory.peak/events feed the exit
     // report even without a limit.
     let mut c = vec!["cpu", "memory"];
-    if !limits.io_max.is_empty() {
-        c.push("io");
-    }
-    if limits.pids_max.is_some() {
-        c.push("pids");
+    for name in limits.names() {
+        if let Some(needed) = name.row().cgroup
+            && !c.contains(&needed.v2)
+        {
+            c.push(needed.v2);
+        }
     }
     c
 }
@@ -67,9 +67,10 @@ impl Job {
         limits: &Limits,
         existing: Existing,
     ) -> Result<(Self, Applied), GovernError> {
-        let mut applied = Applied::default();
-        for (controller, reason) in enable_controllers(mount, root, &controllers_for(limits)) {
-            applied.fail(controller, reason);
+        let refused = enable_controllers(mount, root, &controllers_for(limits));
+        for (controller, reason) in &refused {
+            // Only the exit report's statistics need it when no limit does.
+            tracing::debug!(controller, reason, "controller not enabled");
         }
         let dir = mount.dir_of(path);
         match fs::create_dir(&dir) {
@@ -81,70 +82,14 @@ impl Job {
             _ => {}
         }
         let job = Job { dir };
-        job.apply(limits, &mut applied);
-        Ok((job, applied))
-    }
-
-    fn write(&self, file: &str, value: &str) -> Result<String, String> {
-        let path = self.dir.join(file);
-        fs::write(&path, value)
-            .map_err(|e| format!("writing {value:?} to {}: {e}", path.display()))?;
-        crate::observe::proc::read_text(&path)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| format!("reading back {}: {e}", path.display()))
-    }
-
-    fn apply(&self, limits: &Limits, applied: &mut Applied) {
-        // Values are reported as the kernel reads them back; a number where
-        // the file holds one (cpu.weight), else the file's text.
-        let mut set = |name: &'static str, file: &str, value: String, numeric: bool| {
-            let back = self.write(file, &value).and_then(|back| {
-                if !numeric {
-                    return Ok(Value::String(back));
-                }
-                back.parse::<u64>()
-                    .map(|n| json!(n))
-                    .map_err(|_| format!("{file} reads {back:?}"))
-            });
-            match back {
-                Ok(v) => applied.set(name, v),
-                Err(reason) => applied.fail(name, reason),
-            }
+        let mut apply = Apply {
+            job: &job,
+            refused: &refused,
+            applied: Applied::default(),
         };
-        if let Some(v) = limits.cpu_max {
-            set("cpu_max", "cpu.max", v.to_string(), false);
-        }
-        if let Some(v) = limits.cpu_weight {
-            set("cpu_weight", "cpu.weight", v.to_string(), true);
-        }
-        if let Some(v) = limits.memory_max {
-            set("memory_max", "memory.max", v.to_string(), false);
-        }
-        if let Some(v) = limits.memory_high {
-            set("memory_high", "memory.high", v.to_string(), false);
-        }
-        if let Some(v) = limits.pids_max {
-            set("pids_max", "pids.max", v.to_string(), false);
-        }
-        let mut io = Vec::new();
-        for dev in &limits.io_max {
-            match self.write("io.max", &dev.to_string()) {
-                Ok(back) => {
-                    let prefix = format!("{}:{} ", dev.major, dev.minor);
-                    match back.lines().find(|l| l.starts_with(&prefix)) {
-                        Some(line) => io.push(json!(line)),
-                        None => applied.fail(
-                            "io_max",
-                            format!("io.max has no line for {prefix}after writing it"),
-                        ),
-                    }
-                }
-                Err(reason) => applied.fail("io_max", reason),
-            }
-        }
-        if !io.is_empty() {
-            applied.set("io_max", Value::Array(io));
-        }
+        limits.visit(&mut apply);
+        let applied = apply.applied;
+        Ok((job, applied))
     }
 
     pub fn procs_files(&self) -> Vec<PathBuf> {
@@ -181,5 +126,30 @@ impl Job {
 
     pub fn dirs(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+}
+
+impl Files for Job {
+    fn write(&self, _controller: &'static str, file: &str, value: &str) -> Result<String, String> {
+        write_and_read_back(&self.dir.join(file), value)
+    }
+}
+
+/// Writes each cgroup limit, except those whose controller could not be
+/// enabled: they fail with that reason (and only they: a controller the
+/// exit report wanted is no limit's failure).
+struct Apply<'a> {
+    job: &'a Job,
+    refused: &'a [(&'static str, String)],
+    applied: Applied,
+}
+
+impl Visit for Apply<'_> {
+    fn visit<L: Limit>(&mut self, limit: &L) {
+        let Some(needed) = L::CGROUP else { return };
+        match self.refused.iter().find(|(c, _)| *c == needed.v2) {
+            Some((_, reason)) => self.applied.fail(L::NAME, reason.clone()),
+            None => self.applied.record(L::NAME, limit.apply_v2(self.job)),
+        }
     }
 }

@@ -28,12 +28,9 @@ use std::{
 
 use globset::{Glob, GlobMatcher};
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, de};
 
-use crate::govern::limits::{
-    CpuMax, IoMax, JobId, LimitError, Limits, Size, parse_cpu_weight, parse_nice,
-    parse_oom_score_adj, parse_pids_max,
-};
+use crate::limits::{JobId, LimitName, Limits};
 use template::Template;
 
 /// The policy used without `--policy`.
@@ -303,25 +300,33 @@ impl OneOrMany {
     }
 }
 
-/// A limit written as a string or as an integer (`memory_max = 4294967296`).
+/// A limit's value as written: a string, an integer (`memory_max =
+/// 4294967296`), or, for a repeatable limit (`io_max`), a list.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Scalar {
+enum RawLimit {
     Text(String),
     Int(i64),
+    List(Vec<String>),
 }
 
-impl Scalar {
-    fn text(&self) -> String {
-        match self {
-            Scalar::Text(s) => s.clone(),
-            Scalar::Int(n) => n.to_string(),
-        }
-    }
-}
+/// The keys of a rule that are not limits.
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "comm",
+    "exe",
+    "argv",
+    "user",
+    "uid",
+    "parent_comm",
+    "action",
+    "job_id",
+];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[rule]]` as written. Its limit keys are the limits table's names
+/// (`crate::limits`), so a new limit is a new policy key with no change
+/// here; any other key is refused with its line.
+#[derive(Default)]
 struct RawRule {
     name: Option<Spanned<String>>,
     comm: Option<Spanned<OneOrMany>>,
@@ -332,27 +337,75 @@ struct RawRule {
     parent_comm: Option<Spanned<OneOrMany>>,
     action: Option<Spanned<String>>,
     job_id: Option<Spanned<String>>,
-    cpu_max: Option<Spanned<Scalar>>,
-    cpu_weight: Option<Spanned<Scalar>>,
-    memory_max: Option<Spanned<Scalar>>,
-    memory_high: Option<Spanned<Scalar>>,
-    io_max: Option<Spanned<OneOrMany>>,
-    pids_max: Option<Spanned<Scalar>>,
-    nice: Option<Spanned<Scalar>>,
-    oom_score_adj: Option<Spanned<Scalar>>,
+    /// The limits, in file order.
+    limits: Vec<(LimitName, Spanned<RawLimit>)>,
+    /// The first key that is neither, for the error (with its line).
+    unknown: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawRule {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> de::Visitor<'de> for Keys {
+            type Value = RawRule;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a [[rule]] table")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawRule, A::Error> {
+                let mut r = RawRule::default();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    match key.get_ref().as_str() {
+                        "name" => r.name = Some(map.next_value()?),
+                        "comm" => r.comm = Some(map.next_value()?),
+                        "exe" => r.exe = Some(map.next_value()?),
+                        "argv" => r.argv = Some(map.next_value()?),
+                        "user" => r.user = Some(map.next_value()?),
+                        "uid" => r.uid = Some(map.next_value()?),
+                        "parent_comm" => r.parent_comm = Some(map.next_value()?),
+                        "action" => r.action = Some(map.next_value()?),
+                        "job_id" => r.job_id = Some(map.next_value()?),
+                        other => match LimitName::from_key(other) {
+                            Some(limit) => r.limits.push((limit, map.next_value()?)),
+                            None => {
+                                map.next_value::<de::IgnoredAny>()?;
+                                r.unknown.get_or_insert(key);
+                            }
+                        },
+                    }
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(Keys)
+    }
 }
 
 type Invalid = (Range<usize>, String);
 
-/// Parses an optional limit with `parse`, keeping the span for errors.
-fn limit<T>(
-    value: &Option<Spanned<Scalar>>,
-    parse: impl Fn(&str) -> Result<T, LimitError>,
-) -> Result<Option<T>, Invalid> {
-    value
-        .as_ref()
-        .map(|v| parse(&v.get_ref().text()).map_err(|e| (v.span(), e.to_string())))
-        .transpose()
+/// The limits of a rule, each parsed by the limits table.
+fn limits_of(raw: &[(LimitName, Spanned<RawLimit>)]) -> Result<Limits, Invalid> {
+    let mut limits = Limits::default();
+    for (name, value) in raw {
+        let span = value.span();
+        let texts = match value.get_ref() {
+            RawLimit::Text(s) => vec![s.clone()],
+            RawLimit::Int(n) => vec![n.to_string()],
+            RawLimit::List(l) if name.row().repeatable => l.clone(),
+            RawLimit::List(_) => return Err((span, format!("{name} takes one value, not a list"))),
+        };
+        for text in texts {
+            limits
+                .set(*name, &text)
+                .map_err(|e| (span.clone(), e.to_string()))?;
+        }
+    }
+    limits.validate().map_err(|e| {
+        let span = raw.last().map_or(0..0, |(_, v)| v.span());
+        (span, e.to_string())
+    })?;
+    Ok(limits)
 }
 
 fn comm_list(value: Option<Spanned<OneOrMany>>, key: &str) -> Result<Option<Vec<String>>, Invalid> {
@@ -420,40 +473,24 @@ impl RawRule {
                 }
             },
         };
-        let limits = Limits {
-            cpu_max: limit(&self.cpu_max, str::parse::<CpuMax>)?,
-            cpu_weight: limit(&self.cpu_weight, parse_cpu_weight)?,
-            memory_max: limit(&self.memory_max, str::parse::<Size>)?,
-            memory_high: limit(&self.memory_high, str::parse::<Size>)?,
-            io_max: match &self.io_max {
-                None => Vec::new(),
-                Some(v) => match v.get_ref() {
-                    OneOrMany::One(s) => vec![s.as_str()],
-                    OneOrMany::Many(l) => l.iter().map(String::as_str).collect(),
-                }
-                .into_iter()
-                .map(|s| s.parse::<IoMax>().map_err(|e| (v.span(), e.to_string())))
-                .collect::<Result<_, _>>()?,
-            },
-            pids_max: limit(&self.pids_max, parse_pids_max)?,
-            nice: limit(&self.nice, parse_nice)?,
-            oom_score_adj: limit(&self.oom_score_adj, parse_oom_score_adj)?,
-        };
+        if let Some(key) = &self.unknown {
+            let mut expected: Vec<&str> = RULE_KEYS.to_vec();
+            expected.extend(LimitName::ALL.iter().map(|n| n.as_str()));
+            let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+            return Err((
+                key.span(),
+                format!(
+                    "unknown field `{}`, expected one of {}",
+                    key.get_ref(),
+                    expected.join(", ")
+                ),
+            ));
+        }
+        let limits = limits_of(&self.limits)?;
         let action = if ignore {
             let settings = [
                 self.job_id.as_ref().map(|s| s.span()),
-                [
-                    &self.cpu_max,
-                    &self.cpu_weight,
-                    &self.memory_max,
-                    &self.memory_high,
-                    &self.pids_max,
-                    &self.nice,
-                    &self.oom_score_adj,
-                ]
-                .into_iter()
-                .find_map(|v| v.as_ref().map(|v| v.span())),
-                self.io_max.as_ref().map(|v| v.span()),
+                self.limits.first().map(|(_, v)| v.span()),
             ];
             if let Some(span) = settings.into_iter().flatten().next() {
                 return Err((span, "an ignore rule sets no job_id or limits".into()));

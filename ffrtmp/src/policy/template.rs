@@ -5,7 +5,7 @@
 //! cgroup root and nothing else.
 use std::collections::BTreeSet;
 
-use crate::govern::limits::JobId;
+use crate::limits::JobId;
 
 /// Placeholders every rule may use.
 pub const BUILTIN: &[&str] = &["comm", "pid", "uid", "rule"];

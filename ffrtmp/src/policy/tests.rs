@@ -1,4 +1,5 @@
 use super::*;
+use crate::limits::{CpuWeight, MemoryHigh, MemoryMax, Nice, OomScoreAdj, Size};
 
 fn candidate(comm: &str) -> Candidate {
     Candidate {
@@ -32,9 +33,9 @@ fn the_embedded_policy_governs_ffmpeg_and_gstreamer_and_nothing_else() {
         match p.decide(&candidate(comm)) {
             Some(Decision::Govern { job_id, limits, .. }) => {
                 assert_eq!(job_id.as_str(), format!("{comm}-4242"));
-                assert_eq!(limits.cpu_weight, Some(50));
-                assert_eq!(limits.memory_max, Some(Size::Bytes(4 << 30)));
-                assert_eq!(limits.oom_score_adj, Some(500));
+                assert_eq!(limits.cpu_weight, Some(CpuWeight(50)));
+                assert_eq!(limits.memory_max, Some(MemoryMax(Size::Bytes(4 << 30))));
+                assert_eq!(limits.oom_score_adj, Some(OomScoreAdj(500)));
             }
             other => panic!("{comm}: {other:?}"),
         }
@@ -244,6 +245,7 @@ fn malformed_policies_name_the_line_of_the_mistake() {
             "unknown field",
         ),
         ("[[rule]]\ncomm = \"ffmpeg\"\nnice = \n", 3, ""),
+        ("[[rule]]\ncomm = \"ffmpeg\"\nnice = [1, 2]\n", 3, ""),
         ("# nothing\n", 1, "no [[rule]]"),
     ];
     for (text, line, needle) in cases {
@@ -266,7 +268,29 @@ fn limits_accept_integers_and_strings() {
     let Action::Govern { limits, .. } = &p.rules[0].action else {
         panic!("not a govern rule");
     };
-    assert_eq!(limits.memory_max, Some(Size::Bytes(4 << 30)));
-    assert_eq!(limits.memory_high, Some(Size::Max));
-    assert_eq!(limits.nice, Some(-5));
+    assert_eq!(limits.memory_max, Some(MemoryMax(Size::Bytes(4 << 30))));
+    assert_eq!(limits.memory_high, Some(MemoryHigh(Size::Max)));
+    assert_eq!(limits.nice, Some(Nice(-5)));
+}
+
+#[test]
+fn every_limit_of_the_table_is_a_policy_key() {
+    let p = Policy::parse(
+        "[[rule]]\ncomm = \"ffmpeg\"\ncpu_max = \"50000 100000\"\nio_max = [\"8:0 rbps=1\", \"8:16 wbps=2\"]\n",
+        "p.toml",
+    )
+    .unwrap();
+    let Action::Govern { limits, .. } = &p.rules[0].action else {
+        panic!("not a govern rule");
+    };
+    assert_eq!(limits.io_max.as_ref().map(|io| io.0.len()), Some(2));
+    let err = Policy::parse(
+        "[[rule]]\ncomm = \"ffmpeg\"\naction = \"ignore\"\npids_max = 1\n",
+        "p.toml",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("p.toml:4: an ignore rule"),
+        "{err}"
+    );
 }

@@ -1,0 +1,231 @@
+//! Placing a process in its job: the one routine `attach` and the daemon's
+//! job maker use (`run`'s child places itself before exec, `cli/spawn.rs`,
+//! and reads back with [`Placement::confirm`]), and the one constructor of
+//! the `governed` event all three emit.
+//!
+//! The order is the plan's: the whole thread group (and the descendants
+//! asked for) into the job cgroup, then nice on every thread, then
+//! oom_score_adj; before each step the [`Target`] is checked to still be
+//! the same live process, and every value reported is read back from the
+//! kernel. A refusal becomes a `degraded` body, or — when the caller asks
+//! ([`IfNotMoved::Refuse`]) — no placement at all.
+use super::{
+    JobCgroup, Mode,
+    plan::Plan,
+    process::{ProcessError, nice_of, oom_score_adj_of, set_nice_all_threads, set_oom_score_adj},
+    target::{Target, TargetError},
+};
+use crate::{
+    errors::chain,
+    events::{self, Degraded, Governed},
+    limits::LimitName,
+};
+
+/// What to do when the target cannot join its job cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfNotMoved {
+    /// Place nothing ([`NotPlaced::NotMoved`]): `attach --strict`, or a
+    /// process that stays in its staging cgroup.
+    Refuse,
+    /// Go on without the cgroup: its limits are reported as `degraded`.
+    Degrade,
+}
+
+/// Why a process was not placed. The job cgroup made for it is removed
+/// (when empty, which it is: the process never joined it or has exited).
+#[derive(Debug)]
+pub enum NotPlaced {
+    /// It stopped being the process it was (it exited) before `before`.
+    Gone {
+        before: &'static str,
+        error: TargetError,
+    },
+    /// It could not join its cgroup, and the caller asked to refuse then.
+    NotMoved { reason: String },
+}
+
+/// A process in its job.
+#[derive(Debug)]
+pub struct Placement {
+    /// Its job cgroup (`None`: none could be made, or it could not join).
+    pub cgroup: Option<JobCgroup>,
+    /// What is in force, read back: cgroup limits, nice, oom_score_adj.
+    pub limits: events::Limits,
+    /// What the placement could not do, one `degraded` body each (the
+    /// plan's own refusals are [`Plan::degradations`]).
+    pub degradations: Vec<Degraded>,
+}
+
+/// Places `target` (and `also`: its descendants, whose failures are not
+/// its own) into `plan`'s job.
+pub fn place(
+    target: &Target,
+    plan: Plan,
+    also: &[u32],
+    if_not_moved: IfNotMoved,
+) -> Result<Placement, NotPlaced> {
+    let Plan {
+        cgroup,
+        applied,
+        nice,
+        oom_score_adj,
+        ..
+    } = plan;
+    let mut placement = Placement {
+        cgroup,
+        limits: applied.limits,
+        degradations: Vec::new(),
+    };
+    let pid = target.pid;
+    let gone = |placement: &Placement, before, error| {
+        placement.remove_cgroup();
+        NotPlaced::Gone { before, error }
+    };
+
+    if let Some(cg) = &placement.cgroup {
+        if let Err(error) = target.check() {
+            return Err(gone(&placement, "moving it into its cgroup", error));
+        }
+        let moved = cg.add(pid);
+        for &other in also {
+            // A descendant may have exited meanwhile.
+            let _ = cg.add(other);
+        }
+        if let Err(e) = moved {
+            if let Err(error) = target.check() {
+                return Err(gone(&placement, "moving it into its cgroup", error));
+            }
+            let reason = chain(&e).to_string();
+            placement.remove_cgroup();
+            if if_not_moved == IfNotMoved::Refuse {
+                return Err(NotPlaced::NotMoved { reason });
+            }
+            // Its cgroup limits are not in force: say so, report none.
+            placement.cgroup = None;
+            for limit in std::mem::take(&mut placement.limits).into_keys() {
+                placement.degradations.push(Degraded {
+                    limit: Some(limit),
+                    reason: format!("process {pid} could not be moved into its cgroup: {reason}"),
+                    fallback: "none".into(),
+                });
+            }
+        }
+    }
+
+    // Per-process limits: each set on the live target, then read back.
+    type Set = fn(u32, i32) -> Result<i32, ProcessError>;
+    type Read = fn(u32) -> std::io::Result<i32>;
+    let per_process: [(LimitName, &str, Option<i32>, Set, Read); 2] = [
+        (
+            LimitName::Nice,
+            "setting nice",
+            nice,
+            set_nice_all_threads,
+            nice_of,
+        ),
+        (
+            LimitName::OomScoreAdj,
+            "setting oom_score_adj",
+            oom_score_adj,
+            set_oom_score_adj,
+            oom_score_adj_of,
+        ),
+    ];
+    for (limit, step, value, set, read) in per_process {
+        let Some(value) = value else { continue };
+        if let Err(error) = target.check() {
+            return Err(gone(&placement, step, error));
+        }
+        let result = set(pid, value);
+        for &other in also {
+            let _ = set(other, value);
+        }
+        match result {
+            Ok(_) => {
+                if let Ok(now) = read(pid) {
+                    placement.limits.insert(limit, now.into());
+                }
+            }
+            Err(e) => placement.degradations.push(Degraded {
+                limit: Some(limit),
+                reason: chain(&e).to_string(),
+                fallback: "none".into(),
+            }),
+        }
+    }
+    Ok(placement)
+}
+
+impl Placement {
+    /// `run`'s workload placed itself (its child joined the cgroup and set
+    /// nice and oom_score_adj before exec): read back what is in force.
+    pub fn confirm(plan: Plan, pid: u32) -> Self {
+        let mut limits = plan.applied.limits;
+        if plan.nice.is_some()
+            && let Ok(n) = nice_of(pid)
+        {
+            limits.insert(LimitName::Nice, n.into());
+        }
+        if plan.oom_score_adj.is_some()
+            && let Ok(v) = oom_score_adj_of(pid)
+        {
+            limits.insert(LimitName::OomScoreAdj, v.into());
+        }
+        Placement {
+            cgroup: plan.cgroup,
+            limits,
+            degradations: Vec::new(),
+        }
+    }
+
+    /// The `governed` event of `pid` in this placement.
+    pub fn governed(&self, pid: u32, job_id: &str, mode: Mode, by: Option<ByRule>) -> Governed {
+        governed(
+            pid,
+            job_id,
+            self.cgroup.as_ref().map(|c| c.path.as_str()),
+            mode,
+            self.limits.clone(),
+            by,
+        )
+    }
+
+    fn remove_cgroup(&self) {
+        if let Some(cg) = &self.cgroup {
+            cg.remove_if_empty();
+        }
+    }
+}
+
+/// How `watch` came to govern a process (null for `run` and `attach`).
+#[derive(Clone, Debug)]
+pub struct ByRule {
+    pub rule: String,
+    pub adopted: bool,
+    pub latency_us: Option<u64>,
+}
+
+/// The one constructor of a `governed` event.
+pub fn governed(
+    pid: u32,
+    job_id: &str,
+    cgroup: Option<&str>,
+    mode: Mode,
+    limits: events::Limits,
+    by: Option<ByRule>,
+) -> Governed {
+    let (rule, adopted, latency_us) = match by {
+        Some(b) => (Some(b.rule), b.adopted, b.latency_us),
+        None => (None, false, None),
+    };
+    Governed {
+        pid,
+        job_id: job_id.to_string(),
+        cgroup: cgroup.map(String::from),
+        mode: mode.as_str().to_string(),
+        limits,
+        rule,
+        adopted,
+        latency_us,
+    }
+}

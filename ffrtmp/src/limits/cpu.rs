@@ -1,0 +1,166 @@
+//! CPU limits: bandwidth (`cpu.max`) and the proportional weight
+//! (`cpu.weight`).
+use std::{fmt, str::FromStr};
+
+use serde_json::Value;
+
+use super::{Controllers, Files, Limit, LimitError, Outcome, values::number};
+
+const CPU: Option<Controllers> = Some(Controllers {
+    v2: "cpu",
+    v1: "cpu",
+});
+
+/// `cpu.max`: `quota` microseconds of CPU per `period`; `None` = no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuMax {
+    pub quota: Option<u64>,
+    pub period: u64,
+}
+
+impl CpuMax {
+    pub const DEFAULT_PERIOD: u64 = 100_000;
+}
+
+impl FromStr for CpuMax {
+    type Err = LimitError;
+
+    fn from_str(s: &str) -> Result<Self, LimitError> {
+        let err = || LimitError::CpuMax(s.to_string());
+        let mut words = s.split_whitespace();
+        let quota = match words.next().ok_or_else(err)? {
+            "max" => None,
+            q => Some(q.parse::<u64>().map_err(|_| err())?),
+        };
+        let period = match words.next() {
+            Some(p) => p.parse::<u64>().map_err(|_| err())?,
+            None => Self::DEFAULT_PERIOD,
+        };
+        // The kernel's bounds: period 1 ms..1 s, quota at least 1 ms.
+        if words.next().is_some()
+            || !(1_000..=1_000_000).contains(&period)
+            || quota.is_some_and(|q| q < 1_000)
+        {
+            return Err(err());
+        }
+        Ok(CpuMax { quota, period })
+    }
+}
+
+impl fmt::Display for CpuMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.quota {
+            Some(q) => write!(f, "{q} {}", self.period),
+            None => write!(f, "max {}", self.period),
+        }
+    }
+}
+
+impl Limit for CpuMax {
+    const HELP: &'static str = "CPU bandwidth, cgroup v2 syntax: \"QUOTA PERIOD\" in µs (\"200000 100000\" = 2 CPUs), \"max\", \"max PERIOD\".";
+    const VALUE_NAME: &'static str = "SPEC";
+    const CGROUP: Option<Controllers> = CPU;
+    const STATUS_V2: &'static [&'static str] = &["cpu.max"];
+    const STATUS_V1: &'static [&'static str] = &["cpu.cfs_quota_us", "cpu.cfs_period_us"];
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        text.parse()
+    }
+
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        files
+            .write("cpu", "cpu.max", &self.to_string())
+            .map(Value::String)
+            .into()
+    }
+
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        let written = || {
+            // Period first: the kernel checks the quota against it.
+            let period = files.write("cpu", "cpu.cfs_period_us", &self.period.to_string())?;
+            let quota = self
+                .quota
+                .map_or_else(|| "-1".to_string(), |q| q.to_string());
+            let quota = files.write("cpu", "cpu.cfs_quota_us", &quota)?;
+            let quota = if quota == "-1" { "max".into() } else { quota };
+            Ok(Value::String(format!("{quota} {period}")))
+        };
+        written().into()
+    }
+}
+
+/// `cpu.weight`: a share of the CPU against its siblings (100 = default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuWeight(pub u32);
+
+/// `cpu.shares` for the v2 default weight (100 → 1024, as systemd maps it).
+const SHARES_PER_WEIGHT_100: u64 = 1024;
+
+impl Limit for CpuWeight {
+    const HELP: &'static str = "Proportional CPU weight, 1..10000 (100 is the default share).";
+    const VALUE_NAME: &'static str = "N";
+    const CGROUP: Option<Controllers> = CPU;
+    const STATUS_V2: &'static [&'static str] = &["cpu.weight"];
+    const STATUS_V1: &'static [&'static str] = &["cpu.shares"];
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        text.parse::<u32>()
+            .ok()
+            .filter(|w| (1..=10_000).contains(w))
+            .map(CpuWeight)
+            .ok_or_else(|| LimitError::CpuWeight(text.to_string()))
+    }
+
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        let file = "cpu.weight";
+        files
+            .write("cpu", file, &self.0.to_string())
+            .and_then(|back| number(file, &back))
+            .into()
+    }
+
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        let shares = (u64::from(self.0) * SHARES_PER_WEIGHT_100 / 100).max(2);
+        files
+            .write("cpu", "cpu.shares", &shares.to_string())
+            .and_then(|back| {
+                let shares: u64 = back
+                    .parse()
+                    .map_err(|_| format!("cpu.shares reads {back:?}"))?;
+                Ok(Value::from((shares * 100).div_ceil(SHARES_PER_WEIGHT_100)))
+            })
+            .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_takes_the_v2_forms() {
+        let q = |quota, period| Ok(CpuMax { quota, period });
+        assert_eq!("100000 100000".parse(), q(Some(100_000), 100_000));
+        assert_eq!("200000 100000".parse(), q(Some(200_000), 100_000));
+        assert_eq!("max".parse(), q(None, 100_000));
+        assert_eq!("max 50000".parse(), q(None, 50_000));
+        assert_eq!("20000".parse(), q(Some(20_000), 100_000));
+        for bad in [
+            "",
+            "x",
+            "100 100000",
+            "20000 100",
+            "20000 2000000",
+            "1 2 3",
+            "-5 100000",
+        ] {
+            assert!(bad.parse::<CpuMax>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn weight_has_its_range() {
+        assert_eq!(CpuWeight::parse("150"), Ok(CpuWeight(150)));
+        assert!(CpuWeight::parse("0").is_err() && CpuWeight::parse("10001").is_err());
+    }
+}

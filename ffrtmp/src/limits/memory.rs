@@ -1,0 +1,89 @@
+//! Memory limits: the hard limit (`memory.max`) and the throttling
+//! threshold (`memory.high`; v1 has none, its soft limit is the closest).
+use serde_json::Value;
+
+use super::{Controllers, Files, Limit, LimitError, Outcome, Size};
+
+const MEMORY: Option<Controllers> = Some(Controllers {
+    v2: "memory",
+    v1: "memory",
+});
+
+/// v1 reads an unlimited memory limit back as this (PAGE_COUNTER_MAX pages).
+const V1_MEMORY_UNLIMITED_MIN: u64 = 1 << 62;
+
+/// `memory.max`: exceeding it OOM-kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryMax(pub Size);
+
+/// `memory.high`: above it the job is throttled and reclaimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryHigh(pub Size);
+
+impl Limit for MemoryMax {
+    const HELP: &'static str =
+        "Memory limit: bytes, or 512M / 4G / …, or \"max\". Exceeding it OOM-kills.";
+    const VALUE_NAME: &'static str = "SIZE";
+    const CGROUP: Option<Controllers> = MEMORY;
+    const STATUS_V2: &'static [&'static str] = &["memory.max"];
+    const STATUS_V1: &'static [&'static str] = &["memory.limit_in_bytes"];
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        text.parse().map(MemoryMax)
+    }
+
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        v2(files, "memory.max", self.0)
+    }
+
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        v1(files, "memory.limit_in_bytes", self.0)
+    }
+}
+
+impl Limit for MemoryHigh {
+    const HELP: &'static str = "Memory throttling threshold (v1: soft limit): same syntax.";
+    const VALUE_NAME: &'static str = "SIZE";
+    const CGROUP: Option<Controllers> = MEMORY;
+    const STATUS_V2: &'static [&'static str] = &["memory.high"];
+    const STATUS_V1: &'static [&'static str] = &["memory.soft_limit_in_bytes"];
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        text.parse().map(MemoryHigh)
+    }
+
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        v2(files, "memory.high", self.0)
+    }
+
+    /// v1 has no throttling "high"; the soft limit is the closest: reclaim
+    /// pressure under contention.
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        v1(files, "memory.soft_limit_in_bytes", self.0)
+    }
+}
+
+fn v2(files: &dyn Files, file: &str, size: Size) -> Outcome {
+    files
+        .write("memory", file, &size.to_string())
+        .map(Value::String)
+        .into()
+}
+
+fn v1(files: &dyn Files, file: &str, size: Size) -> Outcome {
+    let value = match size {
+        Size::Max => "-1".to_string(),
+        Size::Bytes(n) => n.to_string(),
+    };
+    files
+        .write("memory", file, &value)
+        .and_then(|back| {
+            let n: u64 = back.parse().map_err(|_| format!("{file} reads {back:?}"))?;
+            Ok(Value::String(if n >= V1_MEMORY_UNLIMITED_MIN {
+                "max".into()
+            } else {
+                n.to_string()
+            }))
+        })
+        .into()
+}

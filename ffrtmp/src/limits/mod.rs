@@ -1,0 +1,170 @@
+//! The limits a job can ask for: one table, one type per limit.
+//!
+//! Every limit is a row of the table in [`table`] — its name, its field in
+//! [`Limits`] and its type — and the type's [`Limit`] impl says everything
+//! else about it: the `--help` text, how its text is parsed (the same for
+//! `--cpu-max` and a policy's `cpu_max`), which controller it needs, how it is
+//! written to a v2 and to a v1 cgroup and read back, and which files `status`
+//! shows. From the table come the [`LimitName`] enum (the `limit` of a
+//! `degraded` event, the keys of `governed.limits`), the [`Limits`] struct,
+//! the command-line options of `run` and `attach` (`cli/govern_args.rs`),
+//! the policy keys (`policy/`) and the order in which limits are written.
+//! Adding a limit is one row and one impl; the compiler refuses the row
+//! until the impl is complete.
+//!
+//! Syntax follows cgroup v2's files, so the deployment guide's forms work
+//! verbatim (`--cpu-max "100000 100000"`, `--memory-max
+//! $((4*1024*1024*1024))`, `--io-max "8:0 rbps=104857600"`); on v1 hosts each
+//! limit is translated to its v1 files and reported back in v2 terms.
+//!
+//! This module is a leaf: it knows no cgroup paths, no events, no CLI. The
+//! cgroup writers (`govern/v1.rs`, `govern/v2.rs`) hand a limit a [`Files`]
+//! and record its [`Outcome`] in an [`Applied`].
+mod applied;
+mod cpu;
+mod io;
+mod job_id;
+mod memory;
+mod pids;
+mod process;
+mod table;
+mod values;
+
+use std::fmt;
+
+pub use applied::{Applied, Failure, Outcome};
+pub use cpu::{CpuMax, CpuWeight};
+pub use io::{IoLine, IoMax};
+pub use job_id::JobId;
+pub use memory::{MemoryHigh, MemoryMax};
+pub use pids::PidsMax;
+pub use process::{Nice, OomScoreAdj};
+pub use table::{LimitName, Limits};
+pub use values::{Count, Size};
+
+/// Errors in a limit or a job id, worded for the command line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error(
+        "job id {0:?} must be 1 to 64 characters of [A-Za-z0-9._-], and not \".\", \"..\" or \".staging\" (reserved)"
+    )]
+    JobId(String),
+    #[error(
+        "cpu max {0:?} must be \"QUOTA PERIOD\", \"max\" or \"max PERIOD\" (microseconds, period 1000..=1000000, quota >= 1000)"
+    )]
+    CpuMax(String),
+    #[error("cpu weight {0:?} must be an integer from 1 to 10000")]
+    CpuWeight(String),
+    #[error("size {0:?} must be bytes, a number with K, M, G or T (powers of 1024), or \"max\"")]
+    Size(String),
+    #[error(
+        "io max {0:?} must be \"MAJ:MIN\" followed by one or more of rbps=N wbps=N riops=N wiops=N (N a positive integer or \"max\")"
+    )]
+    IoMax(String),
+    #[error("pids max {0:?} must be a positive integer or \"max\"")]
+    PidsMax(String),
+    #[error("nice {0:?} must be an integer from -20 to 19")]
+    Nice(String),
+    #[error("oom score adj {0:?} must be an integer from -1000 to 1000")]
+    OomScoreAdj(String),
+}
+
+/// The controller a cgroup limit needs, in each kind of hierarchy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Controllers {
+    /// Enabled in every ancestor's `cgroup.subtree_control` (v2).
+    pub v2: &'static str,
+    /// The v1 hierarchy its files are in.
+    pub v1: &'static str,
+}
+
+/// A job's cgroup files, as a limit writes them.
+pub trait Files {
+    /// Writes `value` to `file` in `controller`'s hierarchy (on v2, the one
+    /// job directory) and returns the file's text as the kernel reads it
+    /// back, trimmed. The error names the file, the value and the errno.
+    fn write(&self, controller: &'static str, file: &str, value: &str) -> Result<String, String>;
+}
+
+/// Its name, from the table (implemented by the table for each row).
+pub trait Named {
+    const NAME: LimitName;
+}
+
+/// One kind of limit. Its value is what was asked for, validated.
+pub trait Limit: Named + Clone + fmt::Debug + PartialEq + Eq {
+    /// `--help` text of its option.
+    const HELP: &'static str;
+    /// The option's value name (`SPEC`, `SIZE`, `N`, `USEC`).
+    const VALUE_NAME: &'static str;
+    /// Its values may be negative (`--nice -5` is a value, not an option).
+    const NEGATIVE: bool = false;
+    /// May be given more than once (a repeated option, or a policy list);
+    /// the values add up through [`Limit::merge`].
+    const REPEATABLE: bool = false;
+    /// The controller it needs; `None` for a per-process setting (nice,
+    /// oom_score_adj), which the placement applies to the process itself.
+    const CGROUP: Option<Controllers>;
+    /// The files `ffrtmp status` shows for it, on v2 and on v1.
+    const STATUS_V2: &'static [&'static str] = &[];
+    const STATUS_V1: &'static [&'static str] = &[];
+
+    /// Parses the option's (or the policy key's) text.
+    fn parse(text: &str) -> Result<Self, LimitError>;
+
+    /// Adds a repeated value (see [`Limit::REPEATABLE`]); else it replaces.
+    fn merge(&mut self, more: Self) {
+        *self = more;
+    }
+
+    /// Writes it to a v2 job cgroup and reads it back. Only called when
+    /// [`Limit::CGROUP`] is set.
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        let _ = files;
+        Outcome::not_a_cgroup_limit()
+    }
+
+    /// Writes it to a job's v1 cgroups and reads it back, reported in v2
+    /// terms. Only called when [`Limit::CGROUP`] is set.
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        let _ = files;
+        Outcome::not_a_cgroup_limit()
+    }
+}
+
+/// Something done to each limit of a [`Limits`] that is set, in table order.
+pub trait Visit {
+    fn visit<L: Limit>(&mut self, limit: &L);
+}
+
+/// What the table knows of one limit, without its type: for the command
+/// line and the policy, which handle every limit alike.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    pub name: LimitName,
+    pub help: &'static str,
+    pub value_name: &'static str,
+    pub negative: bool,
+    pub repeatable: bool,
+    pub cgroup: Option<Controllers>,
+    pub status_v2: &'static [&'static str],
+    pub status_v1: &'static [&'static str],
+    /// Checks a value's text (the CLI checks while parsing, then sets).
+    pub check: fn(&str) -> Result<(), LimitError>,
+}
+
+impl Row {
+    fn of<L: Limit>() -> Self {
+        Row {
+            name: L::NAME,
+            help: L::HELP,
+            value_name: L::VALUE_NAME,
+            negative: L::NEGATIVE,
+            repeatable: L::REPEATABLE,
+            cgroup: L::CGROUP,
+            status_v2: L::STATUS_V2,
+            status_v1: L::STATUS_V1,
+            check: |text| L::parse(text).map(drop),
+        }
+    }
+}

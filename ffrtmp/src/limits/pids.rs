@@ -1,0 +1,40 @@
+//! The process (and thread) count limit, `pids.max`.
+use serde_json::Value;
+
+use super::{Controllers, Count, Files, Limit, LimitError, Outcome};
+
+/// `pids.max`: at most this many processes and threads in the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidsMax(pub Count);
+
+impl Limit for PidsMax {
+    const HELP: &'static str = "Maximum number of processes and threads.";
+    const VALUE_NAME: &'static str = "N";
+    const CGROUP: Option<Controllers> = Some(Controllers {
+        v2: "pids",
+        v1: "pids",
+    });
+    const STATUS_V2: &'static [&'static str] = &["pids.max"];
+    const STATUS_V1: &'static [&'static str] = &["pids.max"];
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        Count::parse(text)
+            .map(PidsMax)
+            .ok_or_else(|| LimitError::PidsMax(text.to_string()))
+    }
+
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        write(files, self.0)
+    }
+
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        write(files, self.0)
+    }
+}
+
+fn write(files: &dyn Files, max: Count) -> Outcome {
+    files
+        .write("pids", "pids.max", &max.to_string())
+        .map(Value::String)
+        .into()
+}

@@ -1,0 +1,56 @@
+//! Per-process settings: nice (every thread) and oom_score_adj. They need
+//! no cgroup; the placement sets them on the process and reads them back
+//! (`govern/place.rs`; `run`'s child sets them before exec).
+use super::{Controllers, Limit, LimitError};
+
+/// Nice, -20..19, for every thread (below 0 only when privileged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nice(pub i32);
+
+/// `/proc/PID/oom_score_adj`, -1000..1000 (lowering only when privileged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomScoreAdj(pub i32);
+
+impl Limit for Nice {
+    const HELP: &'static str =
+        "Nice value -20..19 for every thread (below 0 only when privileged).";
+    const VALUE_NAME: &'static str = "N";
+    const NEGATIVE: bool = true;
+    const CGROUP: Option<Controllers> = None;
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        text.parse::<i32>()
+            .ok()
+            .filter(|n| (-20..=19).contains(n))
+            .map(Nice)
+            .ok_or_else(|| LimitError::Nice(text.to_string()))
+    }
+}
+
+impl Limit for OomScoreAdj {
+    const HELP: &'static str = "OOM score adjustment -1000..1000 (lowering only when privileged).";
+    const VALUE_NAME: &'static str = "N";
+    const NEGATIVE: bool = true;
+    const CGROUP: Option<Controllers> = None;
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        text.parse::<i32>()
+            .ok()
+            .filter(|n| (-1000..=1000).contains(n))
+            .map(OomScoreAdj)
+            .ok_or_else(|| LimitError::OomScoreAdj(text.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nice_and_oom_score_adj_have_their_ranges() {
+        assert_eq!(Nice::parse("-20"), Ok(Nice(-20)));
+        assert!(Nice::parse("20").is_err());
+        assert_eq!(OomScoreAdj::parse("-1000"), Ok(OomScoreAdj(-1000)));
+        assert!(OomScoreAdj::parse("1001").is_err());
+    }
+}

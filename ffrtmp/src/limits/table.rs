@@ -1,0 +1,175 @@
+//! The table of limits: one row each, `Variant field "flag": Type`.
+//!
+//! Rows are in the order of their names, which is the order limits are
+//! written in and the order of `governed.limits`' keys.
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CpuMax, CpuWeight, IoMax, Limit, LimitError, MemoryHigh, MemoryMax, Named, Nice, OomScoreAdj,
+    PidsMax, Row, Visit,
+};
+
+/// Builds [`LimitName`], [`Limits`] and their dispatch from the rows.
+macro_rules! table {
+    ($($variant:ident $field:ident $flag:literal: $ty:ty),* $(,)?) => {
+        /// A limit's name: `degraded.limit`, the keys of `governed.limits`,
+        /// the policy key; its option is `--` and the name with dashes.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum LimitName {
+            $($variant),*
+        }
+
+        impl LimitName {
+            /// Every limit, in table order.
+            pub const ALL: &[LimitName] = &[$(LimitName::$variant),*];
+
+            /// The snake_case name (as in events and policies).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(LimitName::$variant => stringify!($field)),*
+                }
+            }
+
+            /// The long option, without its dashes (`memory-max`).
+            pub fn flag(self) -> &'static str {
+                match self {
+                    $(LimitName::$variant => $flag),*
+                }
+            }
+
+            /// What the table knows of it.
+            pub fn row(self) -> Row {
+                match self {
+                    $(LimitName::$variant => Row::of::<$ty>()),*
+                }
+            }
+
+            /// The limit a policy key names.
+            pub fn from_key(key: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|n| n.as_str() == key)
+            }
+        }
+
+        $(impl Named for $ty {
+            const NAME: LimitName = LimitName::$variant;
+        })*
+
+        /// Everything a job asked for. `None`: not asked, left as it is.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Limits {
+            $(pub $field: Option<$ty>,)*
+        }
+
+        impl Limits {
+            /// Hands each limit that is set to `v`, in table order.
+            pub fn visit(&self, v: &mut impl Visit) {
+                $(if let Some(limit) = &self.$field {
+                    v.visit(limit);
+                })*
+            }
+
+            /// Parses `text` as limit `name` and sets it (a repeatable
+            /// limit adds it to what is there).
+            pub fn set(&mut self, name: LimitName, text: &str) -> Result<(), LimitError> {
+                match name {
+                    $(LimitName::$variant => set(&mut self.$field, <$ty as Limit>::parse(text)?)),*
+                }
+                Ok(())
+            }
+
+            /// Whether limit `name` is set.
+            pub fn has(&self, name: LimitName) -> bool {
+                match name {
+                    $(LimitName::$variant => self.$field.is_some()),*
+                }
+            }
+        }
+    };
+}
+
+table! {
+    CpuMax      cpu_max       "cpu-max":       CpuMax,
+    CpuWeight   cpu_weight    "cpu-weight":    CpuWeight,
+    IoMax       io_max        "io-max":        IoMax,
+    MemoryHigh  memory_high   "memory-high":   MemoryHigh,
+    MemoryMax   memory_max    "memory-max":    MemoryMax,
+    Nice        nice          "nice":          Nice,
+    OomScoreAdj oom_score_adj "oom-score-adj": OomScoreAdj,
+    PidsMax     pids_max      "pids-max":      PidsMax,
+}
+
+fn set<L: Limit>(slot: &mut Option<L>, value: L) {
+    match slot {
+        Some(old) if L::REPEATABLE => old.merge(value),
+        _ => *slot = Some(value),
+    }
+}
+
+impl std::fmt::Display for LimitName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Limits {
+    /// Checks what single values cannot (none yet).
+    pub fn validate(&self) -> Result<(), LimitError> {
+        Ok(())
+    }
+
+    /// Whether any limit needs a cgroup (nice and oom_score_adj do not).
+    pub fn needs_cgroup(&self) -> bool {
+        self.names().iter().any(|n| n.row().cgroup.is_some())
+    }
+
+    /// How many limits are set (each io_max line counts once).
+    pub fn count(&self) -> usize {
+        let lines = self.io_max.as_ref().map_or(0, |io| io.0.len());
+        self.names().len() + lines.saturating_sub(1)
+    }
+
+    /// The names of the limits that are set, in table order.
+    pub fn names(&self) -> Vec<LimitName> {
+        LimitName::ALL
+            .iter()
+            .copied()
+            .filter(|&n| self.has(n))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_fields_and_their_serde_names_and_sorted() {
+        for &name in LimitName::ALL {
+            let json = serde_json::to_string(&name).unwrap();
+            assert_eq!(json, format!("\"{}\"", name.as_str()));
+            assert_eq!(name.flag(), name.as_str().replace('_', "-"));
+            assert_eq!(LimitName::from_key(name.as_str()), Some(name));
+        }
+        // Write order = name order (see the module doc).
+        let mut sorted = LimitName::ALL.to_vec();
+        sorted.sort_by_key(|n| n.as_str());
+        assert_eq!(sorted, LimitName::ALL);
+    }
+
+    #[test]
+    fn set_parses_and_repeated_io_lines_add_up() {
+        let mut l = Limits::default();
+        l.set(LimitName::CpuWeight, "200").unwrap();
+        l.set(LimitName::IoMax, "8:0 rbps=1").unwrap();
+        l.set(LimitName::IoMax, "8:16 wbps=2").unwrap();
+        assert_eq!(l.cpu_weight, Some(CpuWeight(200)));
+        assert_eq!(l.io_max.as_ref().map(|io| io.0.len()), Some(2));
+        assert_eq!(l.count(), 3);
+        assert!(l.needs_cgroup());
+        assert!(l.set(LimitName::CpuWeight, "-1").is_err());
+        let mut p = Limits::default();
+        p.set(LimitName::Nice, "5").unwrap();
+        assert!(!p.needs_cgroup());
+    }
+}

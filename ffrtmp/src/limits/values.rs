@@ -1,0 +1,103 @@
+//! Value types more than one limit uses: byte sizes and counts, in cgroup
+//! v2's syntax.
+use std::{fmt, str::FromStr};
+
+use serde_json::Value;
+
+use super::LimitError;
+
+/// A byte size or no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    Max,
+    Bytes(u64),
+}
+
+impl FromStr for Size {
+    type Err = LimitError;
+
+    fn from_str(s: &str) -> Result<Self, LimitError> {
+        let err = || LimitError::Size(s.to_string());
+        if s == "max" {
+            return Ok(Size::Max);
+        }
+        let (digits, shift) = match s.char_indices().last().ok_or_else(err)? {
+            (i, 'k' | 'K') => (&s[..i], 10),
+            (i, 'm' | 'M') => (&s[..i], 20),
+            (i, 'g' | 'G') => (&s[..i], 30),
+            (i, 't' | 'T') => (&s[..i], 40),
+            _ => (s, 0),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err());
+        }
+        let n: u64 = digits.parse().map_err(|_| err())?;
+        n.checked_mul(1 << shift).map(Size::Bytes).ok_or_else(err)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Size::Max => f.write_str("max"),
+            Size::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A count or no limit (`pids.max`, io rates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    Max,
+    N(u64),
+}
+
+impl Count {
+    pub(super) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "max" => Some(Count::Max),
+            n => n.parse::<u64>().ok().filter(|&n| n > 0).map(Count::N),
+        }
+    }
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Count::Max => f.write_str("max"),
+            Count::N(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A control file's read-back text as a JSON number.
+pub(super) fn number(file: &str, back: &str) -> Result<Value, String> {
+    back.parse::<u64>()
+        .map(Value::from)
+        .map_err(|_| format!("{file} reads {back:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_bytes_suffixes_and_max() {
+        assert_eq!("4294967296".parse(), Ok(Size::Bytes(4 << 30)));
+        assert_eq!("512M".parse(), Ok(Size::Bytes(512 << 20)));
+        assert_eq!("4G".parse(), Ok(Size::Bytes(4 << 30)));
+        assert_eq!("64k".parse(), Ok(Size::Bytes(64 << 10)));
+        assert_eq!("max".parse(), Ok(Size::Max));
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "4GB",
+            "99999999999999999999",
+            "16777216T",
+        ] {
+            assert!(bad.parse::<Size>().is_err(), "{bad:?}");
+        }
+    }
+}
