@@ -88,6 +88,32 @@ fn helper_spin_two_seconds() {
     }
 }
 
+/// Helper: rest for 0.3 s (a job with a burst allowance saves up unused
+/// quota meanwhile), spin for 0.5 s, then write its cgroup's `nr_bursts`
+/// (periods in which it ran above its quota) to `$FFRTMP_TEST_OUT`.
+#[test]
+fn helper_rest_then_spin() {
+    if !is_helper("rest-then-spin") {
+        return;
+    }
+    thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_millis(500) {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    let own = cgroup_dirs_of(std::process::id());
+    let stat = own
+        .iter()
+        .find_map(|d| fs::read_to_string(d.join("cpu.stat")).ok())
+        .expect("the job's cpu.stat");
+    let bursts = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_bursts "))
+        .expect("nr_bursts in cpu.stat");
+    fs::write(std::env::var("FFRTMP_TEST_OUT").unwrap(), bursts.trim()).unwrap();
+}
+
 /// Helper: allocate and touch 256 MiB.
 #[test]
 fn helper_allocate() {
@@ -178,6 +204,92 @@ fn cpu_max_gives_a_busy_loop_its_quota() {
         "{:.1} % of a CPU",
         share * 100.0
     );
+}
+
+/// Whether this kernel has CFS burst (`cpu.max.burst`, `cpu.cfs_burst_us`:
+/// Linux 5.14).
+fn kernel_has_cpu_burst() -> bool {
+    let release = nix::sys::utsname::uname().unwrap();
+    let release = release.release().to_string_lossy().into_owned();
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (5, 14)
+}
+
+/// A job's burst allowance, end to end: asked with `--cpu-max-burst`,
+/// written to `cpu.max.burst` (v2) or `cpu.cfs_burst_us` (v1), read back
+/// into `governed`, and really spent — the job that rested runs above its
+/// quota for a period (`nr_bursts`), while the same job without a burst
+/// never does. On a kernel without it (5.10), `degraded` says so and the
+/// quota still holds.
+#[test]
+fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
+    if !require_root("cpu_max_burst_lets_a_rested_job_spend_saved_quota") {
+        return;
+    }
+    let dir = scratch("burst");
+    let exe = std::env::current_exe().unwrap();
+    let bursts = |extra: &[&str], name: &str| {
+        let out = dir.join(format!("{name}.out"));
+        let events = dir.join(format!("{name}.events"));
+        let status = Command::new(ffrtmp())
+            .args(["run", "--cpu-max", "20000 100000", "--events"])
+            .arg(&events)
+            .args(extra)
+            .arg("--")
+            .arg(&exe)
+            .args(["--exact", "helper_rest_then_spin", "--test-threads=1"])
+            .env(common::HELPER_ENV, "rest-then-spin")
+            .env("FFRTMP_TEST_OUT", &out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{status}");
+        let n: u64 = fs::read_to_string(&out).unwrap().parse().unwrap();
+        (n, read_events(&events))
+    };
+    let (without, _) = bursts(&[], "without");
+    let (with, events) = bursts(&["--cpu-max-burst", "20000"], "with");
+    let g = governed(&events);
+    assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
+    if kernel_has_cpu_burst() {
+        assert_eq!(g.limits[&LimitName::CpuMaxBurst], 20000, "{events:?}");
+        eprintln!("nr_bursts: {with} with a 20 ms burst, {without} without");
+        assert_eq!(without, 0, "no burst allowance, yet it burst");
+        assert!(with >= 1, "the rested job never spent its saved quota");
+        // `status`, run inside such a job, shows the allowance in force.
+        let status = Command::new(ffrtmp())
+            .args([
+                "run",
+                "--cpu-max",
+                "20000 100000",
+                "--cpu-max-burst",
+                "20000",
+            ])
+            .args(["--events", "/dev/null", "--", ffrtmp(), "status"])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let shown = status["jobs"].as_array().unwrap().iter().any(|j| {
+            ["cpu.max.burst", "cpu.cfs_burst_us"]
+                .iter()
+                .any(|f| j["limits"][f] == "20000")
+        });
+        assert!(shown, "status does not show the burst: {status:#}");
+    } else {
+        let d = events
+            .iter()
+            .find_map(|e| match &e.body {
+                Body::Degraded(d) if d.limit == Some(LimitName::CpuMaxBurst) => Some(d),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no degraded cpu_max_burst in {events:?}"));
+        assert!(d.reason.contains("this kernel has no"), "{d:?}");
+        assert_eq!(d.fallback, "none", "a refused burst must not lower nice");
+        assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
+        eprintln!("this kernel predates CFS burst (5.14): its refusal was checked");
+    }
 }
 
 #[test]

@@ -131,7 +131,7 @@ mod tests {
 
     use crate::{
         cli::{Cli, Command, deferred::Deferred},
-        limits::{CpuWeight, Nice},
+        limits::{CpuMaxBurst, Nice},
     };
 
     fn run_limits(args: &[&str]) -> Result<super::Limits, clap::Error> {
@@ -145,13 +145,16 @@ mod tests {
 
     #[test]
     fn every_limit_is_an_option_checked_by_its_row() {
-        let l = run_limits(&["--cpu-weight", "200", "--nice", "-5"]).unwrap();
-        assert_eq!(l.cpu_weight, Some(CpuWeight(200)));
+        let l = run_limits(&["--cpu-max-burst", "20000", "--nice", "-5"]).unwrap();
+        assert_eq!(l.cpu_max_burst, Some(CpuMaxBurst(20_000)));
         assert_eq!(l.nice, Some(Nice(-5)));
         let l = run_limits(&["--io-max", "8:0 rbps=1", "--io-max", "8:16 wbps=2"]).unwrap();
         assert_eq!(l.io_max.map(|io| io.0.len()), Some(2));
         for bad in [
             &["--cpu-max", "20000 100"][..],
+            &["--cpu-max-burst", "5ms"],
+            &["--cpu-max-burst", "-1"],
+            &["--cpu-max", "20000 100000", "--cpu-max-burst", "30000"],
             &["--cpu-weight", "0"],
             &["--nice", "20"],
         ] {

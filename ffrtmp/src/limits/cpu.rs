@@ -1,5 +1,5 @@
-//! CPU limits: bandwidth (`cpu.max`) and the proportional weight
-//! (`cpu.weight`).
+//! CPU limits: bandwidth (`cpu.max`), its burst allowance (`cpu.max.burst`)
+//! and the proportional weight (`cpu.weight`).
 use std::{fmt, str::FromStr};
 
 use serde_json::Value;
@@ -89,6 +89,51 @@ impl Limit for CpuMax {
     }
 }
 
+/// `cpu.max.burst` (v1 `cpu.cfs_burst_us`, both Linux ≥ 5.14): microseconds
+/// of unused quota a job may save up and spend above its quota in a later
+/// period. A live encoder spends a burst of CPU at each GOP boundary; with
+/// a burst allowance that costs it no throttling, while its average stays
+/// within the quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuMaxBurst(pub u64);
+
+impl CpuMaxBurst {
+    /// The kernel's bound on any quota or burst (`max_cfs_runtime`, in µs).
+    pub const MAX: u64 = (1 << 44) - 1;
+}
+
+impl Limit for CpuMaxBurst {
+    const HELP: &'static str = "CPU burst allowance in µs: unused quota a job may spend above --cpu-max later (at most the quota; Linux >= 5.14).";
+    const VALUE_NAME: &'static str = "USEC";
+    const CGROUP: Option<Controllers> = CPU;
+    const STATUS_V2: &'static [&'static str] = &["cpu.max.burst"];
+    const STATUS_V1: &'static [&'static str] = &["cpu.cfs_burst_us"];
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        text.parse::<u64>()
+            .ok()
+            .filter(|&b| b <= Self::MAX)
+            .map(CpuMaxBurst)
+            .ok_or_else(|| LimitError::CpuMaxBurst(text.to_string()))
+    }
+
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        let file = "cpu.max.burst";
+        files
+            .write("cpu", file, &self.0.to_string())
+            .and_then(|back| number(file, &back))
+            .into()
+    }
+
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        let file = "cpu.cfs_burst_us";
+        files
+            .write("cpu", file, &self.0.to_string())
+            .and_then(|back| number(file, &back))
+            .into()
+    }
+}
+
 /// `cpu.weight`: a share of the CPU against its siblings (100 = default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuWeight(pub u32);
@@ -159,7 +204,12 @@ mod tests {
     }
 
     #[test]
-    fn weight_has_its_range() {
+    fn burst_and_weight_have_their_ranges() {
+        assert_eq!(CpuMaxBurst::parse("0"), Ok(CpuMaxBurst(0)));
+        assert_eq!(CpuMaxBurst::parse("50000"), Ok(CpuMaxBurst(50_000)));
+        for bad in ["", "-1", "1.5", "5ms", "17592186044416"] {
+            assert!(CpuMaxBurst::parse(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(CpuWeight::parse("150"), Ok(CpuWeight(150)));
         assert!(CpuWeight::parse("0").is_err() && CpuWeight::parse("10001").is_err());
     }

@@ -33,7 +33,7 @@ mod values;
 use std::fmt;
 
 pub use applied::{Applied, Failure, Outcome};
-pub use cpu::{CpuMax, CpuWeight};
+pub use cpu::{CpuMax, CpuMaxBurst, CpuWeight};
 pub use io::{IoLine, IoMax};
 pub use job_id::JobId;
 pub use memory::{MemoryHigh, MemoryMax};
@@ -53,6 +53,15 @@ pub enum LimitError {
         "cpu max {0:?} must be \"QUOTA PERIOD\", \"max\" or \"max PERIOD\" (microseconds, period 1000..=1000000, quota >= 1000)"
     )]
     CpuMax(String),
+    #[error(
+        "cpu max burst {0:?} must be a whole number of microseconds from 0 to {max}",
+        max = CpuMaxBurst::MAX
+    )]
+    CpuMaxBurst(String),
+    #[error(
+        "cpu max burst {burst} must not exceed the cpu max quota {quota}: the kernel lets a job save up at most one period's quota"
+    )]
+    BurstAboveQuota { burst: u64, quota: u64 },
     #[error("cpu weight {0:?} must be an integer from 1 to 10000")]
     CpuWeight(String),
     #[error("size {0:?} must be bytes, a number with K, M, G or T (powers of 1024), or \"max\"")]

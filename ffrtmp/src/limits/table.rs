@@ -1,12 +1,13 @@
 //! The table of limits: one row each, `Variant field "flag": Type`.
 //!
 //! Rows are in the order of their names, which is the order limits are
-//! written in and the order of `governed.limits`' keys.
+//! written in (`cpu_max` before `cpu_max_burst`: the kernel checks a burst
+//! against the quota) and the order of `governed.limits`' keys.
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CpuMax, CpuWeight, IoMax, Limit, LimitError, MemoryHigh, MemoryMax, Named, Nice, OomScoreAdj,
-    PidsMax, Row, Visit,
+    CpuMax, CpuMaxBurst, CpuWeight, IoMax, Limit, LimitError, MemoryHigh, MemoryMax, Named, Nice,
+    OomScoreAdj, PidsMax, Row, Visit,
 };
 
 /// Builds [`LimitName`], [`Limits`] and their dispatch from the rows.
@@ -31,7 +32,7 @@ macro_rules! table {
                 }
             }
 
-            /// The long option, without its dashes (`memory-max`).
+            /// The long option, without its dashes (`cpu-max-burst`).
             pub fn flag(self) -> &'static str {
                 match self {
                     $(LimitName::$variant => $flag),*
@@ -90,6 +91,7 @@ macro_rules! table {
 
 table! {
     CpuMax      cpu_max       "cpu-max":       CpuMax,
+    CpuMaxBurst cpu_max_burst "cpu-max-burst": CpuMaxBurst,
     CpuWeight   cpu_weight    "cpu-weight":    CpuWeight,
     IoMax       io_max        "io-max":        IoMax,
     MemoryHigh  memory_high   "memory-high":   MemoryHigh,
@@ -113,8 +115,19 @@ impl std::fmt::Display for LimitName {
 }
 
 impl Limits {
-    /// Checks what single values cannot (none yet).
+    /// Checks what single values cannot: a burst above the quota it saves
+    /// up (the kernel would refuse it after the job is made).
     pub fn validate(&self) -> Result<(), LimitError> {
+        if let (
+            Some(CpuMax {
+                quota: Some(quota), ..
+            }),
+            Some(CpuMaxBurst(burst)),
+        ) = (self.cpu_max, self.cpu_max_burst)
+            && burst > quota
+        {
+            return Err(LimitError::BurstAboveQuota { burst, quota });
+        }
         Ok(())
     }
 
@@ -160,16 +173,28 @@ mod tests {
     #[test]
     fn set_parses_and_repeated_io_lines_add_up() {
         let mut l = Limits::default();
-        l.set(LimitName::CpuWeight, "200").unwrap();
+        l.set(LimitName::CpuMaxBurst, "20000").unwrap();
         l.set(LimitName::IoMax, "8:0 rbps=1").unwrap();
         l.set(LimitName::IoMax, "8:16 wbps=2").unwrap();
-        assert_eq!(l.cpu_weight, Some(CpuWeight(200)));
+        assert_eq!(l.cpu_max_burst, Some(CpuMaxBurst(20_000)));
         assert_eq!(l.io_max.as_ref().map(|io| io.0.len()), Some(2));
         assert_eq!(l.count(), 3);
         assert!(l.needs_cgroup());
-        assert!(l.set(LimitName::CpuWeight, "-1").is_err());
+        assert!(l.set(LimitName::CpuMaxBurst, "-1").is_err());
         let mut p = Limits::default();
         p.set(LimitName::Nice, "5").unwrap();
         assert!(!p.needs_cgroup());
+    }
+
+    #[test]
+    fn a_burst_above_its_quota_is_refused() {
+        let mut l = Limits::default();
+        l.set(LimitName::CpuMax, "20000 100000").unwrap();
+        l.set(LimitName::CpuMaxBurst, "20000").unwrap();
+        assert_eq!(l.validate(), Ok(()));
+        l.set(LimitName::CpuMaxBurst, "20001").unwrap();
+        assert!(l.validate().is_err());
+        l.set(LimitName::CpuMax, "max").unwrap();
+        assert_eq!(l.validate(), Ok(()), "no quota: any burst");
     }
 }

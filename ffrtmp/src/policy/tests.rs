@@ -1,5 +1,5 @@
 use super::*;
-use crate::limits::{CpuWeight, MemoryHigh, MemoryMax, Nice, OomScoreAdj, Size};
+use crate::limits::{CpuMaxBurst, CpuWeight, MemoryHigh, MemoryMax, Nice, OomScoreAdj, Size};
 
 fn candidate(comm: &str) -> Candidate {
     Candidate {
@@ -245,6 +245,16 @@ fn malformed_policies_name_the_line_of_the_mistake() {
             "unknown field",
         ),
         ("[[rule]]\ncomm = \"ffmpeg\"\nnice = \n", 3, ""),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\ncpu_max_burst = \"5ms\"\n",
+            3,
+            "cpu max burst",
+        ),
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\ncpu_max = \"20000 100000\"\ncpu_max_burst = 30000\n",
+            4,
+            "must not exceed",
+        ),
         ("[[rule]]\ncomm = \"ffmpeg\"\nnice = [1, 2]\n", 3, ""),
         ("# nothing\n", 1, "no [[rule]]"),
     ];
@@ -276,16 +286,17 @@ fn limits_accept_integers_and_strings() {
 #[test]
 fn every_limit_of_the_table_is_a_policy_key() {
     let p = Policy::parse(
-        "[[rule]]\ncomm = \"ffmpeg\"\ncpu_max = \"50000 100000\"\nio_max = [\"8:0 rbps=1\", \"8:16 wbps=2\"]\n",
+        "[[rule]]\ncomm = \"ffmpeg\"\ncpu_max = \"50000 100000\"\ncpu_max_burst = 20000\nio_max = [\"8:0 rbps=1\", \"8:16 wbps=2\"]\n",
         "p.toml",
     )
     .unwrap();
     let Action::Govern { limits, .. } = &p.rules[0].action else {
         panic!("not a govern rule");
     };
+    assert_eq!(limits.cpu_max_burst, Some(CpuMaxBurst(20_000)));
     assert_eq!(limits.io_max.as_ref().map(|io| io.0.len()), Some(2));
     let err = Policy::parse(
-        "[[rule]]\ncomm = \"ffmpeg\"\naction = \"ignore\"\npids_max = 1\n",
+        "[[rule]]\ncomm = \"ffmpeg\"\naction = \"ignore\"\ncpu_max_burst = 1\n",
         "p.toml",
     )
     .unwrap_err();
