@@ -29,7 +29,7 @@ fn exit(e: &Event) -> &ffrtmp::events::Exit {
     }
 }
 
-fn started_backend(w: &Watch) -> Source {
+fn started_backend(w: &Watch) -> &str {
     match &w.events[..] {
         [
             ..,
@@ -37,7 +37,7 @@ fn started_backend(w: &Watch) -> Source {
                 body: Body::Started(s),
                 ..
             },
-        ] => s.backend,
+        ] => &s.backend,
         other => panic!("started is not the last event so far: {other:?}"),
     }
 }
@@ -48,7 +48,7 @@ fn ebpf_reports_a_short_lived_process_with_its_pid_filename_and_status() {
         return;
     }
     let mut w = Watch::observe_all(&["--backend", "ebpf"]);
-    assert_eq!(started_backend(&w), Source::Ebpf);
+    assert_eq!(started_backend(&w), "ebpf");
     let mut child = Command::new("/bin/true").spawn().unwrap();
     let pid = child.id();
     assert!(child.wait().unwrap().success());
@@ -279,7 +279,7 @@ fn procfs_backend_observes_a_long_lived_process_and_its_exit() {
         return;
     }
     let mut w = Watch::observe_all(&["--backend", "procfs", "--interval", "50ms"]);
-    assert_eq!(started_backend(&w), Source::Procfs);
+    assert_eq!(started_backend(&w), "procfs");
     let mut child = Command::new("/bin/sleep").arg("0.6").spawn().unwrap();
     let pid = child.id();
     let ev = w.wait_for("procfs exec of sleep", exec_of(pid));
@@ -361,7 +361,7 @@ fn ebpf_works_without_tracefs_mounted() {
         ffrtmp(),
     ]);
     let mut w = Watch::start_with(&mut cmd);
-    assert_eq!(started_backend(&w), Source::Ebpf);
+    assert_eq!(started_backend(&w), "ebpf");
     let mut child = Command::new("/bin/true").spawn().unwrap();
     let pid = child.id();
     child.wait().unwrap();
@@ -387,7 +387,7 @@ fn auto_falls_back_to_procfs_when_not_privileged_and_says_why() {
         "--observe-only",
     ]);
     let mut w = Watch::start_with(&mut cmd);
-    assert_eq!(started_backend(&w), Source::Procfs);
+    assert_eq!(started_backend(&w), "procfs");
     let degraded = w.events.iter().find_map(|e| match &e.body {
         Body::Degraded(d) => Some(d.clone()),
         _ => None,

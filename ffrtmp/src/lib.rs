@@ -5,12 +5,14 @@
 //! - [`events`]: the event types and their JSON-lines/text encoding.
 //! - [`limits`]: the limits a job can ask for, one table row each.
 //! - [`govern`]: cgroups (v1/v2), nice and oom_score_adj for a job.
+//! - [`daemon`]: `watch`'s governor, job maker, reaper and event order.
 //! - [`policy`]: which processes `watch` governs, and how.
 //! - [`cli`]: the `ffrtmp` command line.
 //! - [`alloc`]: the shipped binary's allocator, chosen per command.
 //! - [`errors`]: one way to print an error and its causes.
 pub mod alloc;
 pub mod cli;
+pub mod daemon;
 pub mod errors;
 pub mod events;
 pub mod govern;

@@ -104,7 +104,7 @@ pub struct EventOut(Emitter<Box<dyn io::Write>>);
 impl EventOut {
     /// Writes one event now.
     pub fn emit(&mut self, event: Event) {
-        if let Err(e) = self.0.emit(event) {
+        if let Err(e) = self.0.emit(&event) {
             eprintln!("ffrtmp: warning: writing events: {}", chain(&e));
         }
     }

@@ -18,7 +18,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{Body, Event};
+use super::{Body, Event, EventError, Sink};
 
 /// Latency buckets, in seconds: the target (≤ 1 ms) sits in the middle.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -80,6 +80,18 @@ impl Default for Metrics {
             jobs,
             latency,
         }
+    }
+}
+
+/// The metrics are an output like stdout: each event written is counted.
+impl Sink for Metrics {
+    fn send(&mut self, event: &Event) -> Result<(), EventError> {
+        self.record(event);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), EventError> {
+        Ok(())
     }
 }
 

@@ -1,22 +1,22 @@
 //! The event stream: ffrtmp's output contract (docs/EVENTS.md).
 //!
 //! Every fact ffrtmp observes becomes one [`Event`]: a header (`event`, `ts`,
-//! `source`) followed by the fields of its [`Body`]. Backends hand events
-//! to a [`Sink`]; the [`Emitter`] writes them as one JSON object per line (or
-//! one human line with `--format text`), flushed before the backend waits for
-//! more, so a consumer never waits on a buffer.
+//! `source`) followed by the fields of its [`Body`]. Events are written to
+//! [`Sink`]s ([`sink`]): the [`Emitter`] writes them as one JSON object per
+//! line (or one human line with `--format text`), flushed before the daemon
+//! waits for more, so a consumer never waits on a buffer; [`metrics`] counts
+//! them for Prometheus.
 //!
 //! The JSON field order is header-first (`{"event":"exec","ts":…,"source":…,
 //! …}`) so a person reading the stream sees what kind of event a line is at
 //! once; consumers must not depend on order.
 pub mod metrics;
+pub mod sink;
 mod text;
 
-use std::{
-    fmt,
-    io::{self, Write},
-    time::SystemTime,
-};
+pub use sink::{Emitter, Format, Sink, Sinks};
+
+use std::{fmt, io, time::SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -157,8 +157,9 @@ pub struct Started {
     pub schema: u32,
     pub version: String,
     pub pid: u32,
-    /// The backend that observes processes: `ebpf` or `procfs`.
-    pub backend: Source,
+    /// The backend that observes processes (`ebpf`, `procfs`): its name,
+    /// not an event [`Source`], so a new backend needs no new source.
+    pub backend: String,
 }
 
 /// A program was executed (or, with `adopted`, was already running).
@@ -271,6 +272,17 @@ pub struct Degraded {
     pub fallback: String,
 }
 
+impl Degraded {
+    /// ffrtmp does less than asked, about no single limit.
+    pub fn note(reason: String) -> Self {
+        Degraded {
+            limit: None,
+            reason,
+            fallback: "none".into(),
+        }
+    }
+}
+
 macro_rules! into_body {
     ($($v:ident),*) => {$(
         impl From<$v> for Body {
@@ -333,101 +345,17 @@ impl<'de> Deserialize<'de> for Event {
     }
 }
 
-/// How events are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// One JSON object per line.
-    Json,
-    /// One line per event for people.
-    Text,
-}
-
-/// Where backends deliver events. `flush` is called whenever a backend is
-/// about to wait (end of a ring-buffer batch, end of a /proc scan), so no
-/// event ever waits in a buffer for a later one.
-pub trait Sink {
-    type Error;
-    /// Takes one event (it may be buffered until `flush`).
-    fn send(&mut self, event: Event) -> Result<(), Self::Error>;
-    /// Writes out everything sent so far.
-    fn flush(&mut self) -> Result<(), Self::Error>;
-    /// Takes in work finished elsewhere (jobs made on the governor's
-    /// maker thread). Backends call it when [`Sink::work_ready`] resolves.
-    fn work(&mut self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-    /// Resolves when [`Sink::work`] has something to take in; never, for a
-    /// sink without outside work. Cancel-safe.
-    fn work_ready(&mut self) -> impl std::future::Future<Output = ()> {
-        std::future::pending()
-    }
-    /// `send` then `flush`.
-    fn emit(&mut self, event: Event) -> Result<(), Self::Error> {
-        self.send(event)?;
-        self.flush()
-    }
-}
-
-/// Writes events to an output, one per line. Lines are collected until
-/// [`Sink::flush`] (or 64 KiB), then written with one `write` and flushed:
-/// one system call per batch instead of one per event.
-pub struct Emitter<W: Write> {
-    out: W,
-    format: Format,
-    pending: Vec<u8>,
-}
-
-/// Pending output that triggers a write even before `flush`.
-const EMITTER_HIGH_WATER: usize = 64 * 1024;
-
-impl<W: Write> Emitter<W> {
-    pub fn new(out: W, format: Format) -> Self {
-        Self {
-            out,
-            format,
-            pending: Vec::with_capacity(EMITTER_HIGH_WATER),
-        }
-    }
-}
-
-impl<W: Write> Sink for Emitter<W> {
-    type Error = EventError;
-
-    fn send(&mut self, event: Event) -> Result<(), EventError> {
-        match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.pending, &event).map_err(EventError::Encode)?
-            }
-            Format::Text => text::write(&mut self.pending, &event).map_err(EventError::Write)?,
-        }
-        self.pending.push(b'\n');
-        if self.pending.len() >= EMITTER_HIGH_WATER {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), EventError> {
-        if !self.pending.is_empty() {
-            let result = self.out.write_all(&self.pending);
-            self.pending.clear();
-            result.map_err(EventError::Write)?;
-        }
-        self.out.flush().map_err(EventError::Write)
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 
-    fn ts() -> Timestamp {
+    pub(super) fn ts() -> Timestamp {
         Timestamp(UNIX_EPOCH + Duration::new(1_790_000_000, 123_456_789))
     }
 
-    fn samples() -> Vec<Event> {
+    pub(super) fn samples() -> Vec<Event> {
         vec![
             Event::new(
                 ts(),
@@ -436,7 +364,7 @@ mod tests {
                     schema: SCHEMA_VERSION,
                     version: "0.1.0".into(),
                     pid: 7,
-                    backend: Source::Ebpf,
+                    backend: "ebpf".into(),
                 },
             ),
             Event::new(
@@ -571,21 +499,6 @@ mod tests {
             exit["exit_code"].is_null(),
             "unknown values are null, not absent"
         );
-    }
-
-    #[test]
-    fn emitter_writes_one_line_per_event() {
-        let mut out = Vec::new();
-        let mut emitter = Emitter::new(&mut out, Format::Json);
-        for e in samples() {
-            emitter.send(e).unwrap();
-        }
-        emitter.flush().unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text.lines().count(), samples().len());
-        for line in text.lines() {
-            serde_json::from_str::<Event>(line).unwrap();
-        }
     }
 
     #[test]

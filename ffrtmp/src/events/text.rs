@@ -16,10 +16,7 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
         Body::Started(s) => write!(
             out,
             " schema={} version={} pid={} backend={}",
-            s.schema,
-            s.version,
-            s.pid,
-            s.backend.as_str()
+            s.schema, s.version, s.pid, s.backend
         ),
         Body::Exec(x) => {
             write!(

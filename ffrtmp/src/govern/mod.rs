@@ -35,10 +35,8 @@
 //!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
-pub mod auto;
 pub mod dynmods;
 pub mod layout;
-mod maker;
 pub mod place;
 pub mod plan;
 pub mod process;

@@ -6,11 +6,23 @@
 //! - [`procfs`]: polling /proc; works anywhere, sees less (see its docs).
 //! - [`proc`]: /proc readers shared by procfs polling and adoption.
 //!
-//! `watch` (in [`crate::cli`]) picks the backend: `auto` tries eBPF and falls
-//! back to procfs with a `degraded` event that says why.
+//! A backend is an [`Observer`]: [`start`] makes the one `--backend` asks
+//! for (`auto` tries eBPF and falls back to procfs, saying why), and `watch`
+//! then calls [`Observer::step`] in its event loop, which hands what the
+//! backend saw to a [`Consumer`] (the daemon's stream). A new backend is one
+//! new file with an `Observer` impl and one arm in [`start`].
 pub mod ebpf;
 pub mod proc;
 pub mod procfs;
+
+use std::{collections::BTreeSet, future::Future, pin::Pin, time::Duration};
+
+use crate::{
+    errors::chain,
+    events::{Event, EventError},
+};
+use ebpf::EbpfError;
+use proc::ProcError;
 
 /// Which backend `watch` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -21,4 +33,107 @@ pub enum Backend {
     Ebpf,
     /// Poll /proc.
     Procfs,
+}
+
+/// Why observing stopped: a backend failed, or its consumer did.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    #[error("reading /proc")]
+    Proc(#[from] ProcError),
+}
+
+/// What a backend hands its events to.
+pub trait Consumer {
+    /// Takes one event (it may be held until `flush`).
+    fn take(&mut self, event: Event) -> Result<(), ObserveError>;
+    /// The backend is about to wait: everything taken must go out now.
+    fn flush(&mut self) -> Result<(), ObserveError>;
+}
+
+/// The future of one [`Observer::step`].
+pub type Step<'a> = Pin<Box<dyn Future<Output = Result<(), ObserveError>> + 'a>>;
+
+/// An observation backend, started and ready (it has seen everything since
+/// [`start`] returned).
+pub trait Observer {
+    /// Its name, as `started.backend` reports it (`ebpf`, `procfs`).
+    fn name(&self) -> &'static str;
+
+    /// Waits until it has something (events, a timer of its own), hands it
+    /// to `to` and flushes it. Cancel-safe: what was not handed over stays
+    /// for the next step.
+    fn step<'a>(&'a mut self, to: &'a mut dyn Consumer) -> Step<'a>;
+
+    /// On the way out: hands over what is left.
+    fn drain(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {
+        let _ = to;
+        Ok(())
+    }
+
+    /// With [`Options::adopt`]: the processes that ran at start, as `exec`
+    /// events with `adopted` (once).
+    fn take_adopted(&mut self) -> Vec<Event> {
+        Vec::new()
+    }
+
+    /// The backend's exit filter, when it has one (once): it reports only
+    /// exits of processes whose exec it passed, and of those it is told of.
+    fn take_exit_filter(&mut self) -> Option<Box<dyn ExitFilter>> {
+        None
+    }
+}
+
+/// Tells a backend's exit filter of a process followed without its exec
+/// having passed the filter (adopted, recovered from the cgroup tree).
+pub trait ExitFilter {
+    fn follow(&mut self, pid: u32) -> Result<(), ObserveError>;
+}
+
+/// What `watch` asks of its backend.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub backend: Backend,
+    /// The procfs backend's polling interval.
+    pub interval: Duration,
+    /// Report the processes running at start ([`Observer::take_adopted`]).
+    pub adopt: bool,
+    /// The eBPF ring buffer's size in bytes.
+    pub ring_buffer_bytes: u32,
+    /// Process names the policy governs: their execs wake user space at
+    /// once, bypassing wake-up coalescing.
+    pub urgent_comms: BTreeSet<String>,
+    /// Send only execs of the urgent names (and the exits of their
+    /// processes); else everything.
+    pub filter: bool,
+}
+
+/// A started backend, and why it is not the one asked for (`auto` fell
+/// back to procfs: the error chain of the eBPF load).
+pub struct Started {
+    pub observer: Box<dyn Observer>,
+    pub fell_back: Option<String>,
+}
+
+/// Starts the backend `options` ask for. Must be called inside a tokio
+/// runtime (a backend may register with its reactor).
+pub fn start(options: &Options) -> Result<Started, ObserveError> {
+    let started = |observer: Box<dyn Observer>| Started {
+        observer,
+        fell_back: None,
+    };
+    match options.backend {
+        Backend::Ebpf => Ok(started(Box::new(ebpf::EbpfObserver::start(options)?))),
+        Backend::Procfs => Ok(started(Box::new(procfs::ProcfsObserver::start(options)?))),
+        Backend::Auto => match ebpf::EbpfObserver::start(options) {
+            Ok(o) => Ok(started(Box::new(o))),
+            Err(e) => Ok(Started {
+                observer: Box::new(procfs::ProcfsObserver::start(options)?),
+                fell_back: Some(chain(&e).to_string()),
+            }),
+        },
+    }
 }

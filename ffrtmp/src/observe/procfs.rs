@@ -9,10 +9,11 @@
 //! A re-exec is noticed only when it changes the process's `comm`.
 use std::{collections::HashMap, time::Duration};
 
-use crate::{
-    events::{Event, Exit, Sink, Source, Timestamp},
-    observe::proc::{self, ProcError, Stat},
+use super::{
+    Consumer, ObserveError, Observer, Options, Step,
+    proc::{self, ProcError, Stat},
 };
+use crate::events::{Event, Exit, Source, Timestamp};
 
 /// Default polling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
@@ -26,44 +27,64 @@ struct Known {
 /// Polls /proc; keeps the set of processes it has seen.
 pub struct ProcfsObserver {
     interval: Duration,
+    /// Made at the first step (start() has just scanned).
+    tick: Option<tokio::time::Interval>,
     self_pid: u32,
     known: HashMap<u32, Known>,
+    adopted: Vec<Event>,
+}
+
+/// The processes running now, as `exec` events (`adopted` marks them so).
+pub fn running(adopted: bool) -> Result<Vec<Event>, ProcError> {
+    let mut observer = ProcfsObserver::new(DEFAULT_INTERVAL);
+    let mut events = Vec::new();
+    observer.scan(&mut events, adopted)?;
+    Ok(events)
 }
 
 impl ProcfsObserver {
-    /// Records every process running now, so that only later changes are
-    /// reported. Returns the exec events for them when `adopt` is set.
-    pub fn start(interval: Duration, adopt: bool) -> Result<(Self, Vec<Event>), ProcError> {
-        let mut observer = Self {
+    fn new(interval: Duration) -> Self {
+        Self {
             interval,
+            tick: None,
             self_pid: std::process::id(),
             known: HashMap::new(),
-        };
-        let mut adopted = Collect(Vec::new());
-        observer.scan(&mut adopted, true)?;
-        let events = if adopt { adopted.0 } else { Vec::new() };
-        Ok((observer, events))
-    }
-
-    /// Polls until `sink` fails or the future is dropped.
-    pub async fn run<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error>
-    where
-        S::Error: From<ProcError>,
-    {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await; // the first tick is immediate; start() just scanned
-        loop {
-            tick.tick().await;
-            self.scan(sink, false)?;
+            adopted: Vec::new(),
         }
     }
 
+    /// Records every process running now, so that only later changes are
+    /// reported; keeps their exec events when `options.adopt` is set.
+    pub fn start(options: &Options) -> Result<Self, ProcError> {
+        let mut observer = Self::new(options.interval);
+        let mut adopted = Vec::new();
+        observer.scan(&mut adopted, true)?;
+        if options.adopt {
+            observer.adopted = adopted;
+        }
+        Ok(observer)
+    }
+
+    /// Waits for the next tick, then scans.
+    async fn next(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {
+        let interval = self.interval;
+        let tick = self.tick.get_or_insert_with(|| {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        tick.tick().await;
+        let mut events = Vec::new();
+        self.scan(&mut events, false)?;
+        for event in events {
+            to.take(event)?;
+        }
+        to.flush()
+    }
+
     /// One pass over /proc. `adopted` marks the exec events of the first scan.
-    fn scan<S: Sink>(&mut self, sink: &mut S, adopted: bool) -> Result<(), S::Error>
-    where
-        S::Error: From<ProcError>,
-    {
+    fn scan(&mut self, out: &mut Vec<Event>, adopted: bool) -> Result<(), ProcError> {
         let pids = proc::list_pids()?;
         let mut alive = HashMap::with_capacity(pids.len());
         for pid in pids {
@@ -73,23 +94,23 @@ impl ProcfsObserver {
             let stat = match Stat::read(pid) {
                 Ok(s) if !s.is_kernel_thread() => s,
                 Ok(_) | Err(ProcError::Gone(_)) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             let prior = self.known.remove(&pid);
             let is_new = match &prior {
                 None => true,
                 // Same pid, other start time: the pid was reused.
                 Some(k) if k.start_ticks != stat.start_ticks => {
-                    sink.send(exit_event(pid, k))?;
+                    out.push(exit_event(pid, k));
                     true
                 }
                 Some(k) => k.comm != stat.comm,
             };
             if is_new {
                 match proc::exec_event(&stat, adopted) {
-                    Ok(exec) => sink.send(Event::new(Timestamp::now(), Source::Procfs, exec))?,
+                    Ok(exec) => out.push(Event::new(Timestamp::now(), Source::Procfs, exec)),
                     Err(ProcError::Gone(_)) => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
             alive.insert(
@@ -101,26 +122,24 @@ impl ProcfsObserver {
             );
         }
         for (pid, gone) in self.known.drain() {
-            sink.send(exit_event(pid, &gone))?;
+            out.push(exit_event(pid, &gone));
         }
         self.known = alive;
-        sink.flush()
+        Ok(())
     }
 }
 
-/// Collects the first scan's events (the adopted processes).
-struct Collect(Vec<Event>);
-
-impl Sink for Collect {
-    type Error = ProcError;
-
-    fn send(&mut self, event: Event) -> Result<(), ProcError> {
-        self.0.push(event);
-        Ok(())
+impl Observer for ProcfsObserver {
+    fn name(&self) -> &'static str {
+        "procfs"
     }
 
-    fn flush(&mut self) -> Result<(), ProcError> {
-        Ok(())
+    fn step<'a>(&'a mut self, to: &'a mut dyn Consumer) -> Step<'a> {
+        Box::pin(self.next(to))
+    }
+
+    fn take_adopted(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.adopted)
     }
 }
 

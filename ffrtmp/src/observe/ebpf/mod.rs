@@ -29,7 +29,8 @@ use ffrtmp_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::events::{Event, Lost, Sink, Source, Timestamp};
+use super::{Consumer, ExitFilter, ObserveError, Observer, Options, Step, proc::ProcError};
+use crate::events::{Event, Lost, Source, Timestamp};
 
 /// The compiled kernel programs, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ffrtmp"));
@@ -70,6 +71,8 @@ pub enum EbpfError {
     TooManyComms(usize),
     #[error("process name {0:?} is longer than the kernel's {max} bytes", max = TASK_COMM_LEN - 1)]
     CommTooLong(String),
+    #[error("scanning /proc for running processes (--adopt)")]
+    Adopt(#[source] ProcError),
     #[error("updating map `{name}`")]
     Update {
         name: &'static str,
@@ -78,30 +81,46 @@ pub enum EbpfError {
     },
 }
 
-/// How to load the kernel programs.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    pub ring_buffer_bytes: u32,
-    /// Process names the policy governs: their execs wake user space at
-    /// once, bypassing wake-up coalescing.
-    pub urgent_comms: BTreeSet<String>,
-    /// Send only execs of the urgent names (and exits of the processes they
-    /// started, or that [`Tracker::track`] adds); else everything.
-    pub filter: bool,
-}
-
 /// Adds processes to the kernel's exit filter (those user space follows
 /// without their exec having passed the filter: adopted and recovered).
 pub struct Tracker(HashMap<MapData, u32, u8>);
 
-impl Tracker {
-    pub fn track(&mut self, pid: u32) -> Result<(), EbpfError> {
+impl ExitFilter for Tracker {
+    fn follow(&mut self, pid: u32) -> Result<(), ObserveError> {
         self.0
             .insert(pid, 1, 0)
             .map_err(|source| EbpfError::Update {
                 name: TRACKED_MAP,
                 source,
             })
+            .map_err(ObserveError::from)
+    }
+}
+
+impl Observer for EbpfObserver {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn step<'a>(&'a mut self, to: &'a mut dyn Consumer) -> Step<'a> {
+        Box::pin(self.next(to))
+    }
+
+    /// Delivers what is left in the ring and the final loss count.
+    fn drain(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {
+        Self::consume(self.events.get_mut(), to)?;
+        self.report_lost(to)
+    }
+
+    fn take_adopted(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.adopted)
+    }
+
+    /// With the kernel's pre-filter on ([`Options::filter`]).
+    fn take_exit_filter(&mut self) -> Option<Box<dyn ExitFilter>> {
+        self.tracker
+            .take()
+            .map(|t| Box::new(t) as Box<dyn ExitFilter>)
     }
 }
 
@@ -111,14 +130,21 @@ pub struct EbpfObserver {
     events: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     lost_reported: u64,
+    /// Read every [`LOST_POLL`]; made at the first step.
+    lost_tick: Option<tokio::time::Interval>,
+    /// Polling after a wake-up (see [`Observer::step`]'s impl).
+    polling: bool,
+    last_wake: Instant,
     tracker: Option<Tracker>,
+    adopted: Vec<Event>,
     _ebpf: aya::Ebpf,
 }
 
 impl EbpfObserver {
-    /// Loads and attaches the programs. Must be called inside a tokio
-    /// runtime (the ring buffer is registered with its reactor).
-    pub fn load(options: &LoadOptions) -> Result<Self, EbpfError> {
+    /// Loads and attaches the programs; with `adopt`, then scans /proc for
+    /// what already runs. Must be called inside a tokio runtime (the ring
+    /// buffer is registered with its reactor).
+    pub fn start(options: &Options) -> Result<Self, EbpfError> {
         let offsets = btf::kernel_offsets()?;
         let keys = comm_keys(&options.urgent_comms)?;
         raise_memlock_limit();
@@ -194,6 +220,13 @@ impl EbpfObserver {
             "kernel programs attached"
         );
         release_freed_heap();
+        // After the programs attached: a process that starts during the
+        // scan is seen (perhaps twice; once adopted).
+        let adopted = if options.adopt {
+            super::procfs::running(true).map_err(EbpfError::Adopt)?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             // SAFETY: the RingBuf owns the fd and moves into the AsyncFd,
             // so the fd stays open for as long as it is registered.
@@ -201,78 +234,62 @@ impl EbpfObserver {
                 .map_err(|e| EbpfError::Poll(e.into_parts().1))?,
             lost,
             lost_reported: 0,
-            tracker: Some(tracker),
+            lost_tick: None,
+            polling: false,
+            last_wake: Instant::now(),
+            tracker: (options.filter).then_some(tracker),
+            adopted,
             _ebpf: ebpf,
         })
     }
 
-    /// The handle that adds processes to the kernel's exit filter (once).
-    pub fn take_tracker(&mut self) -> Option<Tracker> {
-        self.tracker.take()
-    }
-
-    /// Streams events to `sink` until it fails or the future is dropped.
-    /// Cancel-safe: records not yet consumed stay in the ring for
-    /// [`Self::drain`].
+    /// One wake-up's work (see [`Observer::step`]).
     ///
     /// The kernel coalesces wake-ups ([`WAKE_COALESCE_NS`]); so after each
     /// wake-up we keep polling every window until a poll at least one window
     /// after the last wake-up finds the ring empty. Idle, nothing runs but
     /// the once-a-second loss check.
-    pub async fn run<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error>
-    where
-        S::Error: From<EbpfError>,
-    {
+    async fn next(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {
         let window = Duration::from_nanos(WAKE_COALESCE_NS);
-        let mut lost_tick = tokio::time::interval(LOST_POLL);
-        let mut last_wake = Instant::now();
-        let mut polling = false;
-        loop {
-            tokio::select! {
-                guard = self.events.readable_mut() => {
-                    let mut guard = guard.map_err(|e| S::Error::from(EbpfError::Poll(e)))?;
-                    guard.clear_ready();
-                    last_wake = Instant::now();
-                    polling = true;
-                    Self::consume(guard.get_inner_mut(), sink)?;
-                }
-                () = tokio::time::sleep(window), if polling => {
-                    let n = Self::consume(self.events.get_mut(), sink)?;
-                    polling = n > 0 || last_wake.elapsed() < window;
-                }
-                _ = lost_tick.tick() => self.report_lost(sink)?,
-                () = sink.work_ready() => {
-                    sink.work()?;
-                }
+        let lost_tick = self
+            .lost_tick
+            .get_or_insert_with(|| tokio::time::interval(LOST_POLL));
+        tokio::select! {
+            guard = self.events.readable_mut() => {
+                let mut guard = guard.map_err(EbpfError::Poll)?;
+                guard.clear_ready();
+                self.last_wake = Instant::now();
+                self.polling = true;
+                Self::consume(guard.get_inner_mut(), to)?;
             }
+            () = tokio::time::sleep(window), if self.polling => {
+                let n = Self::consume(self.events.get_mut(), to)?;
+                self.polling = n > 0 || self.last_wake.elapsed() < window;
+            }
+            _ = lost_tick.tick() => self.report_lost(to)?,
         }
-    }
-
-    /// Delivers what is left in the ring and the final loss count.
-    pub fn drain<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error> {
-        Self::consume(self.events.get_mut(), sink)?;
-        self.report_lost(sink)
+        Ok(())
     }
 
     /// Decodes every record in the ring, then flushes; returns how many.
-    fn consume<S: Sink>(ring: &mut RingBuf<MapData>, sink: &mut S) -> Result<usize, S::Error> {
+    fn consume(ring: &mut RingBuf<MapData>, to: &mut dyn Consumer) -> Result<usize, ObserveError> {
         let mut n = 0;
         while let Some(item) = ring.next() {
             n += 1;
             match record::decode(&item) {
-                Ok(event) => sink.send(event)?,
+                Ok(event) => to.take(event)?,
                 // A record we cannot read is a bug on one side; say so and
                 // keep observing rather than stop the stream.
                 Err(e) => tracing::error!(error = %e, "dropping an undecodable kernel record"),
             }
         }
         if n > 0 {
-            sink.flush()?;
+            to.flush()?;
         }
         Ok(n)
     }
 
-    fn report_lost<S: Sink>(&mut self, sink: &mut S) -> Result<(), S::Error> {
+    fn report_lost(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {
         let total: u64 = match self.lost.get(&0, 0) {
             Ok(per_cpu) => per_cpu.iter().sum(),
             Err(e) => {
@@ -283,7 +300,8 @@ impl EbpfObserver {
         if total > self.lost_reported {
             let count = total - self.lost_reported;
             self.lost_reported = total;
-            sink.emit(Event::new(Timestamp::now(), Source::Ebpf, Lost { count }))?;
+            to.take(Event::new(Timestamp::now(), Source::Ebpf, Lost { count }))?;
+            to.flush()?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! of its own.
 //!
 //! `watch` governs a new exec in two moves. The first, on the thread that
-//! reads the kernel's ring ([`super::auto`]), puts it into its rule's
+//! reads the kernel's ring ([`super::governor`]), puts it into its rule's
 //! pre-made staging cgroup: one write per hierarchy, and its limits are in
 //! force. The second, here, makes its own job cgroup (a few `mkdir`s and
 //! limit writes with read-backs, ~0.3–0.5 ms), moves it there, sets nice
@@ -25,15 +25,18 @@ use std::sync::{
 use tokio::sync::mpsc as async_mpsc;
 
 use super::{
-    Context, GovernError, JobCgroup,
-    auto::{Events, Origin, monotonic_ns, note},
-    place::{ByRule, IfNotMoved, NotPlaced, governed, place},
-    plan::Plan,
-    target::Target,
+    Events, MadeJobs, note,
+    origin::{Origin, monotonic_ns},
 };
 use crate::{
     errors::chain,
     events::{self, Degraded, Event, Source, Timestamp},
+    govern::{
+        Context, GovernError, JobCgroup,
+        place::{ByRule, IfNotMoved, NotPlaced, governed, place},
+        plan::Plan,
+        target::Target,
+    },
     limits::{JobId, Limits},
     policy::template::sanitise,
 };
@@ -54,7 +57,7 @@ pub(super) struct Unmade {
 }
 
 /// What became of an [`Unmade`] process.
-pub(super) struct Made {
+pub struct Made {
     pub(super) pid: u32,
     /// Its job and cgroup, to follow (`None`: not followed, e.g. it ended).
     pub(super) follow: Option<(String, Option<JobCgroup>)>,
@@ -230,17 +233,11 @@ impl Maker {
     }
 }
 
-/// The maker thread's two ends, as the governor holds them.
-pub(super) struct MakerThread {
-    pub(super) jobs: mpsc::Sender<Unmade>,
-    /// Async, so that `watch`'s event loop wakes when a job is made.
-    pub(super) made: async_mpsc::UnboundedReceiver<Made>,
-}
-
-/// Starts the maker thread; `None` if it cannot be started (jobs are then
-/// made inline).
-pub(super) fn spawn(maker: Arc<Maker>) -> Option<MakerThread> {
+/// Starts the maker thread; its two ends (jobs in, made jobs out), or
+/// `None` if it cannot be started (jobs are then made inline).
+pub(super) fn spawn(maker: Arc<Maker>) -> Option<(mpsc::Sender<Unmade>, MadeJobs<Made>)> {
     let (jobs, rx) = mpsc::channel::<Unmade>();
+    // Async, so that `watch`'s event loop wakes when a job is made.
     let (tx, made) = async_mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("ffrtmp-jobs".into())
@@ -255,5 +252,5 @@ pub(super) fn spawn(maker: Arc<Maker>) -> Option<MakerThread> {
         })
         .map_err(|e| tracing::warn!(error = %e, "no job maker thread; making jobs inline"))
         .ok()?;
-    Some(MakerThread { jobs, made })
+    Some((jobs, made))
 }

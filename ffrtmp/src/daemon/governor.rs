@@ -1,48 +1,32 @@
-//! Automatic governance: the engine of `ffrtmp watch`. Each exec the
-//! observer reports goes to the [`Policy`]; a process a rule governs is
-//! placed in its job cgroup the way `attach` does it — held by a pidfd
-//! whose start time was checked, the cgroup made and its limits read back,
-//! the whole thread group moved, nice and oom_score_adj set — and a
-//! `governed` event says what is in force and how long after the exec it
-//! took (`latency_us`). A new exec gets there in two moves: here, at once,
-//! into its rule's pre-made staging cgroup (its limits are in force from
-//! then on); then, on the job maker thread (`govern/maker.rs`), into its own
-//! job. Processes found by a /proc scan go straight to their job.
-//!
-//! State is only a cache of the cgroup tree: which processes of which jobs
-//! the daemon follows, so that their exits carry the job's report and empty
-//! job cgroups are removed. At start ([`Governor::recover`]) it is rebuilt
-//! from the tree — jobs of `run`, `attach` or an earlier daemon are
-//! followed where they are (`tracked`), never moved — and [`Governor::scan`]
-//! governs matching processes already running (`adopted`); the same scan
-//! runs again after the kernel lost events. The daemon never signals,
-//! stops or kills a workload: killing it changes nothing for its jobs.
-//!
-//! A process already inside an ffrtmp job (a child of a governed one, or a
-//! `run` workload) is never governed again: children stay in their parent's
-//! job by kernel semantics.
+//! The governor: decides about each process the observer reports (the
+//! [`Policy`]), makes the first move of a new exec into its rule's staging
+//! cgroup, hands the second move to the job maker ([`super::maker`]),
+//! follows governed and recovered processes until they exit, and sends
+//! their ended jobs to the reaper ([`super::reaper`]).
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet},
     fs,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc::{self, RecvTimeoutError, Sender, channel},
+        atomic::AtomicU64,
+        mpsc::{self, Sender},
     },
-    time::{Duration, Instant},
 };
 
-use nix::time::{ClockId, clock_gettime};
-
 use super::{
-    Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs, job_exists,
-    maker::{self, Made, Maker, MakerThread, Unmade},
-    reap_empty, reap_job,
-    target::{Target, TargetError},
+    Events, Govern, MadeJobs,
+    maker::{self, Made, Maker, Unmade},
+    note,
+    origin::{Origin, ns_to_ticks},
+    reaper,
 };
 use crate::{
     errors::chain,
-    events::{self, Degraded, Event, Exec, Exit, KernelStamp, Source, Timestamp, Tracked},
+    events::{self, Event, Exec, Exit, KernelStamp, Source, Timestamp, Tracked},
+    govern::{
+        Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs, reap_empty, reap_job,
+        target::{Target, TargetError},
+    },
     limits::{JobId, Limits},
     observe::proc::{self, ProcError, Stat},
     policy::{Action, Candidate, Decision, Needs, Policy, template::sanitise},
@@ -76,21 +60,19 @@ pub struct Governor {
     newly_followed: Vec<u32>,
     /// Makes jobs (the second move), inline or on its thread.
     maker: Arc<Maker>,
-    maker_thread: Option<MakerThread>,
+    /// Jobs to the maker thread (`None`: made inline).
+    maker_thread: Option<mpsc::Sender<Unmade>>,
+    /// Made jobs from the maker thread, until the event loop takes them.
+    made_jobs: Option<MadeJobs<Made>>,
     /// Staged processes whose job the maker thread is making.
     in_flight: HashSet<u32>,
-    /// Made jobs received while waiting ([`Governor::wait_made`]).
-    made: VecDeque<Made>,
     rescan: bool,
 }
-
-/// What happened to one process, for the caller to emit.
-pub type Events = Vec<Event>;
 
 impl Governor {
     pub fn new(ctx: Context, policy: Policy) -> Self {
         let last_governed = Arc::new(AtomicU64::new(0));
-        let reaper = spawn_reaper(&ctx, Arc::clone(&last_governed));
+        let reaper = reaper::spawn(&ctx, Arc::clone(&last_governed));
         let maker = Arc::new(Maker {
             ctx: ctx.clone(),
             last_governed: Arc::clone(&last_governed),
@@ -111,12 +93,21 @@ impl Governor {
             staging: HashMap::new(),
             reaper,
             newly_followed: Vec::new(),
-            maker_thread: maker::spawn(Arc::clone(&maker)),
+            maker_thread: None,
+            made_jobs: None,
             maker,
             in_flight: HashSet::new(),
-            made: VecDeque::new(),
             rescan: false,
         }
+        .with_maker_thread()
+    }
+
+    fn with_maker_thread(mut self) -> Self {
+        if let Some((jobs, made)) = maker::spawn(Arc::clone(&self.maker)) {
+            self.maker_thread = Some(jobs);
+            self.made_jobs = Some(made);
+        }
+        self
     }
 
     /// Pids that started being followed since the last call (for the
@@ -205,10 +196,6 @@ impl Governor {
     /// Asks for a [`Self::scan`] (the kernel lost events).
     pub fn request_rescan(&mut self) {
         self.rescan = true;
-    }
-
-    pub fn rescan_requested(&self) -> bool {
-        self.rescan
     }
 
     /// An exec the observer reported: governs the process if a rule says so.
@@ -368,7 +355,7 @@ impl Governor {
         {
             // Under its limits already: its own job is made on the maker
             // thread, and this one is free for the next exec.
-            match thread.jobs.send(job) {
+            match thread.send(job) {
                 Ok(()) => {
                     self.in_flight.insert(pid);
                     return events;
@@ -390,57 +377,6 @@ impl Governor {
             self.follow(made.pid, job, cgroup);
         }
         made.events
-    }
-
-    /// Whether the maker thread is making `pid`'s job: its exit must wait
-    /// for its `governed` event and job report.
-    pub fn is_in_flight(&self, pid: u32) -> bool {
-        self.in_flight.contains(&pid)
-    }
-
-    /// How many jobs the maker thread is making.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    /// Jobs the maker thread has made since the last call (now followed):
-    /// their events.
-    pub fn take_made(&mut self) -> Vec<Events> {
-        let mut made: Vec<Made> = self.made.drain(..).collect();
-        if let Some(thread) = &mut self.maker_thread {
-            while let Ok(m) = thread.made.try_recv() {
-                made.push(m);
-            }
-        }
-        made.into_iter().map(|m| self.accept(m)).collect()
-    }
-
-    /// Resolves once the maker thread has made a job (never without the
-    /// thread). Cancel-safe: what arrives is kept for [`Governor::take_made`].
-    pub async fn wait_made(&mut self) {
-        if !self.made.is_empty() {
-            return;
-        }
-        let Some(thread) = &mut self.maker_thread else {
-            return std::future::pending().await;
-        };
-        match thread.made.recv().await {
-            Some(m) => self.made.push_back(m),
-            None => {
-                // The thread is gone (a bug): say so, make jobs inline from
-                // now on, and let the held exits go. The processes it had
-                // stay in their staging cgroups, under their rules' limits.
-                self.maker_thread = None;
-                let stranded = std::mem::take(&mut self.in_flight);
-                self.made.push_back(Made {
-                    pid: 0,
-                    follow: None,
-                    events: vec![note(format!(
-                        "the job maker thread stopped; jobs are made inline from now on; processes {stranded:?} stay in their staging cgroups"
-                    ))],
-                });
-            }
-        }
     }
 
     /// Makes (or updates) each governing rule's staging cgroup under
@@ -494,108 +430,6 @@ impl Governor {
     }
 }
 
-/// The reaper thread: removes ended jobs' cgroups in the background (the
-/// root's lock keeps it and job creation from racing). `None` if it cannot
-/// start: then jobs are removed inline.
-///
-/// Removing a cgroup holds the kernel's global `cgroup_mutex`, which every
-/// move into a cgroup also needs: a removal under way delays the next
-/// governing by a few hundred µs. So the reaper waits until the governor has
-/// been quiet for [`REAP_QUIET`], unless [`REAP_BACKLOG`] jobs are waiting.
-fn spawn_reaper(ctx: &Context, last_governed: Arc<AtomicU64>) -> Option<Sender<String>> {
-    let (tx, rx) = channel::<String>();
-    let ctx = ctx.clone();
-    std::thread::Builder::new()
-        .name("ffrtmp-reaper".into())
-        .spawn(move || {
-            // Background work: never ahead of the thread that governs.
-            // SAFETY: setpriority on this thread's own id.
-            unsafe {
-                libc::setpriority(
-                    libc::PRIO_PROCESS,
-                    libc::gettid() as libc::id_t,
-                    REAPER_NICE,
-                );
-            }
-            let mut queue: VecDeque<Ending> = VecDeque::new();
-            let fresh = |job| Ending {
-                job,
-                tries: 0,
-                due: Instant::now(),
-            };
-            loop {
-                if queue.is_empty() {
-                    match rx.recv() {
-                        Ok(job) => queue.push_back(fresh(job)),
-                        Err(_) => return, // the governor is gone
-                    }
-                }
-                queue.extend(rx.try_iter().map(fresh));
-                let quiet = monotonic_ns()
-                    .map(|now| {
-                        Duration::from_nanos(now.saturating_sub(last_governed.load(Relaxed)))
-                    })
-                    .unwrap_or(REAP_QUIET);
-                let now = Instant::now();
-                let due = queue.iter().position(|e| e.due <= now);
-                if let Some(i) = due
-                    && (quiet >= REAP_QUIET || queue.len() >= REAP_BACKLOG)
-                {
-                    let Some(mut ending) = queue.remove(i) else {
-                        continue;
-                    };
-                    // The exit event comes before the kernel has taken the
-                    // task out of its cgroup; until then the cgroup is busy.
-                    if reap_job(&ctx, &ending.job).is_empty()
-                        && job_exists(&ctx, &ending.job)
-                        && ending.tries < REAP_TRIES
-                    {
-                        ending.tries += 1;
-                        ending.due = now + REAP_RETRY;
-                        queue.push_back(ending);
-                    }
-                    continue;
-                }
-                let next_due = queue
-                    .iter()
-                    .map(|e| e.due.saturating_duration_since(now))
-                    .min()
-                    .unwrap_or(REAP_QUIET);
-                let wait = next_due
-                    .max(REAP_QUIET.saturating_sub(quiet))
-                    .max(Duration::from_millis(1));
-                match rx.recv_timeout(wait) {
-                    Ok(job) => queue.push_back(fresh(job)),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-        })
-        .ok()
-        .map(|_| tx)
-}
-
-/// An ended job waiting for its cgroup to be removed.
-struct Ending {
-    job: String,
-    tries: u32,
-    /// Not before then (a retry).
-    due: Instant,
-}
-
-/// How often, and how far apart, a busy job cgroup is tried again (the
-/// last process is still leaving it; longer in a slow VM): 5 s in all.
-const REAP_TRIES: u32 = 50;
-const REAP_RETRY: Duration = Duration::from_millis(100);
-
-/// How long the governor must have been idle before a job is removed.
-const REAP_QUIET: Duration = Duration::from_millis(20);
-/// Jobs waiting for removal beyond which the reaper no longer waits.
-const REAP_BACKLOG: usize = 256;
-
-/// Nice of the reaper thread (the governing thread keeps the daemon's).
-const REAPER_NICE: i32 = 10;
-
 /// A rule's staging cgroup: where a new exec is moved first.
 #[derive(Debug)]
 struct Staging {
@@ -607,57 +441,68 @@ struct Staging {
     applied: events::Limits,
 }
 
-/// A `degraded` event about governing as a whole (no single limit).
-pub(super) fn note(reason: String) -> Event {
-    Event::new(
-        Timestamp::now(),
-        Source::Ffrtmp,
-        Degraded {
-            limit: None,
-            reason,
-            fallback: "none".into(),
-        },
-    )
-}
+impl Govern for Governor {
+    type Made = Made;
 
-/// Where a candidate came from.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Origin {
-    /// An eBPF exec: its kernel time, and the process's start (ticks).
-    Kernel {
-        ktime_ns: u64,
-        start_ticks: Option<u64>,
-    },
-    /// A /proc scan (adoption, rescan), with the start time it read.
-    Scan(u64),
-    /// The procfs backend's exec (found by polling).
-    Polled,
-}
+    /// Staging cgroups first (a new exec may arrive at once), then the
+    /// state rebuilt from the cgroup tree, then the running matches.
+    fn start_up(&mut self) -> Result<Events, ProcError> {
+        let mut events = self.prepare_staging();
+        events.extend(self.recover());
+        events.extend(self.scan()?);
+        Ok(events)
+    }
 
-impl Origin {
-    /// µs since the kernel saw the exec (eBPF only).
-    pub(super) fn since_exec_us(self) -> Option<u64> {
-        match self {
-            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
-                .and_then(|now| now.checked_sub(ktime_ns))
-                .map(|ns| ns / 1_000),
-            _ => None,
+    fn on_exec(&mut self, kernel: Option<KernelStamp>, exec: &Exec) -> Events {
+        Governor::on_exec(self, kernel, exec)
+    }
+
+    fn on_exit(&mut self, exit: &mut Exit) {
+        Governor::on_exit(self, exit);
+    }
+
+    /// Whether the maker thread is making `pid`'s job: its exit must wait
+    /// for its `governed` event and job report.
+    fn is_in_flight(&self, pid: u32) -> bool {
+        self.in_flight.contains(&pid)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn take_made_jobs(&mut self) -> Option<MadeJobs<Made>> {
+        self.made_jobs.take()
+    }
+
+    fn made(&mut self, made: Made) -> Events {
+        self.accept(made)
+    }
+
+    /// The thread is gone (a bug): say so, make jobs inline from now on,
+    /// and let the held exits go. The processes it had stay in their
+    /// staging cgroups, under their rules' limits.
+    fn maker_stopped(&mut self) -> Events {
+        self.maker_thread = None;
+        let stranded = std::mem::take(&mut self.in_flight);
+        vec![note(format!(
+            "the job maker thread stopped; jobs are made inline from now on; processes {stranded:?} stay in their staging cgroups"
+        ))]
+    }
+
+    fn request_rescan(&mut self) {
+        Governor::request_rescan(self);
+    }
+
+    fn rescan(&mut self) -> Result<Events, ProcError> {
+        if self.rescan {
+            self.scan()
+        } else {
+            Ok(Vec::new())
         }
     }
-}
 
-pub(super) fn monotonic_ns() -> Option<u64> {
-    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
-    let d = Duration::new(
-        u64::try_from(t.tv_sec()).ok()?,
-        u32::try_from(t.tv_nsec()).ok()?,
-    );
-    u64::try_from(d.as_nanos()).ok()
-}
-
-/// A start time in ns since boot as /proc/PID/stat's clock ticks.
-fn ns_to_ticks(ns: u64) -> Option<u64> {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    (hz > 0).then(|| ns / (1_000_000_000 / hz))
+    fn take_newly_followed(&mut self) -> Vec<u32> {
+        Governor::take_newly_followed(self)
+    }
 }

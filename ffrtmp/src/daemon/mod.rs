@@ -1,0 +1,89 @@
+//! The daemon (`ffrtmp watch`): governing every new transcoder by policy.
+//!
+//! Each exec the observer reports goes to the [`Governor`] and its
+//! [`Policy`](crate::policy::Policy); a process a rule governs is placed in
+//! its job cgroup the way `attach` does it (`govern::place`) — held by a
+//! pidfd whose start time was checked, the cgroup made and its limits read
+//! back, the whole thread group moved, nice and oom_score_adj set — and a
+//! `governed` event says what is in force and how long after the exec it
+//! took (`latency_us`). A new exec gets there in two moves: at once, on the
+//! thread that reads the kernel's ring, into its rule's pre-made staging
+//! cgroup (its limits are in force from then on); then, on the job maker
+//! thread ([`maker`]), into its own job. Processes found by a /proc scan go
+//! straight to their job. Ended jobs' cgroups are removed by the reaper
+//! thread ([`reaper`]), which never competes with governing.
+//!
+//! State is only a cache of the cgroup tree: which processes of which jobs
+//! the daemon follows, so that their exits carry the job's report and empty
+//! job cgroups are removed. At start it is rebuilt from the tree — jobs of
+//! `run`, `attach` or an earlier daemon are followed where they are
+//! (`tracked`), never moved — and matching processes already running are
+//! governed (`adopted`); the same scan runs again after the kernel lost
+//! events. The daemon never signals, stops or kills a workload: killing it
+//! changes nothing for its jobs. A process already inside an ffrtmp job (a
+//! child of a governed one, or a `run` workload) is never governed again:
+//! children stay in their parent's job by kernel semantics.
+//!
+//! The order of the stream ([`stream`]): each `governed` follows its
+//! `exec`; an exit whose job is still being made is held until its
+//! `governed` is out, and then carries the job's report; a batch's execs are
+//! governed before the exits queued ahead of them are reported. The stream
+//! talks to the governor through [`Govern`], so that order is unit-tested
+//! against a fake governor, without root.
+mod governor;
+mod maker;
+mod origin;
+mod reaper;
+pub mod stream;
+
+use crate::{
+    events::{Degraded, Event, Exec, Exit, KernelStamp, Source, Timestamp},
+    observe::proc::ProcError,
+};
+
+pub use governor::Governor;
+pub use maker::Made;
+pub use stream::Stream;
+
+/// What happened to one process, for the stream to emit.
+pub type Events = Vec<Event>;
+
+/// The receiving end of the jobs made on the maker thread: the event loop
+/// waits on it beside the observer.
+pub type MadeJobs<M> = tokio::sync::mpsc::UnboundedReceiver<M>;
+
+/// What the stream needs of a governor.
+pub trait Govern {
+    /// A job made on the maker thread, as it comes back.
+    type Made;
+
+    /// Before `started`: the staging cgroups, the state rebuilt from the
+    /// cgroup tree, and the running matches governed.
+    fn start_up(&mut self) -> Result<Events, ProcError>;
+    /// An exec: the events that follow it (`governed`, `degraded`), unless
+    /// its job is being made elsewhere ([`Govern::is_in_flight`]).
+    fn on_exec(&mut self, kernel: Option<KernelStamp>, exec: &Exec) -> Events;
+    /// An exit: adds the job's report when the process was followed.
+    fn on_exit(&mut self, exit: &mut Exit);
+    /// Whether `pid`'s job is being made elsewhere.
+    fn is_in_flight(&self, pid: u32) -> bool;
+    /// How many jobs are being made elsewhere.
+    fn in_flight(&self) -> usize;
+    /// Where made jobs come back (once); `None` when jobs are made inline.
+    fn take_made_jobs(&mut self) -> Option<MadeJobs<Self::Made>>;
+    /// A made job, now followed: its events.
+    fn made(&mut self, made: Self::Made) -> Events;
+    /// The maker thread stopped: nothing is in flight any more.
+    fn maker_stopped(&mut self) -> Events;
+    /// The kernel lost events: scan /proc at the next flush.
+    fn request_rescan(&mut self);
+    /// The scan asked for, if it was: its events.
+    fn rescan(&mut self) -> Result<Events, ProcError>;
+    /// Processes followed since the last call, for the kernel's exit filter.
+    fn take_newly_followed(&mut self) -> Vec<u32>;
+}
+
+/// A `degraded` event about governing as a whole (no single limit).
+fn note(reason: String) -> Event {
+    Event::new(Timestamp::now(), Source::Ffrtmp, Degraded::note(reason))
+}

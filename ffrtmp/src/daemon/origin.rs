@@ -1,0 +1,48 @@
+//! Where a process the daemon considers came from, and the clocks that say
+//! how long after its exec it was governed.
+use std::time::Duration;
+
+use nix::time::{ClockId, clock_gettime};
+
+/// Where a candidate came from.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Origin {
+    /// An eBPF exec: its kernel time, and the process's start (ticks).
+    Kernel {
+        ktime_ns: u64,
+        start_ticks: Option<u64>,
+    },
+    /// A /proc scan (adoption, rescan), with the start time it read.
+    Scan(u64),
+    /// The procfs backend's exec (found by polling).
+    Polled,
+}
+
+impl Origin {
+    /// µs since the kernel saw the exec (eBPF only).
+    pub(super) fn since_exec_us(self) -> Option<u64> {
+        match self {
+            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
+                .and_then(|now| now.checked_sub(ktime_ns))
+                .map(|ns| ns / 1_000),
+            _ => None,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the kernel programs' timestamps.
+pub(super) fn monotonic_ns() -> Option<u64> {
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
+    let d = Duration::new(
+        u64::try_from(t.tv_sec()).ok()?,
+        u32::try_from(t.tv_nsec()).ok()?,
+    );
+    u64::try_from(d.as_nanos()).ok()
+}
+
+/// A start time in ns since boot as /proc/PID/stat's clock ticks.
+pub(super) fn ns_to_ticks(ns: u64) -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    (hz > 0).then(|| ns / (1_000_000_000 / hz))
+}

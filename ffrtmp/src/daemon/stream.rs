@@ -1,0 +1,539 @@
+//! The stream between the backend and the outputs: governs, reports,
+//! filters, and keeps the order the contract promises (docs/EVENTS.md).
+//!
+//! - Events are handled per batch (the backend flushes after each), so that
+//!   a batch's execs are governed before the exits queued ahead of them are
+//!   reported: a new transcoder never waits behind the job reports of exits
+//!   that arrived just before it.
+//! - Each `governed` follows its `exec`. An exit whose job the maker thread
+//!   is still making is held until that job's `governed` is out, and then
+//!   carries the job's report.
+//! - A `lost` event makes the next flush rescan /proc.
+//! - The same filter the kernel applies (names some rule may govern) is
+//!   applied here too, for the procfs backend, unless `--all`.
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Duration,
+};
+
+use super::{Events, Govern, MadeJobs};
+use crate::{
+    events::{Body, Event, Sink},
+    observe::{Consumer, ExitFilter, ObserveError},
+};
+
+/// Events handled at once at most (a bound on memory in a storm).
+const MAX_BATCH: usize = 4096;
+
+/// How long a stopping `watch` waits for jobs being made (each takes
+/// about a millisecond; the processes are under their limits meanwhile).
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
+
+/// Between the backend and the outputs.
+pub struct Stream<G: Govern, O: Sink> {
+    out: O,
+    governor: Option<G>,
+    /// The backend's exit filter, told of processes followed without their
+    /// exec having passed it.
+    exit_filter: Option<Box<dyn ExitFilter>>,
+    /// Process names whose execs are reported (`None`: all).
+    filter: Option<BTreeSet<String>>,
+    /// Processes whose exec was reported: their exit is too.
+    passed: HashSet<u32>,
+    /// The batch being received.
+    pending: Vec<Event>,
+    /// Exits of processes whose job the maker thread is still making.
+    held_exits: Vec<Event>,
+}
+
+impl<G: Govern, O: Sink> Stream<G, O> {
+    /// `governor`: `None` with `--observe-only`. `filter`: the names whose
+    /// execs are reported (`None` with `--all`).
+    pub fn new(
+        out: O,
+        governor: Option<G>,
+        exit_filter: Option<Box<dyn ExitFilter>>,
+        filter: Option<BTreeSet<String>>,
+    ) -> Self {
+        Stream {
+            out,
+            governor,
+            exit_filter,
+            filter,
+            passed: HashSet::new(),
+            pending: Vec::new(),
+            held_exits: Vec::new(),
+        }
+    }
+
+    /// The backend's exit filter (known once the backend has started).
+    pub fn set_exit_filter(&mut self, filter: Option<Box<dyn ExitFilter>>) {
+        self.exit_filter = filter;
+    }
+
+    /// Where jobs made on the maker thread come back (once).
+    pub fn take_made_jobs(&mut self) -> Option<MadeJobs<G::Made>> {
+        self.governor.as_mut()?.take_made_jobs()
+    }
+
+    /// Writes an event of ffrtmp's own (`started`, `degraded`) at once.
+    pub fn emit(&mut self, event: &Event) -> Result<(), ObserveError> {
+        Ok(self.out.emit(event)?)
+    }
+
+    /// Rebuilds the state from the cgroup tree and governs what runs.
+    pub fn start_up(&mut self) -> Result<(), ObserveError> {
+        let Some(governor) = &mut self.governor else {
+            return Ok(());
+        };
+        let events = governor.start_up()?;
+        self.emit_all(events)?;
+        Ok(self.out.flush()?)
+    }
+
+    /// A job the maker thread made (`None`: the thread stopped): emits its
+    /// `governed`, then the exits that were held until their process's job
+    /// was made.
+    pub fn made(&mut self, made: Option<G::Made>) -> Result<(), ObserveError> {
+        let Some(governor) = &mut self.governor else {
+            return Ok(());
+        };
+        let events = match made {
+            Some(m) => governor.made(m),
+            None => governor.maker_stopped(),
+        };
+        self.emit_all(events)?;
+        // Exits whose process is no longer being made, in arrival order.
+        let (ready, held): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.held_exits)
+            .into_iter()
+            .partition(|e| match (&e.body, &self.governor) {
+                (Body::Exit(x), Some(g)) => !g.is_in_flight(x.pid),
+                _ => true,
+            });
+        self.held_exits = held;
+        for exit in ready {
+            self.exit(exit)?;
+        }
+        Ok(self.out.flush()?)
+    }
+
+    /// On the way out: emits the jobs still being made and the exits held
+    /// for them, so that the stream ends with nothing half said.
+    pub async fn finish(
+        &mut self,
+        made: Option<&mut MadeJobs<G::Made>>,
+    ) -> Result<(), ObserveError> {
+        if let Some(made) = made {
+            let deadline = tokio::time::Instant::now() + IN_FLIGHT_GRACE;
+            while self.governor.as_ref().is_some_and(|g| g.in_flight() > 0) {
+                match tokio::time::timeout_at(deadline, made.recv()).await {
+                    Ok(m) => {
+                        let stopped = m.is_none();
+                        self.made(m)?;
+                        if stopped {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        for exit in std::mem::take(&mut self.held_exits) {
+            self.exit(exit)?;
+        }
+        Ok(self.out.flush()?)
+    }
+
+    fn emit_all(&mut self, events: Events) -> Result<(), ObserveError> {
+        for event in events {
+            match &event.body {
+                Body::Governed(g) => {
+                    self.passed.insert(g.pid);
+                }
+                Body::Tracked(t) => {
+                    self.passed.insert(t.pid);
+                }
+                _ => {}
+            }
+            self.out.send(&event)?;
+        }
+        if let (Some(governor), Some(filter)) = (&mut self.governor, &mut self.exit_filter) {
+            for pid in governor.take_newly_followed() {
+                filter.follow(pid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports an exit, with its job's report if it was governed.
+    fn exit(&mut self, mut event: Event) -> Result<(), ObserveError> {
+        let Body::Exit(exit) = &mut event.body else {
+            return Ok(self.out.send(&event)?);
+        };
+        if let Some(g) = &mut self.governor {
+            g.on_exit(exit);
+        }
+        let reported = self.passed.remove(&exit.pid);
+        if self.filter.is_none() || reported || exit.job.is_some() {
+            self.out.send(&event)?;
+        }
+        Ok(())
+    }
+
+    /// Governs the batch's execs first, then writes everything in the
+    /// order it happened, each `governed` after its `exec`.
+    fn handle_batch(&mut self) -> Result<(), ObserveError> {
+        let batch = std::mem::take(&mut self.pending);
+        let mut follow_ups: Vec<Events> = batch
+            .iter()
+            .map(|event| match (&mut self.governor, &event.body) {
+                (Some(g), Body::Exec(exec)) => g.on_exec(event.kernel, exec),
+                _ => Vec::new(),
+            })
+            .collect();
+        for (mut event, follow_up) in batch.into_iter().zip(follow_ups.drain(..)) {
+            match &mut event.body {
+                Body::Exec(exec) => {
+                    if self.filter.as_ref().is_none_or(|f| f.contains(&exec.comm)) {
+                        self.passed.insert(exec.pid);
+                        self.out.send(&event)?;
+                    }
+                    self.emit_all(follow_up)?;
+                }
+                Body::Exit(exit) => {
+                    if self
+                        .governor
+                        .as_ref()
+                        .is_some_and(|g| g.is_in_flight(exit.pid))
+                    {
+                        // After its `governed`, with its job's report.
+                        self.held_exits.push(event);
+                    } else {
+                        self.exit(event)?;
+                    }
+                }
+                Body::Lost(_) => {
+                    if let Some(g) = &mut self.governor {
+                        g.request_rescan();
+                    }
+                    self.out.send(&event)?;
+                }
+                _ => self.out.send(&event)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<G: Govern, O: Sink> Consumer for Stream<G, O> {
+    fn take(&mut self, event: Event) -> Result<(), ObserveError> {
+        self.pending.push(event);
+        if self.pending.len() >= MAX_BATCH {
+            self.handle_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ObserveError> {
+        self.handle_batch()?;
+        if let Some(g) = &mut self.governor {
+            let events = g.rescan()?;
+            self.emit_all(events)?;
+        }
+        Ok(self.out.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The order of the stream against a fake governor: no root, no kernel.
+    use std::{cell::RefCell, collections::HashSet, rc::Rc};
+
+    use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+    use super::*;
+    use crate::{
+        events::{
+            Body, Event, EventError, Exec, Exit, Governed, JobReport, KernelStamp, Sink, Source,
+            Timestamp,
+        },
+        observe::proc::ProcError,
+    };
+
+    /// Governs every exec; those in `staged` on the "maker thread" (in
+    /// flight until the test sends their job back), the others inline.
+    #[derive(Default)]
+    struct Fake {
+        staged: HashSet<u32>,
+        in_flight: HashSet<u32>,
+        followed: HashSet<u32>,
+        made_jobs: Option<MadeJobs<u32>>,
+        /// What the stream asked, in order.
+        calls: Rc<RefCell<Vec<String>>>,
+    }
+
+    fn governed(pid: u32) -> Event {
+        Event::new(
+            Timestamp::now(),
+            Source::Ffrtmp,
+            Governed {
+                pid,
+                job_id: format!("job-{pid}"),
+                cgroup: None,
+                mode: "privileged".into(),
+                limits: Default::default(),
+                rule: Some("r".into()),
+                adopted: false,
+                latency_us: None,
+            },
+        )
+    }
+
+    impl Govern for Fake {
+        type Made = u32;
+
+        fn start_up(&mut self) -> Result<Events, ProcError> {
+            Ok(Vec::new())
+        }
+
+        fn on_exec(&mut self, _: Option<KernelStamp>, exec: &Exec) -> Events {
+            self.calls.borrow_mut().push(format!("exec {}", exec.pid));
+            if self.staged.contains(&exec.pid) {
+                self.in_flight.insert(exec.pid);
+                return Vec::new();
+            }
+            self.followed.insert(exec.pid);
+            vec![governed(exec.pid)]
+        }
+
+        fn on_exit(&mut self, exit: &mut Exit) {
+            self.calls.borrow_mut().push(format!("exit {}", exit.pid));
+            if self.followed.remove(&exit.pid) {
+                exit.job = Some(JobReport {
+                    job_id: format!("job-{}", exit.pid),
+                    oom_killed: Some(false),
+                    cpu_usage_us: None,
+                    memory_peak_bytes: None,
+                });
+            }
+        }
+
+        fn is_in_flight(&self, pid: u32) -> bool {
+            self.in_flight.contains(&pid)
+        }
+
+        fn in_flight(&self) -> usize {
+            self.in_flight.len()
+        }
+
+        fn take_made_jobs(&mut self) -> Option<MadeJobs<u32>> {
+            self.made_jobs.take()
+        }
+
+        fn made(&mut self, pid: u32) -> Events {
+            self.in_flight.remove(&pid);
+            self.followed.insert(pid);
+            vec![governed(pid)]
+        }
+
+        fn maker_stopped(&mut self) -> Events {
+            self.in_flight.clear();
+            Vec::new()
+        }
+
+        fn request_rescan(&mut self) {}
+
+        fn rescan(&mut self) -> Result<Events, ProcError> {
+            Ok(Vec::new())
+        }
+
+        fn take_newly_followed(&mut self) -> Vec<u32> {
+            Vec::new()
+        }
+    }
+
+    /// The outputs, as a list the test reads.
+    #[derive(Clone, Default)]
+    struct Out(Rc<RefCell<Vec<Event>>>);
+
+    impl Sink for Out {
+        fn send(&mut self, event: &Event) -> Result<(), EventError> {
+            self.0.borrow_mut().push(event.clone());
+            Ok(())
+        }
+
+        fn flush(&mut self) -> Result<(), EventError> {
+            Ok(())
+        }
+    }
+
+    impl Out {
+        /// `exec 1`, `governed 1`, `exit 1 job` …
+        fn lines(&self) -> Vec<String> {
+            self.0
+                .borrow()
+                .iter()
+                .map(|e| match &e.body {
+                    Body::Exec(x) => format!("exec {}", x.pid),
+                    Body::Governed(g) => format!("governed {}", g.pid),
+                    Body::Exit(x) if x.job.is_some() => format!("exit {} job", x.pid),
+                    Body::Exit(x) => format!("exit {}", x.pid),
+                    other => other.name().to_string(),
+                })
+                .collect()
+        }
+    }
+
+    fn exec(pid: u32, comm: &str) -> Event {
+        Event::new(
+            Timestamp::now(),
+            Source::Ebpf,
+            Exec {
+                pid,
+                tid: pid,
+                ppid: Some(1),
+                uid: 0,
+                comm: comm.into(),
+                filename: format!("/usr/bin/{comm}"),
+                argv: None,
+                argv_truncated: false,
+                adopted: false,
+            },
+        )
+    }
+
+    fn exit(pid: u32) -> Event {
+        Event::new(
+            Timestamp::now(),
+            Source::Ebpf,
+            Exit {
+                pid,
+                comm: "x".into(),
+                exit_code: Some(0),
+                signal: None,
+                duration_ms: None,
+                job: None,
+            },
+        )
+    }
+
+    /// A stream over a fake governor whose made jobs the test sends.
+    fn stream(
+        staged: &[u32],
+        filter: Option<&[&str]>,
+    ) -> (
+        Stream<Fake, Out>,
+        Out,
+        UnboundedSender<u32>,
+        Rc<RefCell<Vec<String>>>,
+    ) {
+        let (tx, rx) = unbounded_channel();
+        let calls = Rc::default();
+        let fake = Fake {
+            staged: staged.iter().copied().collect(),
+            made_jobs: Some(rx),
+            calls: Rc::clone(&calls),
+            ..Fake::default()
+        };
+        let out = Out::default();
+        let filter = filter.map(|f| f.iter().map(|s| s.to_string()).collect());
+        (
+            Stream::new(out.clone(), Some(fake), None, filter),
+            out,
+            tx,
+            calls,
+        )
+    }
+
+    fn batch(s: &mut Stream<Fake, Out>, events: Vec<Event>) {
+        for e in events {
+            s.take(e).unwrap();
+        }
+        Consumer::flush(s).unwrap();
+    }
+
+    #[test]
+    fn governed_follows_its_exec_and_execs_are_governed_before_earlier_exits() {
+        let (mut s, out, _tx, calls) = stream(&[], None);
+        batch(&mut s, vec![exec(1, "ffmpeg")]);
+        batch(&mut s, vec![exit(1), exec(2, "ffmpeg"), exit(2)]);
+        // Written in the order it happened, each governed after its exec…
+        assert_eq!(
+            out.lines(),
+            [
+                "exec 1",
+                "governed 1",
+                "exit 1 job",
+                "exec 2",
+                "governed 2",
+                "exit 2 job"
+            ]
+        );
+        // …but the new exec was governed before the exit ahead of it.
+        assert_eq!(*calls.borrow(), ["exec 1", "exec 2", "exit 1", "exit 2"]);
+    }
+
+    #[test]
+    fn an_exit_is_held_until_its_job_is_made_then_carries_its_report() {
+        let (mut s, out, tx, _) = stream(&[7], None);
+        let mut made = s.take_made_jobs().unwrap();
+        batch(&mut s, vec![exec(7, "ffmpeg"), exit(7), exec(8, "ffmpeg")]);
+        assert_eq!(out.lines(), ["exec 7", "exec 8", "governed 8"]);
+        tx.send(7).unwrap();
+        s.made(made.try_recv().ok()).unwrap();
+        assert_eq!(
+            out.lines(),
+            ["exec 7", "exec 8", "governed 8", "governed 7", "exit 7 job"]
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_emits_the_jobs_in_flight_and_their_held_exits() {
+        let (mut s, out, tx, _) = stream(&[3, 4], None);
+        let mut made = s.take_made_jobs().unwrap();
+        batch(&mut s, vec![exec(3, "ffmpeg"), exec(4, "ffmpeg"), exit(3)]);
+        tx.send(3).unwrap();
+        tx.send(4).unwrap();
+        s.finish(Some(&mut made)).await.unwrap();
+        assert_eq!(
+            out.lines(),
+            ["exec 3", "exec 4", "governed 3", "exit 3 job", "governed 4"]
+        );
+    }
+
+    #[test]
+    fn a_stopped_maker_releases_the_held_exits() {
+        let (mut s, out, tx, _) = stream(&[5], None);
+        let _made = s.take_made_jobs().unwrap();
+        batch(&mut s, vec![exec(5, "ffmpeg"), exit(5)]);
+        drop(tx);
+        s.made(None).unwrap();
+        assert_eq!(out.lines(), ["exec 5", "exit 5"]);
+    }
+
+    #[test]
+    fn the_filter_hides_others_but_never_a_governed_exit() {
+        let (mut s, out, _tx, _) = stream(&[], Some(&["ffmpeg"]));
+        batch(
+            &mut s,
+            vec![
+                exec(1, "bash"),
+                exec(2, "ffmpeg"),
+                exit(1),
+                exit(2),
+                exit(99),
+            ],
+        );
+        // bash was governed by the fake (every exec is): its exit has a job.
+        assert_eq!(
+            out.lines(),
+            [
+                "governed 1",
+                "exec 2",
+                "governed 2",
+                "exit 1 job",
+                "exit 2 job"
+            ]
+        );
+    }
+}
