@@ -5,6 +5,12 @@
 //! `cargo xtask setup` installs both; when `bpf-linker` is not on PATH we
 //! also look in the place xtask installs it, so a plain `cargo build` works
 //! after one `cargo xtask setup`.
+//!
+//! With `FFRTMP_SKIP_EBPF=1` (`cargo xtask test` sets it for clippy and
+//! rustdoc) the kernel programs are not built: an empty object stands in,
+//! so checking, linting and documenting need neither the nightly toolchain
+//! nor bpf-linker. A binary built so cannot load eBPF and says so
+//! (`observe::ebpf`), and the build prints a warning.
 use std::{env, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};
@@ -15,6 +21,10 @@ const BPF_LINKER: &str = "bpf-linker";
 const EBPF_PACKAGE: &str = "ffrtmp-ebpf";
 /// The start-up profile the shipped binary is linked in the order of.
 const STARTUP_ORDER: &str = "startup.order";
+/// Set to skip building the kernel programs (see the module doc).
+const SKIP_EBPF: &str = "FFRTMP_SKIP_EBPF";
+/// The object's name in OUT_DIR, as `observe::ebpf` includes it.
+const OBJECT: &str = "ffrtmp";
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir =
@@ -24,6 +34,16 @@ fn main() -> anyhow::Result<()> {
         .context("ffrtmp has no parent directory")?
         .to_path_buf();
     println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-env-changed={SKIP_EBPF}");
+    if env::var_os(SKIP_EBPF).is_some_and(|v| v == "1") {
+        let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+        std::fs::write(out.join(OBJECT), b"")
+            .context("writing the empty stand-in for the kernel programs")?;
+        println!(
+            "cargo:warning={SKIP_EBPF}=1: the kernel programs are not built; this binary cannot load eBPF"
+        );
+        return Ok(());
+    }
     // The shipped binary's link order (xtask/src/startup.rs): the linker
     // reads it, so a new profile must relink.
     println!(

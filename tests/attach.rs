@@ -10,24 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{cgroups, cpu_quota, ffrtmp, helper, is_helper, read_events, require_root, scratch};
-use ffrtmp::events::{Body, Event};
+use common::{
+    cgroups, cpu_quota, ffrtmp, helper, is_helper, read_events, require_root, scratch,
+    wait_for_event,
+};
+use ffrtmp::events::Body;
 use ffrtmp::limits::LimitName;
-
-fn wait_for(path: &Path, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
-    let deadline = Instant::now() + common::PATIENCE;
-    loop {
-        if let Some(e) = read_events(path).into_iter().find(|e| pred(e)) {
-            return e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what} in {:?}",
-            read_events(path)
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn start_time(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -66,16 +54,18 @@ fn helper_threads() {
         return;
     }
     let threads: Vec<_> = (0..3)
-        .map(|_| thread::spawn(|| thread::sleep(Duration::from_secs(60))))
+        .map(|_| thread::spawn(|| thread::sleep(Duration::from_mins(1))))
         .collect();
-    thread::sleep(Duration::from_secs(60));
+    thread::sleep(Duration::from_mins(1));
     drop(threads);
 }
 
 fn spawn_threads() -> Child {
     let child = helper("helper_threads", "threads").spawn().unwrap();
     let deadline = Instant::now() + common::PATIENCE;
-    while fs::read_dir(format!("/proc/{}/task", child.id())).map_or(0, |d| d.count()) < 4 {
+    while fs::read_dir(format!("/proc/{}/task", child.id())).map_or(0, std::iter::Iterator::count)
+        < 4
+    {
         assert!(Instant::now() < deadline, "helper threads did not start");
         thread::sleep(Duration::from_millis(10));
     }
@@ -108,7 +98,7 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
         .arg(&events)
         .spawn()
         .unwrap();
-    let governed = wait_for(&events, "governed", |e| matches!(e.body, Body::Governed(_)));
+    let governed = wait_for_event(&events, "governed", |e| matches!(e.body, Body::Governed(_)));
     let Body::Governed(g) = governed.body else {
         unreachable!()
     };
@@ -135,7 +125,7 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
     target.kill().unwrap();
     target.wait().unwrap();
     assert!(attach.wait().unwrap().success());
-    let exit = wait_for(&events, "exit", |e| matches!(e.body, Body::Exit(_)));
+    let exit = wait_for_event(&events, "exit", |e| matches!(e.body, Body::Exit(_)));
     let Body::Exit(x) = exit.body else {
         unreachable!()
     };
@@ -267,10 +257,10 @@ fn stopping_attach_or_detaching_leaves_the_process_running_and_governed() {
             .arg(&events)
             .spawn()
             .unwrap();
-        wait_for(&events, "governed", |e| matches!(e.body, Body::Governed(_)));
-        unsafe { libc::kill(attach.id() as i32, libc::SIGTERM) };
+        wait_for_event(&events, "governed", |e| matches!(e.body, Body::Governed(_)));
+        common::signal(attach.id(), nix::sys::signal::Signal::SIGTERM);
         assert!(attach.wait().unwrap().success());
-        wait_for(
+        wait_for_event(
             &events,
             "detached",
             |e| matches!(&e.body, Body::Detached(d) if d.reason == "SIGTERM"),
@@ -353,7 +343,7 @@ fn include_children_moves_the_descendants_too() {
         );
     }
     for c in children {
-        unsafe { libc::kill(c as i32, libc::SIGKILL) };
+        common::signal(c, nix::sys::signal::Signal::SIGKILL);
     }
     parent.wait().unwrap();
 }

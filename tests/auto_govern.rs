@@ -142,7 +142,7 @@ fn watch(policy: &Path, root: &Root, extra: &[&str]) -> Watch {
 #[test]
 fn helper_sleep() {
     if common::is_helper("sleep") {
-        thread::sleep(Duration::from_secs(60));
+        thread::sleep(Duration::from_mins(1));
     }
 }
 

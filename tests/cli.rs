@@ -2,14 +2,7 @@
 //! input rejected with status 2 before anything starts.
 mod common;
 
-use std::process::Command;
-
-fn ffrtmp(args: &[&str]) -> std::process::Output {
-    Command::new(common::ffrtmp())
-        .args(args)
-        .output()
-        .expect("running ffrtmp")
-}
+use common::ffrtmp_output as ffrtmp;
 
 #[test]
 fn help_documents_watch_and_its_options() {

@@ -40,7 +40,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The code of a file without its comments and its test module.
 fn code(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap();
-    let text = text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or_default();
+    let text = text
+        .split("\n#[cfg(test)]\nmod tests")
+        .next()
+        .unwrap_or_default();
     text.lines()
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
@@ -96,7 +99,12 @@ fn used(code: &str, prefix: &str) -> BTreeSet<String> {
 /// The top-level module a file belongs to.
 fn top_module(path: &Path) -> String {
     let rel = path.strip_prefix(src()).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -152,7 +160,11 @@ fn no_two_files_of_a_folder_use_each_other() {
             }
         }
     }
-    assert!(cycles.is_empty(), "files that use each other:\n{}", cycles.join("\n"));
+    assert!(
+        cycles.is_empty(),
+        "files that use each other:\n{}",
+        cycles.join("\n")
+    );
 }
 
 #[test]

@@ -90,7 +90,8 @@ fn helper_spin_two_seconds() {
 
 /// Helper: rest for 0.3 s (a job with a burst allowance saves up unused
 /// quota meanwhile), spin for 0.5 s, then write its cgroup's `nr_bursts`
-/// (periods in which it ran above its quota) to `$FFRTMP_TEST_OUT`.
+/// (periods in which it ran above its quota; `none` on a kernel without
+/// burst) to `$FFRTMP_TEST_OUT`.
 #[test]
 fn helper_rest_then_spin() {
     if !is_helper("rest-then-spin") {
@@ -107,10 +108,11 @@ fn helper_rest_then_spin() {
         .iter()
         .find_map(|d| fs::read_to_string(d.join("cpu.stat")).ok())
         .expect("the job's cpu.stat");
+    // A kernel without CFS burst (before 5.14) has no nr_bursts.
     let bursts = stat
         .lines()
         .find_map(|l| l.strip_prefix("nr_bursts "))
-        .expect("nr_bursts in cpu.stat");
+        .unwrap_or("none");
     fs::write(std::env::var("FFRTMP_TEST_OUT").unwrap(), bursts.trim()).unwrap();
 }
 
@@ -120,8 +122,7 @@ fn helper_allocate() {
     if !is_helper("allocate") {
         return;
     }
-    let blocks: Vec<Vec<u8>> = (0..256).map(|_| vec![1u8; 1 << 20]).collect();
-    println!("{}", blocks.len());
+    println!("{}", common::allocate_mib(256));
 }
 
 #[test]
@@ -246,7 +247,7 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
             .status()
             .unwrap();
         assert!(status.success(), "{status}");
-        let n: u64 = fs::read_to_string(&out).unwrap().parse().unwrap();
+        let n: Option<u64> = fs::read_to_string(&out).unwrap().parse().ok();
         (n, read_events(&events))
     };
     let (without, _) = bursts(&[], "without");
@@ -255,6 +256,7 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
     assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
     if kernel_has_cpu_burst() {
         assert_eq!(g.limits[&LimitName::CpuMaxBurst], 20000, "{events:?}");
+        let (with, without) = (with.unwrap(), without.unwrap());
         eprintln!("nr_bursts: {with} with a 20 ms burst, {without} without");
         assert_eq!(without, 0, "no burst allowance, yet it burst");
         assert!(with >= 1, "the rested job never spent its saved quota");
@@ -356,7 +358,7 @@ fn the_exit_status_is_the_workloads() {
 #[allow(clippy::zombie_processes)]
 fn start_sleeper(dir: &Path, job: &str) -> (Child, u32) {
     let events = dir.join(format!("events-{job}"));
-    let mut wrapper = Command::new(ffrtmp())
+    let wrapper = Command::new(ffrtmp())
         .args([
             "run",
             "--job-id",
@@ -369,36 +371,19 @@ fn start_sleeper(dir: &Path, job: &str) -> (Child, u32) {
         .args(["--", "/bin/sleep", "30"])
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + common::PATIENCE;
-    loop {
-        if let Some(g) = read_events(&events).iter().find_map(|e| match &e.body {
-            Body::Governed(g) => Some(g.pid),
-            _ => None,
-        }) {
-            return (wrapper, g);
-        }
-        if Instant::now() >= deadline {
-            let _ = wrapper.kill();
-            let _ = wrapper.wait();
-            panic!("no governed event for {job}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    // Reaped by the caller; an events file that never says `governed`
+    // fails the test in `governed_pid`.
+    let pid = common::governed_pid(&events);
+    (wrapper, pid)
 }
 
 fn alive(pid: u32) -> bool {
-    // A zombie is not alive; our test does not reap the workload (the
-    // wrapper is its parent), so look at the state.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
+    common::pid_alive(pid)
 }
 
 fn kill(pid: u32, sig: i32) {
-    // SAFETY: kill(2).
-    unsafe { libc::kill(pid as i32, sig) };
+    let sig = nix::sys::signal::Signal::try_from(sig).expect("a signal number");
+    common::signal(pid, sig);
 }
 
 #[test]
@@ -917,7 +902,7 @@ fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
             "-y",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .chain([out.display().to_string()])
         .collect()
     };
@@ -959,7 +944,7 @@ fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
     wrapper.kill().unwrap();
     wrapper.wait().unwrap();
     assert!(alive(pid), "ffmpeg died with its wrapper");
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     while Path::new(&format!("/proc/{pid}")).exists() {
         assert!(Instant::now() < deadline, "the transcode did not finish");
         thread::sleep(Duration::from_millis(100));

@@ -6,46 +6,16 @@ mod common;
 use std::{
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::require_root;
-
-fn ffrtmp(args: &[&str]) -> std::process::Output {
-    Command::new(common::ffrtmp())
-        .args(args)
-        .output()
-        .expect("running ffrtmp")
-}
+use common::{
+    ffrtmp_output as ffrtmp, governed_pid as workload_of, pid_alive, require_root, signal,
+};
+use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
 
 fn alive(child: &mut Child) -> bool {
     child.try_wait().unwrap().is_none()
-}
-
-/// The workload pid of a background `ffrtmp run`, from its governed event.
-fn workload_of(events: &std::path::Path) -> u32 {
-    let deadline = Instant::now() + common::PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(events).unwrap_or_default();
-        if let Some(pid) = text.lines().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["event"] == "governed").then(|| v["pid"].as_u64())?
-        }) {
-            return pid as u32;
-        }
-        assert!(Instant::now() < deadline, "no governed event");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
 }
 
 fn events_file(case: u32) -> std::path::PathBuf {
@@ -71,13 +41,16 @@ fn case_02_stopping_an_attach_leaves_the_process_alive() {
         return;
     }
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let events = events_file(2);
     let mut attach = Command::new(common::ffrtmp())
-        .args(["attach", "--pid", &sleeper.id().to_string()])
+        .args(["attach", "--pid", &sleeper.id().to_string(), "--events"])
+        .arg(&events)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(300));
-    unsafe { libc::kill(attach.id() as i32, libc::SIGTERM) };
+    // Its `governed` proves it is attached and following: no sleep.
+    workload_of(&events);
+    signal(attach.id(), SIGTERM);
     assert!(attach.wait().unwrap().success());
     assert!(alive(&mut sleeper));
     sleeper.kill().unwrap();
@@ -101,7 +74,7 @@ fn case_03_kill_9_of_the_wrapper_leaves_the_workload_alive() {
     wrapper.wait().unwrap();
     thread::sleep(Duration::from_millis(100));
     assert!(pid_alive(pid));
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    signal(pid, SIGKILL);
 }
 
 #[test]
@@ -163,11 +136,11 @@ fn case_08_sigterm_to_the_wrapper_leaves_the_workload_alive() {
         .spawn()
         .unwrap();
     let pid = workload_of(&events);
-    unsafe { libc::kill(wrapper.id() as i32, libc::SIGTERM) };
+    signal(wrapper.id(), SIGTERM);
     assert!(wrapper.wait().unwrap().success());
     thread::sleep(Duration::from_millis(100));
     assert!(pid_alive(pid));
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    signal(pid, SIGKILL);
 }
 
 #[test]

@@ -119,7 +119,7 @@ pub struct ExitRecord {
     pub header: EventHeader,
     /// Wait status as `wait(2)` would report it (`exit << 8 | signal`).
     pub status: u32,
-    pub _pad: u32,
+    pub pad: u32,
     /// Group leader's `start_time` (CLOCK_MONOTONIC ns at fork).
     pub start_ns: u64,
     pub comm: [u8; TASK_COMM_LEN],
@@ -146,7 +146,7 @@ pub struct Offsets {
     pub binprm_filename: u32,
     pub task_flags: u32,
     pub task_start_boottime: u32,
-    pub _pad: u32,
+    pub pad: u32,
 }
 
 // The wire layout: changing a size is a protocol change on both sides.
@@ -162,9 +162,14 @@ const _: () = assert!(ARGV_CAP.is_power_of_two() && FILENAME_CAP.is_power_of_two
 /// # Safety
 /// Implementors are `#[repr(C)]`, made only of integers and byte arrays.
 pub unsafe trait Plain: Copy {}
+// SAFETY: each is `#[repr(C)]`, made only of integers and byte arrays, with
+// explicit padding fields (the size asserts above pin the layout).
 unsafe impl Plain for EventHeader {}
+// SAFETY: as above.
 unsafe impl Plain for ExecRecord {}
+// SAFETY: as above.
 unsafe impl Plain for ExitRecord {}
+// SAFETY: as above.
 unsafe impl Plain for Offsets {}
 
 #[cfg(feature = "user")]

@@ -57,7 +57,7 @@ static FFRTMP_OFFSETS: Offsets = Offsets {
     binprm_filename: 0,
     task_flags: 0,
     task_start_boottime: 0,
-    _pad: 0,
+    pad: 0,
 };
 
 /// Non-zero: only execs whose comm is in `COMMS` are sent, and only exits
@@ -309,7 +309,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             ktime_ns: now,
         };
         (*rec).status = status;
-        (*rec)._pad = 0;
+        (*rec).pad = 0;
         (*rec).start_ns = start_ns;
         (*rec).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         entry.submit(wake_flags(now));

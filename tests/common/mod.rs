@@ -249,3 +249,67 @@ pub fn cpu_quota(path: &str) -> String {
         .trim()
         .into()
 }
+
+/// Runs `ffrtmp ARGS` to completion and returns what it printed.
+pub fn ffrtmp_output(args: &[&str]) -> std::process::Output {
+    Command::new(ffrtmp())
+        .args(args)
+        .output()
+        .expect("running ffrtmp")
+}
+
+/// Whether `pid` is alive. A zombie is not: a test does not reap a
+/// workload whose parent is the wrapper, so the state is what tells.
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Sends `signal` to `pid`; a process that is already gone is no error.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    match nix::sys::signal::kill(pid, signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => panic!("sending {signal} to {pid}: {e}"),
+    }
+}
+
+/// Waits until the events file at `path` (`--events`, written by `run`
+/// or `attach`) holds an event that `pred` accepts, and returns it: the
+/// proof that what a test waits for has happened, instead of a sleep.
+pub fn wait_for_event(path: &std::path::Path, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(e) = read_events(path).into_iter().find(|e| pred(e)) {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {PATIENCE:?} in {:?}",
+            read_events(path)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pid of the `governed` event in an events file, once it is there.
+pub fn governed_pid(path: &std::path::Path) -> u32 {
+    match wait_for_event(path, "a governed event", |e| {
+        matches!(e.body, Body::Governed(_))
+    })
+    .body
+    {
+        Body::Governed(g) => g.pid,
+        _ => unreachable!("matched a governed event"),
+    }
+}
+
+/// The body of the memory helpers: allocates and touches `mib` MiB.
+pub fn allocate_mib(mib: usize) -> usize {
+    let blocks: Vec<Vec<u8>> = (0..mib).map(|_| vec![1u8; 1 << 20]).collect();
+    std::hint::black_box(&blocks);
+    blocks.len()
+}

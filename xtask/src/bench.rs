@@ -104,9 +104,10 @@ fn cpu_time() -> Duration {
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     let mut total = Duration::ZERO;
     for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
-        // SAFETY: getrusage fills the struct we pass.
+        // SAFETY: rusage is plain integers; all-zero is a valid value.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(who, &mut ru) } == 0 {
+        // SAFETY: getrusage fills the struct we pass.
+        if unsafe { libc::getrusage(who, &raw mut ru) } == 0 {
             total += tv(ru.ru_utime) + tv(ru.ru_stime);
         }
     }
@@ -217,7 +218,7 @@ impl Watcher {
                 out.push((id, cnt, ns));
             }
         }
-        out.sort();
+        out.sort_unstable();
         out.dedup();
         out
     }
@@ -284,13 +285,13 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         bail!("bench observe needs root (it loads eBPF programs)");
     }
     let bin = build_release(root)?;
     let dir = root.join("target/bench");
     fs::create_dir_all(&dir)?;
-    let forkers = thread::available_parallelism().map_or(2, |n| n.get());
+    let forkers = thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let stats_before = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     println!("bench observe: {forkers} forkers x {execs} execs x {rounds} rounds");
@@ -465,7 +466,7 @@ fn median_until_governed(
 }
 
 fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         bail!("bench run needs root (it creates cgroups)");
     }
     crate::packages::ensure(&[("cgexec", "cgroup-tools")])?;

@@ -56,7 +56,7 @@ const UNRELATED_STORM: Duration = Duration::from_secs(5);
 const DAEMON_NICE: i32 = -5;
 
 pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         bail!("bench govern needs root (eBPF, cgroups, perf)");
     }
     crate::packages::ensure(&[("cgrulesengd", "cgroup-tools"), ("perf", "linux-perf")])?;
@@ -75,7 +75,7 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
             "[[rule]]\ncomm = \"{PROBE}\"\ncpu_max = \"100000 100000\"\nmemory_max = \"512M\"\n"
         ),
     )?;
-    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = thread::available_parallelism().map_or(2, std::num::NonZero::get);
     println!(
         "bench govern: {execs} execs of a matching process (one per {PROBE_GAP:?}), idle and under a storm of /bin/true on {cores} threads"
     );

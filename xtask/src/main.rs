@@ -139,6 +139,12 @@ fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Runs a command to completion; fails unless it exits 0.
 pub fn run_command(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;

@@ -110,7 +110,7 @@ pub fn report(root: &Path, bin: &Path) -> anyhow::Result<()> {
 /// `cargo xtask startup-order`: profiles the shipped binary running `run`
 /// and `attach` and writes [`ORDER_FILE`]. Needs root (cgroups) and perf.
 pub fn generate(root: &Path, bin: &Path) -> anyhow::Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         bail!("startup-order needs root (run and attach make cgroups)");
     }
     crate::packages::ensure(&[("perf", "linux-perf")])?;

@@ -1,13 +1,21 @@
-//! `cargo xtask test`: every test, in the order a failure is cheapest to
-//! read: unit tests, then integration tests that run the real binary (root
-//! ones against the real kernel), then the root suites in VMs (`vm`).
+//! `cargo xtask test`: every check and test, in the order a failure is
+//! cheapest to read: formatting, lints and docs, then unit tests, then
+//! integration tests that run the real binary (root ones against the real
+//! kernel), then the root suites in VMs (`vm`).
 //!
 //! Root-only tests skip loudly when not root; under CI (`CI` set) skipping is
 //! an error, because a green run that skipped the kernel tests proves nothing.
+//!
+//! The closing line counts honestly: a test that returned early after
+//! saying `SKIP NAME: WHY` (tests/common's `skip`) is counted as skipped, not
+//! passed, on the host and in each VM, and each is listed with its reason
+//! before the closing line.
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
+    thread,
 };
 
 use anyhow::{Context as _, bail};
@@ -23,10 +31,12 @@ const REQUIRE_ROOT_ENV: &str = "FFRTMP_REQUIRE_ROOT_TESTS";
 /// (tests/common). They run the shipped build (static musl, release), not
 /// cargo's debug build of it: what ships is what is tested.
 pub const BIN_ENV: &str = "FFRTMP_BIN";
+/// Set for clippy and rustdoc: they need no kernel programs (ffrtmp/build.rs).
+const SKIP_EBPF_ENV: &str = "FFRTMP_SKIP_EBPF";
 
 pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let tools = toolchain::setup(root)?;
-    let is_root = unsafe { libc::geteuid() } == 0;
+    let is_root = crate::is_root();
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
     if !is_root {
         if in_ci {
@@ -37,6 +47,7 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
              ==> will SKIP. Run `cargo xtask test` as root to run them.\n"
         );
     }
+    habits(root, &tools)?;
 
     if is_root {
         // The transcode test runs Debian's real ffmpeg.
@@ -64,6 +75,8 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         cmd.env(REQUIRE_ROOT_ENV, "1");
     }
     let mut totals = run_counting(&mut cmd)?;
+    let mut skipped = Skipped::default();
+    skipped.add("host", &totals.skips);
 
     // The same root suites in VMs: pure cgroup v2, other kernels.
     let mut vm_outcomes = Vec::new();
@@ -78,20 +91,24 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
             for outcome in &vm_outcomes {
                 totals.passed += outcome.passed;
                 totals.failed += outcome.failed;
+                skipped.add(&format!("vm {}", outcome.kernel), &outcome.skips);
             }
         }
         Err(why) if in_ci => return Err(why.context("CI must run the VM tests")),
         Err(why) => {
-            eprintln!("\n==> SKIPPING the VM tests (pure cgroup v2, other kernels): {why:#}\n")
+            eprintln!("\n==> SKIPPING the VM tests (pure cgroup v2, other kernels): {why:#}\n");
         }
     }
 
     let vm_result = vm::check(&vm_outcomes);
+    skipped.print();
     // One closing line for the whole run, last (cargo's own last line is
     // that of the last test binary, often a doc-test binary with no test).
     println!(
         "tests: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
+        totals.passed,
+        totals.failed,
+        totals.ignored + skipped.count()
     );
     if !totals.ok {
         bail!("some tests failed on the host");
@@ -99,35 +116,132 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     vm_result
 }
 
-/// Sums of cargo's `test result:` lines.
+/// The habits CI keeps: formatting, lints (the workspace's `[lints]`,
+/// warnings denied) and docs (rustdoc warnings denied). The kernel
+/// programs are not built for clippy and rustdoc (ffrtmp/build.rs).
+fn habits(root: &Path, tools: &toolchain::Tools) -> anyhow::Result<()> {
+    let step = |what: &str, args: &[&str], env: &[(&str, &str)]| {
+        eprintln!("==> {what}");
+        let mut cmd = tools.cargo(root);
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        crate::run_command(&mut cmd).with_context(|| format!("{what} failed"))
+    };
+    step("cargo fmt --check", &["fmt", "--all", "--check"], &[])?;
+    step(
+        "cargo clippy (warnings denied)",
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
+        &[(SKIP_EBPF_ENV, "1")],
+    )?;
+    step(
+        "cargo doc (warnings denied)",
+        &["doc", "--no-deps"],
+        &[(SKIP_EBPF_ENV, "1"), ("RUSTDOCFLAGS", "-D warnings")],
+    )
+}
+
+/// Sums of cargo's `test result:` lines, and the tests that said SKIP.
 #[derive(Default)]
 struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    skips: Vec<Skip>,
     ok: bool,
 }
 
+/// A test that returned early, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub test: String,
+    pub why: String,
+}
+
+/// `SKIP NAME: WHY`, as tests/common's `skip` writes it, at the start of a
+/// line or after libtest's `test NAME ... ` (the VM console prefixes it).
+pub fn skip_of(line: &str) -> Option<Skip> {
+    let at = line.find("SKIP ")?;
+    let before = &line[..at];
+    if !(before.is_empty() || before.ends_with("... ") || before.ends_with("] ")) {
+        return None;
+    }
+    let (test, why) = line[at + "SKIP ".len()..].split_once(": ")?;
+    if test.is_empty() || test.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(Skip {
+        test: test.to_string(),
+        why: why.trim().to_string(),
+    })
+}
+
 /// Runs `cargo test`, passing its output through, and adds up its results.
+/// A test that said SKIP counts as skipped, not passed.
 fn run_counting(cmd: &mut Command) -> anyhow::Result<Totals> {
     let mut child = cmd
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))?;
     let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let stderr = child.stderr.take().context("cargo test has no stderr")?;
+    // The tests write their SKIP lines to stderr, past libtest's capture.
+    let errors = thread::spawn(move || {
+        let mut skips = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            skips.extend(skip_of(&line));
+        }
+        skips
+    });
     let mut totals = Totals::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
+        totals.skips.extend(skip_of(&line));
         if let Some(summary) = line.strip_prefix("test result: ") {
             totals.passed += count(summary, "passed");
             totals.failed += count(summary, "failed");
             totals.ignored += count(summary, "ignored");
         }
     }
+    totals.skips.extend(errors.join().unwrap_or_default());
+    totals.passed = totals.passed.saturating_sub(totals.skips.len() as u64);
     let status = child.wait().context("waiting for cargo test")?;
     totals.ok = status.success() && totals.failed == 0;
     Ok(totals)
+}
+
+/// Every skip of the run, by test and reason, with where it happened.
+#[derive(Default)]
+struct Skipped(BTreeMap<(String, String), Vec<String>>);
+
+impl Skipped {
+    fn add(&mut self, place: &str, skips: &[Skip]) {
+        for s in skips {
+            self.0
+                .entry((s.test.clone(), s.why.clone()))
+                .or_default()
+                .push(place.to_string());
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.0.values().map(|places| places.len() as u64).sum()
+    }
+
+    /// Each skipped test once, with its reason and where.
+    fn print(&self) {
+        if self.0.is_empty() {
+            return;
+        }
+        println!("skipped:");
+        for ((test, why), places) in &self.0 {
+            println!("  {test} ({}): {why}", places.join(", "));
+        }
+    }
 }
 
 /// The number before `what` in "ok. 19 passed; 0 failed; 0 ignored; …".
@@ -144,7 +258,7 @@ pub fn count(summary: &str, what: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::count;
+    use super::{Skip, count, skip_of};
 
     #[test]
     fn counts_cargo_test_summaries() {
@@ -155,5 +269,35 @@ mod tests {
             (9, 1, 2)
         );
         assert_eq!(count("ok. 0 passed; 0 failed", "ignored"), 0);
+    }
+
+    #[test]
+    fn finds_skips_where_the_tests_and_the_vm_console_put_them() {
+        let skip = |test: &str, why: &str| {
+            Some(Skip {
+                test: test.into(),
+                why: why.into(),
+            })
+        };
+        assert_eq!(
+            skip_of("SKIP a_test: needs root"),
+            skip("a_test", "needs root")
+        );
+        assert_eq!(
+            skip_of("test a_test ... SKIP a_test: no ffmpeg in the VM image"),
+            skip("a_test", "no ffmpeg in the VM image")
+        );
+        assert_eq!(
+            skip_of("[vm 5.10] test x ... SKIP x: favordynmods: off"),
+            skip("x", "favordynmods: off")
+        );
+        for not in [
+            "==> SKIPPING the VM tests: not root",
+            "error: FFRTMP_SKIP_EBPF=1: the kernel programs are not built",
+            "SKIP: no name",
+            "a SKIP b: c",
+        ] {
+            assert_eq!(skip_of(not), None, "{not}");
+        }
     }
 }

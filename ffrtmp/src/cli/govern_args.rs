@@ -22,8 +22,12 @@ pub struct GovernArgs {
     pub job_id: Option<JobId>,
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Parent of job cgroups, as a cgroup path (/ffrtmp) [default: /ffrtmp, or <delegated subtree>/ffrtmp].
-    #[arg(long, value_name = "PATH")]
+    /// Parent of job cgroups, as a cgroup path (the option's help names its default).
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "Parent of job cgroups, as a cgroup path (/ffrtmp) [default: /ffrtmp, or <delegated subtree>/ffrtmp]."
+    )]
     pub cgroup_root: Option<String>,
     /// Refuse to start or attach if any requested limit cannot be applied.
     #[arg(long)]

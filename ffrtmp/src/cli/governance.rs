@@ -183,7 +183,11 @@ impl Placed {
 
     /// The job's exit report, from its cgroup.
     pub fn report(&self) -> JobReport {
-        let stats = self.placement.cgroup.as_ref().map(|c| c.stats());
+        let stats = self
+            .placement
+            .cgroup
+            .as_ref()
+            .map(super::super::govern::JobCgroup::stats);
         stats.unwrap_or_default().report(self.job_id.to_string())
     }
 

@@ -92,8 +92,12 @@ pub struct WatchArgs {
     /// Observe only: govern nothing.
     #[arg(long)]
     pub observe_only: bool,
-    /// Parent of job cgroups, as a cgroup path [default: /ffrtmp, or <delegated subtree>/ffrtmp].
-    #[arg(long, value_name = "PATH")]
+    /// Parent of job cgroups, as a cgroup path (the option's help names its default).
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "Parent of job cgroups, as a cgroup path [default: /ffrtmp, or <delegated subtree>/ffrtmp]."
+    )]
     pub cgroup_root: Option<String>,
     /// Remount the cgroup2 hierarchy with `favordynmods` (host-wide; it
     /// stays after exit) so that moving a process into its cgroup does not
@@ -115,7 +119,7 @@ pub struct WatchArgs {
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 100ms or 1s)"))?;
-    if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+    if d < Duration::from_millis(1) || d > Duration::from_hours(1) {
         return Err("must be between 1ms and 1h".into());
     }
     Ok(d)

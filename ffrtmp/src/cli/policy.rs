@@ -30,7 +30,7 @@ pub fn run(command: PolicyCommand) -> ExitCode {
                     match &rule.action {
                         Action::Ignore => println!("{rule}: ignore"),
                         Action::Govern { limits, .. } => {
-                            println!("{rule}: govern ({} limits)", limits.count())
+                            println!("{rule}: govern ({} limits)", limits.count());
                         }
                     }
                 }

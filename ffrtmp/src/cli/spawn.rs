@@ -195,7 +195,8 @@ pub fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnE
             // SAFETY: _exit(2) never returns and runs no atexit handlers.
             unsafe { libc::_exit(i32::from(exit::NOT_FOUND)) }
         };
-        // SAFETY (whole block): async-signal-safe calls on prepared data.
+        // SAFETY: the whole block makes async-signal-safe calls on data
+        // prepared before the clone.
         unsafe {
             if libc::pthread_sigmask(libc::SIG_SETMASK, mask.as_ref(), std::ptr::null_mut()) != 0 {
                 return fail(Step::Session);

@@ -50,6 +50,10 @@ struct Status {
 }
 
 #[derive(Serialize)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "job_id is the name of the field in status's output"
+)]
 struct Job {
     job_id: String,
     cgroup: String,

@@ -56,7 +56,7 @@ pub(super) struct Unmade {
     pub(super) staged_report: Option<(String, events::Limits)>,
 }
 
-/// What became of an [`Unmade`] process.
+/// What became of a process whose job was made (opaque outside `daemon`).
 pub struct Made {
     pub(super) pid: u32,
     /// Its job and cgroup, to follow (`None`: not followed, e.g. it ended).

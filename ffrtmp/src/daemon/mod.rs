@@ -9,9 +9,9 @@
 //! took (`latency_us`). A new exec gets there in two moves: at once, on the
 //! thread that reads the kernel's ring, into its rule's pre-made staging
 //! cgroup (its limits are in force from then on); then, on the job maker
-//! thread ([`maker`]), into its own job. Processes found by a /proc scan go
+//! thread (`daemon/maker.rs`), into its own job. Processes found by a /proc scan go
 //! straight to their job. Ended jobs' cgroups are removed by the reaper
-//! thread ([`reaper`]), which never competes with governing.
+//! thread (`daemon/reaper.rs`), which never competes with governing.
 //!
 //! State is only a cache of the cgroup tree: which processes of which jobs
 //! the daemon follows, so that their exits carry the job's report and empty

@@ -51,11 +51,9 @@ pub(super) fn spawn(ctx: &Context, last_governed: Arc<AtomicU64>) -> Option<Send
                     }
                 }
                 queue.extend(rx.try_iter().map(fresh));
-                let quiet = monotonic_ns()
-                    .map(|now| {
-                        Duration::from_nanos(now.saturating_sub(last_governed.load(Relaxed)))
-                    })
-                    .unwrap_or(REAP_QUIET);
+                let quiet = monotonic_ns().map_or(REAP_QUIET, |now| {
+                    Duration::from_nanos(now.saturating_sub(last_governed.load(Relaxed)))
+                });
                 let now = Instant::now();
                 let due = queue.iter().position(|e| e.due <= now);
                 if let Some(i) = due

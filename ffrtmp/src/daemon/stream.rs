@@ -417,16 +417,17 @@ mod tests {
         )
     }
 
-    /// A stream over a fake governor whose made jobs the test sends.
-    fn stream(
-        staged: &[u32],
-        filter: Option<&[&str]>,
-    ) -> (
+    /// A stream over a fake governor, its outputs, the sender of its made
+    /// jobs, and the governor's log of calls.
+    type Harness = (
         Stream<Fake, Out>,
         Out,
         UnboundedSender<u32>,
         Rc<RefCell<Vec<String>>>,
-    ) {
+    );
+
+    /// A stream over a fake governor whose made jobs the test sends.
+    fn stream(staged: &[u32], filter: Option<&[&str]>) -> Harness {
         let (tx, rx) = unbounded_channel();
         let calls = Rc::default();
         let fake = Fake {
@@ -436,7 +437,7 @@ mod tests {
             ..Fake::default()
         };
         let out = Out::default();
-        let filter = filter.map(|f| f.iter().map(|s| s.to_string()).collect());
+        let filter = filter.map(|f| f.iter().map(std::string::ToString::to_string).collect());
         (
             Stream::new(out.clone(), Some(fake), None, filter),
             out,

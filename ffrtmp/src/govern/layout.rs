@@ -208,6 +208,7 @@ impl CgroupPath {
     }
 
     /// `self/name`; `name` must be a single validated component.
+    #[must_use]
     pub fn child(&self, name: &str) -> CgroupPath {
         if self.0 == "/" {
             CgroupPath(format!("/{name}"))

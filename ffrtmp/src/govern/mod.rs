@@ -263,8 +263,10 @@ pub struct JobCgroup {
     /// Its cgroup path (the same in every hierarchy).
     pub path: CgroupPath,
     inner: Inner,
-    /// Shared lock on the job directory: "a wrapper owns this job".
-    _claim: Option<Flock<File>>,
+    /// Shared lock on the job directory: "a wrapper owns this job". Held,
+    /// never read: the kernel releases it however the wrapper ends.
+    #[allow(dead_code, reason = "held for its lock, never read")]
+    claim: Option<Flock<File>>,
 }
 
 /// The directories of ffrtmp's root: the v2 one, or one per v1 hierarchy
@@ -376,22 +378,20 @@ impl JobCgroup {
             .next()
             .ok_or(GovernError::NoCgroups)?;
         let _root_lock = lock_root(&primary)?;
-        let (inner, applied) = match (ctx.layout.kind(), &ctx.layout.v2) {
-            (Kind::V2, Some(mount)) => {
-                let (job, applied) = v2::Job::create(mount, root, &path, limits, existing)?;
-                (Inner::V2(job), applied)
-            }
-            _ => {
-                let (job, applied) = v1::Job::create(&ctx.layout.v1, &path, limits, existing)?;
-                (Inner::V1(job), applied)
-            }
+        let (inner, applied) = if let (Kind::V2, Some(mount)) = (ctx.layout.kind(), &ctx.layout.v2)
+        {
+            let (job, applied) = v2::Job::create(mount, root, &path, limits, existing)?;
+            (Inner::V2(job), applied)
+        } else {
+            let (job, applied) = v1::Job::create(&ctx.layout.v1, &path, limits, existing)?;
+            (Inner::V1(job), applied)
         };
         let mut job = JobCgroup {
             path,
             inner,
-            _claim: None,
+            claim: None,
         };
-        job._claim = job
+        job.claim = job
             .dirs()
             .first()
             .and_then(|d| File::open(d).ok())
@@ -415,7 +415,7 @@ impl JobCgroup {
         Some(JobCgroup {
             path,
             inner,
-            _claim: None,
+            claim: None,
         })
     }
 

@@ -130,7 +130,7 @@ fn sched_attr_of_self() -> io::Result<libc::sched_attr> {
         libc::syscall(
             libc::SYS_sched_getattr,
             0,
-            &mut attr as *mut libc::sched_attr,
+            &raw mut attr,
             size as libc::c_uint,
             0,
         )

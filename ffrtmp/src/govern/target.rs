@@ -150,7 +150,7 @@ impl Target {
             revents: 0,
         };
         // SAFETY: one valid pollfd, no wait.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        let n = unsafe { libc::poll(&raw mut pfd, 1, 0) };
         n > 0 && pfd.revents & libc::POLLIN != 0
     }
 

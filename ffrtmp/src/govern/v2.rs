@@ -153,3 +153,58 @@ impl Visit for Apply<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{LimitName, PidsMax};
+
+    /// A controller that no requested limit needs is no limit's failure:
+    /// `memory` and `cpu` are enabled for the exit report only. The
+    /// kernel's refusal is stood in for by `cgroup.subtree_control` files
+    /// that cannot be written (directories), so every controller is refused.
+    #[test]
+    fn a_refused_controller_fails_only_the_limits_needing_it() {
+        let dir = std::env::temp_dir().join(format!("ffrtmp-v2-refused-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for d in [
+            dir.join("cgroup.subtree_control"),
+            dir.join("ffrtmp/cgroup.subtree_control"),
+        ] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let mount = Mount {
+            point: dir.clone(),
+            root: "/".into(),
+        };
+        let root = CgroupPath::new("/ffrtmp").unwrap();
+        let pids = Limits {
+            pids_max: Some(PidsMax::parse("10").unwrap()),
+            ..Limits::default()
+        };
+
+        let (_, applied) =
+            Job::create(&mount, &root, &root.child("a"), &pids, Existing::Refuse).unwrap();
+        assert_eq!(applied.failures.len(), 1, "{applied:?}");
+        assert_eq!(applied.failures[0].limit, LimitName::PidsMax);
+        assert!(
+            applied.failures[0].reason.contains("enabling pids"),
+            "{applied:?}"
+        );
+        assert!(
+            !dir.join("ffrtmp/a/pids.max").exists(),
+            "written without its controller"
+        );
+
+        let (_, applied) = Job::create(
+            &mount,
+            &root,
+            &root.child("b"),
+            &Limits::default(),
+            Existing::Refuse,
+        )
+        .unwrap();
+        assert_eq!(applied.failures, [], "no limit asked, none failed");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

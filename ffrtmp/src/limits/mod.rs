@@ -1,6 +1,6 @@
 //! The limits a job can ask for: one table, one type per limit.
 //!
-//! Every limit is a row of the table in [`table`] — its name, its field in
+//! Every limit is a row of the table in `limits/table.rs` — its name, its field in
 //! [`Limits`] and its type — and the type's [`Limit`] impl says everything
 //! else about it: the `--help` text, how its text is parsed (the same for
 //! `--cpu-max` and a policy's `cpu_max`), which controller it needs, how it is

@@ -230,8 +230,8 @@ mod tests {
         let s = Stat::parse(4242, raw).unwrap();
         assert_eq!(s.comm, "a) b (c)");
         assert_eq!(s.ppid, 17);
-        assert_eq!(s.flags, 4194560);
-        assert_eq!(s.start_ticks, 987654);
+        assert_eq!(s.flags, 4_194_560);
+        assert_eq!(s.start_ticks, 987_654);
         assert!(!s.is_kernel_thread());
     }
 

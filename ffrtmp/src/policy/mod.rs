@@ -366,13 +366,14 @@ impl<'de> Deserialize<'de> for RawRule {
                         "parent_comm" => r.parent_comm = Some(map.next_value()?),
                         "action" => r.action = Some(map.next_value()?),
                         "job_id" => r.job_id = Some(map.next_value()?),
-                        other => match LimitName::from_key(other) {
-                            Some(limit) => r.limits.push((limit, map.next_value()?)),
-                            None => {
+                        other => {
+                            if let Some(limit) = LimitName::from_key(other) {
+                                r.limits.push((limit, map.next_value()?));
+                            } else {
                                 map.next_value::<de::IgnoredAny>()?;
                                 r.unknown.get_or_insert(key);
                             }
-                        },
+                        }
                     }
                 }
                 Ok(r)
@@ -489,7 +490,7 @@ impl RawRule {
         let limits = limits_of(&self.limits)?;
         let action = if ignore {
             let settings = [
-                self.job_id.as_ref().map(|s| s.span()),
+                self.job_id.as_ref().map(toml::Spanned::span),
                 self.limits.first().map(|(_, v)| v.span()),
             ];
             if let Some(span) = settings.into_iter().flatten().next() {

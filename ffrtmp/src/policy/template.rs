@@ -116,7 +116,7 @@ mod tests {
     use super::*;
 
     fn caps(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|s| s.to_string()).collect()
+        names.iter().map(std::string::ToString::to_string).collect()
     }
 
     #[test]

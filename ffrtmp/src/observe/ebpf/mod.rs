@@ -45,6 +45,10 @@ const LOST_POLL: Duration = Duration::from_secs(1);
 /// Errors of the eBPF backend.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
+    #[error(
+        "this binary was built without its kernel programs (FFRTMP_SKIP_EBPF=1); build it with `cargo xtask build`"
+    )]
+    NotBuilt,
     #[error("resolving kernel struct offsets from BTF")]
     Btf(#[from] btf::BtfError),
     #[error("loading the kernel programs")]
@@ -145,6 +149,9 @@ impl EbpfObserver {
     /// what already runs. Must be called inside a tokio runtime (the ring
     /// buffer is registered with its reactor).
     pub fn start(options: &Options) -> Result<Self, EbpfError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(EbpfError::NotBuilt);
+        }
         let offsets = btf::kernel_offsets()?;
         let keys = comm_keys(&options.urgent_comms)?;
         raise_memlock_limit();

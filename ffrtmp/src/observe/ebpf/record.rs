@@ -129,7 +129,10 @@ mod tests {
 
     fn bytes<T: Plain>(v: &T) -> Vec<u8> {
         // SAFETY: Plain types have no padding-sensitive invariants for reading.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref::<T>(v).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn comm(s: &str) -> [u8; TASK_COMM_LEN] {
@@ -206,7 +209,7 @@ mod tests {
             (42 << 8, Some(42), None),
             (0, Some(0), None),
             (9, None, Some(9)),
-            (0x80 | 11, None, Some(11)), // core dumped
+            (0x80 | 0xb, None, Some(11)), // core dumped
         ] {
             let r = ExitRecord {
                 header: EventHeader {
@@ -215,7 +218,7 @@ mod tests {
                     ktime_ns: 3_500_000,
                 },
                 status,
-                _pad: 0,
+                pad: 0,
                 start_ns: 1_000_000,
                 comm: comm("sleep"),
             };
