@@ -201,7 +201,7 @@ fn ebpf_reports_execveat() {
         // Debian's 5.10 kernel refuses every fd-based exec with ENOENT
         // (seen in the VM matrix); the absolute form above still ran.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => skip(
-            "ebpf_reports_execveat (dirfd form)",
+            "ebpf_reports_execveat_dirfd_form",
             "this kernel refuses fd-relative execveat with ENOENT",
         ),
         Err(e) => panic!("execveat relative to /bin: {e}"),

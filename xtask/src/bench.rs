@@ -39,6 +39,10 @@ pub enum Bench {
         /// Runs per measurement.
         #[arg(long, default_value_t = 200)]
         runs: usize,
+        /// Also time `BIN run -- /bin/true` in the same rounds: another
+        /// build of ffrtmp (another link order, say), side by side.
+        #[arg(long, value_name = "BIN")]
+        against: Option<std::path::PathBuf>,
     },
     /// `watch` governing new matching processes, against cgrulesengd:
     /// exec→in-cgroup latency idle and under an exec storm; daemon RSS and
@@ -67,7 +71,7 @@ pub enum Bench {
 
 pub fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
     match bench {
-        Bench::Run { runs } => run_bench(root, runs),
+        Bench::Run { runs, against } => run_bench(root, runs, against.as_deref()),
         Bench::Govern { execs, idle_secs } => {
             crate::bench_govern::run(root, execs, Duration::from_secs(idle_secs))
         }
@@ -411,11 +415,11 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
 /// Median wall time of each command over `runs` rounds; every round runs
 /// each command once, in turn, so that drift in the machine's speed (large
 /// on a VM) affects them all alike. Every execution must succeed.
-fn medians_interleaved<const N: usize>(
+fn medians_interleaved(
     runs: usize,
-    commands: &[(&str, Vec<&OsStr>); N],
-) -> anyhow::Result<[Duration; N]> {
-    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(runs));
+    commands: &[(&str, Vec<&OsStr>)],
+) -> anyhow::Result<Vec<Duration>> {
+    let mut times: Vec<Vec<Duration>> = commands.iter().map(|_| Vec::with_capacity(runs)).collect();
     for _ in 0..runs {
         for ((program, args), times) in commands.iter().zip(&mut times) {
             let start = Instant::now();
@@ -431,10 +435,13 @@ fn medians_interleaved<const N: usize>(
             }
         }
     }
-    Ok(times.map(|mut t| {
-        t.sort();
-        t[t.len() / 2]
-    }))
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            t[t.len() / 2]
+        })
+        .collect())
 }
 
 /// Median time from spawning `cmd()` to its `governed` event on stderr; the
@@ -465,7 +472,7 @@ fn median_until_governed(
     Ok(times[times.len() / 2])
 }
 
-fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
+fn run_bench(root: &Path, runs: usize, against: Option<&Path>) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("bench run needs root (it creates cgroups)");
     }
@@ -478,7 +485,10 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
     let cgexec_group = format!("cpu,memory:/{group}");
     let limits = ["--cpu-max", "100000 100000", "--memory-max", "512M"];
     let bin_str = bin.to_str().context("the binary's path is not UTF-8")?;
-    let commands: [(&str, Vec<&OsStr>); 5] = [
+    let against_str = against
+        .map(|p| p.to_str().context("--against's path is not UTF-8"))
+        .transpose()?;
+    let mut commands: Vec<(&str, Vec<&OsStr>)> = vec![
         ("/bin/true", vec![]),
         // The floor of a supervising wrapper: timeout(1), a small C program
         // that forks, execs and waits.
@@ -502,11 +512,17 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
             ["-g", &cgexec_group, "/bin/true"].map(OsStr::new).to_vec(),
         ),
     ];
+    if let Some(other) = against_str {
+        commands.push((other, ["run", "--", "/bin/true"].map(OsStr::new).to_vec()));
+    }
     let medians = medians_interleaved(runs, &commands);
     let _ = Command::new("cgdelete")
         .args(["-g", &cgexec_group])
         .status();
-    let [bare, floor, plain, wrapped, cgexec] = medians?;
+    let medians = medians?;
+    let [bare, floor, plain, wrapped, cgexec] = medians[..5] else {
+        bail!("five commands were timed");
+    };
     println!("  /bin/true:                         {:>8.3} ms", ms(bare));
     println!(
         "  timeout 600 /bin/true (floor):     {:>8.3} ms  (+{:.3} ms)",
@@ -530,6 +546,14 @@ fn run_bench(root: &Path, runs: usize) -> anyhow::Result<()> {
         ms(cgexec),
         ms(cgexec) - ms(bare)
     );
+    if let (Some(other), Some(&t)) = (against, medians.get(5)) {
+        println!(
+            "  {} run -- /bin/true: {:>8.3} ms  (+{:.3} ms)",
+            other.display(),
+            ms(t),
+            ms(t) - ms(bare)
+        );
+    }
 
     // Attach: from the call to the limits applied, i.e. to the `governed`
     // event (written once every limit is in force and read back).

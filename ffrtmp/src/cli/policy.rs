@@ -45,10 +45,7 @@ pub fn run(command: PolicyCommand) -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ffrtmp: error: {:#}", anyhow::Error::new(e));
-                ExitCode::from(exit::USAGE)
-            }
+            Err(e) => exit::fail(exit::USAGE, &e),
         },
     }
 }

@@ -74,10 +74,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
         .and_then(|rt| rt.block_on(watch(args, governor, urgent, filter, notes)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ffrtmp: error: {e:#}");
-            ExitCode::from(exit::FAILURE)
-        }
+        Err(e) => exit::fail(exit::FAILURE, e.as_ref()),
     }
 }
 

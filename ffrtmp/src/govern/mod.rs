@@ -123,8 +123,14 @@ impl Mode {
 /// Writes `value` to a control file and reads it back (trimmed), for
 /// [`crate::limits::Files`]. A file that does not exist is one this kernel
 /// lacks (its controller is enabled, or its hierarchy mounted, by then).
+/// Opened without `O_CREAT`: a control file is never made, and cgroupfs
+/// answers a create with EACCES, which would hide the missing file.
 fn write_and_read_back(path: &Path, value: &str) -> Result<String, String> {
-    if let Err(e) = fs::write(path, value) {
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()));
+    if let Err(e) = written {
         let lacks = if e.kind() == io::ErrorKind::NotFound {
             let file = path.file_name().unwrap_or_default().to_string_lossy();
             format!(": this kernel has no {file}")
