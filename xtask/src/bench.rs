@@ -415,11 +415,27 @@ fn observe(root: &Path, execs: usize, rounds: usize, idle: Duration) -> anyhow::
 /// Median wall time of each command over `runs` rounds; every round runs
 /// each command once, in turn, so that drift in the machine's speed (large
 /// on a VM) affects them all alike. Every execution must succeed.
+/// Untimed rounds before [`medians_interleaved`] times.
+const WARM_UP_ROUNDS: usize = 20;
+
 fn medians_interleaved(
     runs: usize,
     commands: &[(&str, Vec<&OsStr>)],
 ) -> anyhow::Result<Vec<Duration>> {
     let mut times: Vec<Vec<Duration>> = commands.iter().map(|_| Vec::with_capacity(runs)).collect();
+    // Untimed rounds first: a binary's first runs after it was written (or
+    // after the page cache dropped it) were up to 5 ms slower here, and
+    // that is the state of the page cache, not the binary.
+    for _ in 0..WARM_UP_ROUNDS {
+        for (program, args) in commands {
+            Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .with_context(|| format!("starting {program}"))?;
+        }
+    }
     for _ in 0..runs {
         for ((program, args), times) in commands.iter().zip(&mut times) {
             let start = Instant::now();
@@ -512,15 +528,22 @@ fn run_bench(root: &Path, runs: usize, against: Option<&Path>) -> anyhow::Result
             ["-g", &cgexec_group, "/bin/true"].map(OsStr::new).to_vec(),
         ),
     ];
+    // Right after this build's own `run`, so that both follow the same
+    // command: a `run` that follows cgexec was 6 ms slower here (the
+    // kernel's cgroup locks leave their fast path after a migration).
     if let Some(other) = against_str {
-        commands.push((other, ["run", "--", "/bin/true"].map(OsStr::new).to_vec()));
+        commands.insert(
+            3,
+            (other, ["run", "--", "/bin/true"].map(OsStr::new).to_vec()),
+        );
     }
     let medians = medians_interleaved(runs, &commands);
     let _ = Command::new("cgdelete")
         .args(["-g", &cgexec_group])
         .status();
-    let medians = medians?;
-    let [bare, floor, plain, wrapped, cgexec] = medians[..5] else {
+    let mut medians = medians?;
+    let other = against.map(|_| medians.remove(3));
+    let [bare, floor, plain, wrapped, cgexec] = medians[..] else {
         bail!("five commands were timed");
     };
     println!("  /bin/true:                         {:>8.3} ms", ms(bare));
@@ -546,7 +569,7 @@ fn run_bench(root: &Path, runs: usize, against: Option<&Path>) -> anyhow::Result
         ms(cgexec),
         ms(cgexec) - ms(bare)
     );
-    if let (Some(other), Some(&t)) = (against, medians.get(5)) {
+    if let (Some(other), Some(t)) = (against, other) {
         println!(
             "  {} run -- /bin/true: {:>8.3} ms  (+{:.3} ms)",
             other.display(),

@@ -11,8 +11,9 @@
 //! startup-order` writes it from `perf` samples and page faults of the
 //! shipped binary running `run` and `attach`. Symbols the code no longer has
 //! are skipped by the linker; `cargo xtask build` says how many it placed,
-//! so a stale profile shows. ffrtmp's build script names the file, so a new
-//! profile relinks. Without rust-lld the binary links as before.
+//! and in CI fails below [`FRESH_SHARE`], so a stale profile cannot land.
+//! ffrtmp's build script names the file, so a new profile relinks. Without
+//! rust-lld the binary links as before.
 use std::{
     collections::BTreeSet,
     fs,
@@ -81,8 +82,15 @@ fn lld_dir(root: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(dir.join("ld.lld").is_file().then_some(dir))
 }
 
+/// The share of the profile's functions that must be placed, below which
+/// the profile is stale: CI fails (`CI` set), elsewhere a warning. Measured
+/// (docs/BENCHMARKS.md, 2026-11-29): a profile two sessions old, 87 %
+/// placed, cost `run` 0.08–0.10 ms against a fresh one; none at all,
+/// 0.18–0.21 ms (and the 1 ms target).
+pub const FRESH_SHARE: f64 = 0.90;
+
 /// Prints how many of the profile's symbols `bin` has: the share the linker
-/// could place first.
+/// could place first. In CI a share below [`FRESH_SHARE`] fails the build.
 pub fn report(root: &Path, bin: &Path) -> anyhow::Result<()> {
     let Ok(order) = fs::read_to_string(root.join(ORDER_FILE)) else {
         return Ok(());
@@ -96,14 +104,23 @@ pub fn report(root: &Path, bin: &Path) -> anyhow::Result<()> {
         .collect::<BTreeSet<_>>()
         .len();
     println!(
-        "xtask: start-up order: {found} of {} profiled functions placed first{}",
+        "xtask: start-up order: {found} of {} profiled functions placed first",
         wanted.len(),
-        if found * 2 < wanted.len() {
-            " (the profile is stale: `cargo xtask startup-order`)"
-        } else {
-            ""
-        }
     );
+    let share = found as f64 / wanted.len().max(1) as f64;
+    if share < FRESH_SHARE {
+        let why = format!(
+            "the start-up profile is stale: {found} of {} functions placed ({:.0} %, below {:.0} %); \
+             run `cargo xtask startup-order` as root and commit {ORDER_FILE}",
+            wanted.len(),
+            share * 100.0,
+            FRESH_SHARE * 100.0
+        );
+        if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
+            bail!("{why}");
+        }
+        eprintln!("xtask: warning: {why}");
+    }
     Ok(())
 }
 
