@@ -181,18 +181,32 @@ async fn watch(
     ))?;
 
     let mut made = stream.take_made_jobs();
+    let stop = async {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    let mut stop = std::pin::pin!(stop);
     let result = async {
         loop {
             tokio::select! {
-                r = observer.step(&mut stream) => r?,
+                // In this order: a new exec is governed before the jobs
+                // made meanwhile are reported (their processes are under
+                // their rules' limits already).
+                biased;
+                () = &mut stop => break,
+                r = std::future::poll_fn(|cx| observer.poll_step(cx, &mut stream)) => r?,
                 m = next_made(&mut made) => {
-                    if m.is_none() {
+                    let stopped = m.is_none();
+                    let more = made.as_mut().filter(|_| !stopped).map(|rx| {
+                        std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>()
+                    });
+                    stream.made(m, more.into_iter().flatten())?;
+                    if stopped {
                         made = None;
                     }
-                    stream.made(m)?;
                 }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
             }
         }
         observer.drain(&mut stream)?;

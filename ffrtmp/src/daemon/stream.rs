@@ -91,17 +91,25 @@ impl<G: Govern, O: Sink> Stream<G, O> {
         Ok(self.out.flush()?)
     }
 
-    /// A job the maker thread made (`None`: the thread stopped): emits its
+    /// A job the maker thread made (`None`: the thread stopped), and those
+    /// that came with it (`more`, taken without waiting): emits their
     /// `governed`, then the exits that were held until their process's job
-    /// was made.
-    pub fn made(&mut self, made: Option<G::Made>) -> Result<(), ObserveError> {
+    /// was made, with one write.
+    pub fn made(
+        &mut self,
+        made: Option<G::Made>,
+        more: impl IntoIterator<Item = G::Made>,
+    ) -> Result<(), ObserveError> {
         let Some(governor) = &mut self.governor else {
             return Ok(());
         };
-        let events = match made {
+        let mut events = match made {
             Some(m) => governor.made(m),
             None => governor.maker_stopped(),
         };
+        for m in more {
+            events.extend(governor.made(m));
+        }
         self.emit_all(events)?;
         // Exits whose process is no longer being made, in arrival order.
         let (ready, held): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.held_exits)
@@ -129,7 +137,7 @@ impl<G: Govern, O: Sink> Stream<G, O> {
                 match tokio::time::timeout_at(deadline, made.recv()).await {
                     Ok(m) => {
                         let stopped = m.is_none();
-                        self.made(m)?;
+                        self.made(m, std::iter::from_fn(|| made.try_recv().ok()))?;
                         if stopped {
                             break;
                         }
@@ -481,7 +489,7 @@ mod tests {
         batch(&mut s, vec![exec(7, "ffmpeg"), exit(7), exec(8, "ffmpeg")]);
         assert_eq!(out.lines(), ["exec 7", "exec 8", "governed 8"]);
         tx.send(7).unwrap();
-        s.made(made.try_recv().ok()).unwrap();
+        s.made(made.try_recv().ok(), []).unwrap();
         assert_eq!(
             out.lines(),
             ["exec 7", "exec 8", "governed 8", "governed 7", "exit 7 job"]
@@ -508,7 +516,7 @@ mod tests {
         let _made = s.take_made_jobs().unwrap();
         batch(&mut s, vec![exec(5, "ffmpeg"), exit(5)]);
         drop(tx);
-        s.made(None).unwrap();
+        s.made(None, []).unwrap();
         assert_eq!(out.lines(), ["exec 5", "exit 5"]);
     }
 

@@ -15,7 +15,11 @@ pub mod ebpf;
 pub mod proc;
 pub mod procfs;
 
-use std::{collections::BTreeSet, future::Future, pin::Pin, time::Duration};
+use std::{
+    collections::BTreeSet,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use crate::{
     errors::chain,
@@ -54,19 +58,23 @@ pub trait Consumer {
     fn flush(&mut self) -> Result<(), ObserveError>;
 }
 
-/// The future of one [`Observer::step`].
-pub type Step<'a> = Pin<Box<dyn Future<Output = Result<(), ObserveError>> + 'a>>;
-
 /// An observation backend, started and ready (it has seen everything since
 /// [`start`] returned).
 pub trait Observer {
     /// Its name, as `started.backend` reports it (`ebpf`, `procfs`).
     fn name(&self) -> &'static str;
 
-    /// Waits until it has something (events, a timer of its own), hands it
-    /// to `to` and flushes it. Cancel-safe: what was not handed over stays
-    /// for the next step.
-    fn step<'a>(&'a mut self, to: &'a mut dyn Consumer) -> Step<'a>;
+    /// One step, polled: when the backend has something (events, a timer
+    /// of its own), hands it to `to`, flushes it and is ready; else
+    /// registers `cx` to be woken. A poll function rather than a future, so
+    /// that the event loop (`std::future::poll_fn`) allocates nothing per
+    /// step: a boxed future per wake-up cost the daemon's first move
+    /// (docs/BENCHMARKS.md). What was not handed over stays for the next.
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &mut dyn Consumer,
+    ) -> Poll<Result<(), ObserveError>>;
 
     /// On the way out: hands over what is left.
     fn drain(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {

@@ -10,7 +10,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use super::{
-    Consumer, ObserveError, Observer, Options, Step,
+    Consumer, ObserveError, Observer, Options,
     proc::{self, ProcError, Stat},
 };
 use crate::events::{Event, Exit, Source, Timestamp};
@@ -65,24 +65,6 @@ impl ProcfsObserver {
         Ok(observer)
     }
 
-    /// Waits for the next tick, then scans.
-    async fn next(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {
-        let interval = self.interval;
-        let tick = self.tick.get_or_insert_with(|| {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick
-        });
-        tick.tick().await;
-        let mut events = Vec::new();
-        self.scan(&mut events, false)?;
-        for event in events {
-            to.take(event)?;
-        }
-        to.flush()
-    }
-
     /// One pass over /proc. `adopted` marks the exec events of the first scan.
     fn scan(&mut self, out: &mut Vec<Event>, adopted: bool) -> Result<(), ProcError> {
         let pids = proc::list_pids()?;
@@ -134,8 +116,28 @@ impl Observer for ProcfsObserver {
         "procfs"
     }
 
-    fn step<'a>(&'a mut self, to: &'a mut dyn Consumer) -> Step<'a> {
-        Box::pin(self.next(to))
+    /// Scans at each tick of the interval.
+    fn poll_step(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        to: &mut dyn Consumer,
+    ) -> std::task::Poll<Result<(), ObserveError>> {
+        let interval = self.interval;
+        let tick = self.tick.get_or_insert_with(|| {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        if tick.poll_tick(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        let mut events = Vec::new();
+        self.scan(&mut events, false)?;
+        for event in events {
+            to.take(event)?;
+        }
+        std::task::Poll::Ready(to.flush())
     }
 
     fn take_adopted(&mut self) -> Vec<Event> {

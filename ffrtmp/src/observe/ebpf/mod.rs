@@ -29,7 +29,7 @@ use ffrtmp_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use super::{Consumer, ExitFilter, ObserveError, Observer, Options, Step, proc::ProcError};
+use super::{Consumer, ExitFilter, ObserveError, Observer, Options, proc::ProcError};
 use crate::events::{Event, Lost, Source, Timestamp};
 
 /// The compiled kernel programs, built by `build.rs`.
@@ -106,8 +106,41 @@ impl Observer for EbpfObserver {
         "ebpf"
     }
 
-    fn step<'a>(&'a mut self, to: &'a mut dyn Consumer) -> Step<'a> {
-        Box::pin(self.next(to))
+    /// The kernel coalesces wake-ups ([`WAKE_COALESCE_NS`]); so after each
+    /// wake-up we keep polling every window until a poll at least one window
+    /// after the last wake-up finds the ring empty. Idle, nothing runs but
+    /// the once-a-second loss check. The ring comes first.
+    fn poll_step(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        to: &mut dyn Consumer,
+    ) -> std::task::Poll<Result<(), ObserveError>> {
+        use std::{future::Future as _, task::Poll};
+        let window = Duration::from_nanos(WAKE_COALESCE_NS);
+        if let Poll::Ready(guard) = self.events.poll_read_ready_mut(cx) {
+            let mut guard = guard.map_err(EbpfError::Poll)?;
+            guard.clear_ready();
+            self.last_wake = Instant::now();
+            self.polling = true;
+            self.window
+                .as_mut()
+                .reset(tokio::time::Instant::now() + window);
+            Self::consume(guard.get_inner_mut(), to)?;
+            return Poll::Ready(Ok(()));
+        }
+        if self.polling && self.window.as_mut().poll(cx).is_ready() {
+            let n = Self::consume(self.events.get_mut(), to)?;
+            self.polling = n > 0 || self.last_wake.elapsed() < window;
+            self.window
+                .as_mut()
+                .reset(tokio::time::Instant::now() + window);
+            return Poll::Ready(Ok(()));
+        }
+        if self.lost_tick.poll_tick(cx).is_ready() {
+            self.report_lost(to)?;
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
     }
 
     /// Delivers what is left in the ring and the final loss count.
@@ -134,10 +167,11 @@ pub struct EbpfObserver {
     events: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     lost_reported: u64,
-    /// Read every [`LOST_POLL`]; made at the first step.
-    lost_tick: Option<tokio::time::Interval>,
-    /// Polling after a wake-up (see [`Observer::step`]'s impl).
+    /// Read every [`LOST_POLL`].
+    lost_tick: tokio::time::Interval,
+    /// Polling after a wake-up, every `window` (see `poll_step`).
     polling: bool,
+    window: std::pin::Pin<Box<tokio::time::Sleep>>,
     last_wake: Instant,
     tracker: Option<Tracker>,
     adopted: Vec<Event>,
@@ -241,41 +275,14 @@ impl EbpfObserver {
                 .map_err(|e| EbpfError::Poll(e.into_parts().1))?,
             lost,
             lost_reported: 0,
-            lost_tick: None,
+            lost_tick: tokio::time::interval(LOST_POLL),
             polling: false,
+            window: Box::pin(tokio::time::sleep(Duration::from_nanos(WAKE_COALESCE_NS))),
             last_wake: Instant::now(),
             tracker: (options.filter).then_some(tracker),
             adopted,
             _ebpf: ebpf,
         })
-    }
-
-    /// One wake-up's work (see [`Observer::step`]).
-    ///
-    /// The kernel coalesces wake-ups ([`WAKE_COALESCE_NS`]); so after each
-    /// wake-up we keep polling every window until a poll at least one window
-    /// after the last wake-up finds the ring empty. Idle, nothing runs but
-    /// the once-a-second loss check.
-    async fn next(&mut self, to: &mut dyn Consumer) -> Result<(), ObserveError> {
-        let window = Duration::from_nanos(WAKE_COALESCE_NS);
-        let lost_tick = self
-            .lost_tick
-            .get_or_insert_with(|| tokio::time::interval(LOST_POLL));
-        tokio::select! {
-            guard = self.events.readable_mut() => {
-                let mut guard = guard.map_err(EbpfError::Poll)?;
-                guard.clear_ready();
-                self.last_wake = Instant::now();
-                self.polling = true;
-                Self::consume(guard.get_inner_mut(), to)?;
-            }
-            () = tokio::time::sleep(window), if self.polling => {
-                let n = Self::consume(self.events.get_mut(), to)?;
-                self.polling = n > 0 || self.last_wake.elapsed() < window;
-            }
-            _ = lost_tick.tick() => self.report_lost(to)?,
-        }
-        Ok(())
     }
 
     /// Decodes every record in the ring, then flushes; returns how many.
