@@ -504,9 +504,10 @@ mod tests {
         tx.send(3).unwrap();
         tx.send(4).unwrap();
         s.finish(Some(&mut made)).await.unwrap();
+        // Made together, written together; the held exit after its job.
         assert_eq!(
             out.lines(),
-            ["exec 3", "exec 4", "governed 3", "exit 3 job", "governed 4"]
+            ["exec 3", "exec 4", "governed 3", "governed 4", "exit 3 job"]
         );
     }
 
