@@ -4,7 +4,10 @@ use std::{fmt, str::FromStr};
 
 use serde_json::Value;
 
-use super::{Controllers, Files, Limit, LimitError, Outcome, values::number};
+use super::{
+    Controllers, Files, Limit, LimitError, Outcome,
+    values::{int_in, write_number},
+};
 
 const CPU: Option<Controllers> = Some(Controllers {
     v2: "cpu",
@@ -110,27 +113,15 @@ impl Limit for CpuMaxBurst {
     const STATUS_V1: &'static [&'static str] = &["cpu.cfs_burst_us"];
 
     fn parse(text: &str) -> Result<Self, LimitError> {
-        text.parse::<u64>()
-            .ok()
-            .filter(|&b| b <= Self::MAX)
-            .map(CpuMaxBurst)
-            .ok_or_else(|| LimitError::CpuMaxBurst(text.to_string()))
+        int_in(text, 0..=Self::MAX, LimitError::CpuMaxBurst).map(CpuMaxBurst)
     }
 
     fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        let file = "cpu.max.burst";
-        files
-            .write("cpu", file, &self.0.to_string())
-            .and_then(|back| number(file, &back))
-            .into()
+        write_number(files, "cpu", "cpu.max.burst", self.0)
     }
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
-        let file = "cpu.cfs_burst_us";
-        files
-            .write("cpu", file, &self.0.to_string())
-            .and_then(|back| number(file, &back))
-            .into()
+        write_number(files, "cpu", "cpu.cfs_burst_us", self.0)
     }
 }
 
@@ -149,19 +140,11 @@ impl Limit for CpuWeight {
     const STATUS_V1: &'static [&'static str] = &["cpu.shares"];
 
     fn parse(text: &str) -> Result<Self, LimitError> {
-        text.parse::<u32>()
-            .ok()
-            .filter(|w| (1..=10_000).contains(w))
-            .map(CpuWeight)
-            .ok_or_else(|| LimitError::CpuWeight(text.to_string()))
+        int_in(text, 1..=10_000, LimitError::CpuWeight).map(CpuWeight)
     }
 
     fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        let file = "cpu.weight";
-        files
-            .write("cpu", file, &self.0.to_string())
-            .and_then(|back| number(file, &back))
-            .into()
+        write_number(files, "cpu", "cpu.weight", self.0)
     }
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {

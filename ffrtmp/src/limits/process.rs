@@ -1,7 +1,7 @@
 //! Per-process settings: nice (every thread) and oom_score_adj. They need
 //! no cgroup; the placement sets them on the process and reads them back
 //! (`govern/place.rs`; `run`'s child sets them before exec).
-use super::{Controllers, Limit, LimitError};
+use super::{Controllers, Limit, LimitError, values::int_in};
 
 /// Nice, -20..19, for every thread (below 0 only when privileged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,11 +19,7 @@ impl Limit for Nice {
     const CGROUP: Option<Controllers> = None;
 
     fn parse(text: &str) -> Result<Self, LimitError> {
-        text.parse::<i32>()
-            .ok()
-            .filter(|n| (-20..=19).contains(n))
-            .map(Nice)
-            .ok_or_else(|| LimitError::Nice(text.to_string()))
+        int_in(text, -20..=19, LimitError::Nice).map(Nice)
     }
 }
 
@@ -34,11 +30,7 @@ impl Limit for OomScoreAdj {
     const CGROUP: Option<Controllers> = None;
 
     fn parse(text: &str) -> Result<Self, LimitError> {
-        text.parse::<i32>()
-            .ok()
-            .filter(|n| (-1000..=1000).contains(n))
-            .map(OomScoreAdj)
-            .ok_or_else(|| LimitError::OomScoreAdj(text.to_string()))
+        int_in(text, -1000..=1000, LimitError::OomScoreAdj).map(OomScoreAdj)
     }
 }
 

@@ -77,6 +77,31 @@ pub(super) fn number(file: &str, back: &str) -> Result<Value, String> {
         .map_err(|_| format!("{file} reads {back:?}"))
 }
 
+/// Writes `value` to `file` and reports it read back as a number.
+pub(super) fn write_number(
+    files: &dyn super::Files,
+    controller: &'static str,
+    file: &str,
+    value: impl fmt::Display,
+) -> super::Outcome {
+    files
+        .write(controller, file, &value.to_string())
+        .and_then(|back| number(file, &back))
+        .into()
+}
+
+/// An integer within `range`, else `err` of the text.
+pub(super) fn int_in<T: FromStr + PartialOrd>(
+    text: &str,
+    range: std::ops::RangeInclusive<T>,
+    err: fn(String) -> LimitError,
+) -> Result<T, LimitError> {
+    text.parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| err(text.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
