@@ -8,7 +8,7 @@
 //!
 //! A backend is an [`Observer`]: [`start`] makes the one `--backend` asks
 //! for (`auto` tries eBPF and falls back to procfs, saying why), and `watch`
-//! then calls [`Observer::step`] in its event loop, which hands what the
+//! then polls [`Observer::poll_step`] in its event loop, which hands what the
 //! backend saw to a [`Consumer`] (the daemon's stream). A new backend is one
 //! new file with an `Observer` impl and one arm in [`start`].
 pub mod ebpf;
