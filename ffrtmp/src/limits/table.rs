@@ -131,11 +131,6 @@ impl Limits {
         Ok(())
     }
 
-    /// Whether any limit needs a cgroup (nice and oom_score_adj do not).
-    pub fn needs_cgroup(&self) -> bool {
-        self.names().iter().any(|n| n.row().cgroup.is_some())
-    }
-
     /// How many limits are set (each io_max line counts once).
     pub fn count(&self) -> usize {
         let lines = self.io_max.as_ref().map_or(0, |io| io.0.len());
@@ -179,11 +174,7 @@ mod tests {
         assert_eq!(l.cpu_max_burst, Some(CpuMaxBurst(20_000)));
         assert_eq!(l.io_max.as_ref().map(|io| io.0.len()), Some(2));
         assert_eq!(l.count(), 3);
-        assert!(l.needs_cgroup());
         assert!(l.set(LimitName::CpuMaxBurst, "-1").is_err());
-        let mut p = Limits::default();
-        p.set(LimitName::Nice, "5").unwrap();
-        assert!(!p.needs_cgroup());
     }
 
     #[test]
