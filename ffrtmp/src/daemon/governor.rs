@@ -110,16 +110,10 @@ impl Governor {
         self
     }
 
-    /// Pids that started being followed since the last call (for the
-    /// kernel's exit filter).
-    pub fn take_newly_followed(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.newly_followed)
-    }
-
     /// Rebuilds the state from the cgroup tree: every process in a job
     /// cgroup is followed (`tracked`); empty unclaimed job cgroups are
     /// removed.
-    pub fn recover(&mut self) -> Events {
+    fn recover(&mut self) -> Events {
         let mut events = Vec::new();
         reap_empty(&self.ctx);
         for (name, _, _) in job_dirs(&self.ctx) {
@@ -153,7 +147,7 @@ impl Governor {
 
     /// Governs every running process that the policy matches and that is
     /// in no job yet (`adopted`).
-    pub fn scan(&mut self) -> Result<Events, ProcError> {
+    fn scan(&mut self) -> Result<Events, ProcError> {
         self.rescan = false;
         let mut events = Vec::new();
         for pid in proc::list_pids()? {
@@ -191,52 +185,6 @@ impl Governor {
             ));
         }
         Ok(events)
-    }
-
-    /// Asks for a [`Self::scan`] (the kernel lost events).
-    pub fn request_rescan(&mut self) {
-        self.rescan = true;
-    }
-
-    /// An exec the observer reported: governs the process if a rule says so.
-    /// Returns the events to emit after the exec event.
-    pub fn on_exec(&mut self, kernel: Option<KernelStamp>, exec: &Exec) -> Events {
-        if exec.pid == self.self_pid {
-            return Vec::new();
-        }
-        let candidate = Candidate {
-            pid: exec.pid,
-            comm: exec.comm.clone(),
-            uid: exec.uid,
-            exe: Some(exec.filename.clone()).filter(|f| f.starts_with('/')),
-            // The kernel keeps 1 KiB of arguments; read the rest if cut.
-            argv: exec.argv.clone().filter(|_| !exec.argv_truncated),
-            parent_comm: None,
-        };
-        let origin = match kernel {
-            Some(k) => Origin::Kernel {
-                ktime_ns: k.ktime_ns,
-                start_ticks: k.start_boottime_ns.and_then(ns_to_ticks),
-            },
-            None => Origin::Polled,
-        };
-        self.consider(candidate, exec.ppid, origin)
-    }
-
-    /// An exit: the job's report for a followed process, and its cgroup
-    /// removed once empty.
-    pub fn on_exit(&mut self, exit: &mut Exit) {
-        let Some(f) = self.followed.remove(&exit.pid) else {
-            return;
-        };
-        let stats = f.cgroup.as_ref().map(JobCgroup::stats).unwrap_or_default();
-        exit.job = Some(stats.report(f.job.clone()));
-        let still_followed = self.followed.values().any(|o| o.job == f.job);
-        // Our claim goes first, so that the reaper may take the job.
-        drop(f.cgroup);
-        if !still_followed {
-            self.reap(f.job);
-        }
     }
 
     /// Removes an ended job's cgroup, on the reaper thread: removing
@@ -382,7 +330,7 @@ impl Governor {
     /// Makes (or updates) each governing rule's staging cgroup under
     /// `<root>/.staging`, with the rule's limits. A rule whose staging
     /// cgroup cannot be made governs new processes directly, a little later.
-    pub fn prepare_staging(&mut self) -> Events {
+    fn prepare_staging(&mut self) -> Events {
         let Some(root) = &self.ctx.root else {
             return Vec::new();
         };
@@ -453,12 +401,45 @@ impl Govern for Governor {
         Ok(events)
     }
 
+    /// An exec the observer reported: governs the process if a rule says so.
+    /// Returns the events to emit after the exec event.
     fn on_exec(&mut self, kernel: Option<KernelStamp>, exec: &Exec) -> Events {
-        Governor::on_exec(self, kernel, exec)
+        if exec.pid == self.self_pid {
+            return Vec::new();
+        }
+        let candidate = Candidate {
+            pid: exec.pid,
+            comm: exec.comm.clone(),
+            uid: exec.uid,
+            exe: Some(exec.filename.clone()).filter(|f| f.starts_with('/')),
+            // The kernel keeps 1 KiB of arguments; read the rest if cut.
+            argv: exec.argv.clone().filter(|_| !exec.argv_truncated),
+            parent_comm: None,
+        };
+        let origin = match kernel {
+            Some(k) => Origin::Kernel {
+                ktime_ns: k.ktime_ns,
+                start_ticks: k.start_boottime_ns.and_then(ns_to_ticks),
+            },
+            None => Origin::Polled,
+        };
+        self.consider(candidate, exec.ppid, origin)
     }
 
+    /// An exit: the job's report for a followed process, and its cgroup
+    /// removed once empty.
     fn on_exit(&mut self, exit: &mut Exit) {
-        Governor::on_exit(self, exit);
+        let Some(f) = self.followed.remove(&exit.pid) else {
+            return;
+        };
+        let stats = f.cgroup.as_ref().map(JobCgroup::stats).unwrap_or_default();
+        exit.job = Some(stats.report(f.job.clone()));
+        let still_followed = self.followed.values().any(|o| o.job == f.job);
+        // Our claim goes first, so that the reaper may take the job.
+        drop(f.cgroup);
+        if !still_followed {
+            self.reap(f.job);
+        }
     }
 
     /// Whether the maker thread is making `pid`'s job: its exit must wait
@@ -490,8 +471,9 @@ impl Govern for Governor {
         ))]
     }
 
+    /// The kernel lost events: scan at the next flush.
     fn request_rescan(&mut self) {
-        Governor::request_rescan(self);
+        self.rescan = true;
     }
 
     fn rescan(&mut self) -> Result<Events, ProcError> {
@@ -502,7 +484,9 @@ impl Govern for Governor {
         }
     }
 
+    /// Pids that started being followed since the last call (for the
+    /// kernel's exit filter).
     fn take_newly_followed(&mut self) -> Vec<u32> {
-        Governor::take_newly_followed(self)
+        std::mem::take(&mut self.newly_followed)
     }
 }
