@@ -18,61 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PATIENCE, Watch, cgroups, cpu_quota, exit_of, ffrtmp, require_root, scratch};
+use common::{PATIENCE, Root, Watch, cgroups, cpu_quota, exit_of, ffrtmp, require_root, scratch};
 use ffrtmp::events::{Body, Event, Governed};
 use ffrtmp::limits::LimitName;
-
-/// A cgroup root of the test's own, removed (with its empty jobs) on drop.
-struct Root(String);
-
-impl Root {
-    fn new(test: &str) -> Self {
-        Root(format!("/ffrtmp-t-{test}-{}", std::process::id()))
-    }
-
-    fn path(&self) -> &str {
-        &self.0
-    }
-
-    /// The directory of `cgroup` (a cgroup path) in each cgroup mount.
-    fn dirs_of(cgroup: &str) -> Vec<PathBuf> {
-        fs::read_to_string("/proc/self/mounts")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                matches!(f.get(2), Some(&"cgroup" | &"cgroup2")).then(|| f[1].to_string())
-            })
-            .map(|m| Path::new(&m).join(cgroup.trim_start_matches('/')))
-            .filter(|d| d.is_dir())
-            .collect()
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        /// Removes a cgroup directory and its (empty) descendants.
-        fn remove(dir: &Path) {
-            if let Ok(children) = fs::read_dir(dir) {
-                for child in children
-                    .filter_map(Result::ok)
-                    .filter(|e| e.path().is_dir())
-                {
-                    remove(&child.path());
-                }
-            }
-            let _ = fs::remove_dir(dir);
-        }
-        // Killed workloads may take a moment to leave.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !Self::dirs_of(&self.0).is_empty() && Instant::now() < deadline {
-            for dir in Self::dirs_of(&self.0) {
-                remove(&dir);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 fn write_policy(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("policy.toml");

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use std::{
+    fs,
     io::{BufRead, BufReader},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     thread,
@@ -312,4 +314,80 @@ pub fn allocate_mib(mib: usize) -> usize {
     let blocks: Vec<Vec<u8>> = (0..mib).map(|_| vec![1u8; 1 << 20]).collect();
     std::hint::black_box(&blocks);
     blocks.len()
+}
+
+/// A cgroup root of the test's own (`--cgroup-root`), removed with its
+/// empty jobs, and ffrtmp's ledger of it, on drop.
+pub struct Root(String);
+
+impl Root {
+    pub fn new(test: &str) -> Self {
+        Root(format!("/ffrtmp-t-{test}-{}", std::process::id()))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.0
+    }
+
+    /// Makes `<root>/<child>` (or the root itself) in every cgroup mount, as
+    /// another program would; returns the directories.
+    pub fn make(&self, child: Option<&str>) -> Vec<PathBuf> {
+        let cgroup = match child {
+            Some(c) => format!("{}/{c}", self.0),
+            None => self.0.clone(),
+        };
+        Self::mounts()
+            .into_iter()
+            .map(|m| m.join(cgroup.trim_start_matches('/')))
+            .inspect(|d| fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display())))
+            .collect()
+    }
+
+    fn mounts() -> Vec<PathBuf> {
+        fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                matches!(f.get(2), Some(&"cgroup" | &"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .collect()
+    }
+
+    /// The directory of `cgroup` (a cgroup path) in each cgroup mount.
+    pub fn dirs_of(cgroup: &str) -> Vec<PathBuf> {
+        Self::mounts()
+            .into_iter()
+            .map(|m| m.join(cgroup.trim_start_matches('/')))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        /// Removes a cgroup directory and its (empty) descendants.
+        fn remove(dir: &Path) {
+            if let Ok(children) = fs::read_dir(dir) {
+                for child in children
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                {
+                    remove(&child.path());
+                }
+            }
+            let _ = fs::remove_dir(dir);
+        }
+        // Killed workloads may take a moment to leave.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !Self::dirs_of(&self.0).is_empty() && Instant::now() < deadline {
+            for dir in Self::dirs_of(&self.0) {
+                remove(&dir);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // ffrtmp's record of the jobs under it (govern::ledger).
+        let escaped = self.0.replace('/', "%2F");
+        let _ = fs::remove_dir_all(Path::new("/run/ffrtmp/roots").join(escaped));
+    }
 }

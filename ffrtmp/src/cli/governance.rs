@@ -18,7 +18,6 @@ use crate::{
     events::{Event, JobReport, Source, Timestamp},
     govern::{
         Context, GovernError, ProcsWriter,
-        layout::LayoutError,
         place::{IfNotMoved, NotPlaced, Placement, place},
         plan::Plan,
         reap_empty_besides,
@@ -94,11 +93,12 @@ pub fn prepare(
         Some(j) => j.clone(),
         None => default_job.parse().map_err(|e| fail(exit::WRAPPER, &e))?,
     };
-    let ctx = Context::detect(args.cgroup_root.as_deref()).map_err(|e| match e {
-        GovernError::Layout(LayoutError::BadRoot(_)) | GovernError::RootOutsideHierarchy(..) => {
+    let ctx = Context::detect(args.cgroup_root.as_deref()).map_err(|e| {
+        if e.is_usage() {
             fail(exit::USAGE, &e)
+        } else {
+            fail(exit::WRAPPER, &e)
         }
-        e => fail(exit::WRAPPER, &e),
     })?;
     let limits = args.limits();
     let plan = Plan::make(&ctx, &job_id, &limits, resident).map_err(|e| fail(exit::USAGE, &e))?;

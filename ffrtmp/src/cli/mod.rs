@@ -6,6 +6,7 @@ mod deferred;
 pub mod exit;
 mod govern_args;
 mod governance;
+mod logs;
 mod policy;
 mod run;
 mod spawn;
@@ -111,10 +112,28 @@ pub struct WatchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Stop when the event output ends (a closed pipe, a full disk). By
+    /// default governing goes on without it: events are dropped, never
+    /// governing (docs/EVENTS.md, `lost`).
+    #[arg(long)]
+    pub exit_on_output_loss: bool,
+    /// How much event output may wait for a slow reader (64K..=1G) before
+    /// events are dropped and counted (`lost`, reason `output`).
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_output_buffer)]
+    pub output_buffer: usize,
     /// Size of the kernel ring buffer in bytes (a power of two, 4096..=1073741824).
     #[arg(long, value_name = "BYTES", default_value_t = crate::observe::ebpf::DEFAULT_RING_BUFFER_BYTES,
           value_parser = parse_ring_buffer_size)]
     pub ring_buffer_size: u32,
+}
+
+fn parse_output_buffer(s: &str) -> Result<usize, String> {
+    match s.parse::<crate::limits::Size>() {
+        Ok(crate::limits::Size::Bytes(n)) if ((64 << 10)..=(1 << 30)).contains(&n) => {
+            usize::try_from(n).map_err(|e| e.to_string())
+        }
+        _ => Err("a size between 64K and 1G (e.g. 4M)".into()),
+    }
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -140,23 +159,16 @@ pub fn main() -> ExitCode {
         // Only the daemon logs (run, attach and status report by events and
         // messages), so only it pays for a subscriber.
         Command::Watch(Deferred(args)) => {
-            init_logging();
-            watch::run(args)
+            logs::init();
+            let code = watch::run(args);
+            logs::drain();
+            code
         }
         Command::Run(Deferred(args)) => run::run(args),
         Command::Attach(Deferred(args)) => attach::attach(args),
         Command::Status(Deferred(args)) => status::status(args),
         Command::Policy(command) => policy::run(command),
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::exit;
 use crate::{
     events::Format,
-    govern::{Context, GovernError, job_dirs, layout::LayoutError},
+    govern::{Context, job_dirs, ledger::Entry},
     limits::LimitName,
     observe::ebpf::btf::VMLINUX_BTF,
 };
@@ -68,12 +68,7 @@ struct Job {
 pub fn status(args: StatusArgs) -> ExitCode {
     let ctx = match Context::detect(args.cgroup_root.as_deref()) {
         Ok(c) => c,
-        Err(
-            e @ (GovernError::Layout(LayoutError::BadRoot(_))
-            | GovernError::RootOutsideHierarchy(..)),
-        ) => {
-            return exit::fail(exit::USAGE, &e);
-        }
+        Err(e) if e.is_usage() => return exit::fail(exit::USAGE, &e),
         Err(e) => {
             return exit::fail(exit::FAILURE, &e);
         }
@@ -100,7 +95,8 @@ pub fn status(args: StatusArgs) -> ExitCode {
     });
     let jobs = job_dirs(&ctx)
         .into_iter()
-        .map(|(name, dirs, supervised)| {
+        .map(|(name, dirs, entry)| {
+            let supervised = entry == Entry::Claimed;
             let mut limits = Map::new();
             let mut pids = Vec::new();
             let files = limit_files(

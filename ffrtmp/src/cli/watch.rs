@@ -4,7 +4,7 @@
 //! and `degraded` when it fell back), builds the outputs (stdout, metrics),
 //! then runs the event loop — the backend's next events, jobs made on the
 //! maker thread, the stop signals — until SIGINT/SIGTERM.
-use std::{collections::BTreeSet, io, process::ExitCode, time::Duration};
+use std::{collections::BTreeSet, io, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -14,10 +14,11 @@ use crate::{
     daemon::{Governor, MadeJobs, Stream},
     errors::chain,
     events::{
-        Degraded, Emitter, Event, EventError, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
+        Degraded, Event, EventError, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
         metrics::Metrics,
+        queued::{Queue, Queued},
     },
-    govern::{Context, GovernError, dynmods, layout::LayoutError, process},
+    govern::{Context, dynmods, process},
     observe::{self, Backend, ObserveError, Options},
     policy::Policy,
 };
@@ -54,12 +55,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
                 }
                 Some(governor)
             }
-            Err(
-                e @ (GovernError::Layout(LayoutError::BadRoot(_))
-                | GovernError::RootOutsideHierarchy(..)),
-            ) => {
-                return exit::fail(exit::USAGE, &e);
-            }
+            Err(e) if e.is_usage() => return exit::fail(exit::USAGE, &e),
             Err(e) => return exit::fail(exit::FAILURE, &e),
         }
     };
@@ -119,7 +115,8 @@ async fn watch(
         urgent_comms: filter.clone().or(urgent).unwrap_or_default(),
         filter: filter.is_some(),
     };
-    let mut stream = Stream::new(outputs(&args).await?, governor, None, filter);
+    let (sinks, output_end) = outputs(&args).await?;
+    let mut stream = Stream::new(sinks, governor, None, filter);
     for note in notes {
         stream.emit(&Event::new(Timestamp::now(), Source::Ffrtmp, note))?;
     }
@@ -196,6 +193,8 @@ async fn watch(
                 // their rules' limits already).
                 biased;
                 () = &mut stop => break,
+                // Only with --exit-on-output-loss: the flush says why.
+                () = output_ended(output_end.as_deref()) => observe::Consumer::flush(&mut stream)?,
                 r = std::future::poll_fn(|cx| observer.poll_step(cx, &mut stream)) => r?,
                 m = next_made(&mut made) => {
                     let stopped = m.is_none();
@@ -214,11 +213,20 @@ async fn watch(
     }
     .await;
     match result {
-        // A closed stdout (e.g. `| head`) ends the stream, not in error.
+        // With --exit-on-output-loss, a closed stdout (`| head`) ends
+        // the stream, not in error.
         Err(ObserveError::Event(EventError::Write(e))) if e.kind() == io::ErrorKind::BrokenPipe => {
             Ok(())
         }
         other => other.context("watching processes"),
+    }
+}
+
+/// When the event output ended, if that ends `watch`; never otherwise.
+async fn output_ended(end: Option<&tokio::sync::Notify>) {
+    match end {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -231,15 +239,22 @@ async fn next_made<M>(made: &mut Option<MadeJobs<M>>) -> Option<M> {
     }
 }
 
-/// The outputs of the stream, in order: stdout, then the metrics when
+/// The outputs of the stream, in order: stdout (behind a queue, so that a
+/// slow reader costs events, never governing), then the metrics when
 /// `--metrics-addr` serves them. A new output is one more `push` here.
-async fn outputs(args: &WatchArgs) -> anyhow::Result<Sinks<'static>> {
+/// With `--exit-on-output-loss`, also what tells that stdout ended.
+async fn outputs(
+    args: &WatchArgs,
+) -> anyhow::Result<(Sinks<'static>, Option<Arc<tokio::sync::Notify>>)> {
     let mut sinks = Sinks::default();
-    sinks.push(Emitter::new(io::stdout().lock(), args.format));
+    let queue = Queue::spawn("ffrtmp-out", io::stdout(), args.output_buffer)
+        .context("starting the output thread")?;
+    let end = args.exit_on_output_loss.then(|| queue.on_end());
+    sinks.push(Queued::new(queue, args.format, args.exit_on_output_loss));
     if let Some(addr) = args.metrics_addr {
         let metrics = Metrics::default();
         tokio::spawn(metrics.clone().serve(addr).await?);
         sinks.push(metrics);
     }
-    Ok(sinks)
+    Ok((sinks, end))
 }

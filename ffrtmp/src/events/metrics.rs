@@ -191,7 +191,10 @@ mod tests {
         m.record(&Event::new(
             Timestamp::now(),
             Source::Ebpf,
-            Lost { count: 7 },
+            Lost {
+                count: 7,
+                reason: crate::events::LostReason::Ring,
+            },
         ));
         m.record(&Event::new(
             Timestamp::now(),

@@ -11,6 +11,7 @@
 //! …}`) so a person reading the stream sees what kind of event a line is at
 //! once; consumers must not depend on order.
 pub mod metrics;
+pub mod queued;
 pub mod sink;
 mod text;
 
@@ -254,11 +255,26 @@ pub struct Detached {
     pub reason: String,
 }
 
-/// Events the kernel could not deliver (ring buffer full), since the last
-/// `lost` event.
+/// Events dropped since the last `lost` event of the same reason.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lost {
     pub count: u64,
+    /// Where they were dropped (absent before this field existed: `ring`).
+    #[serde(default)]
+    pub reason: LostReason,
+}
+
+/// Where events were dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LostReason {
+    /// The kernel's ring buffer was full: execs and exits were not seen
+    /// (`watch` rescans /proc).
+    #[default]
+    Ring,
+    /// The output's queue was full (a consumer that does not keep up):
+    /// events were not written; governing went on.
+    Output,
 }
 
 /// ffrtmp does less than asked, and says why.
@@ -409,7 +425,14 @@ pub(crate) mod tests {
                     job: None,
                 },
             ),
-            Event::new(ts(), Source::Ebpf, Lost { count: 3 }),
+            Event::new(
+                ts(),
+                Source::Ebpf,
+                Lost {
+                    count: 3,
+                    reason: LostReason::Ring,
+                },
+            ),
             Event::new(
                 ts(),
                 Source::Ffrtmp,

@@ -102,7 +102,7 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
             " pid={} job_id={} reason={}",
             d.pid, d.job_id, d.reason
         ),
-        Body::Lost(l) => write!(out, " count={}", l.count),
+        Body::Lost(l) => write!(out, " count={} reason={:?}", l.count, l.reason),
         Body::Degraded(d) => {
             if let Some(limit) = &d.limit {
                 write!(out, " limit={limit}")?;

@@ -27,16 +27,20 @@
 //!
 //! Claims: a job cgroup is empty between its creation and its workload's
 //! join, so "empty" alone cannot tell a leftover from a job being set up by
-//! another ffrtmp. Each job's wrapper holds a shared `flock` on its job
-//! directory for its lifetime (released by the kernel however the wrapper
-//! dies); the reaper takes it exclusively or leaves the directory alone.
-//! Creating (mkdir + claim) and reaping both hold an exclusive `flock` on
-//! the root directory, so a reaper never sees a job made but not claimed.
+//! another ffrtmp; nor can it tell ffrtmp's cgroups from another program's
+//! under a shared `--cgroup-root`. The [`ledger`] — in a directory only
+//! ffrtmp's user can open — records each job ffrtmp made; its maker holds a
+//! shared lock on that record for as long as it looks after the job
+//! (released by the kernel however it dies), and the reaper takes it
+//! exclusively or leaves the job alone. Making (mkdir + record) and reaping
+//! both hold the ledger's root lock, so a reaper never sees a job made but
+//! not claimed. A job without a record is never removed.
 //!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
 pub mod dynmods;
 pub mod layout;
+pub mod ledger;
 pub mod place;
 pub mod plan;
 pub mod process;
@@ -46,17 +50,15 @@ pub mod v2;
 
 use std::{
     collections::BTreeSet,
-    fs::{self, File},
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
-
-use nix::fcntl::{Flock, FlockArg};
 
 use serde::Serialize;
 
 use crate::limits::{Applied, JobId, Limits};
 use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
+use ledger::{Claim, Entry, Ledger};
 
 /// Name of ffrtmp's root cgroup under a hierarchy or delegated subtree.
 pub const ROOT_NAME: &str = "ffrtmp";
@@ -79,11 +81,27 @@ pub enum GovernError {
     JobIdInUse(PathBuf),
     #[error("--cgroup-root {0:?} is not inside the cgroup hierarchy mounted at {1}")]
     RootOutsideHierarchy(String, PathBuf),
+    #[error("--cgroup-root {0:?}: {1}")]
+    ReservedRoot(String, &'static str),
+    #[error(
+        "{path} is not private to ffrtmp ({why}); it must be a directory owned by this user or root that no one else may write"
+    )]
+    UnsafeLedger { path: PathBuf, why: String },
     #[error("no cgroups in unprivileged mode")]
     NoCgroups,
 }
 
 impl GovernError {
+    /// Bad input (exit 2): a cgroup root that cannot be used.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            GovernError::Layout(LayoutError::BadRoot(_))
+                | GovernError::RootOutsideHierarchy(..)
+                | GovernError::ReservedRoot(..)
+        )
+    }
+
     pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
         GovernError::Io {
             action,
@@ -206,10 +224,34 @@ impl Context {
     pub fn job_path(&self, job: &JobId) -> Option<CgroupPath> {
         self.root.as_ref().map(|r| r.child(job.as_str()))
     }
+
+    /// The ledger of the jobs ffrtmp made under the root.
+    pub fn ledger(&self) -> Option<Ledger> {
+        self.root.as_ref().map(|r| Ledger::of(self.mode, r))
+    }
 }
 
 /// `--cgroup-root`: a cgroup path, or a directory inside the v2 mount.
+/// Never the hierarchy's root (ffrtmp would own every cgroup on the node) nor
+/// a staging cgroup (a daemon's, holding its processes).
 fn root_path(layout: &Layout, given: &str) -> Result<CgroupPath, GovernError> {
+    let path = given_root_path(layout, given)?;
+    if path.as_str() == "/" {
+        return Err(GovernError::ReservedRoot(
+            given.to_string(),
+            "the hierarchy's root holds every cgroup on the node, not only ffrtmp's jobs",
+        ));
+    }
+    if path.as_str().split('/').any(|p| p == JobId::STAGING) {
+        return Err(GovernError::ReservedRoot(
+            given.to_string(),
+            "a staging cgroup belongs to a `watch` daemon",
+        ));
+    }
+    Ok(path)
+}
+
+fn given_root_path(layout: &Layout, given: &str) -> Result<CgroupPath, GovernError> {
     if let Some(v2) = &layout.v2
         && layout.kind() == Kind::V2
         && let Ok(rel) = Path::new(given).strip_prefix(&v2.point)
@@ -269,16 +311,15 @@ pub struct JobCgroup {
     /// Its cgroup path (the same in every hierarchy).
     pub path: CgroupPath,
     inner: Inner,
-    /// Shared lock on the job directory: "a wrapper owns this job". Held,
-    /// never read: the kernel releases it however the wrapper ends.
+    /// Its claim in the ledger, held while this value lives: "ffrtmp looks
+    /// after this job" (`None`: found in the tree, not claimed).
     #[allow(dead_code, reason = "held for its lock, never read")]
-    claim: Option<Flock<File>>,
+    claim: Option<Claim>,
+    ledger: Ledger,
 }
 
 /// The directories of ffrtmp's root: the v2 one, or one per v1 hierarchy
-/// (co-mounted controllers share one), sorted. The first carries the root
-/// lock; a job's claim is on the first of its own directories in this order
-/// (a v1 job only has the hierarchies it needs).
+/// (co-mounted controllers share one), sorted.
 fn root_dirs(ctx: &Context, root: &CgroupPath) -> Vec<PathBuf> {
     let dirs: BTreeSet<PathBuf> = match (ctx.layout.kind(), &ctx.layout.v2) {
         (Kind::V2, Some(m)) => BTreeSet::from([m.dir_of(root)]),
@@ -287,7 +328,7 @@ fn root_dirs(ctx: &Context, root: &CgroupPath) -> Vec<PathBuf> {
     dirs.into_iter().collect()
 }
 
-/// A job's directories under the root, in claim order (see [`root_dirs`]).
+/// A job's directories under the root, sorted.
 fn existing_job_dirs(root_dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
     root_dirs
         .iter()
@@ -296,26 +337,13 @@ fn existing_job_dirs(root_dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// An exclusive lock on ffrtmp's root (created if needed).
-fn lock_root(dir: &Path) -> Result<Flock<File>, GovernError> {
-    let file = match File::open(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(|e| GovernError::io("creating", dir, e))?;
-            File::open(dir)
-        }
-        other => other,
-    }
-    .map_err(|e| GovernError::io("opening", dir, e))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| GovernError::io("locking", dir, io::Error::from(errno)))
-}
-
 /// What [`JobCgroup::create`] does when the job's cgroup already exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Existing {
     /// Refuse: another job uses this id ([`GovernError::JobIdInUse`]).
     Refuse,
-    /// Use it and apply the limits to it (re-attaching to a job's process).
+    /// Use it and apply the limits to it (re-attaching to a job's process,
+    /// a staging cgroup): it is recorded as ffrtmp's if it was not.
     Update,
 }
 
@@ -378,12 +406,16 @@ impl JobCgroup {
         existing: Existing,
     ) -> Result<(Self, Applied), GovernError> {
         let root = ctx.root.as_ref().ok_or(GovernError::NoCgroups)?;
+        let ledger = Ledger::of(ctx.mode, root);
         let path = root.child(job.as_str());
         let primary = root_dirs(ctx, root)
             .into_iter()
             .next()
             .ok_or(GovernError::NoCgroups)?;
-        let _root_lock = lock_root(&primary)?;
+        let lock = ledger.lock()?;
+        if !primary.is_dir() {
+            fs::create_dir_all(&primary).map_err(|e| GovernError::io("creating", &primary, e))?;
+        }
         let (inner, applied) = if let (Kind::V2, Some(mount)) = (ctx.layout.kind(), &ctx.layout.v2)
         {
             let (job, applied) = v2::Job::create(mount, root, &path, limits, existing)?;
@@ -396,12 +428,20 @@ impl JobCgroup {
             path,
             inner,
             claim: None,
+            ledger,
         };
-        job.claim = job
-            .dirs()
-            .first()
-            .and_then(|d| File::open(d).ok())
-            .and_then(|f| Flock::lock(f, FlockArg::LockShared).ok());
+        match job.ledger.record(&lock, job.name()) {
+            Ok(claim) => job.claim = Some(claim),
+            Err(e) => {
+                // Unrecorded, it could never be removed: undo what was made.
+                if existing == Existing::Refuse {
+                    for d in job.dirs() {
+                        let _ = fs::remove_dir(d);
+                    }
+                }
+                return Err(e);
+            }
+        }
         Ok((job, applied))
     }
 
@@ -422,6 +462,7 @@ impl JobCgroup {
             path,
             inner,
             claim: None,
+            ledger: ctx.ledger()?,
         })
     }
 
@@ -490,9 +531,17 @@ impl JobCgroup {
     /// kernel refuses to remove a cgroup that holds a process (EBUSY), so
     /// asking it is the check, without a race between looking and removing.
     /// On v1 a hierarchy whose directory is still busy keeps it while the
-    /// others go; the job's name stays until that one is reaped too.
+    /// others go; the job's name (and its record) stays until that one is
+    /// reaped too. Only for a job this process made (it holds the claim).
     pub fn remove_if_empty(&self) -> bool {
-        self.dirs().iter().all(|d| fs::remove_dir(d).is_ok())
+        let Ok(lock) = self.ledger.lock() else {
+            return false; // left for a reaper
+        };
+        let removed = self.dirs().iter().all(|d| fs::remove_dir(d).is_ok());
+        if removed {
+            self.ledger.forget(&lock, self.name());
+        }
+        removed
     }
 
     /// Its directories, sorted (the first carries the claim).
@@ -505,9 +554,10 @@ impl JobCgroup {
 }
 
 /// Removes empty job cgroups left under the root by crashed wrappers.
-/// Returns the directories removed. A job claimed by a live wrapper, a
-/// directory with processes, or one with child cgroups is never removed (and
-/// the kernel would refuse the last two anyway).
+/// Returns the directories removed. A job ffrtmp did not make (no record in
+/// the ledger), one claimed by a live wrapper, a directory with processes,
+/// or one with child cgroups is never removed (and the kernel would refuse
+/// the last two anyway).
 pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
     reap(ctx, None)
 }
@@ -548,31 +598,28 @@ pub fn job_exists(ctx: &Context, name: &str) -> bool {
 }
 
 fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
-    let Some(root) = &ctx.root else {
-        return Vec::new();
-    };
-    let dirs = root_dirs(ctx, root);
-    let Some(primary) = dirs.first().filter(|p| p.is_dir()) else {
-        return Vec::new();
-    };
-    let Ok(_root_lock) = lock_root(primary) else {
+    let (Some(root), Some(ledger)) = (&ctx.root, ctx.ledger()) else {
         return Vec::new();
     };
     let names = match only {
-        Some(name) => BTreeSet::from([name.to_string()]),
-        None => job_names(&dirs),
+        Some(name) => vec![name.to_string()],
+        None => ledger.jobs(),
+    };
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let dirs = root_dirs(ctx, root);
+    let Ok(lock) = ledger.lock() else {
+        return Vec::new();
     };
     let mut removed = Vec::new();
     for name in names {
+        // Held until its directories are gone, so no wrapper claims it
+        // meanwhile; `None`: not ours, or a live wrapper owns it.
+        let Some(_taken) = ledger.take(&lock, &name) else {
+            continue;
+        };
         let job_dirs = existing_job_dirs(&dirs, &name);
-        // Held until the directory is gone, so no wrapper claims it meanwhile.
-        let claim = job_dirs
-            .first()
-            .and_then(|d| File::open(d).ok())
-            .map(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock));
-        if matches!(claim, Some(Err(_))) {
-            continue; // a live wrapper owns it
-        }
         if job_dirs.iter().all(|d| is_empty_leaf(d)) {
             for d in job_dirs {
                 if fs::remove_dir(&d).is_ok() {
@@ -580,14 +627,18 @@ fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
                 }
             }
         }
+        if existing_job_dirs(&dirs, &name).is_empty() {
+            ledger.forget(&lock, &name);
+        }
     }
     removed
 }
 
 /// The job cgroups under the root now: (job name, its directory in each
-/// hierarchy, whether a live wrapper holds its claim).
-pub fn job_dirs(ctx: &Context) -> Vec<(String, Vec<PathBuf>, bool)> {
-    let Some(root) = &ctx.root else {
+/// hierarchy, what the ledger says of it — [`Entry::NotOurs`] too when
+/// the ledger cannot be read, as by another user).
+pub fn job_dirs(ctx: &Context) -> Vec<(String, Vec<PathBuf>, Entry)> {
+    let (Some(root), Some(ledger)) = (&ctx.root, ctx.ledger()) else {
         return Vec::new();
     };
     let dirs = root_dirs(ctx, root);
@@ -595,12 +646,8 @@ pub fn job_dirs(ctx: &Context) -> Vec<(String, Vec<PathBuf>, bool)> {
         .into_iter()
         .map(|name| {
             let job_dirs = existing_job_dirs(&dirs, &name);
-            // Claimed: our exclusive attempt fails while a wrapper holds it.
-            let supervised = job_dirs
-                .first()
-                .and_then(|d| File::open(d).ok())
-                .is_some_and(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err());
-            (name, job_dirs, supervised)
+            let entry = ledger.entry(&name);
+            (name, job_dirs, entry)
         })
         .collect()
 }

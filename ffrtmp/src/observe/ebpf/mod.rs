@@ -30,7 +30,7 @@ use ffrtmp_common::{
 use tokio::io::unix::AsyncFd;
 
 use super::{Consumer, ExitFilter, ObserveError, Observer, Options, proc::ProcError};
-use crate::events::{Event, Lost, Source, Timestamp};
+use crate::events::{Event, Lost, LostReason, Source, Timestamp};
 
 /// The compiled kernel programs, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ffrtmp"));
@@ -314,7 +314,14 @@ impl EbpfObserver {
         if total > self.lost_reported {
             let count = total - self.lost_reported;
             self.lost_reported = total;
-            to.take(Event::new(Timestamp::now(), Source::Ebpf, Lost { count }))?;
+            to.take(Event::new(
+                Timestamp::now(),
+                Source::Ebpf,
+                Lost {
+                    count,
+                    reason: LostReason::Ring,
+                },
+            ))?;
             to.flush()?;
         }
         Ok(())

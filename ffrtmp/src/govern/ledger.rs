@@ -1,0 +1,359 @@
+//! The ledger: ffrtmp's own record of the job cgroups it made, and the locks
+//! that order making and removing them — in a directory only ffrtmp's user
+//! can open.
+//!
+//! Why not the cgroup directories themselves: they are world-readable, so any
+//! local user can open one and `flock` it. Measured on the upstream layout
+//! (locks on `/sys/fs/cgroup/*/ffrtmp`), a user holding `LOCK_SH` kept
+//! `watch` from starting for 19 s and a daemon's new processes in staging
+//! for as long as it liked. And "an empty directory under our root" does not
+//! say who made it: cleanup removed other programs' cgroups under a shared
+//! `--cgroup-root`. Here, for each ffrtmp root cgroup:
+//!
+//! ```text
+//! <base>/roots/<root, %-escaped>/lock        exclusive while a job is made or removed
+//! <base>/roots/<root, %-escaped>/jobs/<job>  "ffrtmp made this job"; its wrapper holds LOCK_SH
+//! ```
+//!
+//! `<base>` is `/run/ffrtmp` in privileged mode and `/run/user/<uid>/ffrtmp`
+//! (or `/tmp/ffrtmp-<uid>` without one) for a delegate. It is made 0700; an
+//! existing one is used only if it is a real directory (not a link), owned by
+//! us or root, and writable by no one else — so every lock here can only be
+//! taken by ffrtmp itself. Files are opened with `O_NOFOLLOW`. Locks are
+//! still taken with a bounded wait ([`LOCK_WAIT`]): a stopped ffrtmp holding
+//! one fails the next job instead of stalling governing. Both live on tmpfs
+//! and end with the boot, as cgroups do.
+//!
+//! A job cgroup without a marker is never removed, whoever made it.
+use std::{
+    fmt::Write as _,
+    fs::{self, DirBuilder, File, OpenOptions},
+    io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::{GovernError, Mode, layout::CgroupPath};
+
+/// How long taking the root lock may wait. Jobs are made in ~0.3–0.5 ms
+/// under it (docs/BENCHMARKS.md), so only a stopped or stuck ffrtmp holds
+/// it this long; the job then fails (and the daemon's process stays in its
+/// staging cgroup, to be retried).
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Privileged mode's base directory.
+const PRIVILEGED_BASE: &str = "/run/ffrtmp";
+
+/// The ledger of one ffrtmp root cgroup.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    base: PathBuf,
+    /// `<base>/roots/<escaped root>`.
+    dir: PathBuf,
+}
+
+/// The root lock, held while a job is made or removed.
+#[derive(Debug)]
+pub struct RootLock {
+    #[allow(dead_code, reason = "held for its lock, never read")]
+    lock: Flock<File>,
+}
+
+/// A job's claim: a shared lock on its marker, held by the process that
+/// made the job for as long as it looks after it (released by the kernel
+/// however that process ends).
+#[derive(Debug)]
+pub struct Claim {
+    #[allow(dead_code, reason = "held for its lock, never read")]
+    lock: Flock<File>,
+}
+
+/// What the ledger says about a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// No marker: ffrtmp did not make it (or the ledger cannot be read).
+    NotOurs,
+    /// Ours, and a live process holds its claim.
+    Claimed,
+    /// Ours, and nobody looks after it.
+    Unclaimed,
+}
+
+impl Ledger {
+    /// The ledger of `root` in `mode` (no I/O: directories are made when a
+    /// lock is first taken).
+    pub fn of(mode: Mode, root: &CgroupPath) -> Self {
+        let base = match mode {
+            Mode::Privileged => PathBuf::from(PRIVILEGED_BASE),
+            Mode::Delegated | Mode::Unprivileged => user_base(),
+        };
+        let dir = base.join("roots").join(escape(root.as_str()));
+        Ledger { base, dir }
+    }
+
+    fn lock_file(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    fn marker(&self, job: &str) -> PathBuf {
+        self.dir.join("jobs").join(job)
+    }
+
+    /// Makes the ledger's directories (0700), or checks the existing ones.
+    fn prepare(&self) -> Result<(), GovernError> {
+        if let Some(parent) = self.base.parent() {
+            // /run/user/<uid> or /tmp: the system's; only checked below.
+            if !parent.is_dir() {
+                fs::create_dir_all(parent).map_err(|e| GovernError::io("creating", parent, e))?;
+            }
+        }
+        for dir in [
+            self.base.clone(),
+            self.base.join("roots"),
+            self.dir.clone(),
+            self.dir.join("jobs"),
+        ] {
+            private_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the root lock, waiting at most [`LOCK_WAIT`].
+    pub fn lock(&self) -> Result<RootLock, GovernError> {
+        self.prepare()?;
+        let path = self.lock_file();
+        let file = open_private(&path, true)?;
+        let lock = flock_within(file, FlockArg::LockExclusiveNonblock, LOCK_WAIT)
+            .map_err(|e| GovernError::io("locking", &path, e))?;
+        Ok(RootLock { lock })
+    }
+
+    /// Records that ffrtmp made job `job` and claims it. Under the root lock.
+    pub fn record(&self, _lock: &RootLock, job: &str) -> Result<Claim, GovernError> {
+        let path = self.marker(job);
+        let file = open_private(&path, true)?;
+        // Shared claims never conflict with each other; a reaper holds it
+        // exclusively only under the root lock, which we hold.
+        // A moment's wait at most: `entry` probes with an exclusive lock.
+        let lock = flock_within(file, FlockArg::LockSharedNonblock, LOCK_WAIT)
+            .map_err(|e| GovernError::io("claiming", &path, e))?;
+        Ok(Claim { lock })
+    }
+
+    /// Whether `job` is ours, and whether someone looks after it.
+    pub fn entry(&self, job: &str) -> Entry {
+        let Ok(file) = open_private(&self.marker(job), false) else {
+            return Entry::NotOurs;
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_) => Entry::Unclaimed,
+            Err(_) => Entry::Claimed,
+        }
+    }
+
+    /// Takes `job` for removal: `Some` (holding its marker exclusively) if
+    /// it is ours and unclaimed. Under the root lock.
+    pub fn take(&self, _lock: &RootLock, job: &str) -> Option<Taken> {
+        let file = open_private(&self.marker(job), false).ok()?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+        Some(Taken { _lock: lock })
+    }
+
+    /// Forgets `job` (its cgroups are gone). Under the root lock.
+    pub fn forget(&self, _lock: &RootLock, job: &str) {
+        let _ = fs::remove_file(self.marker(job));
+    }
+
+    /// The jobs recorded.
+    pub fn jobs(&self) -> Vec<String> {
+        fs::read_dir(self.dir.join("jobs"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A job taken for removal (see [`Ledger::take`]).
+#[derive(Debug)]
+pub struct Taken {
+    _lock: Flock<File>,
+}
+
+/// A delegate's base: its runtime directory when it has one, else a
+/// directory of its own in /tmp. Chosen by uid, never by environment, so
+/// every ffrtmp of one user (a unit, a shell) shares one ledger.
+fn user_base() -> PathBuf {
+    let uid = nix::unistd::geteuid().as_raw();
+    let runtime = PathBuf::from(format!("/run/user/{uid}"));
+    let usable = fs::symlink_metadata(&runtime)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0);
+    if usable {
+        runtime.join("ffrtmp")
+    } else {
+        PathBuf::from(format!("/tmp/ffrtmp-{uid}"))
+    }
+}
+
+/// Makes `dir` 0700, or checks that the existing one is a directory (not a
+/// link) owned by us or root that no one else may write.
+fn private_dir(dir: &Path) -> Result<(), GovernError> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(GovernError::io("creating", dir, e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(|e| GovernError::io("checking", dir, e))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || !(meta.uid() == uid || meta.uid() == 0) || meta.mode() & 0o022 != 0 {
+        return Err(GovernError::UnsafeLedger {
+            path: dir.to_path_buf(),
+            why: format!(
+                "{}, owner uid {}, mode {:o}",
+                if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "not a directory"
+                },
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Opens a ledger file without following links (created 0600 if asked).
+fn open_private(path: &Path, create: bool) -> Result<File, GovernError> {
+    OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(libc_flags())
+        .open(path)
+        .map_err(|e| GovernError::io("opening", path, e))
+}
+
+fn libc_flags() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
+}
+
+/// Takes a lock (a non-blocking kind), retrying until `wait` has passed.
+/// Polled with a growing pause (50 µs to 2 ms): holders hold it for well
+/// under a millisecond.
+fn flock_within(file: File, how: FlockArg, wait: Duration) -> io::Result<Flock<File>> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_micros(50);
+    let mut file = file;
+    loop {
+        match Flock::lock(file, how) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(2));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("held by another ffrtmp for over {} s", wait.as_secs_f32()),
+                ));
+            }
+            Err((_, e)) => return Err(io::Error::from(e)),
+        }
+    }
+}
+
+/// A cgroup path as one file name: every byte outside `[A-Za-z0-9._-]`
+/// as `%XX`, so `/ffrtmp` is `%2Fffrtmp` and no two paths share a name.
+fn escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 8);
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_roots_are_distinct_single_names() {
+        let names: Vec<String> = ["/ffrtmp", "/ffrtmp/.staging", "/a b", "/a_b", "/a%20b"]
+            .iter()
+            .map(|p| escape(p))
+            .collect();
+        assert_eq!(names[0], "%2Fffrtmp");
+        for (i, a) in names.iter().enumerate() {
+            assert!(!a.contains('/'), "{a}");
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unsafe_base_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ffrtmp-ledger-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        DirBuilder::new().mode(0o777).create(&dir).unwrap();
+        // The umask may have cut the mode: set it.
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let err = private_dir(&dir).unwrap_err();
+        assert!(matches!(err, GovernError::UnsafeLedger { .. }), "{err}");
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        private_dir(&dir).unwrap();
+        let link = dir.with_extension("link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(
+            private_dir(&link).is_err(),
+            "a link is not a private directory"
+        );
+        fs::remove_file(&link).unwrap();
+        fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn claims_keep_a_job_from_being_taken() {
+        let base = std::env::temp_dir().join(format!("ffrtmp-ledger-c-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let ledger = Ledger {
+            dir: base.join("roots").join("%2Fx"),
+            base: base.clone(),
+        };
+        let lock = ledger.lock().unwrap();
+        assert_eq!(ledger.entry("j"), Entry::NotOurs);
+        assert!(ledger.take(&lock, "j").is_none(), "not ours: never taken");
+        let claim = ledger.record(&lock, "j").unwrap();
+        assert_eq!(ledger.entry("j"), Entry::Claimed);
+        assert!(ledger.take(&lock, "j").is_none(), "claimed: not taken");
+        drop(claim);
+        assert_eq!(ledger.entry("j"), Entry::Unclaimed);
+        assert!(ledger.take(&lock, "j").is_some());
+        assert_eq!(ledger.jobs(), vec!["j".to_string()]);
+        ledger.forget(&lock, "j");
+        assert!(ledger.jobs().is_empty());
+        // A second lock waits, then says who holds it.
+        let err = flock_within(
+            open_private(&ledger.lock_file(), false).unwrap(),
+            FlockArg::LockExclusiveNonblock,
+            Duration::from_millis(20),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(lock);
+        fs::remove_dir_all(&base).unwrap();
+    }
+}

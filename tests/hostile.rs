@@ -1,0 +1,355 @@
+//! A hostile node (issue 12): what a local user without privileges, a
+//! consumer that stops reading, a file-descriptor limit or a full disk can
+//! do to governing — each reproduction of the adversarial review, against
+//! the real binary and kernel, as root (host v1 hybrid, and pure v2 in the
+//! VMs). Each test failed on the code the review was made against.
+mod common;
+
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{PATIENCE, Root, Watch, cgroups, ffrtmp, helper, is_helper, require_root, scratch};
+use ffrtmp::events::{Body, Event};
+
+/// The uid a hostile local user has here (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// A copy of `/bin/sleep` named `ffmpeg`: its processes have that comm.
+fn fake_ffmpeg(dir: &Path) -> PathBuf {
+    let path = dir.join("ffmpeg");
+    fs::copy(fs::canonicalize("/bin/sleep").unwrap(), &path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn sleeper(path: &Path, secs: &str) -> Child {
+    Command::new(path)
+        .arg0("sleep")
+        .arg(secs)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+const POLICY: &str = r#"
+[[rule]]
+name = "transcode"
+comm = "ffmpeg"
+cpu_max = "30000 100000"
+"#;
+
+fn watch(dir: &Path, root: &Root) -> Command {
+    let policy = dir.join("policy.toml");
+    fs::write(&policy, POLICY).unwrap();
+    let mut cmd = Command::new(ffrtmp());
+    cmd.arg("watch")
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--cgroup-root", root.path()]);
+    cmd
+}
+
+/// Waits for `child` at most `limit`; kills it and returns `None` past that.
+fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `pid` is in cgroup `cgroup` (a cgroup path), or panics.
+fn wait_in_cgroup(pid: u32, cgroup: &str, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cgroups(pid)
+        .lines()
+        .any(|l| l.ends_with(&format!(":{cgroup}")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {pid} not in {cgroup}:\n{}",
+            cgroups(pid)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Helper: as `nobody`, takes a shared `flock` on every directory in
+/// `$LOCK_DIRS`, says "locked", and holds them for a minute.
+#[test]
+fn helper_hold_locks() {
+    if !is_helper("hold-locks") {
+        return;
+    }
+    nix::unistd::setgid(NOBODY.into()).unwrap();
+    nix::unistd::setuid(NOBODY.into()).unwrap();
+    let dirs = std::env::var("LOCK_DIRS").unwrap();
+    let _held: Vec<_> = dirs
+        .split(':')
+        .map(|d| {
+            let f = File::open(d).unwrap_or_else(|e| panic!("{d}: {e}"));
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).unwrap()
+        })
+        .collect();
+    println!("locked");
+    thread::sleep(Duration::from_mins(1));
+}
+
+/// Reproduction 1: cgroup directories are world-readable, so any user can
+/// `flock` them. A user holding shared locks on the root's directories in
+/// every hierarchy kept `watch` from starting for 19 s, `run` blocked for
+/// 24 s, and new processes in staging for as long as they liked.
+#[test]
+fn a_users_locks_on_the_cgroup_tree_stall_neither_run_nor_watch() {
+    if !require_root("a_users_locks_on_the_cgroup_tree") {
+        return;
+    }
+    let dir = scratch("hostile-locks");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let root = Root::new("locks");
+    let dirs = root.make(None);
+    let mut holder = helper("helper_hold_locks", "hold-locks")
+        .env(
+            "LOCK_DIRS",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open until the end: the holder's later output must not fail.
+    let mut said = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("locked") {
+        line.clear();
+        let n = said.read_line(&mut line).unwrap();
+        assert!(n > 0, "the holder could not lock its directories");
+    }
+
+    // `run` goes ahead and its workload is in its job.
+    let events = dir.join("run.jsonl");
+    let mut run = Command::new(ffrtmp())
+        .args(["run", "--cgroup-root", root.path(), "--cpu-weight", "50"])
+        .arg("--events")
+        .arg(&events)
+        .args(["--", "true"])
+        .spawn()
+        .unwrap();
+    let status = wait_within(&mut run, Duration::from_secs(10))
+        .expect("run waited on a lock an unprivileged user holds");
+    assert!(status.success(), "{status}");
+    let governed = common::read_events(&events)
+        .into_iter()
+        .find_map(|e| match e.body {
+            Body::Governed(g) => Some(g),
+            _ => None,
+        })
+        .expect("a governed event");
+    assert!(governed.cgroup.is_some(), "{governed:?}");
+
+    // `watch` starts (Watch::start waits for `started`) and a new match
+    // reaches its own job.
+    let ffmpeg = fake_ffmpeg(&dir);
+    let mut w = Watch::start_with(&mut watch(&dir, &root));
+    let mut stream = sleeper(&ffmpeg, "30");
+    let pid = stream.id();
+    let job = format!("{}/ffmpeg-{pid}", root.path());
+    wait_in_cgroup(pid, &job, "a new match while a user holds locks");
+    w.wait_for("its governed event", |e| {
+        matches!(&e.body, Body::Governed(g) if g.pid == pid && g.cgroup.as_deref() == Some(job.as_str()))
+    });
+    let _ = stream.kill();
+    let _ = stream.wait();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(w);
+}
+
+/// Reproduction 4: cleanup removed other software's cgroups — an empty
+/// cgroup of another program under a shared `--cgroup-root`, any empty
+/// cgroup with `--cgroup-root /`, a daemon's staging cgroups with
+/// `--cgroup-root /ffrtmp/.staging`. ffrtmp removes only what it made;
+/// those two roots are refused (exit 2) before anything is created.
+#[test]
+fn cleanup_removes_only_cgroups_ffrtmp_made() {
+    if !require_root("cleanup_removes_only_cgroups_ffrtmp_made") {
+        return;
+    }
+    let root = Root::new("foreign");
+    let foreign = root.make(Some("foreign-app-cgroup"));
+    for _ in 0..2 {
+        let out = common::ffrtmp_output(&["run", "--cgroup-root", root.path(), "--", "true"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    for d in &foreign {
+        assert!(
+            d.is_dir(),
+            "{} (another program's) was removed",
+            d.display()
+        );
+    }
+    // ffrtmp's own job of that run is gone.
+    let own: Vec<PathBuf> = foreign
+        .iter()
+        .filter_map(|d| d.parent())
+        .flat_map(|p| fs::read_dir(p).unwrap().filter_map(Result::ok))
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.ends_with("foreign-app-cgroup"))
+        .collect();
+    assert!(own.is_empty(), "left behind: {own:?}");
+
+    let staging = format!("{}/.staging", root.path());
+    let inner = format!("{}/.staging/transcode", root.path());
+    for bad in ["/", staging.as_str(), inner.as_str()] {
+        for cmd in [
+            &["run", "--cgroup-root", bad, "--", "true"][..],
+            &["watch", "--cgroup-root", bad][..],
+            &["status", "--cgroup-root", bad][..],
+        ] {
+            let out = common::ffrtmp_output(cmd);
+            assert_eq!(out.status.code(), Some(2), "{cmd:?}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--cgroup-root"), "{cmd:?}: {err}");
+        }
+    }
+    for d in &foreign {
+        assert!(d.is_dir(), "{} was removed", d.display());
+    }
+}
+
+/// Reproduction 2: a reader that stops reading stopped all governing — the
+/// pipe filled after ~200 events and the next 200 matching processes stayed
+/// ungoverned for as long as it slept. Now every one of 400 reaches its own
+/// job while nobody reads; once the reader reads, a `lost` event (reason
+/// `output`) counts what did not fit the output buffer.
+#[test]
+fn a_reader_that_stops_reading_stops_no_governing() {
+    if !require_root("a_reader_that_stops_reading") {
+        return;
+    }
+    let dir = scratch("hostile-reader");
+    let root = Root::new("reader");
+    let ffmpeg = fake_ffmpeg(&dir);
+    let mut daemon = watch(&dir, &root)
+        .args(["--output-buffer", "64K"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads this pipe until every process is governed.
+    let out = daemon.stdout.take().unwrap();
+    // It is ready once its staging cgroup is there.
+    let staging = format!("{}/.staging/transcode", root.path());
+    let deadline = Instant::now() + PATIENCE;
+    while Root::dirs_of(&staging).is_empty() {
+        assert!(Instant::now() < deadline, "watch did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(500)); // `started` is out by then
+    let mut streams: Vec<Child> = (0..400).map(|_| sleeper(&ffmpeg, "60")).collect();
+    for s in &streams {
+        let pid = s.id();
+        wait_in_cgroup(
+            pid,
+            &format!("{}/ffmpeg-{pid}", root.path()),
+            "unread stdout",
+        );
+    }
+    // Now read: everything is valid JSON, and the gap is counted.
+    let reader = thread::spawn(move || {
+        let mut lost = 0;
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let e: Event = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if let Body::Lost(l) = &e.body {
+                assert_eq!(l.reason, ffrtmp::events::LostReason::Output, "{line}");
+                lost += l.count;
+                break;
+            }
+        }
+        lost
+    });
+    // One more event after the reader caught up carries the count.
+    let mut more = sleeper(&ffmpeg, "1");
+    let lost = reader.join().unwrap();
+    assert!(lost > 0, "no lost event counted the dropped ones");
+    let _ = more.wait();
+    for s in &mut streams {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// Reproduction 2, the other half: `watch > /dev/full` exited at its first
+/// event and governed nothing after. The output ends, governing goes on;
+/// with `--exit-on-output-loss` it stops, saying why (with the errno).
+#[test]
+fn a_full_output_ends_the_output_not_governing() {
+    if !require_root("a_full_output_ends_the_output") {
+        return;
+    }
+    let dir = scratch("hostile-full");
+    let root = Root::new("full");
+    let ffmpeg = fake_ffmpeg(&dir);
+    let mut daemon = watch(&dir, &root)
+        .stdout(File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = format!("{}/.staging/transcode", root.path());
+    let deadline = Instant::now() + PATIENCE;
+    while Root::dirs_of(&staging).is_empty() {
+        assert!(Instant::now() < deadline, "watch did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let mut stream = sleeper(&ffmpeg, "30");
+    let pid = stream.id();
+    wait_in_cgroup(
+        pid,
+        &format!("{}/ffmpeg-{pid}", root.path()),
+        "stdout is /dev/full",
+    );
+    assert!(daemon.try_wait().unwrap().is_none(), "watch ended");
+    let _ = stream.kill();
+    let _ = stream.wait();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let mut strict = watch(&dir, &root)
+        .arg("--exit-on-output-loss")
+        .stdout(File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_within(&mut strict, PATIENCE).expect("--exit-on-output-loss: still running");
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut strict.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("os error 28"), "{err}");
+}
+
+#[allow(dead_code)]
+fn events_of(lines: &str) -> Vec<Event> {
+    lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
+        .collect()
+}
