@@ -346,6 +346,170 @@ fn a_full_output_ends_the_output_not_governing() {
     assert!(err.contains("os error 28"), "{err}");
 }
 
+/// Sets `pid`'s soft limit on open files (at most its hard limit), as
+/// `prlimit` does; returns the hard limit.
+fn set_fd_limit(pid: u32, n: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) with no new limit only writes `old`.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &raw mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let lim = libc::rlimit {
+        rlim_cur: n.min(old.rlim_max),
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit(2) reads `lim` and writes nothing (old is null).
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &raw const lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_max
+}
+
+fn open_fds(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit(')').next().unwrap();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Reproduction 3: at the fd limit, processes were moved out of their
+/// staging cgroup (the rule's limits) into job cgroups whose limit writes
+/// had failed — no limits at all — and the metrics accept loop spun a core.
+/// Now a process whose job cannot be made stays in staging and is tried
+/// again; once descriptors are free, every one reaches its own job with its
+/// limits; the metrics endpoint waits instead of spinning.
+#[test]
+fn at_the_fd_limit_processes_keep_their_limits_and_are_retried() {
+    if !require_root("at_the_fd_limit_processes_keep_their_limits") {
+        return;
+    }
+    let dir = scratch("hostile-fds");
+    let root = Root::new("fds");
+    let ffmpeg = fake_ffmpeg(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut w = Watch::start_with(watch(&dir, &root).args(["--metrics-addr", &addr]));
+    let daemon = w.pid();
+    // Settled (start-up's reaping done): no descriptor to spare.
+    thread::sleep(Duration::from_millis(500));
+    set_fd_limit(daemon, open_fds(daemon));
+
+    // Each is held by a reserved descriptor and staged, and moves on to its
+    // own job only if that job holds its limits too.
+    let staging = format!("{}/.staging/transcode", root.path());
+    let mut streams: Vec<Child> = (0..3).map(|_| sleeper(&ffmpeg, "60")).collect();
+    for s in &streams {
+        let pid = s.id();
+        let job = format!("{}/ffmpeg-{pid}", root.path());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = cgroups(pid);
+            if now.contains(&format!(":{job}\n")) {
+                assert_eq!(
+                    common::cpu_quota(&job),
+                    "30000",
+                    "{pid}: a job without its limit"
+                );
+                break;
+            }
+            if now.contains(&format!(":{staging}\n")) {
+                break;
+            }
+            w.drain();
+            assert!(
+                Instant::now() < deadline,
+                "{pid} not governed at the fd limit: {now}\n{:#?}",
+                w.events
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    streams.extend((0..7).map(|_| sleeper(&ffmpeg, "60")));
+    // A client of the metrics endpoint while no descriptor is free.
+    let client = std::net::TcpStream::connect(&addr).unwrap();
+    let before = cpu_ticks(daemon);
+    thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(daemon) - before;
+    // A spinning accept loop takes ~200 ticks in 2 s; waiting, a few.
+    assert!(
+        spent < 50,
+        "the daemon spent {spent} ticks in 2 s at the fd limit"
+    );
+    for s in &streams {
+        let pid = s.id();
+        let job = format!("{}/ffmpeg-{pid}", root.path());
+        let lines = cgroups(pid);
+        if lines.contains(&format!(":{job}\n")) {
+            assert_eq!(
+                common::cpu_quota(&job),
+                "30000",
+                "{pid} in a job without its limit"
+            );
+        }
+    }
+    drop(client);
+
+    // Descriptors free again: every process gets its own job, limits and all.
+    set_fd_limit(daemon, u64::MAX);
+    for s in &streams {
+        let pid = s.id();
+        let job = format!("{}/ffmpeg-{pid}", root.path());
+        let deadline = Instant::now() + PATIENCE;
+        while !cgroups(pid).contains(&format!(":{job}\n")) {
+            w.drain();
+            assert!(
+                Instant::now() < deadline,
+                "{pid} not in its job once descriptors are free: {}\n{:#?}",
+                cgroups(pid),
+                w.events
+                    .iter()
+                    .filter(|e| !matches!(e.body, Body::Exec(_)))
+                    .collect::<Vec<_>>()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(common::cpu_quota(&job), "30000");
+        w.wait_for("its governed event", |e| {
+            matches!(&e.body, Body::Governed(g) if g.pid == pid && g.cgroup.as_deref() == Some(job.as_str()))
+        });
+    }
+    // Those left in staging were said to be, with the errno.
+    w.drain();
+    let said = w
+        .events
+        .iter()
+        .any(|e| matches!(&e.body, Body::Degraded(d) if d.reason.contains("os error 24")));
+    assert!(said, "no degraded event with EMFILE");
+    for s in &mut streams {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
 #[allow(dead_code)]
 fn events_of(lines: &str) -> Vec<Event> {
     lines

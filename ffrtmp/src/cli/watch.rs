@@ -41,6 +41,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
         None => Policy::embedded(),
     };
     let mut notes = Vec::new();
+    raise_fd_limit();
     let governor = if args.observe_only {
         None
     } else {
@@ -71,6 +72,19 @@ pub fn run(args: WatchArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit::fail(exit::FAILURE, e.as_ref()),
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: the daemon holds a
+/// claim per job it follows (docs/OPERATIONS.md, `LimitNOFILE`), and the
+/// usual soft limit of 1024 is a few hundred streams on a big node.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("raising the open-files limit from {soft} to {hard}: {e}");
     }
 }
 
@@ -187,6 +201,7 @@ async fn watch(
     let mut stop = std::pin::pin!(stop);
     let result = async {
         loop {
+            let next_retry = stream.next_retry();
             tokio::select! {
                 // In this order: a new exec is governed before the jobs
                 // made meanwhile are reported (their processes are under
@@ -196,6 +211,7 @@ async fn watch(
                 // Only with --exit-on-output-loss: the flush says why.
                 () = output_ended(output_end.as_deref()) => observe::Consumer::flush(&mut stream)?,
                 r = std::future::poll_fn(|cx| observer.poll_step(cx, &mut stream)) => r?,
+                () = due(next_retry) => stream.retry()?,
                 m = next_made(&mut made) => {
                     let stopped = m.is_none();
                     let more = made.as_mut().filter(|_| !stopped).map(|rx| {
@@ -219,6 +235,14 @@ async fn watch(
             Ok(())
         }
         other => other.context("watching processes"),
+    }
+}
+
+/// When the next retry is due; never, without one.
+async fn due(when: Option<std::time::Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
     }
 }
 

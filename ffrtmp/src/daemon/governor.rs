@@ -11,11 +11,12 @@ use std::{
         atomic::AtomicU64,
         mpsc::{self, Sender},
     },
+    time::{Duration, Instant},
 };
 
 use super::{
     Events, Govern, MadeJobs,
-    maker::{self, Made, Maker, Unmade},
+    maker::{self, Made, Maker, Parked, Unmade},
     note,
     origin::{Origin, ns_to_ticks},
     reaper,
@@ -66,8 +67,22 @@ pub struct Governor {
     made_jobs: Option<MadeJobs<Made>>,
     /// Staged processes whose job the maker thread is making.
     in_flight: HashSet<u32>,
+    /// Staged processes whose job could not be made, by pid: when they are
+    /// tried again. They stay under their rule's limits meanwhile.
+    waiting: HashMap<u32, (Instant, Parked)>,
     rescan: bool,
+    /// A scan to make later (one failed, or a process could not be held).
+    rescan_at: Option<Instant>,
+    /// Descriptors set aside for holding new processes at the fd limit.
+    reserve: FdReserve,
 }
+
+/// The first pause before a staged process's job is tried again, doubled
+/// after each failure up to [`RETRY_MAX`]: the causes (the fd limit, a
+/// stuck lock holder) pass in seconds or last, and a retry costs a job's
+/// worth of system calls.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Governor {
     pub fn new(ctx: Context, policy: Policy) -> Self {
@@ -97,7 +112,10 @@ impl Governor {
             made_jobs: None,
             maker,
             in_flight: HashSet::new(),
+            waiting: HashMap::new(),
             rescan: false,
+            rescan_at: None,
+            reserve: FdReserve::new(),
         }
         .with_maker_thread()
     }
@@ -208,6 +226,14 @@ impl Governor {
         self.newly_followed.push(pid);
     }
 
+    /// The staging cgroup `pid` is in, if it is in one of ours.
+    fn staging_of(&self, pid: u32) -> Option<&Staging> {
+        let paths = cgroup_paths_of(pid);
+        self.staging
+            .values()
+            .find(|s| paths.iter().any(|p| p == s.cgroup.path.as_str()))
+    }
+
     /// The cgroup path of `pid`'s ffrtmp job, if it is in one.
     fn job_of(&self, pid: u32) -> Option<String> {
         let prefix = self.job_prefix.as_deref()?;
@@ -244,9 +270,12 @@ impl Governor {
             }) => (rule.name.clone(), job_id, limits.clone()),
             Some(Decision::Ignore { .. }) | None => return Vec::new(),
         };
-        if self.job_of(c.pid).is_some() || self.in_flight.contains(&c.pid) {
+        if self.job_of(c.pid).is_some()
+            || self.in_flight.contains(&c.pid)
+            || self.waiting.contains_key(&c.pid)
+        {
             // Already governed (a child of a job, or a `run` workload), or
-            // staged and waiting for its job (seen twice).
+            // staged and waiting for its job (seen twice, or found by a scan).
             return Vec::new();
         }
         self.govern(c.pid, rule, job_id, &limits, origin)
@@ -267,12 +296,18 @@ impl Governor {
             Origin::Scan(ticks) => Some(ticks),
             Origin::Polled => None,
         };
-        let target = match Target::open(pid, start_ticks) {
+        let target = match self.reserve.open_target(pid, start_ticks) {
             Ok(t) => t,
             // Gone already (a short-lived process): nothing to govern.
             Err(TargetError::NoSuchProcess(_) | TargetError::Exited(_)) => return events,
             Err(e) => {
-                events.push(note(format!("process {pid} ({rule}) not governed: {e}")));
+                // A scan finds it again (in no job yet) and governs it.
+                self.rescan_at.get_or_insert(Instant::now() + RETRY_FIRST);
+                events.push(note(format!(
+                    "process {pid} ({rule}) not governed yet: {}; /proc is scanned again in {} s",
+                    chain(&e),
+                    RETRY_FIRST.as_secs()
+                )));
                 return events;
             }
         };
@@ -287,6 +322,12 @@ impl Governor {
         // second read of /proc/PID/stat here would cost more than the move.
         let staged = staging.filter(|s| !target.has_exited() && s.procs.add(pid).is_ok());
         let staged_at = staged.and_then(|_| origin.since_exec_us());
+        // One a scan finds in a staging cgroup (left there by a daemon that
+        // stopped) is staged too: it leaves only for a job with its limits.
+        let staged = staged.or_else(|| match origin {
+            Origin::Kernel { .. } => None,
+            _ => self.staging_of(pid),
+        });
         let staged_report = staged.map(|s| (s.cgroup.path.as_str().to_string(), s.applied.clone()));
         let job = Unmade {
             pid,
@@ -297,7 +338,14 @@ impl Governor {
             target,
             staged_at,
             staged_report,
+            attempts: 0,
         };
+        self.hand_over(job)
+    }
+
+    /// Sends a job to the maker thread (a staged one), or makes it here.
+    fn hand_over(&mut self, job: Unmade) -> Events {
+        let pid = job.pid;
         if job.staged_report.is_some()
             && let Some(thread) = &self.maker_thread
         {
@@ -306,7 +354,7 @@ impl Governor {
             match thread.send(job) {
                 Ok(()) => {
                     self.in_flight.insert(pid);
-                    return events;
+                    return Vec::new();
                 }
                 Err(mpsc::SendError(job)) => {
                     self.maker_thread = None;
@@ -318,11 +366,19 @@ impl Governor {
         self.accept(made)
     }
 
-    /// Follows a made job; its events, for the caller to emit.
+    /// Follows a made job; its events, for the caller to emit. One left
+    /// in staging waits for another try.
     fn accept(&mut self, made: Made) -> Events {
         self.in_flight.remove(&made.pid);
         if let Some((job, cgroup)) = made.follow {
             self.follow(made.pid, job, cgroup);
+        }
+        if let Some(parked) = made.retry {
+            let pause = RETRY_FIRST
+                .saturating_mul(1 << parked.attempts.min(8))
+                .min(RETRY_MAX);
+            self.waiting
+                .insert(parked.pid, (Instant::now() + pause, parked));
         }
         made.events
     }
@@ -378,6 +434,48 @@ impl Governor {
     }
 }
 
+/// A few file descriptors (of /dev/null) set aside so that a new exec can
+/// still be held by a pidfd, and so moved into its rule's staging cgroup,
+/// when the daemon is at its fd limit: the first move needs one descriptor
+/// and nothing else (the staging `cgroup.procs` files are held open).
+struct FdReserve(Vec<std::os::fd::OwnedFd>);
+
+impl FdReserve {
+    const SIZE: usize = 8;
+
+    fn new() -> Self {
+        let mut reserve = FdReserve(Vec::with_capacity(Self::SIZE));
+        reserve.refill();
+        reserve
+    }
+
+    fn refill(&mut self) {
+        while self.0.len() < Self::SIZE {
+            match fs::File::open("/dev/null") {
+                Ok(f) => self.0.push(f.into()),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// [`Target::open`], giving up a reserved descriptor if it failed for
+    /// want of one.
+    fn open_target(&mut self, pid: u32, start: Option<u64>) -> Result<Target, TargetError> {
+        let opened = match Target::open(pid, start) {
+            // Two: the pidfd, and /proc/PID/stat for its identity.
+            Err(e) if e.out_of_fds() && self.0.len() >= 2 => {
+                self.0.truncate(self.0.len() - 2);
+                Target::open(pid, start)
+            }
+            other => other,
+        };
+        if self.0.len() < Self::SIZE {
+            self.refill();
+        }
+        opened
+    }
+}
+
 /// A rule's staging cgroup: where a new exec is moved first.
 #[derive(Debug)]
 struct Staging {
@@ -429,6 +527,7 @@ impl Govern for Governor {
     /// An exit: the job's report for a followed process, and its cgroup
     /// removed once empty.
     fn on_exit(&mut self, exit: &mut Exit) {
+        self.waiting.remove(&exit.pid);
         let Some(f) = self.followed.remove(&exit.pid) else {
             return;
         };
@@ -476,12 +575,69 @@ impl Govern for Governor {
         self.rescan = true;
     }
 
+    /// A failed scan (at the fd limit, say) does not end the daemon: it is
+    /// said, and tried again a little later.
     fn rescan(&mut self) -> Result<Events, ProcError> {
-        if self.rescan {
-            self.scan()
-        } else {
-            Ok(Vec::new())
+        if !self.rescan {
+            return Ok(Vec::new());
         }
+        match self.scan() {
+            Ok(events) => Ok(events),
+            Err(e) => {
+                self.rescan_at = Some(Instant::now() + RETRY_FIRST);
+                Ok(vec![note(format!(
+                    "scanning /proc: {}; scanned again in {} s",
+                    chain(&e),
+                    RETRY_FIRST.as_secs()
+                ))])
+            }
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.waiting
+            .values()
+            .map(|(due, _)| *due)
+            .chain(self.rescan_at)
+            .min()
+    }
+
+    /// Tries again to make the jobs of staged processes that are due, and
+    /// a /proc scan that could not be made.
+    fn retry(&mut self) -> Events {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        if self.rescan_at.is_some_and(|t| t <= now) {
+            self.rescan_at = None;
+            self.rescan = true;
+            events.extend(self.rescan().unwrap_or_default());
+        }
+        let due: Vec<u32> = self
+            .waiting
+            .iter()
+            .filter(|(_, (when, _))| *when <= now)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            let Some((_, parked)) = self.waiting.remove(&pid) else {
+                continue;
+            };
+            match parked.unpark() {
+                Ok(job) => events.extend(self.hand_over(job)),
+                // Gone, or no longer the same process: nothing to make.
+                Err(
+                    TargetError::NoSuchProcess(_)
+                    | TargetError::Exited(_)
+                    | TargetError::Reused { .. },
+                ) => {}
+                // No pidfd now (the fd limit, say): later.
+                Err(e) => {
+                    tracing::debug!(pid, error = %chain(&e), "retry deferred");
+                    self.waiting.insert(pid, (now + RETRY_FIRST, parked));
+                }
+            }
+        }
+        events
     }
 
     /// Pids that started being followed since the last call (for the

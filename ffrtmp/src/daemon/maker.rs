@@ -35,7 +35,7 @@ use crate::{
         Context, GovernError, JobCgroup,
         place::{ByRule, IfNotMoved, NotPlaced, governed, place},
         plan::Plan,
-        target::Target,
+        target::{Target, TargetError},
     },
     limits::{JobId, Limits},
     policy::template::sanitise,
@@ -54,6 +54,58 @@ pub(super) struct Unmade {
     pub(super) staged_at: Option<u64>,
     /// The staging cgroup's path and limits (`None`: not staged).
     pub(super) staged_report: Option<(String, events::Limits)>,
+    /// Earlier tries to make its job (a retry says nothing until it works).
+    pub(super) attempts: u32,
+}
+
+impl Unmade {
+    /// Lets go of the process (its pidfd) while it waits in staging for
+    /// another try: a process waiting costs no file descriptor.
+    fn park(self) -> Parked {
+        Parked {
+            pid: self.pid,
+            start_ticks: self.target.start_ticks,
+            rule: self.rule,
+            job_id: self.job_id,
+            limits: self.limits,
+            origin: self.origin,
+            staged_at: self.staged_at,
+            staged_report: self.staged_report,
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// A staged process whose job could not be made, waiting for another try
+/// (see `Governor::retry`). Holds no file descriptor.
+pub(super) struct Parked {
+    pub(super) pid: u32,
+    start_ticks: u64,
+    rule: String,
+    job_id: JobId,
+    limits: Limits,
+    origin: Origin,
+    staged_at: Option<u64>,
+    staged_report: Option<(String, events::Limits)>,
+    pub(super) attempts: u32,
+}
+
+impl Parked {
+    /// Takes hold of the process again, if it is still the same one.
+    pub(super) fn unpark(&self) -> Result<Unmade, TargetError> {
+        let target = Target::open(self.pid, Some(self.start_ticks))?;
+        Ok(Unmade {
+            pid: self.pid,
+            rule: self.rule.clone(),
+            job_id: self.job_id.clone(),
+            limits: self.limits.clone(),
+            origin: self.origin,
+            target,
+            staged_at: self.staged_at,
+            staged_report: self.staged_report.clone(),
+            attempts: self.attempts + 1,
+        })
+    }
 }
 
 /// What became of a process whose job was made (opaque outside `daemon`).
@@ -62,6 +114,8 @@ pub struct Made {
     /// Its job and cgroup, to follow (`None`: not followed, e.g. it ended).
     pub(super) follow: Option<(String, Option<JobCgroup>)>,
     pub(super) events: Events,
+    /// Left in its staging cgroup: to be tried again.
+    pub(super) retry: Option<Parked>,
 }
 
 /// Makes jobs: shared by the governor (inline) and the maker thread.
@@ -76,17 +130,36 @@ impl Maker {
     pub(super) fn make(&self, job: Unmade) -> Made {
         let pid = job.pid;
         let mut follow = None;
-        let events = self.make_job(job, &mut follow);
+        let (events, retry) = match self.make_job(&job, &mut follow) {
+            Ok(events) => (events, None),
+            Err(Unplaced { why, cgroup }) => {
+                // Said once; the tries after it are silent until one works.
+                let events = if job.attempts == 0 {
+                    self.left_in_staging(&job, cgroup, &why)
+                } else {
+                    tracing::debug!(pid, attempt = job.attempts, why, "job still not made");
+                    Vec::new()
+                };
+                (events, Some(job.park()))
+            }
+        };
         Made {
             pid,
             follow,
             events,
+            retry,
         }
     }
 
     /// The second half of governing: the process's own job cgroup, the
     /// move into it, nice and oom_score_adj, and the `governed` event.
-    fn make_job(&self, job: Unmade, follow: &mut Option<(String, Option<JobCgroup>)>) -> Events {
+    /// `Err`: a staged process stays in staging (its job is not made, or
+    /// could not hold every limit the staging cgroup holds).
+    fn make_job(
+        &self,
+        job: &Unmade,
+        follow: &mut Option<(String, Option<JobCgroup>)>,
+    ) -> Result<Events, Unplaced> {
         let Unmade {
             pid,
             rule,
@@ -96,13 +169,14 @@ impl Maker {
             target,
             staged_at,
             staged_report,
+            attempts: _,
         } = job;
-        let limits = &limits;
+        let pid = *pid;
         if target.has_exited() {
-            return Vec::new(); // it ended in staging: no job to make
+            return Ok(Vec::new()); // it ended in staging: no job to make
         }
         self.mark_busy();
-        let plan = match Plan::make(&self.ctx, &job_id, limits, None) {
+        let plan = match Plan::make(&self.ctx, job_id, limits, None) {
             // Two processes for one job id (a shared stream key, say): the
             // second gets its own job, named after both.
             Err(GovernError::JobIdInUse(_)) => {
@@ -116,24 +190,41 @@ impl Maker {
         };
         let plan = match plan {
             Ok(p) => p,
+            Err(e) if staged_report.is_some() => {
+                return Err(Unplaced {
+                    why: chain(&e).to_string(),
+                    cgroup: None,
+                });
+            }
             Err(e) => {
-                let reason = chain(&e).to_string();
-                return match staged_report {
-                    Some((path, applied)) => self.left_in_staging(
-                        pid,
-                        rule,
-                        job_id.to_string(),
-                        path,
-                        applied,
-                        staged_at,
-                        &reason,
-                    ),
-                    None => vec![note(format!(
-                        "process {pid} ({rule}) not governed: {reason}"
-                    ))],
-                };
+                return Ok(vec![note(format!(
+                    "process {pid} ({rule}) not governed: {}",
+                    chain(&e)
+                ))]);
             }
         };
+        // A staged process moves only into a job that holds at least every
+        // limit its staging cgroup holds: measured at the fd limit, jobs
+        // whose limit writes failed (EMFILE) took processes out of their
+        // rule's limits.
+        if let Some((_, staged)) = staged_report {
+            let missing: Vec<String> = plan
+                .applied
+                .failures
+                .iter()
+                .filter(|f| staged.contains_key(&f.limit))
+                .map(|f| format!("{}: {}", f.limit, f.reason))
+                .collect();
+            if !missing.is_empty() {
+                if let Some(cg) = &plan.cgroup {
+                    cg.remove_if_empty();
+                }
+                return Err(Unplaced {
+                    why: missing.join("; "),
+                    cgroup: None,
+                });
+            }
+        }
         let job = plan
             .cgroup
             .as_ref()
@@ -149,15 +240,15 @@ impl Maker {
         } else {
             IfNotMoved::Degrade
         };
-        let placement = match place(&target, plan, &[], if_not_moved) {
+        let placement = match place(target, plan, &[], if_not_moved) {
             Ok(p) => p,
             // It ended first: nothing to report.
-            Err(NotPlaced::Gone { .. }) => return Vec::new(),
+            Err(NotPlaced::Gone { .. }) => return Ok(Vec::new()),
             Err(NotPlaced::NotMoved { reason }) => {
-                let Some((path, applied)) = staged_report else {
-                    return Vec::new(); // not reached: only staged ones refuse
-                };
-                return self.left_in_staging(pid, rule, job, path, applied, staged_at, &reason);
+                return Err(Unplaced {
+                    why: reason,
+                    cgroup: Some(job),
+                });
             }
         };
         let latency_us = staged_at.or_else(|| origin.since_exec_us());
@@ -172,7 +263,7 @@ impl Maker {
                 &job,
                 self.ctx.mode,
                 Some(ByRule {
-                    rule,
+                    rule: rule.clone(),
                     adopted: matches!(origin, Origin::Scan(_)),
                     latency_us,
                 }),
@@ -180,7 +271,7 @@ impl Maker {
         ));
         *follow = Some((job, placement.cgroup));
         self.mark_busy();
-        events
+        Ok(events)
     }
 
     pub(super) fn mark_busy(&self) {
@@ -192,25 +283,21 @@ impl Maker {
     /// Its own job could not be made or joined: the process stays in its
     /// rule's staging cgroup, under the rule's limits (shared with whatever
     /// else is staged there), and that is what is reported.
-    #[allow(clippy::too_many_arguments)]
-    fn left_in_staging(
-        &self,
-        pid: u32,
-        rule: String,
-        job: String,
-        path: String,
-        limits: events::Limits,
-        latency_us: Option<u64>,
-        reason: &str,
-    ) -> Events {
+    fn left_in_staging(&self, job: &Unmade, cgroup: Option<String>, why: &str) -> Events {
+        let Some((path, limits)) = &job.staged_report else {
+            return Vec::new(); // not reached: only staged ones stay
+        };
+        let (pid, rule) = (job.pid, &job.rule);
         vec![
             Event::new(
                 Timestamp::now(),
                 Source::Ffrtmp,
                 Degraded {
                     limit: None,
-                    reason: format!("process {pid} ({rule}): its job cgroup: {reason}"),
-                    fallback: format!("stays in {path}, under the rule's limits"),
+                    reason: format!("process {pid} ({rule}): its job cgroup: {why}"),
+                    fallback: format!(
+                        "stays in {path}, under the rule's limits; tried again while it runs"
+                    ),
                 },
             ),
             Event::new(
@@ -218,19 +305,25 @@ impl Maker {
                 Source::Ffrtmp,
                 governed(
                     pid,
-                    &job,
-                    Some(&path),
+                    &cgroup.unwrap_or_else(|| job.job_id.to_string()),
+                    Some(path),
                     self.ctx.mode,
-                    limits,
+                    limits.clone(),
                     Some(ByRule {
-                        rule,
+                        rule: rule.clone(),
                         adopted: false,
-                        latency_us,
+                        latency_us: job.staged_at,
                     }),
                 ),
             ),
         ]
     }
+}
+
+/// Why a staged process stays in staging, and the job it was meant for.
+struct Unplaced {
+    why: String,
+    cgroup: Option<String>,
 }
 
 /// Starts the maker thread; its two ends (jobs in, made jobs out), or

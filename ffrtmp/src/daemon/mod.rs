@@ -81,6 +81,11 @@ pub trait Govern {
     fn rescan(&mut self) -> Result<Events, ProcError>;
     /// Processes followed since the last call, for the kernel's exit filter.
     fn take_newly_followed(&mut self) -> Vec<u32>;
+    /// When a process left in its staging cgroup (its job could not be
+    /// made) is next due for another try.
+    fn next_retry(&self) -> Option<std::time::Instant>;
+    /// Tries again for those due: their events.
+    fn retry(&mut self) -> Events;
 }
 
 /// A `degraded` event about governing as a whole (no single limit).

@@ -81,6 +81,21 @@ impl<G: Govern, O: Sink> Stream<G, O> {
         Ok(self.out.emit(event)?)
     }
 
+    /// When a process left in staging is next due for another try.
+    pub fn next_retry(&self) -> Option<std::time::Instant> {
+        self.governor.as_ref()?.next_retry()
+    }
+
+    /// Tries again for the processes left in staging that are due.
+    pub fn retry(&mut self) -> Result<(), ObserveError> {
+        let Some(governor) = &mut self.governor else {
+            return Ok(());
+        };
+        let events = governor.retry();
+        self.emit_all(events)?;
+        Ok(self.out.flush()?)
+    }
+
     /// Rebuilds the state from the cgroup tree and governs what runs.
     pub fn start_up(&mut self) -> Result<(), ObserveError> {
         let Some(governor) = &mut self.governor else {
@@ -356,6 +371,14 @@ mod tests {
         }
 
         fn take_newly_followed(&mut self) -> Vec<u32> {
+            Vec::new()
+        }
+
+        fn next_retry(&self) -> Option<std::time::Instant> {
+            None
+        }
+
+        fn retry(&mut self) -> Events {
             Vec::new()
         }
     }

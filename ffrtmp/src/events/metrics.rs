@@ -28,6 +28,12 @@ const LATENCY_BUCKETS: [f64; 12] = [
 const MAX_REQUEST: usize = 8 * 1024;
 /// A client has this long to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more wait in the kernel's backlog, so that
+/// clients cannot take the file descriptors governing needs.
+const MAX_CONNECTIONS: usize = 16;
+/// The pause after a failed `accept` (at the fd limit it fails at once,
+/// and a loop without a pause spun a core at 100 %).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -138,14 +144,24 @@ impl Metrics {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| MetricsError::Bind { addr, source })?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         Ok(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return; // closed: never
+                };
+                let conn = match listener.accept().await {
+                    Ok((conn, _)) => conn,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "metrics: accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
                 };
                 let metrics = self.clone();
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(REQUEST_TIMEOUT, metrics.answer(conn)).await;
+                    drop(slot);
                 });
             }
         })
@@ -154,14 +170,20 @@ impl Metrics {
     async fn answer(&self, mut conn: TcpStream) -> std::io::Result<()> {
         let mut request = Vec::with_capacity(512);
         let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        // The end of the head: a blank line, CRLF or (tolerated) bare LF.
+        let ended =
+            |r: &[u8]| r.windows(4).any(|w| w == b"\r\n\r\n") || r.windows(2).any(|w| w == b"\n\n");
+        while !ended(&request) {
             let n = conn.read(&mut buf).await?;
             if n == 0 || request.len() + n > MAX_REQUEST {
                 break;
             }
             request.extend_from_slice(&buf[..n]);
         }
-        let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+        let line = request
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or_default();
         let (status, body) = if line.starts_with(b"GET /metrics ") {
             ("200 OK", self.render())
         } else {

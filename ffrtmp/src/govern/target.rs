@@ -46,6 +46,19 @@ impl TargetError {
     pub fn is_bad_input(&self) -> bool {
         !matches!(self, TargetError::Pidfd { .. } | TargetError::Proc { .. })
     }
+
+    /// Failed for want of a file descriptor (EMFILE, ENFILE).
+    pub fn out_of_fds(&self) -> bool {
+        let (TargetError::Pidfd { source, .. }
+        | TargetError::Proc {
+            source: ProcError::Io { source, .. },
+            ..
+        }) = self
+        else {
+            return false;
+        };
+        matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
 }
 
 /// A live process and its identity.
