@@ -510,6 +510,103 @@ fn at_the_fd_limit_processes_keep_their_limits_and_are_retried() {
     }
 }
 
+/// Reproduction 5: `--events` followed a symbolic link and appended to its
+/// 0600 target; on a full disk a partial line stayed and the next event was
+/// glued onto it. A link is refused (exit 2, before the workload starts); a
+/// new file is 0640; after a full disk every line is one whole event.
+#[test]
+fn events_files_refuse_links_and_keep_whole_lines_on_a_full_disk() {
+    if !require_root("events_files_refuse_links") {
+        return;
+    }
+    let dir = scratch("hostile-events");
+    let secret = dir.join("secret");
+    fs::write(&secret, "root's\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.join("ev.jsonl");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let marker = dir.join("ran");
+    let out = Command::new(ffrtmp())
+        .arg("run")
+        .arg("--events")
+        .arg(&link)
+        .args(["--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("os error 40") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(!marker.exists(), "the workload ran");
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "root's\n");
+
+    let fresh = dir.join("new.jsonl");
+    let out = common::ffrtmp_output(&["run", "--events", fresh.to_str().unwrap(), "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    let mode = fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777 & !0o640, 0, "created {mode:o}");
+
+    // A 64 KiB tmpfs, filled up: runs append into the last page of the
+    // events file until one event does not fit, which must leave nothing of
+    // itself (the kernel writes what fits, then says ENOSPC).
+    let small = dir.join("small");
+    fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    let _unmount = Unmount(small.clone());
+    let events = small.join("ev.jsonl");
+    let first = common::ffrtmp_output(&["run", "--events", events.to_str().unwrap(), "--", "true"]);
+    assert!(first.status.success(), "{first:?}");
+    let filler = small.join("filler");
+    let mut pad = File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut pad, &[b'x'; 1024]).is_ok() {}
+    drop(pad);
+    let mut warned = String::new();
+    for _ in 0..16 {
+        let full =
+            common::ffrtmp_output(&["run", "--events", events.to_str().unwrap(), "--", "true"]);
+        assert!(
+            full.status.success(),
+            "a full events disk changed the run: {full:?}"
+        );
+        warned = String::from_utf8_lossy(&full.stderr).into_owned();
+        if !warned.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        warned.contains("os error 28"),
+        "no ENOSPC, or no errno in: {warned:?}"
+    );
+    fs::remove_file(&filler).unwrap();
+    let after = common::ffrtmp_output(&["run", "--events", events.to_str().unwrap(), "--", "true"]);
+    assert!(after.status.success(), "{after:?}");
+    let text = fs::read_to_string(&events).unwrap();
+    for line in text.lines() {
+        serde_json::from_str::<Event>(line)
+            .unwrap_or_else(|e| panic!("{e}: {line:?}\nin:\n{text}"));
+    }
+    assert!(text.ends_with('\n'));
+}
+
+/// Unmounts a test's mount when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 #[allow(dead_code)]
 fn events_of(lines: &str) -> Vec<Event> {
     lines

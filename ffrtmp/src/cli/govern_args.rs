@@ -3,13 +3,13 @@
 //! The limit options are made from the limits table (`crate::limits`): one
 //! `--NAME` per row, with its help, value name and check, so a new limit
 //! is a new option with no change here.
-use std::{fs::File, io, path::PathBuf};
+use std::{io, path::PathBuf};
 
 use clap::{ArgAction, ArgMatches, Args, FromArgMatches, builder::ValueParser};
 
 use crate::{
     errors::chain,
-    events::{Emitter, Event, Format, Sink},
+    events::{Emitter, Event, Format, Sink, file::LineFile},
     limits::{JobId, LimitName, Limits},
 };
 
@@ -122,7 +122,7 @@ impl GovernArgs {
     /// The event output: stderr, or `--events FILE`.
     pub fn emitter(&self) -> io::Result<EventOut> {
         let out: Box<dyn io::Write> = match &self.events {
-            Some(path) => Box::new(File::options().create(true).append(true).open(path)?),
+            Some(path) => Box::new(LineFile::open(path)?),
             None => Box::new(io::stderr()),
         };
         Ok(EventOut(Emitter::new(out, self.format)))

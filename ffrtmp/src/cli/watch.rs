@@ -4,7 +4,9 @@
 //! and `degraded` when it fell back), builds the outputs (stdout, metrics),
 //! then runs the event loop — the backend's next events, jobs made on the
 //! maker thread, the stop signals — until SIGINT/SIGTERM.
-use std::{collections::BTreeSet, io, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet, io, os::fd::AsFd as _, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -15,6 +17,7 @@ use crate::{
     errors::chain,
     events::{
         Degraded, Event, EventError, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
+        file::LineFile,
         metrics::Metrics,
         queued::{Queue, Queued},
     },
@@ -271,7 +274,20 @@ async fn outputs(
     args: &WatchArgs,
 ) -> anyhow::Result<(Sinks<'static>, Option<Arc<tokio::sync::Notify>>)> {
     let mut sinks = Sinks::default();
-    let queue = Queue::spawn("ffrtmp-out", io::stdout(), args.output_buffer)
+    // Whole lines only when stdout is a file (`watch > events.jsonl`).
+    let stdout: Box<dyn io::Write + Send> = match io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| LineFile::new(fd.into()))
+    {
+        Ok(file) => Box::new(file),
+        // Not open at all: governing goes on, unheard.
+        Err(e) => {
+            tracing::warn!("stdout ({e}): events are not written");
+            Box::new(io::sink())
+        }
+    };
+    let queue = Queue::spawn("ffrtmp-out", stdout, args.output_buffer)
         .context("starting the output thread")?;
     let end = args.exit_on_output_loss.then(|| queue.on_end());
     sinks.push(Queued::new(queue, args.format, args.exit_on_output_loss));

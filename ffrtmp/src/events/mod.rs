@@ -10,6 +10,7 @@
 //! The JSON field order is header-first (`{"event":"exec","ts":…,"source":…,
 //! …}`) so a person reading the stream sees what kind of event a line is at
 //! once; consumers must not depend on order.
+pub mod file;
 pub mod metrics;
 pub mod queued;
 pub mod sink;
