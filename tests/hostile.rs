@@ -598,6 +598,58 @@ fn events_files_refuse_links_and_keep_whole_lines_on_a_full_disk() {
     assert!(text.ends_with('\n'));
 }
 
+/// A lost exit record (ring buffer full) left a job cgroup behind in every
+/// hierarchy and no `exit` report. Now the rescan after the loss finds the
+/// ended process, reports its exit with the job's report (`recovered`), and
+/// its job cgroup is removed.
+#[test]
+fn an_exit_the_kernel_lost_is_recovered_and_its_job_removed() {
+    if !require_root("an_exit_the_kernel_lost_is_recovered") {
+        return;
+    }
+    let dir = scratch("hostile-lostexit");
+    let root = Root::new("lostexit");
+    let ffmpeg = fake_ffmpeg(&dir);
+    let mut w = Watch::start_with(watch(&dir, &root).args([
+        "--backend",
+        "ebpf",
+        "--all",
+        "--ring-buffer-size",
+        "4096",
+    ]));
+    let mut stream = sleeper(&ffmpeg, "60");
+    let pid = stream.id();
+    let job = format!("{}/ffmpeg-{pid}", root.path());
+    w.wait_for("its governed event", |e| {
+        matches!(&e.body, Body::Governed(g) if g.pid == pid && g.cgroup.as_deref() == Some(job.as_str()))
+    });
+    // The daemon stops reading; the ring fills; then the process ends, and
+    // its exit record finds no room.
+    common::signal(w.pid(), nix::sys::signal::Signal::SIGSTOP);
+    for _ in 0..400 {
+        let _ = Command::new("/bin/true").status();
+    }
+    let _ = stream.kill();
+    let _ = stream.wait();
+    common::signal(w.pid(), nix::sys::signal::Signal::SIGCONT);
+    w.wait_for("a lost event", |e| matches!(e.body, Body::Lost(_)));
+    let exit = w.wait_for(
+        "its exit",
+        |e| matches!(&e.body, Body::Exit(x) if x.pid == pid),
+    );
+    let Body::Exit(x) = exit.body else {
+        unreachable!()
+    };
+    let report = x.job.expect("the job's report");
+    assert!(report.recovered, "{report:?}");
+    assert_eq!(report.job_id, format!("ffmpeg-{pid}"));
+    let deadline = Instant::now() + PATIENCE;
+    while !Root::dirs_of(&job).is_empty() {
+        assert!(Instant::now() < deadline, "{job} was left behind");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Unmounts a test's mount when dropped.
 struct Unmount(PathBuf);
 

@@ -40,6 +40,9 @@ struct Followed {
     /// The job's cgroup: made by this daemon (holding its claim), or found
     /// in the tree. `None` without cgroups (nice only).
     cgroup: Option<JobCgroup>,
+    comm: String,
+    /// Its start time (/proc/PID/stat), its identity; `None` if unknown.
+    start_ticks: Option<u64>,
 }
 
 /// The daemon's governor.
@@ -142,21 +145,26 @@ impl Governor {
                 if self.followed.contains_key(&pid) || pid == self.self_pid {
                     continue;
                 }
-                let comm = Stat::read(pid).map(|s| s.comm).unwrap_or_default();
+                let stat = Stat::read(pid).ok();
+                let comm = stat.as_ref().map(|s| s.comm.clone()).unwrap_or_default();
                 events.push(Event::new(
                     Timestamp::now(),
                     Source::Ffrtmp,
                     Tracked {
                         pid,
-                        comm,
+                        comm: comm.clone(),
                         job_id: name.clone(),
                         cgroup: cgroup.path.as_str().to_string(),
                     },
                 ));
                 self.follow(
                     pid,
-                    name.clone(),
-                    JobCgroup::open_existing(&self.ctx, &name),
+                    Followed {
+                        job: name.clone(),
+                        cgroup: JobCgroup::open_existing(&self.ctx, &name),
+                        comm,
+                        start_ticks: stat.map(|s| s.start_ticks),
+                    },
                 );
             }
         }
@@ -221,9 +229,45 @@ impl Governor {
         reap_job(&self.ctx, &job);
     }
 
-    fn follow(&mut self, pid: u32, job: String, cgroup: Option<JobCgroup>) {
-        self.followed.insert(pid, Followed { job, cgroup });
+    fn follow(&mut self, pid: u32, followed: Followed) {
+        self.followed.insert(pid, followed);
         self.newly_followed.push(pid);
+    }
+
+    /// Followed processes that ended without their exit being seen (the
+    /// kernel lost it: ring buffer full): their `exit`, with the job's
+    /// report marked recovered, and their jobs to the reaper. A process is
+    /// gone when /proc no longer has it with its start time.
+    fn lost_exits(&mut self) -> Events {
+        let gone: Vec<u32> = self
+            .followed
+            .iter()
+            .filter(|(pid, f)| match Stat::read(**pid) {
+                Ok(s) => s.state == 'Z' || f.start_ticks.is_some_and(|t| t != s.start_ticks),
+                Err(e) => matches!(e, ProcError::Gone(_)),
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        let mut events = Vec::new();
+        for pid in gone {
+            let Some(comm) = self.followed.get(&pid).map(|f| f.comm.clone()) else {
+                continue;
+            };
+            let mut exit = Exit {
+                pid,
+                comm,
+                exit_code: None,
+                signal: None,
+                duration_ms: None,
+                job: None,
+            };
+            self.on_exit(&mut exit);
+            if let Some(report) = &mut exit.job {
+                report.recovered = true;
+            }
+            events.push(Event::new(Timestamp::now(), Source::Ffrtmp, exit));
+        }
+        events
     }
 
     /// The staging cgroup `pid` is in, if it is in one of ours.
@@ -371,7 +415,15 @@ impl Governor {
     fn accept(&mut self, made: Made) -> Events {
         self.in_flight.remove(&made.pid);
         if let Some((job, cgroup)) = made.follow {
-            self.follow(made.pid, job, cgroup);
+            self.follow(
+                made.pid,
+                Followed {
+                    job,
+                    cgroup,
+                    comm: made.comm,
+                    start_ticks: Some(made.start_ticks),
+                },
+            );
         }
         if let Some(parked) = made.retry {
             let pause = RETRY_FIRST
@@ -582,7 +634,10 @@ impl Govern for Governor {
             return Ok(Vec::new());
         }
         match self.scan() {
-            Ok(events) => Ok(events),
+            Ok(mut events) => {
+                events.extend(self.lost_exits());
+                Ok(events)
+            }
             Err(e) => {
                 self.rescan_at = Some(Instant::now() + RETRY_FIRST);
                 Ok(vec![note(format!(

@@ -113,6 +113,9 @@ pub struct Made {
     pub(super) pid: u32,
     /// Its job and cgroup, to follow (`None`: not followed, e.g. it ended).
     pub(super) follow: Option<(String, Option<JobCgroup>)>,
+    /// Its name and start time (its identity), for following it.
+    pub(super) comm: String,
+    pub(super) start_ticks: u64,
     pub(super) events: Events,
     /// Left in its staging cgroup: to be tried again.
     pub(super) retry: Option<Parked>,
@@ -129,6 +132,7 @@ impl Maker {
     /// Makes `job`'s own job and moves it there.
     pub(super) fn make(&self, job: Unmade) -> Made {
         let pid = job.pid;
+        let (comm, start_ticks) = (job.target.comm.clone(), job.target.start_ticks);
         let mut follow = None;
         let (events, retry) = match self.make_job(&job, &mut follow) {
             Ok(events) => (events, None),
@@ -146,6 +150,8 @@ impl Maker {
         Made {
             pid,
             follow,
+            comm,
+            start_ticks,
             events,
             retry,
         }

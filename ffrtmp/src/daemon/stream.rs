@@ -337,6 +337,7 @@ mod tests {
                     oom_killed: Some(false),
                     cpu_usage_us: None,
                     memory_peak_bytes: None,
+                    recovered: false,
                 });
             }
         }

@@ -209,6 +209,10 @@ pub struct JobReport {
     pub oom_killed: Option<bool>,
     pub cpu_usage_us: Option<u64>,
     pub memory_peak_bytes: Option<u64>,
+    /// The exit was not seen (the kernel lost it); a /proc scan found the
+    /// process gone, and the report was read from the cgroup then.
+    #[serde(default)]
+    pub recovered: bool,
 }
 
 /// A workload was placed under governance.
@@ -481,6 +485,7 @@ pub(crate) mod tests {
                         oom_killed: Some(false),
                         cpu_usage_us: Some(10),
                         memory_peak_bytes: None,
+                        recovered: false,
                     }),
                 },
             ),

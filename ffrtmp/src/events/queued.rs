@@ -317,7 +317,7 @@ impl super::Sink for Queued {
 }
 
 impl Drop for Queued {
-    /// The end of the stream: what is queued gets [`CLOSE_WAIT`] to be
+    /// The end of the stream: what is queued gets `CLOSE_WAIT` (2 s) to be
     /// written (a stalled consumer must not keep `watch` from exiting).
     fn drop(&mut self) {
         let _ = super::Sink::flush(self);

@@ -181,6 +181,7 @@ impl Stats {
             oom_killed: self.oom_killed,
             cpu_usage_us: self.cpu_usage_us,
             memory_peak_bytes: self.memory_peak_bytes,
+            recovered: false,
         }
     }
 }
