@@ -26,6 +26,9 @@ pub fn run(command: PolicyCommand) -> ExitCode {
         }
         PolicyCommand::Check { file } => match Policy::load(&file) {
             Ok(policy) => {
+                for w in &policy.warnings {
+                    eprintln!("ffrtmp: warning: {w}");
+                }
                 for rule in &policy.rules {
                     match &rule.action {
                         Action::Ignore => println!("{rule}: ignore"),

@@ -43,6 +43,16 @@ pub fn run(args: WatchArgs) -> ExitCode {
         },
         None => Policy::embedded(),
     };
+    for w in &policy.warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some(addr) = args.metrics_addr
+        && !addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            "--metrics-addr {addr} is reachable from other hosts: the metrics say what runs on this node; bind a loopback address behind a proxy, or firewall it (docs/OPERATIONS.md)"
+        );
+    }
     let mut notes = Vec::new();
     raise_fd_limit();
     let governor = if args.observe_only {

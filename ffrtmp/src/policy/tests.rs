@@ -305,3 +305,74 @@ fn every_limit_of_the_table_is_a_policy_key() {
         "{err}"
     );
 }
+
+#[test]
+fn rule_names_that_are_one_cgroup_name_are_refused_with_both_lines() {
+    let (line, message) = error_of(
+        "[[rule]]\nname = \"a b\"\ncomm = \"x\"\n\n[[rule]]\nname = \"a_b\"\ncomm = \"y\"\n",
+    );
+    assert_eq!(line, 5, "{message}");
+    assert!(
+        message.contains("line 1") && message.contains("a_b"),
+        "{message}"
+    );
+}
+
+fn scratch_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("ffrtmp-policy-{name}-{}", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_policy_file_is_capped_and_must_be_utf8_with_the_line_said() {
+    let big = scratch_file("big", &vec![b'#'; (MAX_POLICY_BYTES + 1) as usize]);
+    let err = Policy::load(&big).unwrap_err();
+    assert!(matches!(err, PolicyError::TooLarge { .. }), "{err}");
+    std::fs::remove_file(&big).unwrap();
+    // An endless file is read only up to the cap.
+    let err = Policy::load(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(matches!(err, PolicyError::TooLarge { .. }), "{err}");
+
+    let latin1 = scratch_file(
+        "latin1",
+        b"[[rule]]\ncomm = \"ffmpeg\"\nname = \"caf\xe9\"\n",
+    );
+    match Policy::load(&latin1).unwrap_err() {
+        PolicyError::Invalid { line, message, .. } => {
+            assert_eq!(line, 3, "{message}");
+            assert!(message.contains("UTF-8"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    std::fs::remove_file(&latin1).unwrap();
+}
+
+#[test]
+fn a_policy_others_may_write_is_loaded_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = scratch_file("ww", b"[[rule]]\ncomm = \"ffmpeg\"\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(Policy::load(&path).unwrap().warnings.is_empty());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let warnings = Policy::load(&path).unwrap().warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("every user")),
+        "{warnings:?}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_policy_near_the_cap_loads_with_lines_right() {
+    // ~40 000 rules in under 1 MiB; the last one's mistake names its line.
+    let mut text = String::new();
+    let n = 40_000;
+    for i in 0..n {
+        text.push_str(&format!("[[rule]]\ncomm = \"c{i}\"\n"));
+    }
+    text.push_str("[[rule]]\ncomm = \"x\"\nnice = 99\n");
+    assert!((text.len() as u64) < MAX_POLICY_BYTES);
+    let (line, message) = error_of(&text);
+    assert_eq!(line, 2 * n + 3, "{message}");
+}
