@@ -650,6 +650,106 @@ fn an_exit_the_kernel_lost_is_recovered_and_its_job_removed() {
     }
 }
 
+/// Helper: a process with a second thread, for a minute.
+#[test]
+fn helper_two_threads() {
+    if is_helper("two-threads") {
+        let t = thread::spawn(|| thread::sleep(Duration::from_mins(1)));
+        thread::sleep(Duration::from_mins(1));
+        let _ = t.join();
+    }
+}
+
+/// Bad input the review found ending in 125 or a pretended success: each is
+/// now refused with exit 2 before anything is made or started, or degrades.
+#[test]
+fn bad_input_is_refused_before_anything_starts() {
+    if !require_root("bad_input_is_refused_before_anything_starts") {
+        return;
+    }
+    let dir = scratch("hostile-input");
+    let code = |args: &[&str]| common::ffrtmp_output(args).status.code();
+    // A pid past PID_MAX_LIMIT.
+    assert_eq!(
+        code(&["attach", "--pid", "2147483648", "--detach"]),
+        Some(2)
+    );
+    // A memory limit no program can start in: refused, the workload not run.
+    let marker = dir.join("ran");
+    for tiny in ["0", "1", "4096"] {
+        let out = common::ffrtmp_output(&[
+            "run",
+            "--memory-max",
+            tiny,
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{tiny}: {out:?}");
+        assert!(!marker.exists(), "{tiny}: the workload ran");
+    }
+    // A thread's id: the process is named.
+    let mut threaded = helper("helper_two_threads", "two-threads").spawn().unwrap();
+    {
+        let p = &mut threaded;
+        let pid = p.id();
+        let deadline = Instant::now() + PATIENCE;
+        let tid = loop {
+            let tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&t| t != pid)
+                .collect();
+            if let Some(t) = tids.first() {
+                break *t;
+            }
+            assert!(Instant::now() < deadline, "no thread");
+            thread::sleep(Duration::from_millis(10));
+        };
+        let out = common::ffrtmp_output(&["attach", "--pid", &tid.to_string(), "--detach"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("process {pid}")),
+            "{out:?}"
+        );
+        // Another user's process, without privileges: refused, not
+        // "governed" with nothing applied.
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", ffrtmp()])
+            .args(["attach", "--pid", &pid.to_string(), "--detach"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("\"governed\""),
+            "{out:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("os error 1"),
+            "{out:?}"
+        );
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    // Root without CAP_SYS_RESOURCE: a lowered oom_score_adj degrades, the
+    // workload runs (it exited 125 before).
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-sys_resource",
+            "--inh-caps=-sys_resource",
+            ffrtmp(),
+        ])
+        .args(["run", "--oom-score-adj", "-999", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"limit\":\"oom_score_adj\"") && err.contains("CAP_SYS_RESOURCE"),
+        "{err}"
+    );
+}
+
 /// Unmounts a test's mount when dropped.
 struct Unmount(PathBuf);
 

@@ -24,10 +24,13 @@ use crate::{
     observe::proc::age_of,
 };
 
+/// The largest pid Linux can give (`PID_MAX_LIMIT` on 64-bit, 2^22).
+const PID_MAX_LIMIT: i64 = 1 << 22;
+
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// The process to govern (its whole thread group).
-    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..=PID_MAX_LIMIT))]
     pub pid: u32,
     /// Only if PID started at this time (clock ticks after boot, field 22 of
     /// /proc/PID/stat): refuses a pid that was reused since it was recorded.
@@ -58,7 +61,10 @@ pub fn attach(args: AttachArgs) -> ExitCode {
             Err(code) => return code,
         }
     };
-    let target = match Target::open(args.pid, args.start_time) {
+    let target = match Target::open(args.pid, args.start_time).and_then(|t| {
+        t.ours_to_govern()?;
+        Ok(t)
+    }) {
         Ok(t) => t,
         Err(e) => {
             let code = if e.is_bad_input() {

@@ -62,8 +62,34 @@ use ledger::{Claim, Entry, Ledger};
 
 /// Name of ffrtmp's root cgroup under a hierarchy or delegated subtree.
 pub const ROOT_NAME: &str = "ffrtmp";
-/// CAP_SYS_ADMIN's bit in /proc/self/status CapEff.
-const CAP_SYS_ADMIN: u32 = 21;
+/// Capabilities ffrtmp looks for: their bits in /proc/self/status CapEff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    /// Cgroups in every hierarchy (privileged mode).
+    SysAdmin = 21,
+    /// A nice below 0.
+    SysNice = 23,
+    /// Lowering oom_score_adj.
+    SysResource = 24,
+}
+
+/// Whether this process has `cap` in its effective set. Root without it
+/// (a container, a unit with `CapabilityBoundingSet=`) does not: measured
+/// on a host whose root lacked CAP_SYS_RESOURCE, `run --oom-score-adj -999`
+/// failed the workload's start instead of degrading.
+pub fn has_cap(cap: Cap) -> bool {
+    crate::observe::proc::read_text("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << cap as u32) != 0)
+}
 
 /// Errors while governing.
 #[derive(Debug, thiserror::Error)]
@@ -271,20 +297,7 @@ fn given_root_path(layout: &Layout, given: &str) -> Result<CgroupPath, GovernErr
 
 /// Root, or CAP_SYS_ADMIN in the effective set.
 pub fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    crate::observe::proc::read_text("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let hex = s
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))?
-                .trim()
-                .to_string();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+    nix::unistd::geteuid().is_root() || has_cap(Cap::SysAdmin)
 }
 
 /// The highest v2 cgroup at or above our own whose directory and

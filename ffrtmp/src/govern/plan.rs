@@ -5,8 +5,8 @@
 //! Nothing here touches the workload; failures are collected, not fatal,
 //! so each entry point can report them (`degraded`) or refuse (`--strict`).
 use super::{
-    Context, Existing, GovernError, JobCgroup, Mode, pid_in_cgroup, process::oom_score_adj_of,
-    reap_empty,
+    Cap, Context, Existing, GovernError, JobCgroup, has_cap, pid_in_cgroup,
+    process::oom_score_adj_of, reap_empty,
 };
 use crate::{
     errors::chain,
@@ -81,26 +81,29 @@ impl Plan {
             }
         }
 
-        let privileged = ctx.mode == Mode::Privileged;
+        // Decided here, not found out in `run`'s child (where a refusal
+        // could only fail the start): the capability each one needs.
         let mut nice = limits.nice.map(|Nice(n)| n);
         if let Some(n) = nice
             && n < 0
-            && !privileged
+            && !has_cap(Cap::SysNice)
         {
             applied.fail(
                 LimitName::Nice,
-                format!("nice {n} (below 0) needs privileges"),
+                format!("nice {n} (below 0) needs CAP_SYS_NICE, which ffrtmp does not have"),
             );
             nice = None;
         }
         let mut oom_score_adj = limits.oom_score_adj.map(|OomScoreAdj(v)| v);
         if let Some(v) = oom_score_adj
-            && !privileged
+            && !has_cap(Cap::SysResource)
             && oom_score_adj_of(std::process::id()).is_ok_and(|own| v < own)
         {
             applied.fail(
                 LimitName::OomScoreAdj,
-                format!("lowering oom_score_adj to {v} needs privileges"),
+                format!(
+                    "lowering oom_score_adj to {v} needs CAP_SYS_RESOURCE, which ffrtmp does not have"
+                ),
             );
             oom_score_adj = None;
         }

@@ -27,6 +27,12 @@ pub enum TargetError {
         expected: u64,
         actual: u64,
     },
+    #[error("{tid} is a thread of process {tgid}, not a process: attach to {tgid}")]
+    Thread { tid: u32, tgid: u32 },
+    #[error(
+        "process {pid} belongs to uid {uid}: without privileges ffrtmp governs only its own user's processes (uid {ours}): EPERM (os error 1)"
+    )]
+    NotOurs { pid: u32, uid: u32, ours: u32 },
     #[error("opening a pidfd for process {pid}")]
     Pidfd {
         pid: u32,
@@ -61,6 +67,17 @@ impl TargetError {
     }
 }
 
+/// The thread group (process) of thread `tid`, from /proc/TID/status.
+fn thread_group_of(tid: u32) -> Option<u32> {
+    crate::observe::proc::read_text(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A live process and its identity.
 #[derive(Debug)]
 pub struct Target {
@@ -72,6 +89,24 @@ pub struct Target {
 }
 
 impl Target {
+    /// Refuses a process of another user when ffrtmp has no privileges:
+    /// nothing could be applied to it (neither its cgroup nor its nice), so
+    /// reporting it `governed` would pretend.
+    pub fn ours_to_govern(&self) -> Result<(), TargetError> {
+        if super::privileged() {
+            return Ok(());
+        }
+        let ours = nix::unistd::geteuid().as_raw();
+        match crate::observe::proc::read_uid(self.pid) {
+            Ok(uid) if uid != ours => Err(TargetError::NotOurs {
+                pid: self.pid,
+                uid,
+                ours,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Opens `pid`; `expect_start` (ticks after boot, as in /proc/PID/stat)
     /// refuses a pid that now names a different process.
     pub fn open(pid: u32, expect_start: Option<u64>) -> Result<Self, TargetError> {
@@ -93,6 +128,12 @@ impl Target {
             let source = io::Error::last_os_error();
             return Err(match source.raw_os_error() {
                 Some(libc::ESRCH) => TargetError::NoSuchProcess(pid),
+                // A pidfd names a thread group: a thread's id is refused
+                // (EINVAL; ENOENT from 6.9 on).
+                Some(libc::EINVAL | libc::ENOENT) => match thread_group_of(pid) {
+                    Some(tgid) if tgid != pid => TargetError::Thread { tid: pid, tgid },
+                    _ => TargetError::Pidfd { pid, source },
+                },
                 _ => TargetError::Pidfd { pid, source },
             });
         }

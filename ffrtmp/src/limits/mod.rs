@@ -66,6 +66,8 @@ pub enum LimitError {
     CpuWeight(String),
     #[error("size {0:?} must be bytes, a number with K, M, G or T (powers of 1024), or \"max\"")]
     Size(String),
+    #[error("memory limit {0:?} is below 1M: no program can start in it (exec fails with ENOMEM)")]
+    MemoryTooSmall(String),
     #[error(
         "io max {0:?} must be \"MAJ:MIN\" followed by one or more of rbps=N wbps=N riops=N wiops=N (N a positive integer or \"max\")"
     )]
