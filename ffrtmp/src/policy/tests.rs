@@ -365,11 +365,12 @@ fn a_policy_others_may_write_is_loaded_with_a_warning() {
 
 #[test]
 fn a_policy_near_the_cap_loads_with_lines_right() {
+    use std::fmt::Write as _;
     // ~40 000 rules in under 1 MiB; the last one's mistake names its line.
     let mut text = String::new();
     let n = 40_000;
     for i in 0..n {
-        text.push_str(&format!("[[rule]]\ncomm = \"c{i}\"\n"));
+        let _ = writeln!(text, "[[rule]]\ncomm = \"c{i}\"");
     }
     text.push_str("[[rule]]\ncomm = \"x\"\nnice = 99\n");
     assert!((text.len() as u64) < MAX_POLICY_BYTES);
