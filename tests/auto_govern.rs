@@ -146,7 +146,7 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
     assert!(cgroups(pid).contains(&cgroup), "{}", cgroups(pid));
     assert_eq!(cpu_quota(&cgroup), "30000");
     // It went through its rule's staging cgroup (same limits), now empty.
-    let staging = format!("{}/.staging/transcode", root.path());
+    let staging = root.staging("transcode").expect("its staging cgroup");
     assert_eq!(cpu_quota(&staging), "30000");
     assert!(!cgroups(pid).contains("/.staging/"), "{}", cgroups(pid));
 

@@ -254,9 +254,8 @@ fn a_reader_that_stops_reading_stops_no_governing() {
     // Nobody reads this pipe until every process is governed.
     let out = daemon.stdout.take().unwrap();
     // It is ready once its staging cgroup is there.
-    let staging = format!("{}/.staging/transcode", root.path());
     let deadline = Instant::now() + PATIENCE;
-    while Root::dirs_of(&staging).is_empty() {
+    while root.staging("transcode").is_none() {
         assert!(Instant::now() < deadline, "watch did not start");
         thread::sleep(Duration::from_millis(20));
     }
@@ -313,9 +312,8 @@ fn a_full_output_ends_the_output_not_governing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let staging = format!("{}/.staging/transcode", root.path());
     let deadline = Instant::now() + PATIENCE;
-    while Root::dirs_of(&staging).is_empty() {
+    while root.staging("transcode").is_none() {
         assert!(Instant::now() < deadline, "watch did not start");
         thread::sleep(Duration::from_millis(20));
     }
@@ -420,7 +418,7 @@ fn at_the_fd_limit_processes_keep_their_limits_and_are_retried() {
 
     // Each is held by a reserved descriptor and staged, and moves on to its
     // own job only if that job holds its limits too.
-    let staging = format!("{}/.staging/transcode", root.path());
+    let staging = root.staging("transcode").expect("its staging cgroup");
     let mut streams: Vec<Child> = (0..3).map(|_| sleeper(&ffmpeg, "60")).collect();
     for s in &streams {
         let pid = s.id();
@@ -748,6 +746,46 @@ fn bad_input_is_refused_before_anything_starts() {
         err.contains("\"limit\":\"oom_score_adj\"") && err.contains("CAP_SYS_RESOURCE"),
         "{err}"
     );
+}
+
+/// After a policy change the old staging cgroup kept the old rule's limits
+/// (a quota of 1000 after restarting with another). Each rule's staging
+/// cgroup is now named after its limits: a changed rule gets a fresh one,
+/// and the old one goes once empty.
+#[test]
+fn a_changed_rule_gets_a_fresh_staging_cgroup() {
+    if !require_root("a_changed_rule_gets_a_fresh_staging_cgroup") {
+        return;
+    }
+    let dir = scratch("hostile-restage");
+    let root = Root::new("restage");
+    let policy = dir.join("policy.toml");
+    let start = |quota: &str| {
+        fs::write(
+            &policy,
+            format!(
+                "[[rule]]\nname = \"transcode\"\ncomm = \"ffmpeg\"\ncpu_max = \"{quota} 100000\"\n"
+            ),
+        )
+        .unwrap();
+        Watch::start_with(
+            Command::new(ffrtmp())
+                .arg("watch")
+                .arg("--policy")
+                .arg(&policy)
+                .args(["--cgroup-root", root.path()]),
+        )
+    };
+    let w = start("1000");
+    let old = root.staging("transcode").expect("a staging cgroup");
+    assert_eq!(common::cpu_quota(&old), "1000");
+    drop(w.stop());
+    let w = start("30000");
+    let new = root.staging("transcode").expect("a staging cgroup");
+    assert_ne!(new, old);
+    assert_eq!(common::cpu_quota(&new), "30000");
+    assert!(Root::dirs_of(&old).is_empty(), "{old} was left");
+    drop(w.stop());
 }
 
 /// Unmounts a test's mount when dropped.

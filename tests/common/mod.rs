@@ -329,6 +329,21 @@ impl Root {
         &self.0
     }
 
+    /// The cgroup path of rule `rule`'s staging cgroup (`.staging/<rule>-
+    /// <digest of its limits>`), once `watch` has made it.
+    pub fn staging(&self, rule: &str) -> Option<String> {
+        let prefix = format!("{rule}-");
+        Self::mounts().into_iter().find_map(|m| {
+            let dir = m.join(self.0.trim_start_matches('/')).join(".staging");
+            fs::read_dir(dir)
+                .ok()?
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .find(|n| n.strip_prefix(&prefix).is_some_and(|d| d.len() == 8))
+                .map(|n| format!("{}/.staging/{n}", self.0))
+        })
+    }
+
     /// Makes `<root>/<child>` (or the root itself) in every cgroup mount, as
     /// another program would; returns the directories.
     pub fn make(&self, child: Option<&str>) -> Vec<PathBuf> {

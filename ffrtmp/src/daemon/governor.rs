@@ -435,23 +435,33 @@ impl Governor {
         made.events
     }
 
-    /// Makes (or updates) each governing rule's staging cgroup under
-    /// `<root>/.staging`, with the rule's limits. A rule whose staging
-    /// cgroup cannot be made governs new processes directly, a little later.
-    fn prepare_staging(&mut self) -> Events {
-        let Some(root) = &self.ctx.root else {
-            return Vec::new();
-        };
-        let ctx = Context {
+    /// The context whose root is `<root>/.staging`.
+    fn staging_ctx(&self) -> Option<Context> {
+        let root = self.ctx.root.as_ref()?;
+        Some(Context {
             root: Some(root.child(JobId::STAGING)),
             ..self.ctx.clone()
+        })
+    }
+
+    /// Makes (or reuses) each governing rule's staging cgroup under
+    /// `<root>/.staging`, with the rule's limits. Its name is the rule's and
+    /// a digest of its limits, so a changed rule gets a fresh cgroup: an
+    /// updated one kept limits the new rule no longer had (measured: a
+    /// `cpu.cfs_quota_us` of 1000 after restarting with the default). Those
+    /// of earlier policies go once empty (their processes are governed by
+    /// the start-up scan, under today's rules). A rule whose staging cgroup
+    /// cannot be made governs new processes directly, a little later.
+    fn prepare_staging(&mut self) -> Events {
+        let Some(ctx) = self.staging_ctx() else {
+            return Vec::new();
         };
         let mut events = Vec::new();
         for rule in &self.policy.rules {
             let Action::Govern { limits, .. } = &rule.action else {
                 continue;
             };
-            let id = sanitise(&rule.name);
+            let id = staging_name(&rule.name, limits);
             let made = JobCgroup::create(&ctx, &id, limits, Existing::Update)
                 .and_then(|(cgroup, applied)| Ok((cgroup.procs_writer()?, cgroup, applied)));
             match made {
@@ -484,6 +494,19 @@ impl Governor {
         }
         events
     }
+}
+
+/// A rule's staging cgroup's name: the rule's name (as a cgroup name, cut
+/// to leave room) and 8 hex digits of a digest (FNV-1a) of its limits.
+fn staging_name(rule: &str, limits: &Limits) -> JobId {
+    let name = sanitise(rule);
+    let cut = &name.as_str()[..name.as_str().len().min(JobId::MAX_LEN - 9)];
+    let digest = format!("{limits:?}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    sanitise(&format!("{cut}-{:08x}", digest as u32))
 }
 
 /// A few file descriptors (of /dev/null) set aside so that a new exec can
@@ -548,6 +571,10 @@ impl Govern for Governor {
         let mut events = self.prepare_staging();
         events.extend(self.recover());
         events.extend(self.scan()?);
+        // Earlier policies' staging cgroups, now empty (ours are claimed).
+        if let Some(ctx) = self.staging_ctx() {
+            reap_empty(&ctx);
+        }
         Ok(events)
     }
 
