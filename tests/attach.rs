@@ -146,7 +146,8 @@ fn bad_pids_exit_2_with_a_clear_message() {
     let gone = reaped.id();
     reaped.wait().unwrap();
     for (pid, words) in [
-        ("99999999", "does not exist"),
+        ("99999999", "1..=4194304"),
+        ("4194304", "does not exist"),
         (&gone.to_string(), "does not exist"),
         ("1", "init"),
         ("2", "kernel thread"),
