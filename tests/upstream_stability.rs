@@ -82,7 +82,8 @@ fn case_04_attach_to_a_missing_pid_says_it_does_not_exist() {
     if !require_root("case_04_attach_to_a_missing_pid") {
         return;
     }
-    let out = ffrtmp(&["attach", "--pid", "99999999"]);
+    // The largest pid Linux can give, never in use (pids stay below pid_max).
+    let out = ffrtmp(&["attach", "--pid", "4194304"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }

@@ -702,6 +702,9 @@ fn init_script(test_args: &[String], ffrtmp: &Path) -> String {
 export PATH=/usr/bin:/bin HOME=/root
 # No tmpfs over /tmp: the root is already in memory, and the checkout (with
 # the ffrtmp binary the tests run by its host path) may live under /tmp.
+# As on any Linux system: /tmp is world-writable and sticky, /run exists.
+chmod 1777 /tmp
+mkdir -p /run
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
