@@ -9,10 +9,12 @@
 //! - `vm-test`: the root suites on a pure cgroup v2 hierarchy and on the
 //!   Debian kernels 5.10 and 6.1 (6.12 on request), under qemu.
 //! - `bench observe`: the observer's benchmark (docs/BENCHMARKS.md).
+//! - `fuzz`: the fuzz targets of `ffrtmp/fuzz/` (cargo-fuzz), a minute each.
 //! - `startup-order`: profile `run` and `attach` for the linker (see
 //!   `startup.rs`).
 mod bench;
 mod bench_govern;
+mod fuzz;
 mod packages;
 mod startup;
 mod test;
@@ -56,6 +58,8 @@ enum Task {
     /// Profile the shipped binary's `run` and `attach` (root, perf) and write
     /// the order the linker places their functions in (ffrtmp/startup.order).
     StartupOrder,
+    /// Fuzz the parsers of untrusted input (cargo-fuzz; nightly).
+    Fuzz(fuzz::FuzzArgs),
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             vm::check(&outcomes)
         }
         Task::Bench { which } => bench::run(&root, which),
+        Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::StartupOrder => {
             let bin = build_release(&root)?;
             startup::generate(&root, &bin)

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{toolchain, vm};
+use crate::{fuzz, toolchain, vm};
 
 /// Commands the host tests run, with their Debian packages.
 const TEST_PACKAGES: &[(&str, &str)] = &[("ffmpeg", "ffmpeg")];
@@ -48,6 +48,15 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
         );
     }
     habits(root, &tools)?;
+    if extra.is_empty() {
+        // The parsers of untrusted input, a few seconds each; a crash fails
+        // the run (`cargo xtask fuzz` runs them longer).
+        eprintln!("==> fuzz smoke ({} s per target)", fuzz::SMOKE_SECS);
+        let targets: Vec<String> = fuzz::TARGETS.iter().map(|t| (*t).to_string()).collect();
+        for o in fuzz::fuzz(root, &targets, fuzz::SMOKE_SECS)? {
+            println!("fuzz {:<10} {}", o.target, o.stats);
+        }
+    }
 
     if is_root {
         // The transcode test runs Debian's real ffmpeg.

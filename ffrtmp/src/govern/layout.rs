@@ -157,21 +157,30 @@ impl Layout {
     }
 }
 
-/// mountinfo escapes spaces and the like as `\NNN` (octal).
+/// mountinfo escapes spaces and the like as `\NNN` (octal). Byte-wise: a
+/// backslash before a multi-byte character is not an escape (slicing the
+/// text there panicked; found by `cargo xtask fuzz mountinfo`).
 fn unescape(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            d.iter().try_fold(0u16, |v, &b| {
+                (b'0'..=b'7')
+                    .contains(&b)
+                    .then(|| v * 8 + u16::from(b - b'0'))
+            })
+        });
+        match octal.and_then(|v| u8::try_from(v).ok()) {
+            Some(v) if bytes[i] == b'\\' => {
+                out.push(v);
+                i += 4;
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+            }
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -250,6 +259,18 @@ mod tests {
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
+
+    /// Regression (cargo xtask fuzz mountinfo): a backslash before a
+    /// multi-byte character, and octal escapes past 255, are kept as text.
+    #[test]
+    fn escapes_are_decoded_bytewise() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/\\х\\"), "/\\х\\");
+        assert_eq!(unescape("/\\777"), "/\\777");
+        assert_eq!(unescape("\\04"), "\\04");
+        let found = "~\u{10}\0\0\0\0   \0\0\0[\\m/\0\0\0[\\m/х/\\\\/- /\\ /\\\\/- / - b";
+        let _ = Layout::parse(found);
+    }
 
     #[test]
     fn hybrid_hosts_govern_through_v1() {
