@@ -788,6 +788,51 @@ fn a_changed_rule_gets_a_fresh_staging_cgroup() {
     drop(w.stop());
 }
 
+/// A careless operator: a policy every user may write and a metrics
+/// address open to the network are warned about (not silently accepted),
+/// logs written to a file carry no terminal colour codes, and a request
+/// ending in bare line feeds is answered (it waited 5 s and got nothing).
+#[test]
+fn a_careless_setup_is_warned_about_and_served_plainly() {
+    if !require_root("a_careless_setup_is_warned_about") {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    let dir = scratch("hostile-careless");
+    let root = Root::new("careless");
+    let policy = dir.join("policy.toml");
+    fs::write(&policy, POLICY).unwrap();
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o666)).unwrap();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.join("stderr.log");
+    let w = Watch::start_with(
+        Command::new(ffrtmp())
+            .arg("watch")
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--cgroup-root", root.path()])
+            .args(["--metrics-addr", &format!("0.0.0.0:{port}")])
+            .stderr(File::create(&log).unwrap()),
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\n\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer:?}");
+    drop(w.stop());
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(text.contains("writable by every user"), "{text}");
+    assert!(text.contains("reachable from other hosts"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
+}
+
 /// Unmounts a test's mount when dropped.
 struct Unmount(PathBuf);
 

@@ -76,9 +76,9 @@ impl Watch {
 
     /// Starts a prepared command whose stdout is the event stream.
     pub fn start_with(cmd: &mut Command) -> Self {
+        // stderr as the caller set it (inherited by default).
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning ffrtmp watch");
         let stdout = child.stdout.take().expect("piped stdout");

@@ -10,12 +10,15 @@
 //!   Debian kernels 5.10 and 6.1 (6.12 on request), under qemu.
 //! - `bench observe`: the observer's benchmark (docs/BENCHMARKS.md).
 //! - `fuzz`: the fuzz targets of `ffrtmp/fuzz/` (cargo-fuzz), a minute each.
+//! - `soak --minutes N`: `watch` under a mixed, hostile load, its
+//!   invariants checked every second.
 //! - `startup-order`: profile `run` and `attach` for the linker (see
 //!   `startup.rs`).
 mod bench;
 mod bench_govern;
 mod fuzz;
 mod packages;
+mod soak;
 mod startup;
 mod test;
 mod toolchain;
@@ -49,6 +52,10 @@ enum Task {
     },
     /// Run every test: unit, integration (root), VM.
     Test {
+        /// The nightly variant: then `fuzz` a minute per target and a
+        /// 10-minute `soak`.
+        #[arg(long)]
+        nightly: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -60,6 +67,8 @@ enum Task {
     StartupOrder,
     /// Fuzz the parsers of untrusted input (cargo-fuzz; nightly).
     Fuzz(fuzz::FuzzArgs),
+    /// Run `watch` under a mixed, hostile load, checking its invariants.
+    Soak(soak::SoakArgs),
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -78,7 +87,20 @@ fn main() -> anyhow::Result<()> {
             let err = exec(Command::new(&bin).args(&args));
             Err(err).with_context(|| format!("running {}", bin.display()))
         }
-        Task::Test { args } => test::run(&root, &args),
+        Task::Test { nightly, args } => {
+            test::run(&root, &args)?;
+            if nightly {
+                fuzz::run(
+                    &root,
+                    &fuzz::FuzzArgs {
+                        time: 60,
+                        targets: Vec::new(),
+                    },
+                )?;
+                soak::run(&root, &soak::SoakArgs { minutes: 10 })?;
+            }
+            Ok(())
+        }
         Task::VmTest(args) => {
             let tools = toolchain::setup(&root)?;
             let shipped = build_release(&root)?;
@@ -90,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { which } => bench::run(&root, which),
         Task::Fuzz(args) => fuzz::run(&root, &args),
+        Task::Soak(args) => soak::run(&root, &args),
         Task::StartupOrder => {
             let bin = build_release(&root)?;
             startup::generate(&root, &bin)

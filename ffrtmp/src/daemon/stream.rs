@@ -176,6 +176,10 @@ impl<G: Govern, O: Sink> Stream<G, O> {
                 Body::Tracked(t) => {
                     self.passed.insert(t.pid);
                 }
+                // An exit the governor recovered (the kernel lost it).
+                Body::Exit(x) => {
+                    self.passed.remove(&x.pid);
+                }
                 _ => {}
             }
             self.out.send(&event)?;
