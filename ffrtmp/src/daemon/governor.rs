@@ -173,8 +173,23 @@ impl Governor {
 
     /// Governs every running process that the policy matches and that is
     /// in no job yet (`adopted`).
+    /// A scan that cannot read what it needs fails (and is retried): at the
+    /// fd limit, a process whose uid could not be read was skipped, and
+    /// nothing looked at it again.
     fn scan(&mut self) -> Result<Events, ProcError> {
         self.rescan = false;
+        // Room to read /proc at all (two descriptors: a directory, a file).
+        let room = (
+            fs::File::open("/proc/self/stat"),
+            fs::File::open("/proc/self/stat"),
+        );
+        if let (Err(e), _) | (_, Err(e)) = room {
+            return Err(ProcError::Io {
+                path: "/proc/self/stat".into(),
+                source: e,
+            });
+        }
+        drop(room);
         let mut events = Vec::new();
         for pid in proc::list_pids()? {
             if pid == self.self_pid || self.followed.contains_key(&pid) {
@@ -193,8 +208,10 @@ impl Governor {
             {
                 continue;
             }
-            let Ok(uid) = proc::read_uid(pid) else {
-                continue;
+            let uid = match proc::read_uid(pid) {
+                Ok(uid) => uid,
+                Err(ProcError::Gone(_)) => continue,
+                Err(e) => return Err(e),
             };
             let candidate = Candidate {
                 pid,
