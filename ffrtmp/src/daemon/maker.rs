@@ -138,7 +138,12 @@ impl Maker {
             Ok(events) => (events, None),
             Err(Unplaced { why, cgroup }) => {
                 // Said once; the tries after it are silent until one works.
-                let events = if job.attempts == 0 {
+                let events = if job.attempts == 0 && job.staged_report.is_none() {
+                    vec![note(format!(
+                        "process {pid} ({}) not governed yet: {why}; tried again while it runs",
+                        job.rule
+                    ))]
+                } else if job.attempts == 0 {
                     self.left_in_staging(&job, cgroup, &why)
                 } else {
                     tracing::debug!(pid, attempt = job.attempts, why, "job still not made");
@@ -248,6 +253,14 @@ impl Maker {
         };
         let placement = match place(target, plan, &[], if_not_moved) {
             Ok(p) => p,
+            // It could not be checked (/proc unreadable at the fd limit):
+            // not known to be gone, so tried again.
+            Err(NotPlaced::Gone { error, .. }) if !error.is_bad_input() => {
+                return Err(Unplaced {
+                    why: chain(&error).to_string(),
+                    cgroup: None,
+                });
+            }
             // It ended first: nothing to report.
             Err(NotPlaced::Gone { .. }) => return Ok(Vec::new()),
             Err(NotPlaced::NotMoved { reason }) => {
