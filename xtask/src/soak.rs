@@ -8,8 +8,9 @@
 //! - a consumer of the event stream that stops reading for 5 s every 20 s
 //!   and then catches up (a stalled journald);
 //! - ring overflow: the daemon is stopped (SIGSTOP) for 2 s every 45 s
-//!   while both storms go on, its ring buffer is small (16 KiB);
-//! - kill -9 of the daemon every 70 s, and a restart a second later.
+//!   while both storms go on;
+//! - kill -9 of the daemon every 70 s, and a restart a second later;
+//! - a 64 KiB ring buffer, so that bursts and stops overflow it.
 //!
 //! Checked every second (a violation is printed, counted, and fails the
 //! soak):
@@ -25,7 +26,7 @@
 use std::{
     collections::HashMap,
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -53,6 +54,8 @@ const GOVERN_WITHIN: Duration = Duration::from_secs(1);
 /// How long an empty job cgroup may stay.
 const EMPTY_JOB_FOR: Duration = Duration::from_secs(10);
 const RSS_MAX_KIB: u64 = 64 * 1024;
+/// `PF_EXITING` in /proc/PID/stat's flags.
+const PF_EXITING: u64 = 0x4;
 
 #[derive(clap::Args)]
 pub struct SoakArgs {
@@ -91,13 +94,15 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
         ),
     )?;
     let duration = Duration::from_secs(args.minutes * 60);
+    // Every event, to look into a violation (kept when the soak fails).
+    let log = dir.join("events.jsonl");
     println!(
         "soak: {} min of matching bursts, unrelated execs, a stalling reader, SIGSTOP every {STOP_EVERY:?}, kill -9 every {KILL_EVERY:?}",
         args.minutes
     );
     let figures = Arc::new(Figures::default());
     let done = Arc::new(AtomicBool::new(false));
-    let daemon = Arc::new(Mutex::new(Daemon::start(&bin, &policy, &figures)?));
+    let daemon = Arc::new(Mutex::new(Daemon::start(&bin, &policy, &figures, &log)?));
 
     let streams = {
         let (done, figures, probe) = (Arc::clone(&done), Arc::clone(&figures), probe.clone());
@@ -126,7 +131,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
             if now >= next_kill {
                 d.kill();
                 thread::sleep(Duration::from_secs(1));
-                *d = Daemon::start(&bin, &policy, &figures)?;
+                *d = Daemon::start(&bin, &policy, &figures, &log)?;
                 figures.restarts.fetch_add(1, Relaxed);
                 next_kill = now + KILL_EVERY;
             } else if now >= next_stop {
@@ -173,10 +178,14 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
         violations.len()
     );
     remove_tree(ROOT);
-    let _ = fs::remove_dir_all(&dir);
     if !violations.is_empty() {
-        bail!("{} invariant violations", violations.len());
+        bail!(
+            "{} invariant violations; the events are in {}",
+            violations.len(),
+            log.display()
+        );
     }
+    let _ = fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -190,12 +199,22 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, policy: &Path, figures: &Arc<Figures>) -> anyhow::Result<Self> {
+    fn start(
+        bin: &Path,
+        policy: &Path,
+        figures: &Arc<Figures>,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .context("opening the soak's event log")?;
         let mut child = Command::new(bin)
-            .args(["watch", "--backend", "ebpf", "--ring-buffer-size", "16384"])
+            .args(["watch", "--backend", "ebpf", "--ring-buffer-size", "65536"])
             .arg("--policy")
             .arg(policy)
-            .args(["--cgroup-root", ROOT, "--output-buffer", "256K"])
+            .args(["--cgroup-root", ROOT, "--output-buffer", "64K"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -209,6 +228,7 @@ impl Daemon {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { return };
                 figures.events.fetch_add(1, Relaxed);
+                let _ = writeln!(log, "{line}");
                 if line.contains("\"event\":\"started\"")
                     && let Some(tx) = started.take()
                 {
@@ -326,7 +346,10 @@ impl Checker {
             }
             let rest = stat.rsplit(')').next().unwrap_or_default();
             let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.first() == Some(&"Z") {
+            // Ended or ending (v1 shows an exiting task in the root
+            // cgroup): not a process to govern any more.
+            let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+            if fields.first() == Some(&"Z") || flags & PF_EXITING != 0 {
                 continue;
             }
             let start: u64 = fields.get(19).and_then(|s| s.parse().ok()).unwrap_or(0);
