@@ -43,6 +43,9 @@ struct Followed {
     comm: String,
     /// Its start time (/proc/PID/stat), its identity; `None` if unknown.
     start_ticks: Option<u64>,
+    /// The kernel programs track its exit from its exec on; others (found
+    /// by a scan) only once user space adds them to the exit filter.
+    kernel_tracked: bool,
 }
 
 /// The daemon's governor.
@@ -164,6 +167,7 @@ impl Governor {
                         cgroup: JobCgroup::open_existing(&self.ctx, &name),
                         comm,
                         start_ticks: stat.map(|s| s.start_ticks),
+                        kernel_tracked: false,
                     },
                 );
             }
@@ -256,9 +260,15 @@ impl Governor {
     /// report marked recovered, and their jobs to the reaper. A process is
     /// gone when /proc no longer has it with its start time.
     fn lost_exits(&mut self) -> Events {
-        let gone: Vec<u32> = self
-            .followed
+        let all: Vec<u32> = self.followed.keys().copied().collect();
+        self.gone_among(&all)
+    }
+
+    /// [`Governor::lost_exits`] among `pids`.
+    fn gone_among(&mut self, pids: &[u32]) -> Events {
+        let gone: Vec<u32> = pids
             .iter()
+            .filter_map(|pid| self.followed.get(pid).map(|f| (pid, f)))
             .filter(|(pid, f)| match Stat::read(**pid) {
                 Ok(s) => s.state == 'Z' || f.start_ticks.is_some_and(|t| t != s.start_ticks),
                 Err(e) => matches!(e, ProcError::Gone(_)),
@@ -439,6 +449,7 @@ impl Governor {
                     cgroup,
                     comm: made.comm,
                     start_ticks: Some(made.start_ticks),
+                    kernel_tracked: made.kernel_tracked,
                 },
             );
         }
@@ -743,5 +754,17 @@ impl Govern for Governor {
     /// kernel's exit filter).
     fn take_newly_followed(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.newly_followed)
+    }
+
+    /// Measured with `cargo xtask soak`: a process adopted by a scan that
+    /// ended before its pid reached the kernel's exit filter was followed
+    /// for good (and its job kept), until the pid was reused.
+    fn ended_unseen(&mut self, pids: &[u32]) -> Events {
+        let untracked: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| self.followed.get(pid).is_some_and(|f| !f.kernel_tracked))
+            .collect();
+        self.gone_among(&untracked)
     }
 }

@@ -116,6 +116,8 @@ pub struct Made {
     /// Its name and start time (its identity), for following it.
     pub(super) comm: String,
     pub(super) start_ticks: u64,
+    /// Seen at its exec by the kernel programs, which then track its exit.
+    pub(super) kernel_tracked: bool,
     pub(super) events: Events,
     /// Left in its staging cgroup: to be tried again.
     pub(super) retry: Option<Parked>,
@@ -133,6 +135,7 @@ impl Maker {
     pub(super) fn make(&self, job: Unmade) -> Made {
         let pid = job.pid;
         let (comm, start_ticks) = (job.target.comm.clone(), job.target.start_ticks);
+        let kernel_tracked = matches!(job.origin, Origin::Kernel { .. });
         let mut follow = None;
         let (events, retry) = match self.make_job(&job, &mut follow) {
             Ok(events) => (events, None),
@@ -157,6 +160,7 @@ impl Maker {
             follow,
             comm,
             start_ticks,
+            kernel_tracked,
             events,
             retry,
         }

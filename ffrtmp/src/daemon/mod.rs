@@ -81,6 +81,9 @@ pub trait Govern {
     fn rescan(&mut self) -> Result<Events, ProcError>;
     /// Processes followed since the last call, for the kernel's exit filter.
     fn take_newly_followed(&mut self) -> Vec<u32>;
+    /// Of `pids` (just added to the exit filter), those that ended before
+    /// they were in it — the kernel dropped their exit: their `exit` events.
+    fn ended_unseen(&mut self, pids: &[u32]) -> Events;
     /// When a process left in its staging cgroup (its job could not be
     /// made) is next due for another try.
     fn next_retry(&self) -> Option<std::time::Instant>;

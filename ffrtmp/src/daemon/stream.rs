@@ -185,8 +185,16 @@ impl<G: Govern, O: Sink> Stream<G, O> {
             self.out.send(&event)?;
         }
         if let (Some(governor), Some(filter)) = (&mut self.governor, &mut self.exit_filter) {
-            for pid in governor.take_newly_followed() {
+            let pids = governor.take_newly_followed();
+            for &pid in &pids {
                 filter.follow(pid)?;
+            }
+            // An adopted process that ended before it was in the filter.
+            for exit in governor.ended_unseen(&pids) {
+                if let Body::Exit(x) = &exit.body {
+                    self.passed.remove(&x.pid);
+                }
+                self.out.send(&exit)?;
             }
         }
         Ok(())
@@ -376,6 +384,10 @@ mod tests {
         }
 
         fn take_newly_followed(&mut self) -> Vec<u32> {
+            Vec::new()
+        }
+
+        fn ended_unseen(&mut self, _: &[u32]) -> Events {
             Vec::new()
         }
 
