@@ -11,14 +11,17 @@ mod common;
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{PATIENCE, Root, Watch, cgroups, cpu_quota, exit_of, ffrtmp, require_root, scratch};
+use common::{
+    PATIENCE, Root, Watch, cgroups, cpu_quota, exit_of, fake, ffrtmp, require_root, scratch,
+    sleeper,
+};
 use ffrtmp::events::{Body, Event, Governed};
 use ffrtmp::limits::LimitName;
 
@@ -26,25 +29,6 @@ fn write_policy(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("policy.toml");
     fs::write(&path, text).unwrap();
     path
-}
-
-/// A copy of `real` named `name`: its processes have that comm.
-fn fake(dir: &Path, name: &str, real: &str) -> PathBuf {
-    let src = fs::canonicalize(real).unwrap();
-    let path = dir.join(name);
-    fs::copy(&src, &path).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// Runs a copy of `sleep` (argv[0] "sleep", which busybox needs).
-fn sleeper(path: &Path, secs: &str) -> Child {
-    Command::new(path)
-        .arg0("sleep")
-        .arg(secs)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 fn governed_of(pid: u32) -> impl Fn(&Event) -> bool {

@@ -8,14 +8,16 @@ mod common;
 use std::{
     fs::{self, File},
     io::{BufRead as _, BufReader},
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use common::{PATIENCE, Root, Watch, cgroups, ffrtmp, helper, is_helper, require_root, scratch};
+use common::{
+    PATIENCE, Root, Watch, cgroups, ffrtmp, helper, is_helper, require_root, scratch, sleeper,
+};
 use ffrtmp::events::{Body, Event};
 
 /// The uid a hostile local user has here (`nobody`).
@@ -23,19 +25,7 @@ const NOBODY: u32 = 65534;
 
 /// A copy of `/bin/sleep` named `ffmpeg`: its processes have that comm.
 fn fake_ffmpeg(dir: &Path) -> PathBuf {
-    let path = dir.join("ffmpeg");
-    fs::copy(fs::canonicalize("/bin/sleep").unwrap(), &path).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-fn sleeper(path: &Path, secs: &str) -> Child {
-    Command::new(path)
-        .arg0("sleep")
-        .arg(secs)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+    common::fake(dir, "ffmpeg", "/bin/sleep")
 }
 
 const POLICY: &str = r#"

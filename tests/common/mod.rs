@@ -5,6 +5,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
@@ -405,4 +406,23 @@ impl Drop for Root {
         let escaped = self.0.replace('/', "%2F");
         let _ = fs::remove_dir_all(Path::new("/run/ffrtmp/roots").join(escaped));
     }
+}
+
+/// A copy of `real` named `name`: its processes have that comm.
+pub fn fake(dir: &Path, name: &str, real: &str) -> PathBuf {
+    let src = fs::canonicalize(real).unwrap();
+    let path = dir.join(name);
+    fs::copy(&src, &path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Runs a copy of `sleep` (argv[0] "sleep", which busybox needs).
+pub fn sleeper(path: &Path, secs: &str) -> Child {
+    Command::new(path)
+        .arg0("sleep")
+        .arg(secs)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
 }

@@ -274,6 +274,26 @@ pub(crate) fn peak_rss_during<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
     (out, sampler.join().unwrap_or(0))
 }
 
+/// A scratch directory `ffrtmp-<what>-<pid>` with a copy of `sleep` named
+/// `probe` (its processes have that comm) and a policy governing it with
+/// `limits` (TOML lines); returns (directory, probe, policy).
+pub(crate) fn probe_setup(
+    what: &str,
+    probe: &str,
+    limits: &str,
+) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("ffrtmp-{what}-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let copy = dir.join(probe);
+    fs::copy(fs::canonicalize("/bin/sleep")?, &copy)?;
+    let policy = dir.join("policy.toml");
+    fs::write(
+        &policy,
+        format!("[[rule]]\nname = \"{what}\"\ncomm = \"{probe}\"\n{limits}"),
+    )?;
+    Ok((dir, copy, policy))
+}
+
 /// A `Vm…:` field of /proc/PID/status, in KiB.
 pub(crate) fn vm_field(pid: u32, name: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

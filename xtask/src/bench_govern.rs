@@ -71,16 +71,10 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
     if !Path::new(TRACEFS).join("events").is_dir() {
         crate::run_command(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
     }
-    let dir = std::env::temp_dir().join(format!("ffrtmp-bench-govern-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
-    let probe = dir.join(PROBE);
-    fs::copy(fs::canonicalize("/bin/sleep")?, &probe)?;
-    let policy = dir.join("policy.toml");
-    fs::write(
-        &policy,
-        format!(
-            "[[rule]]\ncomm = \"{PROBE}\"\ncpu_max = \"100000 100000\"\nmemory_max = \"512M\"\n"
-        ),
+    let (dir, probe, policy) = crate::bench::probe_setup(
+        "bench-govern",
+        PROBE,
+        "cpu_max = \"100000 100000\"\nmemory_max = \"512M\"\n",
     )?;
     let cores = thread::available_parallelism().map_or(2, std::num::NonZero::get);
     println!(

@@ -82,16 +82,10 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
         bail!("soak needs root (eBPF, cgroups)");
     }
     let bin = build_release(root)?;
-    let dir = std::env::temp_dir().join(format!("ffrtmp-soak-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
-    let probe = dir.join(PROBE);
-    fs::copy(fs::canonicalize("/bin/sleep")?, &probe)?;
-    let policy = dir.join("policy.toml");
-    fs::write(
-        &policy,
-        format!(
-            "[[rule]]\nname = \"soak\"\ncomm = \"{PROBE}\"\ncpu_max = \"{QUOTA} 100000\"\nmemory_max = \"256M\"\n"
-        ),
+    let (dir, probe, policy) = crate::bench::probe_setup(
+        "soak",
+        PROBE,
+        &format!("cpu_max = \"{QUOTA} 100000\"\nmemory_max = \"256M\"\n"),
     )?;
     let duration = Duration::from_secs(args.minutes * 60);
     // Every event, to look into a violation (kept when the soak fails).
