@@ -112,7 +112,7 @@ impl Observer for EbpfObserver {
     /// The kernel coalesces wake-ups ([`WAKE_COALESCE_NS`]); so after each
     /// wake-up we keep polling every window until a poll at least one window
     /// after the last wake-up finds the ring empty. Idle, nothing runs but
-    /// the loss check ([`LOST_POLL`]). The loss check comes first: behind a
+    /// the loss check (`LOST_POLL`, 250 ms). The loss check comes first: behind a
     /// ring that stays busy (a daemon continued after a stop, its ring
     /// overflowing) it waited ~0.9 s under `cargo xtask soak`, and the
     /// execs it lost waited as long for the rescan that governs them.
