@@ -262,7 +262,7 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
 }
 
 /// Removes cgroup `path` and its (empty) descendants from every hierarchy.
-fn remove_cgroup_tree(path: &str) {
+pub(crate) fn remove_cgroup_tree(path: &str) {
     fn remove(dir: &Path) {
         for child in fs::read_dir(dir).into_iter().flatten().flatten() {
             if child.path().is_dir() {

@@ -171,7 +171,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
         checker.peak_jobs,
         violations.len()
     );
-    remove_tree(ROOT);
+    crate::bench_govern::remove_cgroup_tree(ROOT);
     if !violations.is_empty() {
         bail!(
             "{} invariant violations; the events are in {}",
@@ -424,25 +424,4 @@ fn quota_of(hierarchy: &Path, rel: &str) -> Option<String> {
         .or_else(|_| fs::read_to_string(dir.join("cpu.max")))
         .ok()
         .and_then(|s| s.split_whitespace().next().map(String::from))
-}
-
-/// Removes a cgroup and its (empty) descendants from every hierarchy.
-fn remove_tree(cgroup: &str) {
-    fn remove(dir: &Path) {
-        for child in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if child.path().is_dir() {
-                remove(&child.path());
-            }
-        }
-        let _ = fs::remove_dir(dir);
-    }
-    for mount in fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-    {
-        let f: Vec<&str> = mount.split(' ').collect();
-        if matches!(f.get(2), Some(&"cgroup" | &"cgroup2")) {
-            remove(&Path::new(f[1]).join(cgroup.trim_start_matches('/')));
-        }
-    }
 }

@@ -156,7 +156,7 @@ impl Policy {
         let text = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
             PolicyError::Invalid {
-                line: Lines::new(&String::from_utf8_lossy(&e.as_bytes()[..at])).line(at),
+                line: e.as_bytes()[..at].split(|&b| b == b'\n').count(),
                 origin: origin.clone(),
                 message: format!("not UTF-8 text (byte {} is invalid)", at + 1),
             }

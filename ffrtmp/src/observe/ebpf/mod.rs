@@ -41,7 +41,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 512 * 1024;
 /// How often the kernel's loss counter is read: a lost exec is governed by
 /// the /proc scan that a loss triggers, so this bounds how long it waits
-/// (the daemon promises its limits within 1 s; once a second missed that
+/// (the daemon promises its limits within 1 s; reading it once a second missed that
 /// under `cargo xtask soak`). Reading it costs one map lookup per CPU.
 const LOST_POLL: Duration = Duration::from_millis(250);
 
