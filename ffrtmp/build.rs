@@ -11,6 +11,11 @@
 //! so checking, linting and documenting need neither the nightly toolchain
 //! nor bpf-linker. A binary built so cannot load eBPF and says so
 //! (`observe::ebpf`), and the build prints a warning.
+//!
+//! It also tells the binary what `ffrtmp --version` reports (`cli::version`):
+//! the git commit it was built from (`FFRTMP_COMMIT` when set, as for a
+//! build from a source tarball; else `git rev-parse`; else `unknown`), the
+//! target, and whether the kernel programs are embedded.
 use std::{env, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};
@@ -35,7 +40,13 @@ fn main() -> anyhow::Result<()> {
         .to_path_buf();
     println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-env-changed={SKIP_EBPF}");
-    if env::var_os(SKIP_EBPF).is_some_and(|v| v == "1") {
+    build_facts(&workspace)?;
+    let skip = env::var_os(SKIP_EBPF).is_some_and(|v| v == "1");
+    println!(
+        "cargo:rustc-env=FFRTMP_KERNEL_PROGRAMS={}",
+        if skip { "absent" } else { "embedded" }
+    );
+    if skip {
         let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
         std::fs::write(out.join(OBJECT), b"")
             .context("writing the empty stand-in for the kernel programs")?;
@@ -84,4 +95,48 @@ fn main() -> anyhow::Result<()> {
         aya_build::Toolchain::Nightly,
     )
     .context("building the kernel programs (ffrtmp-ebpf)")
+}
+
+/// What `ffrtmp --version` says about this build (see the module doc).
+fn build_facts(workspace: &std::path::Path) -> anyhow::Result<()> {
+    const COMMIT: &str = "FFRTMP_COMMIT";
+    println!("cargo:rerun-if-env-changed={COMMIT}");
+    let target = env::var("TARGET").context("TARGET not set")?;
+    println!("cargo:rustc-env=FFRTMP_TARGET={target}");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let commit = match env::var(COMMIT) {
+        Ok(c) if !c.is_empty() => c,
+        _ => {
+            // A new commit (or checkout) must reach the binary: watch HEAD
+            // and the branch it names.
+            if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+                let dir = PathBuf::from(dir);
+                let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+                // Only files that exist: cargo reruns for a missing one
+                // on every build.
+                for file in ["HEAD", "packed-refs"]
+                    .into_iter()
+                    .map(|f| dir.join(f))
+                    .chain(branch.map(|b| dir.join(b)))
+                    .filter(|f| f.is_file())
+                {
+                    println!("cargo:rerun-if-changed={}", file.display());
+                }
+            }
+            git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
+        }
+    };
+    println!("cargo:rustc-env={COMMIT}={commit}");
+    Ok(())
 }

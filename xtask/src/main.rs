@@ -12,12 +12,16 @@
 //! - `fuzz`: the fuzz targets of `ffrtmp/fuzz/` (cargo-fuzz), a minute each.
 //! - `soak --minutes N`: `watch` under a mixed, hostile load, its
 //!   invariants checked every second.
+//! - `dist`: the release artefacts in `target/dist/`: a Debian package and
+//!   a tarball (`dist.rs`, docs/PACKAGE.md).
 //! - `startup-order`: profile `run` and `attach` for the linker (see
 //!   `startup.rs`).
 mod bench;
 mod bench_govern;
+mod dist;
 mod fuzz;
 mod packages;
+mod rootfs;
 mod soak;
 mod startup;
 mod test;
@@ -45,6 +49,8 @@ enum Task {
     Setup,
     /// Build ffrtmp (release).
     Build,
+    /// Build the release artefacts into target/dist/: the .deb, the tarball, SHA256SUMS.
+    Dist,
     /// Build ffrtmp (release) and run it with ARGS, e.g. `-- watch`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -82,6 +88,10 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => toolchain::setup(&root).map(drop),
         Task::Build => build_release(&root).map(drop),
+        Task::Dist => {
+            let bin = build_release(&root)?;
+            dist::dist(&root, &bin).map(drop)
+        }
         Task::Run { args } => {
             let bin = build_release(&root)?;
             let err = exec(Command::new(&bin).args(&args));
@@ -114,7 +124,8 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz(args) => fuzz::run(&root, &args),
         Task::Soak(args) => soak::run(&root, &args),
         Task::StartupOrder => {
-            let bin = build_release(&root)?;
+            // perf needs the symbols: the unstripped build.
+            let bin = build_unstripped(&root)?;
             startup::generate(&root, &bin)
         }
     }
@@ -137,12 +148,19 @@ fn release_target() -> String {
     format!("{}-unknown-linux-musl", std::env::consts::ARCH)
 }
 
-/// Builds the shipped binary: a static PIE (no dynamic loading at start-up,
-/// no shared-library pages in its RSS, runs on any distribution) with the
-/// eBPF toolchain on PATH, linked in the start-up order (`startup.rs`).
-/// `--target` keeps the target and its flags off build scripts and proc
-/// macros.
+/// Builds the shipped binary (see [`build_unstripped`]) and strips it
+/// (`dist::strip`): the binary every test, VM, benchmark and package uses.
 fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
+    let bin = build_unstripped(root)?;
+    dist::strip(root, &bin)
+}
+
+/// Builds the shipped binary with its symbols: a static PIE (no dynamic
+/// loading at start-up, no shared-library pages in its RSS, runs on any
+/// distribution) with the eBPF toolchain on PATH, linked in the start-up
+/// order (`startup.rs`, which reads the symbols). `--target` keeps the
+/// target and its flags off build scripts and proc macros.
+fn build_unstripped(root: &Path) -> anyhow::Result<PathBuf> {
     let tools = toolchain::setup(root)?;
     let target = release_target();
     toolchain::ensure_target(root, &target)?;

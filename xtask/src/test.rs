@@ -23,7 +23,15 @@ use anyhow::{Context as _, bail};
 use crate::{fuzz, toolchain, vm};
 
 /// Commands the host tests run, with their Debian packages.
-const TEST_PACKAGES: &[(&str, &str)] = &[("ffmpeg", "ffmpeg")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("ffmpeg", "ffmpeg"),
+    ("lintian", "lintian"),
+    ("mmdebstrap", "mmdebstrap"),
+];
+/// Set for the test binaries: the release artefacts (`cargo xtask dist`)
+/// and the root filesystem tests/package.rs installs them into.
+const DIST_ENV: &str = "FFRTMP_DIST";
+const ROOTFS_ENV: &str = "FFRTMP_ROOTFS";
 
 /// Set for the test binaries: root tests fail instead of skipping.
 const REQUIRE_ROOT_ENV: &str = "FFRTMP_REQUIRE_ROOT_TESTS";
@@ -59,11 +67,23 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     }
 
     if is_root {
-        // The transcode test runs Debian's real ffmpeg.
+        // The transcode test runs Debian's real ffmpeg; the package tests
+        // lintian and a root filesystem from mmdebstrap.
         crate::packages::ensure(TEST_PACKAGES)?;
     }
     let shipped = crate::build_release(root)?;
     let mut cmd = tools.cargo(root);
+    if is_root {
+        // The release artefacts, installed for real by tests/package.rs.
+        let artefacts = crate::dist::dist(root, &shipped)?;
+        match crate::rootfs::ensure(root, &crate::rootfs::PACKAGE_TEST) {
+            Ok(rootfs) => {
+                cmd.env(DIST_ENV, &artefacts.dir).env(ROOTFS_ENV, rootfs);
+            }
+            Err(why) if in_ci => return Err(why.context("CI must run the package tests")),
+            Err(why) => eprintln!("\n==> the package tests will SKIP: {why:#}\n"),
+        }
+    }
     cmd.env(BIN_ENV, &shipped)
         .args([
             "test",

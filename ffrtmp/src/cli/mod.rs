@@ -2,15 +2,19 @@
 //!
 //! Exit statuses: [`exit`].
 mod attach;
+mod cleanup;
+mod completions;
 mod deferred;
 pub mod exit;
 mod govern_args;
 mod governance;
 mod logs;
+pub mod manual;
 mod policy;
 mod run;
 mod spawn;
 mod status;
+pub mod version;
 mod watch;
 
 use std::{process::ExitCode, time::Duration};
@@ -22,7 +26,7 @@ use crate::{events::Format, observe::Backend};
 
 /// Observe and govern live-transcoding workloads (FFmpeg, GStreamer).
 #[derive(Debug, Parser)]
-#[command(name = "ffrtmp", version, about, long_about = None)]
+#[command(name = "ffrtmp", version = version::SHORT, long_version = version::LONG, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -70,6 +74,29 @@ pub enum Command {
     /// Check a policy file, or print the embedded one.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Remove the empty job cgroups ffrtmp left behind, and nothing else.
+    ///
+    /// Under every root ffrtmp made jobs under since boot (its ledger,
+    /// /run/ffrtmp as root), removes each job cgroup it made that holds no
+    /// process and that no running ffrtmp looks after, then emptied staging
+    /// cgroups. Jobs with processes stay, with their limits, and are listed
+    /// with the reason; so are cgroups other programs made. Package removal
+    /// runs it after stopping the daemon.
+    Cleanup(Deferred<cleanup::CleanupArgs>),
+    /// Print the version, git commit, target and whether the kernel programs are embedded.
+    ///
+    /// `--format json` prints one object for fleet inventory: name,
+    /// version, commit, target, libc (musl or gnu), kernel_programs and
+    /// events_schema.
+    Version(Deferred<version::VersionArgs>),
+    /// Print a shell completion script (bash, zsh, fish, …) on stdout.
+    ///
+    /// The package installs bash's, zsh's and fish's. By hand, e.g.:
+    /// `ffrtmp completions bash > /usr/share/bash-completion/completions/ffrtmp`.
+    Completions(Deferred<completions::CompletionsArgs>),
+    /// Write the manual pages into DIR (for packaging).
+    #[command(hide = true)]
+    Manual(Deferred<manual::ManualArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +195,10 @@ pub fn main() -> ExitCode {
         Command::Attach(Deferred(args)) => attach::attach(args),
         Command::Status(Deferred(args)) => status::status(args),
         Command::Policy(command) => policy::run(command),
+        Command::Cleanup(Deferred(args)) => cleanup::cleanup(args),
+        Command::Version(Deferred(args)) => version::version(args),
+        Command::Completions(Deferred(args)) => completions::completions(args),
+        Command::Manual(Deferred(args)) => manual::manual(args),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::policy::{Action, EMBEDDED, Policy};
 pub enum PolicyCommand {
     /// Validate FILE as `watch --policy` would; print its rules. Exit 2 (with the line of the mistake) if invalid.
     Check {
+        /// The policy file (TOML, docs/POLICY.md).
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },

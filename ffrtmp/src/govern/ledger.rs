@@ -86,10 +86,7 @@ impl Ledger {
     /// The ledger of `root` in `mode` (no I/O: directories are made when a
     /// lock is first taken).
     pub fn of(mode: Mode, root: &CgroupPath) -> Self {
-        let base = match mode {
-            Mode::Privileged => PathBuf::from(PRIVILEGED_BASE),
-            Mode::Delegated | Mode::Unprivileged => user_base(),
-        };
+        let base = base_of(mode);
         let dir = base.join("roots").join(escape(root.as_str()));
         Ledger { base, dir }
     }
@@ -200,10 +197,40 @@ impl Ledger {
     }
 }
 
+/// The roots this mode's ledger has records for (every root a job was made
+/// under since boot, staging roots included), read without making anything.
+/// Empty when the ledger does not exist or is not safely ours.
+pub fn roots(mode: Mode) -> Vec<CgroupPath> {
+    let base = base_of(mode);
+    let roots = base.join("roots");
+    if check_private(&base).is_err() || check_private(&roots).is_err() {
+        return Vec::new();
+    }
+    let Ok(dir) = fs::read_dir(&roots) else {
+        return Vec::new();
+    };
+    let mut found: Vec<CgroupPath> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|name| unescape(&name))
+        .filter_map(|path| CgroupPath::new(&path).ok())
+        .collect();
+    found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    found
+}
+
 /// A job taken for removal (see [`Ledger::take`]).
 #[derive(Debug)]
 pub struct Taken {
     _lock: Flock<File>,
+}
+
+/// The ledger's base directory in `mode`.
+fn base_of(mode: Mode) -> PathBuf {
+    match mode {
+        Mode::Privileged => PathBuf::from(PRIVILEGED_BASE),
+        Mode::Delegated | Mode::Unprivileged => user_base(),
+    }
 }
 
 /// A delegate's base: its runtime directory when it has one, else a
@@ -225,10 +252,15 @@ fn user_base() -> PathBuf {
 /// link) owned by us or root that no one else may write.
 fn private_dir(dir: &Path) -> Result<(), GovernError> {
     match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(GovernError::io("creating", dir, e)),
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_private(dir),
+        Err(e) => Err(GovernError::io("creating", dir, e)),
     }
+}
+
+/// Checks that `dir` is a directory (not a link) owned by us or root that
+/// no one else may write.
+fn check_private(dir: &Path) -> Result<(), GovernError> {
     let meta = fs::symlink_metadata(dir).map_err(|e| GovernError::io("checking", dir, e))?;
     let uid = nix::unistd::geteuid().as_raw();
     if !meta.is_dir() || !(meta.uid() == uid || meta.uid() == 0) || meta.mode() & 0o022 != 0 {
@@ -305,9 +337,36 @@ fn escape(path: &str) -> String {
     out
 }
 
+/// The inverse of [`escape`]; `None` for a name `escape` cannot make.
+fn unescape(name: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut bytes = name.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    let path = String::from_utf8(out).ok()?;
+    (escape(&path) == name).then_some(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaping_round_trips_and_rejects_what_it_cannot_make() {
+        for path in ["/ffrtmp", "/ffrtmp/.staging", "/a b/ü", "/a%20b"] {
+            assert_eq!(unescape(&escape(path)).as_deref(), Some(path));
+        }
+        for name in ["%2", "%zz", "%2fffrtmp", "a/b", "%FF"] {
+            assert_eq!(unescape(name), None, "{name}");
+        }
+    }
 
     #[test]
     fn escaped_roots_are_distinct_single_names() {

@@ -38,6 +38,7 @@
 //!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
+pub mod cleanup;
 pub mod dynmods;
 pub mod layout;
 pub mod ledger;

@@ -35,6 +35,12 @@ use crate::events::{Event, Lost, LostReason, Source, Timestamp};
 /// The compiled kernel programs, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ffrtmp"));
 
+/// Whether this binary was built without its kernel programs
+/// (`FFRTMP_SKIP_EBPF=1`; it can only poll /proc).
+pub fn kernel_programs_missing() -> bool {
+    EBPF_OBJECT.is_empty()
+}
+
 /// Default ring buffer size: about 390 exec records in flight, far more than
 /// arrive in one wake-up window at this machine's maximum exec rate; mapped
 /// twice by the consumer, so it counts double in RSS.

@@ -1,0 +1,78 @@
+//! `ffrtmp cleanup`: remove what ffrtmp left behind and nothing else — the
+//! empty job cgroups it made (by its [`ledger`](super::ledger)) that no live
+//! ffrtmp looks after, under every root it has made jobs under since boot,
+//! and then emptied staging directories (`<root>/.staging`, a name only
+//! ffrtmp uses). Package removal runs it after stopping the daemon, so that
+//! `dpkg -r` leaves no job cgroup without a process.
+//!
+//! A job with a process, a child cgroup, a live claim or no record stays,
+//! and is listed with the reason: its limits stay in force for as long as
+//! its workload runs. Roots (`/ffrtmp`, a `--cgroup-root`) stay too: an
+//! operator may have made them, and an empty one costs nothing.
+use std::{fs, path::PathBuf};
+
+use serde::Serialize;
+
+use super::{
+    Context, Mode, is_empty_leaf, job_dirs,
+    layout::{CgroupPath, Layout},
+    ledger::{self, Entry},
+    reap_empty, root_dirs,
+};
+use crate::limits::JobId;
+
+/// What [`cleanup`] did.
+#[derive(Debug, Default, Serialize)]
+pub struct Cleanup {
+    /// The directories removed.
+    pub removed: Vec<PathBuf>,
+    /// The job cgroups left, and why.
+    pub kept: Vec<Kept>,
+}
+
+/// A job cgroup [`cleanup`] left in place.
+#[derive(Debug, Serialize)]
+pub struct Kept {
+    pub cgroup: String,
+    pub why: &'static str,
+}
+
+/// Cleans up under every root this mode's ledger knows (see the module
+/// doc). Unprivileged mode makes no cgroups: nothing to do.
+pub fn cleanup(layout: &Layout, mode: Mode) -> Cleanup {
+    let mut done = Cleanup::default();
+    if mode == Mode::Unprivileged {
+        return done;
+    }
+    for root in ledger::roots(mode) {
+        let ctx = Context {
+            layout: layout.clone(),
+            mode,
+            root: Some(root.clone()),
+        };
+        done.removed.extend(reap_empty(&ctx));
+        for (name, _, entry) in job_dirs(&ctx) {
+            let why = match entry {
+                Entry::NotOurs => "not made by ffrtmp",
+                Entry::Claimed => "looked after by a running ffrtmp",
+                Entry::Unclaimed => "it holds processes or child cgroups",
+            };
+            done.kept.push(Kept {
+                cgroup: root.child(&name).as_str().to_string(),
+                why,
+            });
+        }
+        if is_staging(&root) {
+            for dir in root_dirs(&ctx, &root) {
+                if is_empty_leaf(&dir) && fs::remove_dir(&dir).is_ok() {
+                    done.removed.push(dir);
+                }
+            }
+        }
+    }
+    done
+}
+
+fn is_staging(root: &CgroupPath) -> bool {
+    root.as_str().rsplit('/').next() == Some(JobId::STAGING)
+}
