@@ -1,5 +1,5 @@
 //! `ffrtmp cleanup`: remove what ffrtmp left behind and nothing else — the
-//! empty job cgroups it made (by its [`ledger`](super::ledger)) that no live
+//! empty job cgroups it made (by its [`ledger`]) that no live
 //! ffrtmp looks after, under every root it has made jobs under since boot,
 //! and then emptied staging directories (`<root>/.staging`, a name only
 //! ffrtmp uses). Package removal runs it after stopping the daemon, so that
