@@ -280,6 +280,9 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
     let text = fs::read_to_string(&policy).unwrap();
     assert!(text.contains("cpu_weight = 50"));
     fs::write(&policy, text.replace("cpu_weight = 50", "cpu_weight = 70")).unwrap();
+    // The same package again, then a newer one.
+    c.ok(&format!("apt-get install -y --reinstall {inside}"));
+    assert!(fs::read_to_string(&policy).unwrap().contains("cpu_weight = 70"));
     let newer = repack_with_version(&deb, "9.9.9", &c.path("/tmp"));
     c.ok(&format!(
         "apt-get install -y /tmp/{}",
@@ -372,9 +375,9 @@ fn removal_stops_every_ffrtmp_but_no_workload() {
     eventually("watch's staging cgroups", || {
         !Root::dirs_of(&format!("{r}/.staging")).is_empty()
     });
-    // …a live stream with a quota…
+    // …a live stream with a quota, whose wrapper forwards SIGTERM to it…
     let mut live = c.spawn(&format!(
-        "exec ffrtmp run --cgroup-root {r} --job-id live --cpu-max '20000 100000' -- sleep 300"
+        "exec ffrtmp run --forward-signals --cgroup-root {r} --job-id live --cpu-max '20000 100000' -- sleep 300"
     ));
     let job_pids = |job: &str| -> Vec<u32> {
         Root::dirs_of(&format!("{r}/{job}"))

@@ -489,6 +489,44 @@ fn forward_signals_passes_sigterm_to_the_workload() {
     assert_eq!(job_exit(&read_events(&events)).signal, Some(libc::SIGTERM));
 }
 
+/// SIGUSR1 detaches even a `--forward-signals` wrapper (package removal
+/// sends it, docs/PACKAGE.md): the stream is never signalled.
+#[test]
+fn sigusr1_detaches_even_when_signals_are_forwarded() {
+    if !require_root("sigusr1_detaches_even_when_signals_are_forwarded") {
+        return;
+    }
+    let dir = scratch("usr1");
+    let events = dir.join("events");
+    let mut wrapper = Command::new(ffrtmp())
+        .args(["run", "--forward-signals", "--events"])
+        .arg(&events)
+        .args(["--", "/bin/sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + common::PATIENCE;
+    let pid = loop {
+        if let Some(pid) = read_events(&events).iter().find_map(|e| match &e.body {
+            Body::Governed(g) => Some(g.pid),
+            _ => None,
+        }) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(20));
+    };
+    kill(wrapper.id(), libc::SIGUSR1);
+    assert!(wrapper.wait().unwrap().success());
+    assert!(alive(pid), "SIGUSR1 reached the workload");
+    assert!(!cgroup_dirs_of(pid).is_empty(), "the workload left its job");
+    assert!(
+        read_events(&events)
+            .iter()
+            .any(|e| matches!(&e.body, Body::Detached(d) if d.pid == pid && d.reason == "SIGUSR1"))
+    );
+    kill(pid, libc::SIGKILL);
+}
+
 /// Everything under the cgroup mounts, two levels deep: what a hostile job
 /// id could create or change.
 fn cgroup_tree() -> Vec<String> {

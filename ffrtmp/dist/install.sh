@@ -31,9 +31,15 @@ if [ -n "$uninstall" ]; then
     if [ -d /run/systemd/system ]; then
         systemctl stop ffrtmp-watch.service 2>/dev/null || true
     fi
+    # As the package's prerm: run wrappers detach on SIGUSR1 (SIGTERM may
+    # be forwarded to their stream), the others on SIGTERM.
     for dir in /proc/[0-9]*; do
         if [ "$dir/exe" -ef "$prefix/bin/ffrtmp" ]; then
-            kill -TERM "${dir#/proc/}" 2>/dev/null || true
+            sig=TERM
+            if [ "$(tr '\0' '\n' <"$dir/cmdline" 2>/dev/null | sed -n 2p)" = run ]; then
+                sig=USR1
+            fi
+            kill -"$sig" "${dir#/proc/}" 2>/dev/null || true
         fi
     done
     sleep 1

@@ -56,7 +56,8 @@ pub enum Command {
     /// this terminal's stdin/stdout/stderr; events go to stderr (or
     /// --events FILE). Exit status: the workload's; 128+N if killed by signal
     /// N; 125 if ffrtmp fails; 126 not executable; 127 not found. SIGTERM,
-    /// SIGINT or SIGHUP detach (the workload runs on, still limited).
+    /// SIGINT or SIGHUP detach (the workload runs on, still limited); so
+    /// does SIGUSR1, even with --forward-signals.
     Run(Deferred<run::RunArgs>),
     /// Govern a running process without restarting it.
     ///

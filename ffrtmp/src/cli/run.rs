@@ -12,7 +12,10 @@
 //!   ffrtmp itself fails; 126 not executable; 127 not found (like env(1)).
 //! - SIGTERM, SIGINT, SIGHUP: a `detached` event, then exit 0 leaving the
 //!   workload running and limited (with `--forward-signals`: pass the signal
-//!   on and keep waiting). kill -9 of the wrapper changes nothing for it.
+//!   on and keep waiting). SIGUSR1 always detaches, never forwarded: what
+//!   package removal sends wrappers (docs/PACKAGE.md), so that removing
+//!   ffrtmp never stops a stream. kill -9 of the wrapper changes nothing
+//!   for it.
 use std::{ffi::OsString, io, os::fd::AsRawFd as _, path::Path, process::ExitCode, time::Instant};
 
 use clap::Args;
@@ -33,7 +36,8 @@ use crate::{
 pub struct RunArgs {
     #[command(flatten)]
     pub govern: GovernArgs,
-    /// Pass SIGTERM/SIGINT/SIGHUP on to the workload instead of detaching.
+    /// Pass SIGTERM/SIGINT/SIGHUP on to the workload instead of detaching
+    /// (SIGUSR1 always detaches).
     #[arg(long)]
     pub forward_signals: bool,
     /// The workload and its arguments (after `--`).
@@ -200,7 +204,7 @@ fn on_signal(
     sink: &mut EventOut,
 ) -> Option<ExitCode> {
     let name = nix::sys::signal::Signal::try_from(signo).map_or("signal", |s| s.as_str());
-    if args.forward_signals {
+    if args.forward_signals && signo != libc::SIGUSR1 {
         // SAFETY: kill(2) on our own child's pid, which we have not reaped.
         unsafe { libc::kill(pid as i32, signo) };
         return None;

@@ -311,14 +311,16 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|p| unsafe { libc::access(p.as_ptr(), libc::X_OK) } == 0)
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP for this thread (they are read from a
-/// signalfd instead); returns the mask to restore in the workload.
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 for this thread (they are
+/// read from a signalfd instead); returns the mask to restore in the
+/// workload.
 pub fn block_detach_signals() -> io::Result<(SigSet, nix::sys::signalfd::SignalFd)> {
     let mut detach = SigSet::empty();
     for s in [
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGINT,
         nix::sys::signal::Signal::SIGHUP,
+        nix::sys::signal::Signal::SIGUSR1,
     ] {
         detach.add(s);
     }
