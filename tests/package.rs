@@ -282,7 +282,11 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
     fs::write(&policy, text.replace("cpu_weight = 50", "cpu_weight = 70")).unwrap();
     // The same package again, then a newer one.
     c.ok(&format!("apt-get install -y --reinstall {inside}"));
-    assert!(fs::read_to_string(&policy).unwrap().contains("cpu_weight = 70"));
+    assert!(
+        fs::read_to_string(&policy)
+            .unwrap()
+            .contains("cpu_weight = 70")
+    );
     let newer = repack_with_version(&deb, "9.9.9", &c.path("/tmp"));
     c.ok(&format!(
         "apt-get install -y /tmp/{}",

@@ -49,12 +49,16 @@ pub fn ensure(root: &Path, spec: &Rootfs) -> anyhow::Result<PathBuf> {
         "xtask: making the {} root filesystem (mmdebstrap)",
         spec.name
     );
-    let partial = tar.with_extension("tar.partial");
+    // mmdebstrap picks its output's format by the name's extension unless
+    // told: a `.partial` would be a directory.
+    let partial = tar.with_extension("partial.tar");
+    let _ = fs::remove_file(&partial);
     run_command(
         Command::new("mmdebstrap")
             .args([
                 "--quiet",
                 "--variant=minbase",
+                "--format=tar",
                 &format!("--include={key}"),
                 spec.suite,
             ])
