@@ -303,6 +303,11 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
     );
     c.ok("ffrtmp policy check /etc/ffrtmp/policy.toml");
 
+    // An operator's `enable` (offline here) goes with the purge too.
+    let wants = c.path("/etc/systemd/system/multi-user.target.wants/ffrtmp-watch.service");
+    c.ok("systemctl enable ffrtmp-watch.service");
+    assert!(fs::symlink_metadata(&wants).is_ok());
+
     // Purge leaves nothing of the package's files behind.
     let files = c.ok("dpkg -L ffrtmp");
     c.ok("apt-get purge -y ffrtmp");
@@ -324,6 +329,10 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
         }
     }
     assert!(left.is_empty(), "left behind by purge: {left:?}");
+    assert!(
+        fs::symlink_metadata(&wants).is_err(),
+        "the enablement outlived the purge"
+    );
 }
 
 /// A copy of `deb` with another version (dpkg-deb -R, then -b).
