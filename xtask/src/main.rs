@@ -111,6 +111,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Task::VmTest(args) if args.systemd => {
+            let tools = toolchain::setup(&root)?;
+            let shipped = build_release(&root)?;
+            let artefacts = dist::dist(&root, &shipped)?;
+            let rootfs = rootfs::ensure(&root, &rootfs::BOOKWORM_SYSTEMD)?;
+            let outcome =
+                vm::systemd::run(&root, &tools, &shipped, &artefacts.deb, &rootfs, &args)?;
+            vm::check(&[outcome])
+        }
         Task::VmTest(args) => {
             let tools = toolchain::setup(&root)?;
             let shipped = build_release(&root)?;

@@ -19,9 +19,11 @@ pub struct Rootfs {
     pub include: &'static [&'static str],
 }
 
-/// The package tests' (tests/package.rs): a clean Debian 12 with what the
-/// checks use (systemd-analyze, man, bash-completion) and nothing of ours.
-pub const PACKAGE_TEST: Rootfs = Rootfs {
+/// A clean Debian 12 that boots systemd: what the package tests
+/// (tests/package.rs) install into with chroot, and what the systemd VM
+/// boots (`vm::systemd`). Nothing of ours; only what the checks use:
+/// systemd-analyze, man, bash-completion, kmod (the VM's RAM disk), procps.
+pub const BOOKWORM_SYSTEMD: Rootfs = Rootfs {
     name: "bookworm-systemd",
     suite: "bookworm",
     include: &[
@@ -30,6 +32,8 @@ pub const PACKAGE_TEST: Rootfs = Rootfs {
         "dbus",
         "man-db",
         "bash-completion",
+        "kmod",
+        "procps",
     ],
 };
 

@@ -73,15 +73,20 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     }
     let shipped = crate::build_release(root)?;
     let mut cmd = tools.cargo(root);
+    // The release artefacts and the Debian root filesystem: installed for
+    // real by tests/package.rs, booted with systemd by the systemd VM.
+    let mut packaged = None;
     if is_root {
-        // The release artefacts, installed for real by tests/package.rs.
         let artefacts = crate::dist::dist(root, &shipped)?;
-        match crate::rootfs::ensure(root, &crate::rootfs::PACKAGE_TEST) {
+        match crate::rootfs::ensure(root, &crate::rootfs::BOOKWORM_SYSTEMD) {
             Ok(rootfs) => {
-                cmd.env(DIST_ENV, &artefacts.dir).env(ROOTFS_ENV, rootfs);
+                cmd.env(DIST_ENV, &artefacts.dir).env(ROOTFS_ENV, &rootfs);
+                packaged = Some((artefacts, rootfs));
             }
             Err(why) if in_ci => return Err(why.context("CI must run the package tests")),
-            Err(why) => eprintln!("\n==> the package tests will SKIP: {why:#}\n"),
+            Err(why) => {
+                eprintln!("\n==> the package tests and the systemd VM will SKIP: {why:#}\n");
+            }
         }
     }
     cmd.env(BIN_ENV, &shipped)
@@ -114,9 +119,21 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
             let args = vm::VmArgs {
                 kernels: Vec::new(),
                 kvm: false,
+                systemd: false,
                 test_args: extra.to_vec(),
             };
             vm_outcomes = vm::run(root, &tools, &shipped, &args)?;
+            // systemd as PID 1, the package installed (vm/systemd.rs).
+            if let Some((artefacts, rootfs)) = &packaged {
+                vm_outcomes.push(vm::systemd::run(
+                    root,
+                    &tools,
+                    &shipped,
+                    &artefacts.deb,
+                    rootfs,
+                    &args,
+                )?);
+            }
             for outcome in &vm_outcomes {
                 totals.passed += outcome.passed;
                 totals.failed += outcome.failed;

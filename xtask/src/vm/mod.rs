@@ -40,6 +40,8 @@ use crate::{
     toolchain::{Tools, capture},
 };
 
+pub mod systemd;
+
 /// Kernels run when none is named. 6.12 is left out: under TCG here it
 /// oopses at random (double faults in kmem_cache_alloc, NULL derefs in
 /// mprotect) during a plain busybox fork loop with nothing of ours loaded,
@@ -103,6 +105,10 @@ pub struct VmArgs {
     /// Use KVM instead of TCG (nested KVM hangs on our CI hosts).
     #[arg(long)]
     pub kvm: bool,
+    /// Boot the systemd VM (Debian 12, systemd 252 as PID 1, the package
+    /// installed) instead of the busybox kernel matrix.
+    #[arg(long, conflicts_with = "kernels")]
+    pub systemd: bool,
     /// Arguments for the test binaries inside the VM (e.g. a name filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub test_args: Vec<String>,
@@ -196,7 +202,12 @@ pub fn run(
         };
         let initramfs = pack_initramfs(&vm_dir, &kernel, &busybox, &built, &args.test_args)
             .with_context(|| format!("packing the initramfs for {name}"))?;
-        outcomes.push(boot(&kernel, &initramfs, args.kvm)?);
+        let spec = BootSpec {
+            label: kernel.name.clone(),
+            memory_mib: 1024,
+            append: "console=ttyS0 panic=-1 oops=panic quiet".into(),
+        };
+        outcomes.push(boot(&kernel, &initramfs, args.kvm, &spec)?);
     }
     Ok(outcomes)
 }
@@ -744,8 +755,21 @@ poweroff -f
 }
 
 /// Boots one VM and follows its console.
-fn boot(kernel: &Kernel, initramfs: &Path, kvm: bool) -> anyhow::Result<VmOutcome> {
-    let label = format!("[vm {}]", kernel.name);
+/// How a VM boots: its name in the console's prefix and the results,
+/// its memory, its kernel command line.
+struct BootSpec {
+    label: String,
+    memory_mib: u32,
+    append: String,
+}
+
+fn boot(
+    kernel: &Kernel,
+    initramfs: &Path,
+    kvm: bool,
+    spec: &BootSpec,
+) -> anyhow::Result<VmOutcome> {
+    let label = format!("[vm {}]", spec.label);
     eprintln!("\n==> {label} booting {}", kernel.vmlinuz.display());
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(if kvm {
@@ -753,12 +777,17 @@ fn boot(kernel: &Kernel, initramfs: &Path, kvm: bool) -> anyhow::Result<VmOutcom
     } else {
         ["-accel", "tcg", "-cpu", "max"]
     })
-    .args(["-m", "1024", "-smp", &kernel.cpus.to_string()])
+    .args([
+        "-m",
+        &spec.memory_mib.to_string(),
+        "-smp",
+        &kernel.cpus.to_string(),
+    ])
     .args(["-nographic", "-no-reboot", "-kernel"])
     .arg(&kernel.vmlinuz)
     .arg("-initrd")
     .arg(initramfs)
-    .args(["-append", "console=ttyS0 panic=-1 oops=panic quiet"])
+    .args(["-append", &spec.append])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
@@ -775,7 +804,7 @@ fn boot(kernel: &Kernel, initramfs: &Path, kvm: bool) -> anyhow::Result<VmOutcom
     });
     let deadline = Instant::now() + VM_TIME_LIMIT;
     let mut outcome = VmOutcome {
-        kernel: kernel.name.clone(),
+        kernel: spec.label.clone(),
         passed: 0,
         failed: 0,
         skips: Vec::new(),
