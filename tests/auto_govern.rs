@@ -446,6 +446,81 @@ fn lost_events_trigger_a_rescan_that_governs_every_match() {
     }
 }
 
+/// A policy of one rule governing `comm` with a CPU quota of `quota` µs.
+fn one_rule(name: &str, comm: &str, quota: u32) -> String {
+    format!("[[rule]]\nname = \"{name}\"\ncomm = \"{comm}\"\ncpu_max = \"{quota} 100000\"\n")
+}
+
+fn policy_event(applied: bool) -> impl Fn(&Event) -> bool {
+    move |e| matches!(&e.body, Body::Policy(p) if p.applied == applied)
+}
+
+/// SIGHUP (`systemctl reload`) reads the policy again: a good one governs
+/// processes that start from then on by its rules (the kernel passes its
+/// names, and no longer the old ones); a bad one keeps the running policy
+/// and says why in a `policy` event. `watch` never stops for it, and what
+/// it governs keeps its job.
+#[test]
+fn sighup_reloads_the_policy_and_a_bad_one_keeps_the_running_one() {
+    if !require_root("sighup_reloads_the_policy") {
+        return;
+    }
+    let dir = scratch("auto-reload");
+    let root = Root::new("reload");
+    let policy = write_policy(&dir, &one_rule("first", "rl-first", 20000));
+    let first = fake(&dir, "rl-first", "/bin/sleep");
+    let second = fake(&dir, "rl-second", "/bin/sleep");
+    let mut w = watch(&policy, &root, &[]);
+    let mut kids = Children(Vec::new());
+
+    kids.0.push(sleeper(&first, "30"));
+    let before = as_governed(w.wait_for("first governed", governed_of(kids.0[0].id())));
+    assert_eq!(before.rule.as_deref(), Some("first"));
+
+    fs::write(&policy, one_rule("second", "rl-second", 30000)).unwrap();
+    common::signal(w.pid(), nix::sys::signal::Signal::SIGHUP);
+    let reloaded = w.wait_for("the reload", policy_event(true));
+    let Body::Policy(p) = &reloaded.body else {
+        unreachable!()
+    };
+    assert_eq!((p.rules, p.path.as_deref()), (1, policy.to_str()));
+    // The old rule's name first: had it still matched, its `governed`
+    // would come before the new one's.
+    kids.0.push(sleeper(&first, "30"));
+    let old_name = kids.0[1].id();
+    kids.0.push(sleeper(&second, "30"));
+    let g = as_governed(w.wait_for("second governed", governed_of(kids.0[2].id())));
+    assert_eq!(g.rule.as_deref(), Some("second"));
+    assert!(cpu_quota(g.cgroup.as_deref().unwrap()).starts_with("30000"));
+    assert!(
+        !w.events.iter().any(governed_of(old_name)),
+        "the old rule still governs"
+    );
+    assert!(!cgroups(old_name).contains(root.path()));
+    // What the old rule governed keeps its job and quota.
+    let kept = before.cgroup.as_deref().unwrap();
+    assert!(cgroups(kids.0[0].id()).contains(kept));
+    assert!(cpu_quota(kept).starts_with("20000"));
+
+    fs::write(&policy, "[[rule]]\nname = \"broken\"\nbogus = 1\n").unwrap();
+    common::signal(w.pid(), nix::sys::signal::Signal::SIGHUP);
+    let refused = w.wait_for("the refused reload", policy_event(false));
+    let Body::Policy(p) = &refused.body else {
+        unreachable!()
+    };
+    assert_eq!(p.rules, 1);
+    assert!(
+        p.error.as_deref().is_some_and(|e| e.contains("bogus")),
+        "{p:?}"
+    );
+    kids.0.push(sleeper(&second, "30"));
+    let g = as_governed(w.wait_for("governed after the refusal", governed_of(kids.0[3].id())));
+    assert_eq!(g.rule.as_deref(), Some("second"));
+
+    let (status, _) = w.stop();
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn the_procfs_fallback_governs_and_says_so() {
     if !require_root("the_procfs_fallback_governs") {

@@ -46,7 +46,10 @@ pub enum Command {
     /// embedded policy governs ffmpeg and gst-launch-1.0 (docs/POLICY.md).
     /// Without eBPF, /proc is polled instead, with a `degraded` event. The
     /// daemon never stops a workload: SIGINT or SIGTERM exits 0 and leaves
-    /// every job running and limited. Logs go to stderr (RUST_LOG).
+    /// every job running and limited. SIGHUP reads the policy again: a valid
+    /// one governs the processes that start from then on, a bad one leaves
+    /// the running policy in force (a `policy` event says which). Logs go
+    /// to stderr (RUST_LOG).
     /// Events: docs/EVENTS.md.
     Watch(Deferred<WatchArgs>),
     /// Start CMD already inside its own cgroup with CPU, memory, IO and pids limits.
@@ -231,7 +234,12 @@ mod tests {
             panic!("the unit does not run watch");
         };
         assert!(w.policy.is_some() && w.metrics_addr.is_some());
-        for line in ["KillMode=process", "Delegate=yes", "Restart=always"] {
+        for line in [
+            "KillMode=process",
+            "Delegate=yes",
+            "Restart=always",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+        ] {
             assert!(unit.lines().any(|l| l == line), "{line} missing");
         }
     }

@@ -16,7 +16,7 @@ use crate::{
     daemon::{Governor, MadeJobs, Stream},
     errors::chain,
     events::{
-        Degraded, Event, EventError, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
+        Degraded, Event, EventError, Reloaded, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
         file::LineFile,
         metrics::Metrics,
         queued::{Queue, Queued},
@@ -76,13 +76,14 @@ pub fn run(args: WatchArgs) -> ExitCode {
     };
     // The names the policy governs: with --observe-only nothing is urgent.
     let comms = policy.comm_filter();
+    let rules = policy.governing_rules();
     let filter = if args.all { None } else { comms.clone() };
     let urgent = comms.filter(|_| governor.is_some());
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")
-        .and_then(|rt| rt.block_on(watch(args, governor, urgent, filter, notes)));
+        .and_then(|rt| rt.block_on(watch(args, rules, governor, urgent, filter, notes)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit::fail(exit::FAILURE, e.as_ref()),
@@ -155,6 +156,7 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
 
 async fn watch(
     args: WatchArgs,
+    rules: usize,
     governor: Option<Governor>,
     urgent: Option<BTreeSet<String>>,
     filter: Option<BTreeSet<String>>,
@@ -163,7 +165,16 @@ async fn watch(
     // Register before loading so a signal during start-up is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    // SIGHUP reloads the policy (`systemctl reload`); it never stops `watch`.
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let governs = governor.is_some();
+    let mut reloader = Reloader {
+        path: args.policy.clone(),
+        all: args.all,
+        governs,
+        kernel_filters: filter.is_some(),
+        rules,
+    };
     let options = Options {
         backend: args.backend,
         interval: args.interval,
@@ -253,6 +264,7 @@ async fn watch(
                 // their rules' limits already).
                 biased;
                 () = &mut stop => break,
+                _ = sighup.recv() => reloader.reload(&mut stream, observer.as_mut())?,
                 // Only with --exit-on-output-loss: the flush says why.
                 () = output_ended(output_end.as_deref()) => observe::Consumer::flush(&mut stream)?,
                 r = std::future::poll_fn(|cx| observer.poll_step(cx, &mut stream)) => r?,
@@ -280,6 +292,79 @@ async fn watch(
             Ok(())
         }
         other => other.context("watching processes"),
+    }
+}
+
+/// What a reload (SIGHUP) needs to know of how `watch` started.
+struct Reloader {
+    /// `--policy`; `None`: the embedded policy, which a reload re-applies.
+    path: Option<std::path::PathBuf>,
+    all: bool,
+    governs: bool,
+    /// The kernel passes only the policy's names (no `--all`, and every
+    /// governing rule named its comm at start).
+    kernel_filters: bool,
+    /// Rules governing now.
+    rules: usize,
+}
+
+impl Reloader {
+    /// Reads the policy again and, if it is valid and can be applied while
+    /// running, puts it in force for processes that start from now on: the
+    /// names the kernel passes first, then the stream's filter and the
+    /// governor's rules. A `policy` event says what happened; a bad file
+    /// keeps the running policy (and `watch` running).
+    fn reload(
+        &mut self,
+        stream: &mut Stream<Governor, Sinks<'static>>,
+        observer: &mut dyn observe::Observer,
+    ) -> Result<(), ObserveError> {
+        let loaded = match &self.path {
+            Some(path) => Policy::load(path).map_err(|e| chain(&e).to_string()),
+            None => Ok(Policy::embedded()),
+        };
+        let checked = loaded.and_then(|policy| {
+            let comms = policy.comm_filter();
+            if self.kernel_filters && comms.is_none() {
+                return Err("a governing rule names no comm, so every exec would have to reach user space: the kernel's pre-filter cannot be widened while running; restart `watch` to apply this policy".to_string());
+            }
+            let urgent = if !self.all || self.governs {
+                comms.clone().unwrap_or_default()
+            } else {
+                BTreeSet::new()
+            };
+            observer
+                .set_comms(&urgent)
+                .map_err(|e| chain(&e).to_string())?;
+            Ok((policy, comms))
+        });
+        let path = self.path.as_ref().map(|p| p.display().to_string());
+        let event = match checked {
+            Ok((policy, comms)) => {
+                for w in &policy.warnings {
+                    tracing::warn!("{w}");
+                }
+                self.rules = policy.governing_rules();
+                stream.reload(policy, if self.all { None } else { comms })?;
+                tracing::info!("policy reloaded: {} governing rules", self.rules);
+                Reloaded {
+                    path,
+                    applied: true,
+                    rules: self.rules,
+                    error: None,
+                }
+            }
+            Err(error) => {
+                tracing::warn!("policy not reloaded, the running one stays: {error}");
+                Reloaded {
+                    path,
+                    applied: false,
+                    rules: self.rules,
+                    error: Some(error),
+                }
+            }
+        };
+        stream.emit(&Event::new(Timestamp::now(), Source::Ffrtmp, event))
     }
 }
 

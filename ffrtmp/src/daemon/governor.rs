@@ -606,6 +606,24 @@ impl Govern for Governor {
         Ok(events)
     }
 
+    /// The new rules decide for processes that start from now on; those
+    /// governed keep their jobs. Each rule gets its staging cgroup (one
+    /// whose rule and limits are unchanged is the same cgroup, kept), and
+    /// the old ones go once empty: processes parked in one stay under its
+    /// limits until their job is made, as at a restart.
+    fn reload(&mut self, policy: Policy) -> Events {
+        self.needs = policy.needs();
+        self.comm_filter = policy.comm_filter();
+        self.policy = policy;
+        // Their claims go with them; unchanged ones are claimed again below.
+        self.staging.clear();
+        let events = self.prepare_staging();
+        if let Some(ctx) = self.staging_ctx() {
+            reap_empty(&ctx);
+        }
+        events
+    }
+
     /// An exec the observer reported: governs the process if a rule says so.
     /// Returns the events to emit after the exec event.
     fn on_exec(&mut self, kernel: Option<KernelStamp>, exec: &Exec) -> Events {

@@ -89,6 +89,9 @@ pub trait Govern {
     fn next_retry(&self) -> Option<std::time::Instant>;
     /// Tries again for those due: their events.
     fn retry(&mut self) -> Events;
+    /// A reloaded policy, for processes that start from now on (those
+    /// governed keep their jobs and limits): its events.
+    fn reload(&mut self, policy: crate::policy::Policy) -> Events;
 }
 
 /// A `degraded` event about governing as a whole (no single limit).

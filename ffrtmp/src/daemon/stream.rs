@@ -96,6 +96,23 @@ impl<G: Govern, O: Sink> Stream<G, O> {
         Ok(self.out.flush()?)
     }
 
+    /// A reloaded policy (SIGHUP): the governor's rules and the names the
+    /// stream passes (`filter`, as at start) for processes that start from
+    /// now on.
+    pub fn reload(
+        &mut self,
+        policy: crate::policy::Policy,
+        filter: Option<BTreeSet<String>>,
+    ) -> Result<(), ObserveError> {
+        self.filter = filter;
+        let Some(governor) = &mut self.governor else {
+            return Ok(());
+        };
+        let events = governor.reload(policy);
+        self.emit_all(events)?;
+        Ok(self.out.flush()?)
+    }
+
     /// Rebuilds the state from the cgroup tree and governs what runs.
     pub fn start_up(&mut self) -> Result<(), ObserveError> {
         let Some(governor) = &mut self.governor else {
@@ -396,6 +413,10 @@ mod tests {
         }
 
         fn retry(&mut self) -> Events {
+            Vec::new()
+        }
+
+        fn reload(&mut self, _: crate::policy::Policy) -> Events {
             Vec::new()
         }
     }

@@ -135,6 +135,7 @@ pub enum Body {
     Governed(Governed),
     Tracked(Tracked),
     Detached(Detached),
+    Policy(Reloaded),
 }
 
 impl Body {
@@ -149,6 +150,7 @@ impl Body {
             Body::Governed(_) => "governed",
             Body::Tracked(_) => "tracked",
             Body::Detached(_) => "detached",
+            Body::Policy(_) => "policy",
         }
     }
 }
@@ -260,6 +262,21 @@ pub struct Detached {
     pub reason: String,
 }
 
+/// `watch` read its policy again (SIGHUP, `systemctl reload`): whether the
+/// new one is in force, or why the running one stays.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// The policy file; `None` for the embedded policy.
+    pub path: Option<String>,
+    /// Whether the file's policy now governs new processes.
+    pub applied: bool,
+    /// How many rules govern now (the new policy's, or the running one's).
+    pub rules: usize,
+    /// Why the running policy stays, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Events dropped since the last `lost` event of the same reason.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lost {
@@ -315,6 +332,12 @@ into_body!(
     Started, Exec, Exit, Lost, Degraded, Governed, Tracked, Detached
 );
 
+impl From<Reloaded> for Body {
+    fn from(b: Reloaded) -> Self {
+        Body::Policy(b)
+    }
+}
+
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         /// Header first, then the body's own fields.
@@ -343,6 +366,7 @@ impl Serialize for Event {
             Body::Governed(b) => wire(self, b).serialize(s),
             Body::Tracked(b) => wire(self, b).serialize(s),
             Body::Detached(b) => wire(self, b).serialize(s),
+            Body::Policy(b) => wire(self, b).serialize(s),
         }
     }
 }
@@ -469,6 +493,26 @@ pub(crate) mod tests {
                     pid: 42,
                     job_id: "ffmpeg-42".into(),
                     reason: "SIGTERM".into(),
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
+                Reloaded {
+                    path: Some("/etc/ffrtmp/policy.toml".into()),
+                    applied: false,
+                    rules: 2,
+                    error: Some("line 3: unknown key".into()),
+                },
+            ),
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
+                Reloaded {
+                    path: None,
+                    applied: true,
+                    rules: 2,
+                    error: None,
                 },
             ),
             Event::new(

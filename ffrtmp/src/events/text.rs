@@ -103,6 +103,20 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
             d.pid, d.job_id, d.reason
         ),
         Body::Lost(l) => write!(out, " count={} reason={:?}", l.count, l.reason),
+        Body::Policy(p) => {
+            write!(
+                out,
+                " path={} applied={} rules={}",
+                p.path.as_deref().unwrap_or("(embedded)"),
+                p.applied,
+                p.rules
+            )?;
+            if let Some(e) = &p.error {
+                out.extend_from_slice(b" error=");
+                quoted(out, e)?;
+            }
+            Ok(())
+        }
         Body::Degraded(d) => {
             if let Some(limit) = &d.limit {
                 write!(out, " limit={limit}")?;

@@ -93,6 +93,14 @@ pub trait Observer {
     fn take_exit_filter(&mut self) -> Option<Box<dyn ExitFilter>> {
         None
     }
+
+    /// A reloaded policy's names ([`Options::urgent_comms`]): from now on
+    /// the backend wakes for (and, when it filters, passes) these. A
+    /// backend without a kernel-side list has nothing to do.
+    fn set_comms(&mut self, comms: &BTreeSet<String>) -> Result<(), ObserveError> {
+        let _ = comms;
+        Ok(())
+    }
 }
 
 /// Tells a backend's exit filter of a process followed without its exec

@@ -263,6 +263,14 @@ impl Policy {
         Some(comms)
     }
 
+    /// How many rules govern (not `ignore`).
+    pub fn governing_rules(&self) -> usize {
+        self.rules
+            .iter()
+            .filter(|r| r.action != Action::Ignore)
+            .count()
+    }
+
     /// What the rules look at beyond comm and uid.
     pub fn needs(&self) -> Needs {
         let mut n = Needs::default();

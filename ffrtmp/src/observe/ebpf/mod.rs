@@ -115,6 +115,35 @@ impl Observer for EbpfObserver {
         "ebpf"
     }
 
+    /// New names go in before old ones go out: an exec of a name in both
+    /// policies is never dropped meanwhile.
+    fn set_comms(&mut self, comms: &BTreeSet<String>) -> Result<(), ObserveError> {
+        let keys = comm_keys(comms)?;
+        let map = self
+            .ebpf
+            .map_mut(COMMS_MAP)
+            .ok_or(EbpfError::MissingMap(COMMS_MAP))?;
+        let mut map: HashMap<_, [u8; TASK_COMM_LEN], u8> =
+            HashMap::try_from(map).map_err(|source| EbpfError::Map {
+                name: COMMS_MAP,
+                source,
+            })?;
+        let old: Vec<[u8; TASK_COMM_LEN]> = map.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            map.insert(key, 1, 0).map_err(|source| EbpfError::Update {
+                name: COMMS_MAP,
+                source,
+            })?;
+        }
+        for key in old.iter().filter(|k| !keys.contains(k)) {
+            map.remove(key).map_err(|source| EbpfError::Update {
+                name: COMMS_MAP,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// The kernel coalesces wake-ups ([`WAKE_COALESCE_NS`]); so after each
     /// wake-up we keep polling every window until a poll at least one window
     /// after the last wake-up finds the ring empty. Idle, nothing runs but
@@ -187,7 +216,9 @@ pub struct EbpfObserver {
     last_wake: Instant,
     tracker: Option<Tracker>,
     adopted: Vec<Event>,
-    _ebpf: aya::Ebpf,
+    /// The programs' owner (it keeps them attached); its comm list is
+    /// updated on a policy reload ([`Observer::set_comms`]).
+    ebpf: aya::Ebpf,
 }
 
 impl EbpfObserver {
@@ -293,7 +324,7 @@ impl EbpfObserver {
             last_wake: Instant::now(),
             tracker: (options.filter).then_some(tracker),
             adopted,
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 
