@@ -57,6 +57,8 @@ pub enum PolicyError {
     },
     #[error("policy file {path} is larger than {} KiB: not a policy", MAX_POLICY_BYTES >> 10)]
     TooLarge { path: PathBuf },
+    #[error("policy file {path} is not a regular file")]
+    NotAFile { path: PathBuf },
     #[error("{origin}:{line}: {message}")]
     Invalid {
         origin: String,
@@ -136,13 +138,24 @@ impl Policy {
     /// UTF-8). A file that others may write is loaded with a warning.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         use std::io::Read as _;
-        use std::os::unix::fs::MetadataExt as _;
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
         let read_err = |source| PolicyError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let file = fs::File::open(path).map_err(read_err)?;
+        // Non-blocking: a FIFO or device put in its place must not hold up
+        // `watch` (at a reload, governing waits for this); then refused.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(PolicyError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
         let mut bytes = Vec::new();
         file.take(MAX_POLICY_BYTES + 1)
             .read_to_end(&mut bytes)

@@ -330,9 +330,16 @@ fn a_policy_file_is_capped_and_must_be_utf8_with_the_line_said() {
     let err = Policy::load(&big).unwrap_err();
     assert!(matches!(err, PolicyError::TooLarge { .. }), "{err}");
     std::fs::remove_file(&big).unwrap();
-    // An endless file is read only up to the cap.
+    // A device or a FIFO is refused, and at once (a FIFO with no writer
+    // would block a plain open: `watch` reloads on its event loop).
     let err = Policy::load(std::path::Path::new("/dev/zero")).unwrap_err();
-    assert!(matches!(err, PolicyError::TooLarge { .. }), "{err}");
+    assert!(matches!(err, PolicyError::NotAFile { .. }), "{err}");
+    let fifo = std::env::temp_dir().join(format!("ffrtmp-policy-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let err = Policy::load(&fifo).unwrap_err();
+    assert!(matches!(err, PolicyError::NotAFile { .. }), "{err}");
+    std::fs::remove_file(&fifo).unwrap();
 
     let latin1 = scratch_file(
         "latin1",
