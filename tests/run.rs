@@ -468,6 +468,20 @@ fn forward_signals_passes_sigterm_to_the_workload() {
         return;
     }
     let dir = scratch("forward");
+    let (mut wrapper, events, _) = forwarding_sleeper(&dir);
+    kill(wrapper.id(), libc::SIGTERM);
+    let status = wrapper.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+    assert_eq!(job_exit(&read_events(&events)).signal, Some(libc::SIGTERM));
+}
+
+/// `run --forward-signals -- sleep 30`, once governed: the wrapper, its
+/// events file and the workload's pid.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the wrapper is returned; its callers wait for it"
+)]
+fn forwarding_sleeper(dir: &Path) -> (std::process::Child, PathBuf, u32) {
     let events = dir.join("events");
     let mut wrapper = Command::new(ffrtmp())
         .args(["run", "--forward-signals", "--events"])
@@ -476,17 +490,20 @@ fn forward_signals_passes_sigterm_to_the_workload() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + common::PATIENCE;
-    while !read_events(&events)
-        .iter()
-        .any(|e| matches!(e.body, Body::Governed(_)))
-    {
-        assert!(Instant::now() < deadline);
+    loop {
+        if let Some(pid) = read_events(&events).iter().find_map(|e| match &e.body {
+            Body::Governed(g) => Some(g.pid),
+            _ => None,
+        }) {
+            return (wrapper, events, pid);
+        }
+        if Instant::now() > deadline {
+            let _ = wrapper.kill();
+            let _ = wrapper.wait();
+            panic!("the workload was not governed");
+        }
         thread::sleep(Duration::from_millis(20));
     }
-    kill(wrapper.id(), libc::SIGTERM);
-    let status = wrapper.wait().unwrap();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
-    assert_eq!(job_exit(&read_events(&events)).signal, Some(libc::SIGTERM));
 }
 
 /// SIGUSR1 detaches even a `--forward-signals` wrapper (package removal
@@ -497,24 +514,7 @@ fn sigusr1_detaches_even_when_signals_are_forwarded() {
         return;
     }
     let dir = scratch("usr1");
-    let events = dir.join("events");
-    let mut wrapper = Command::new(ffrtmp())
-        .args(["run", "--forward-signals", "--events"])
-        .arg(&events)
-        .args(["--", "/bin/sleep", "30"])
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + common::PATIENCE;
-    let pid = loop {
-        if let Some(pid) = read_events(&events).iter().find_map(|e| match &e.body {
-            Body::Governed(g) => Some(g.pid),
-            _ => None,
-        }) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline);
-        thread::sleep(Duration::from_millis(20));
-    };
+    let (mut wrapper, events, pid) = forwarding_sleeper(&dir);
     kill(wrapper.id(), libc::SIGUSR1);
     assert!(wrapper.wait().unwrap().success());
     assert!(alive(pid), "SIGUSR1 reached the workload");

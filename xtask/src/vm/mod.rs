@@ -632,14 +632,20 @@ fn pack_initramfs(
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
     let archive = vm_dir.join(format!("initramfs-{}.cpio", sanitize(&kernel.name)));
-    let file = fs::File::create(&archive)?;
+    pack_cpio(&stage, &archive)?;
+    Ok(archive)
+}
+
+/// Packs the tree `stage` as a newc cpio archive: an initramfs.
+fn pack_cpio(stage: &Path, archive: &Path) -> anyhow::Result<()> {
+    let file = fs::File::create(archive)?;
     run_command(
         Command::new("sh")
             .args(["-c", "find . -print0 | cpio --null --quiet -o -H newc"])
-            .current_dir(&stage)
+            .current_dir(stage)
             .stdout(file),
-    )?;
-    Ok(archive)
+    )
+    .with_context(|| format!("packing {}", archive.display()))
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 
 use super::{
     BootSpec, DELEGATE_UID, DONE_MARKER, PrivateApt, VmArgs, VmOutcome, boot, build_tests,
-    copy_stripped, decompress_module, find_module,
+    copy_stripped, decompress_module, find_module, pack_cpio,
 };
 use crate::{run_command, toolchain::Tools};
 
@@ -83,14 +83,7 @@ pub fn run(
     fs::write(stage.join("etc/hostname"), "ffrtmp-vm\n")?;
 
     let archive = vm_dir.join("initramfs-systemd.cpio");
-    let file = fs::File::create(&archive)?;
-    run_command(
-        Command::new("sh")
-            .args(["-c", "find . -print0 | cpio --null --quiet -o -H newc"])
-            .current_dir(&stage)
-            .stdout(file),
-    )
-    .context("packing the systemd initramfs")?;
+    pack_cpio(&stage, &archive)?;
     let _ = fs::remove_dir_all(&stage);
     let spec = BootSpec {
         label: LABEL.into(),

@@ -119,22 +119,9 @@ impl Observer for EbpfObserver {
     /// policies is never dropped meanwhile.
     fn set_comms(&mut self, comms: &BTreeSet<String>) -> Result<(), ObserveError> {
         let keys = comm_keys(comms)?;
-        let map = self
-            .ebpf
-            .map_mut(COMMS_MAP)
-            .ok_or(EbpfError::MissingMap(COMMS_MAP))?;
-        let mut map: HashMap<_, [u8; TASK_COMM_LEN], u8> =
-            HashMap::try_from(map).map_err(|source| EbpfError::Map {
-                name: COMMS_MAP,
-                source,
-            })?;
+        let mut map = comms_map(&mut self.ebpf)?;
         let old: Vec<[u8; TASK_COMM_LEN]> = map.keys().filter_map(Result::ok).collect();
-        for key in &keys {
-            map.insert(key, 1, 0).map_err(|source| EbpfError::Update {
-                name: COMMS_MAP,
-                source,
-            })?;
-        }
+        insert_comms(&mut map, &keys)?;
         for key in old.iter().filter(|k| !keys.contains(k)) {
             map.remove(key).map_err(|source| EbpfError::Update {
                 name: COMMS_MAP,
@@ -246,22 +233,7 @@ impl EbpfObserver {
         // The names go in before the programs attach: no exec slips through
         // an empty filter.
         if !keys.is_empty() {
-            let map = ebpf
-                .map_mut(COMMS_MAP)
-                .ok_or(EbpfError::MissingMap(COMMS_MAP))?;
-            let mut comms: HashMap<_, [u8; TASK_COMM_LEN], u8> =
-                HashMap::try_from(map).map_err(|source| EbpfError::Map {
-                    name: COMMS_MAP,
-                    source,
-                })?;
-            for key in keys {
-                comms
-                    .insert(key, 1, 0)
-                    .map_err(|source| EbpfError::Update {
-                        name: COMMS_MAP,
-                        source,
-                    })?;
-            }
+            insert_comms(&mut comms_map(&mut ebpf)?, &keys)?;
         }
         for name in [EXEC_PROGRAM, EXIT_PROGRAM] {
             let program: &mut RawTracePoint = ebpf
@@ -372,6 +344,32 @@ impl EbpfObserver {
 }
 
 /// The pre-filter's keys: each name NUL-padded as the kernel's `comm`.
+/// The kernel's list of names (filter and urgent wake-ups).
+fn comms_map(
+    ebpf: &mut aya::Ebpf,
+) -> Result<HashMap<&mut MapData, [u8; TASK_COMM_LEN], u8>, EbpfError> {
+    let map = ebpf
+        .map_mut(COMMS_MAP)
+        .ok_or(EbpfError::MissingMap(COMMS_MAP))?;
+    HashMap::try_from(map).map_err(|source| EbpfError::Map {
+        name: COMMS_MAP,
+        source,
+    })
+}
+
+fn insert_comms(
+    map: &mut HashMap<&mut MapData, [u8; TASK_COMM_LEN], u8>,
+    keys: &[[u8; TASK_COMM_LEN]],
+) -> Result<(), EbpfError> {
+    for key in keys {
+        map.insert(key, 1, 0).map_err(|source| EbpfError::Update {
+            name: COMMS_MAP,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 fn comm_keys(comms: &BTreeSet<String>) -> Result<Vec<[u8; TASK_COMM_LEN]>, EbpfError> {
     if comms.len() > COMMS_MAX as usize {
         return Err(EbpfError::TooManyComms(comms.len()));
