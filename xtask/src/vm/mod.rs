@@ -708,13 +708,17 @@ fn decompress_module(from: &Path, to: &Path) -> anyhow::Result<()> {
     run_command(Command::new(tool).arg("-dc").arg(from).stdout(out))
 }
 
-/// The VM's init (busybox sh).
-fn init_script(test_args: &[String], ffrtmp: &Path) -> String {
-    let args = test_args
-        .iter()
+/// Test arguments as shell words, single-quoted.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+}
+
+/// The VM's init (busybox sh).
+fn init_script(test_args: &[String], ffrtmp: &Path) -> String {
+    let args = shell_words(test_args);
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 
 use super::{
     BootSpec, DELEGATE_UID, DONE_MARKER, PrivateApt, VmArgs, VmOutcome, boot, build_tests,
-    copy_stripped, decompress_module, find_module, pack_cpio,
+    copy_stripped, decompress_module, find_module, pack_cpio, shell_words,
 };
 use crate::{run_command, toolchain::Tools};
 
@@ -128,11 +128,7 @@ TTYPath=/dev/ttyS0
 /// The runner: the suites, as the busybox VMs' init runs them, against the
 /// package's binary.
 fn runner_script(test_args: &[String]) -> String {
-    let args = test_args
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let args = shell_words(test_args);
     format!(
         r#"#!/bin/sh
 insmod /usr/local/lib/brd.ko rd_nr=1 rd_size=65536
