@@ -74,11 +74,8 @@ pub fn run(args: WatchArgs) -> ExitCode {
             Err(e) => return exit::fail(exit::FAILURE, &e),
         }
     };
-    // The names the policy governs: with --observe-only nothing is urgent.
-    let comms = policy.comm_filter();
     let rules = policy.governing_rules();
-    let filter = if args.all { None } else { comms.clone() };
-    let urgent = comms.filter(|_| governor.is_some());
+    let (filter, urgent) = names(policy.comm_filter(), args.all, governor.is_some());
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -158,7 +155,7 @@ async fn watch(
     args: WatchArgs,
     rules: usize,
     governor: Option<Governor>,
-    urgent: Option<BTreeSet<String>>,
+    urgent: BTreeSet<String>,
     filter: Option<BTreeSet<String>>,
     notes: Vec<Degraded>,
 ) -> anyhow::Result<()> {
@@ -180,9 +177,7 @@ async fn watch(
         interval: args.interval,
         adopt: args.adopt,
         ring_buffer_bytes: args.ring_buffer_size,
-        // The filter's names when filtering (then they are all the kernel
-        // sends), else the names governed.
-        urgent_comms: filter.clone().or(urgent).unwrap_or_default(),
+        urgent_comms: urgent,
         filter: filter.is_some(),
     };
     let (sinks, output_end) = outputs(&args).await?;
@@ -295,6 +290,23 @@ async fn watch(
     }
 }
 
+/// From the names a policy governs (`None`: any), the names the stream
+/// passes (`None`: all, with `--all`) and those the backend wakes at once
+/// for (and, when filtering, the only ones the kernel passes): with
+/// `--observe-only` and `--all`, none is urgent.
+fn names(
+    comms: Option<BTreeSet<String>>,
+    all: bool,
+    governs: bool,
+) -> (Option<BTreeSet<String>>, BTreeSet<String>) {
+    let filter = if all { None } else { comms.clone() };
+    let urgent = filter
+        .clone()
+        .or(comms.filter(|_| governs))
+        .unwrap_or_default();
+    (filter, urgent)
+}
+
 /// What a reload (SIGHUP) needs to know of how `watch` started.
 struct Reloader {
     /// `--policy`; `None`: the embedded policy, which a reload re-applies.
@@ -328,24 +340,20 @@ impl Reloader {
             if self.kernel_filters && comms.is_none() {
                 return Err("a governing rule names no comm, so every exec would have to reach user space: the kernel's pre-filter cannot be widened while running; restart `watch` to apply this policy".to_string());
             }
-            let urgent = if !self.all || self.governs {
-                comms.clone().unwrap_or_default()
-            } else {
-                BTreeSet::new()
-            };
+            let (filter, urgent) = names(comms, self.all, self.governs);
             observer
                 .set_comms(&urgent)
                 .map_err(|e| chain(&e).to_string())?;
-            Ok((policy, comms))
+            Ok((policy, filter))
         });
         let path = self.path.as_ref().map(|p| p.display().to_string());
         let event = match checked {
-            Ok((policy, comms)) => {
+            Ok((policy, filter)) => {
                 for w in &policy.warnings {
                     tracing::warn!("{w}");
                 }
                 self.rules = policy.governing_rules();
-                stream.reload(policy, if self.all { None } else { comms })?;
+                stream.reload(policy, filter)?;
                 tracing::info!("policy reloaded: {} governing rules", self.rules);
                 Reloaded {
                     path,
