@@ -88,7 +88,7 @@ pub struct Governor {
 /// stuck lock holder) pass in seconds or last, and a retry costs a job's
 /// worth of system calls.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(8);
 
 impl Governor {
     pub fn new(ctx: Context, policy: Policy) -> Self {
@@ -182,7 +182,18 @@ impl Governor {
     /// nothing looked at it again.
     fn scan(&mut self) -> Result<Events, ProcError> {
         self.rescan = false;
-        // Room to read /proc at all (two descriptors: a directory, a file).
+        // Room to read /proc at all (two descriptors: a directory, a file),
+        // from the reserve if need be: measured, at the fd limit a full
+        // reserve left the scan none, and every lost process stayed lost.
+        // The reserve is not refilled until the scan ends, so holding one
+        // process cannot take the descriptor reading the next needs.
+        self.reserve.lend(2);
+        let scanned = self.scan_procs();
+        self.reserve.settle();
+        scanned
+    }
+
+    fn scan_procs(&mut self) -> Result<Events, ProcError> {
         let room = (
             fs::File::open("/proc/self/stat"),
             fs::File::open("/proc/self/stat"),
@@ -383,11 +394,11 @@ impl Governor {
             }
         };
         // A new exec goes first into its rule's staging cgroup, whose limits
-        // are the rule's: governed within one move of its exec.
-        let staging = match origin {
-            Origin::Kernel { .. } => self.staging.get(&rule),
-            _ => None,
-        };
+        // are the rule's: governed within one move of its exec. So does one a
+        // scan finds: at the fd limit its own job cannot be made (measured: a
+        // storm's lost processes found by the rescan stayed outside every
+        // limit), and staged it waits for one under its rule's limits.
+        let staging = self.staging.get(&rule);
         // Not `check()`: its start time was verified a moment ago, and while
         // the pidfd says it lives the pid cannot name another process; a
         // second read of /proc/PID/stat here would cost more than the move.
@@ -452,6 +463,14 @@ impl Governor {
                     kernel_tracked: made.kernel_tracked,
                 },
             );
+        }
+        if made.retried {
+            // Its cause (the fd limit, say) has passed: everyone waiting
+            // is tried now, not after a backoff of up to RETRY_MAX.
+            let now = Instant::now();
+            for (due, _) in self.waiting.values_mut() {
+                *due = (*due).min(now);
+            }
         }
         if let Some(parked) = made.retry {
             let pause = RETRY_FIRST
@@ -541,24 +560,43 @@ fn staging_name(rule: &str, limits: &Limits) -> JobId {
 /// still be held by a pidfd, and so moved into its rule's staging cgroup,
 /// when the daemon is at its fd limit: the first move needs one descriptor
 /// and nothing else (the staging `cgroup.procs` files are held open).
-struct FdReserve(Vec<std::os::fd::OwnedFd>);
+struct FdReserve {
+    fds: Vec<std::os::fd::OwnedFd>,
+    /// Lent ([`FdReserve::lend`]): not refilled until [`FdReserve::settle`].
+    lent: bool,
+}
 
 impl FdReserve {
     const SIZE: usize = 8;
 
     fn new() -> Self {
-        let mut reserve = FdReserve(Vec::with_capacity(Self::SIZE));
+        let mut reserve = FdReserve {
+            fds: Vec::with_capacity(Self::SIZE),
+            lent: false,
+        };
         reserve.refill();
         reserve
     }
 
     fn refill(&mut self) {
-        while self.0.len() < Self::SIZE {
+        while self.fds.len() < Self::SIZE {
             match fs::File::open("/dev/null") {
-                Ok(f) => self.0.push(f.into()),
+                Ok(f) => self.fds.push(f.into()),
                 Err(_) => return,
             }
         }
+    }
+
+    /// Gives up `n` descriptors for a task's own use, and refills nothing
+    /// until [`FdReserve::settle`].
+    fn lend(&mut self, n: usize) {
+        self.fds.truncate(self.fds.len().saturating_sub(n));
+        self.lent = true;
+    }
+
+    fn settle(&mut self) {
+        self.lent = false;
+        self.refill();
     }
 
     /// [`Target::open`], giving up a reserved descriptor if it failed for
@@ -566,13 +604,13 @@ impl FdReserve {
     fn open_target(&mut self, pid: u32, start: Option<u64>) -> Result<Target, TargetError> {
         let opened = match Target::open(pid, start) {
             // Two: the pidfd, and /proc/PID/stat for its identity.
-            Err(e) if e.out_of_fds() && self.0.len() >= 2 => {
-                self.0.truncate(self.0.len() - 2);
+            Err(e) if e.out_of_fds() && self.fds.len() >= 2 => {
+                self.fds.truncate(self.fds.len() - 2);
                 Target::open(pid, start)
             }
             other => other,
         };
-        if self.0.len() < Self::SIZE {
+        if !self.lent {
             self.refill();
         }
         opened

@@ -121,6 +121,8 @@ pub struct Made {
     pub(super) events: Events,
     /// Left in its staging cgroup: to be tried again.
     pub(super) retry: Option<Parked>,
+    /// Made at a retry: the cause that held it back has passed.
+    pub(super) retried: bool,
 }
 
 /// Makes jobs: shared by the governor (inline) and the maker thread.
@@ -136,6 +138,7 @@ impl Maker {
         let pid = job.pid;
         let (comm, start_ticks) = (job.target.comm.clone(), job.target.start_ticks);
         let kernel_tracked = matches!(job.origin, Origin::Kernel { .. });
+        let retried = job.attempts > 0;
         let mut follow = None;
         let (events, retry) = match self.make_job(&job, &mut follow) {
             Ok(events) => (events, None),
@@ -162,6 +165,7 @@ impl Maker {
             start_ticks,
             kernel_tracked,
             events,
+            retried: retried && retry.is_none(),
             retry,
         }
     }
