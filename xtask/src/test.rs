@@ -75,11 +75,14 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let mut cmd = tools.cargo(root);
     // The release artefacts and the Debian root filesystem, installed for
     // real by tests/package.rs.
+    // Also what the systemd VM installs.
+    let mut systemd_vm = None;
     if is_root {
         let artefacts = crate::dist::dist(root, &shipped)?;
         match crate::rootfs::ensure(root, &crate::rootfs::BOOKWORM_SYSTEMD) {
             Ok(rootfs) => {
                 cmd.env(DIST_ENV, &artefacts.dir).env(ROOTFS_ENV, &rootfs);
+                systemd_vm = Some((artefacts.deb.clone(), rootfs));
             }
             Err(why) if in_ci => return Err(why.context("CI must run the package tests")),
             Err(why) => {
@@ -121,11 +124,16 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
                 test_args: extra.to_vec(),
             };
             vm_outcomes = vm::run(root, &tools, &shipped, &args)?;
-            // The systemd VM (`vm-test --systemd`) is not in this run yet:
-            // it found a race at the daemon's fd limit (the job maker can
-            // take the descriptors the reserve frees for a new process, which
-            // then waits outside its staging cgroup) that fails the hostile
-            // suite there now and then. It joins once that is fixed.
+            // systemd 252 as PID 1, the package installed (vm/systemd.rs).
+            match &systemd_vm {
+                Some((deb, rootfs)) => {
+                    vm_outcomes.push(vm::systemd::run(root, &tools, &shipped, deb, rootfs, &args)?);
+                }
+                None if in_ci => bail!("CI must run the systemd VM"),
+                None => eprintln!(
+                    "\n==> SKIPPING the systemd VM: it needs root and the Debian root filesystem\n"
+                ),
+            }
             for outcome in &vm_outcomes {
                 totals.passed += outcome.passed;
                 totals.failed += outcome.failed;
