@@ -539,7 +539,11 @@ fn at_the_fd_limit_processes_the_kernel_lost_are_still_governed() {
         loop {
             let now = cgroups(pid);
             if now.contains(&format!(":{job}\n")) {
-                assert_eq!(common::cpu_quota(&job), "30000", "{pid}: a job without its limit");
+                assert_eq!(
+                    common::cpu_quota(&job),
+                    "30000",
+                    "{pid}: a job without its limit"
+                );
                 break;
             }
             if now.contains(&format!(":{staging}\n")) {
@@ -808,6 +812,92 @@ fn bad_input_is_refused_before_anything_starts() {
     assert!(
         err.contains("\"limit\":\"oom_score_adj\"") && err.contains("CAP_SYS_RESOURCE"),
         "{err}"
+    );
+}
+
+/// `status` called a root process with no capabilities `privileged`, and
+/// its eBPF `privileged` too. The mode and every feature now come from the
+/// effective capabilities, each naming what it needs; a root `run` without
+/// CAP_SYS_NICE degrades `--nice -5` and runs the workload (exit 0); a root
+/// `watch` without CAP_PERFMON falls back to /proc, naming the capability.
+#[test]
+fn mode_and_status_come_from_capabilities_not_uid_0() {
+    if !require_root("mode_and_status_come_from_capabilities") {
+        return;
+    }
+    let as_root_with = |caps: &str, args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                &format!("--bounding-set=-all{caps}"),
+                "--inh-caps=-all",
+                ffrtmp(),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let status = |caps: &str| -> serde_json::Value {
+        let out = as_root_with(caps, &["status"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let feature = |s: &serde_json::Value, name: &str| -> bool {
+        s["capabilities"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["feature"] == name)
+            .unwrap_or_else(|| panic!("no feature {name}: {s}"))["available"]
+            .as_bool()
+            .unwrap()
+    };
+    let none = status("");
+    // Not privileged; delegated where its own cgroup is root's to write (a
+    // VM's hand-made subtree).
+    assert_ne!(none["mode"], "privileged", "{none}");
+    assert_eq!(none["ebpf"]["capable"], false, "{none}");
+    assert_eq!(none["capabilities"]["effective"], serde_json::json!([]));
+    assert!(!feature(&none, "ebpf") && !feature(&none, "nice_of_others_or_below_0"));
+    let ebpf = status(",+bpf,+perfmon");
+    assert_eq!(ebpf["ebpf"]["capable"], true, "{ebpf}");
+    assert_ne!(ebpf["mode"], "privileged", "{ebpf}");
+    let cgroups = status(",+dac_override");
+    assert_eq!(cgroups["mode"], "privileged", "{cgroups}");
+    assert!(feature(&cgroups, "cgroups_at_the_hierarchy_root"));
+    assert!(!feature(&cgroups, "ebpf"));
+
+    // Negative nice without CAP_SYS_NICE: degraded, and the workload runs.
+    let out = as_root_with(",+dac_override", &["run", "--nice", "-5", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"limit\":\"nice\"") && err.contains("CAP_SYS_NICE"),
+        "{err}"
+    );
+
+    // eBPF without CAP_PERFMON: procfs, and the capability named.
+    let mut w = Command::new("setpriv")
+        .args([
+            "--bounding-set=-all,+bpf,+dac_override",
+            "--inh-caps=-all",
+            ffrtmp(),
+        ])
+        .args(["watch", "--backend", "auto"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(w.stdout.take().unwrap()));
+    let degraded = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("\"degraded\"") && l.contains("eBPF backend unavailable"));
+    let _ = w.kill();
+    let _ = w.wait();
+    let degraded = degraded.expect("a degraded event for the eBPF backend");
+    assert!(
+        degraded.contains("CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN"),
+        "{degraded}"
     );
 }
 

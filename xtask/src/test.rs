@@ -127,7 +127,9 @@ pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
             // systemd 252 as PID 1, the package installed (vm/systemd.rs).
             match &systemd_vm {
                 Some((deb, rootfs)) => {
-                    vm_outcomes.push(vm::systemd::run(root, &tools, &shipped, deb, rootfs, &args)?);
+                    vm_outcomes.push(vm::systemd::run(
+                        root, &tools, &shipped, deb, rootfs, &args,
+                    )?);
                 }
                 None if in_ci => bail!("CI must run the systemd VM"),
                 None => eprintln!(

@@ -10,7 +10,12 @@ use serde_json::{Map, Value, json};
 use super::exit;
 use crate::{
     events::Format,
-    govern::{Context, job_dirs, ledger::Entry},
+    govern::{
+        Context,
+        caps::{Cap, Caps, Need},
+        job_dirs,
+        ledger::Entry,
+    },
     limits::LimitName,
     observe::ebpf::btf::VMLINUX_BTF,
 };
@@ -46,6 +51,8 @@ struct Status {
     layout: Value,
     root: Option<String>,
     ebpf: Value,
+    /// The capabilities ffrtmp uses that it has, and what each feature needs.
+    capabilities: Value,
     jobs: Vec<Job>,
 }
 
@@ -89,9 +96,14 @@ pub fn status(args: StatusArgs) -> ExitCode {
         // grace period (govern::dynmods).
         "fast_migrations": crate::govern::dynmods::migrations_are_fast(&ctx.layout),
     });
+    let caps = Caps::effective();
     let ebpf = json!({
         "btf": Path::new(VMLINUX_BTF).exists(),
-        "privileged": crate::govern::privileged(),
+        "capable": caps.allows(Need::Ebpf),
+    });
+    let capabilities = json!({
+        "effective": Cap::ALL.iter().filter(|c| caps.has(**c)).map(|c| c.name()).collect::<Vec<_>>(),
+        "features": caps.features(),
     });
     let jobs = job_dirs(&ctx)
         .into_iter()
@@ -138,6 +150,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
         layout,
         root: ctx.root.as_ref().map(|r| r.as_str().to_string()),
         ebpf,
+        capabilities,
         jobs,
     };
     match args.format {
@@ -153,6 +166,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
             println!("cgroups: {}", status.layout);
             println!("root: {}", status.root.as_deref().unwrap_or("-"));
             println!("ebpf: {}", status.ebpf);
+            println!("capabilities: {}", status.capabilities);
             println!("jobs: {}", status.jobs.len());
             for j in &status.jobs {
                 println!(

@@ -21,7 +21,11 @@ use crate::{
         metrics::Metrics,
         queued::{Queue, Queued},
     },
-    govern::{Context, dynmods, process},
+    govern::{
+        Context,
+        caps::{Caps, Need},
+        dynmods, process,
+    },
     observe::{self, Backend, ObserveError, Options},
     policy::Policy,
 };
@@ -131,6 +135,18 @@ fn presize_fd_table() {
     }
 }
 
+/// `reason`, naming the capabilities `need` takes if ffrtmp lacks them.
+fn with_needs(reason: String, need: Need) -> String {
+    if Caps::effective().allows(need) {
+        reason
+    } else {
+        format!(
+            "{reason} (it needs {}, which ffrtmp does not have)",
+            need.describe()
+        )
+    }
+}
+
 /// `--favordynmods`, or a note that governing will wait for grace periods.
 fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
     if ctx.root.is_none() || dynmods::migrations_are_fast(&ctx.layout) {
@@ -139,7 +155,7 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
     let reason = if enable {
         match dynmods::enable(&ctx.layout) {
             Ok(()) => return None,
-            Err(e) => chain(&e).to_string(),
+            Err(e) => with_needs(chain(&e).to_string(), Need::Favordynmods),
         }
     } else {
         "favordynmods is off: moving a process into its cgroup waits for an RCU grace period (5-30 ms); --favordynmods turns it on".into()
@@ -192,7 +208,7 @@ async fn watch(
     })?;
     let mut observer = started.observer;
     if let Some(why) = started.fell_back {
-        let mut reason = format!("eBPF backend unavailable: {why}");
+        let mut reason = with_needs(format!("eBPF backend unavailable: {why}"), Need::Ebpf);
         if governs {
             reason.push_str(
                 "; new processes are found by polling /proc, so governing them is up to one interval late",

@@ -7,8 +7,9 @@
 //!    input exits 2 before anything is created. A job id is a single cgroup
 //!    directory name, so it can never name a path.
 //! 2. [`Context::detect`]: the cgroup layout ([`layout`]: v2, v1 or hybrid,
-//!    read from mountinfo) and the mode: **privileged** (root or
-//!    CAP_SYS_ADMIN; job cgroups under `/ffrtmp` in each hierarchy),
+//!    read from mountinfo) and the mode, from capabilities ([`caps`]):
+//!    **privileged** (CAP_DAC_OVERRIDE, and on v1 uid 0; job cgroups under
+//!    `/ffrtmp` in each hierarchy),
 //!    **delegated** (a subtree we may write, found by walking up from our own
 //!    v2 cgroup, as systemd's `Delegate=yes` hands one out; jobs under
 //!    `<subtree>/ffrtmp`), or **unprivileged** (no cgroups; nice only).
@@ -38,6 +39,7 @@
 //!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
+pub mod caps;
 pub mod cleanup;
 pub mod dynmods;
 pub mod layout;
@@ -58,40 +60,13 @@ use std::{
 use serde::Serialize;
 
 use crate::limits::{Applied, JobId, Limits};
+pub use caps::{Cap, has_cap};
+use caps::{Caps, Need};
 use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
 use ledger::{Claim, Entry, Ledger};
 
 /// Name of ffrtmp's root cgroup under a hierarchy or delegated subtree.
 pub const ROOT_NAME: &str = "ffrtmp";
-/// Capabilities ffrtmp looks for: their bits in /proc/self/status CapEff.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cap {
-    /// Cgroups in every hierarchy (privileged mode).
-    SysAdmin = 21,
-    /// A nice below 0.
-    SysNice = 23,
-    /// Lowering oom_score_adj.
-    SysResource = 24,
-}
-
-/// Whether this process has `cap` in its effective set. Root without it
-/// (a container, a unit with `CapabilityBoundingSet=`) does not: measured
-/// on a host whose root lacked CAP_SYS_RESOURCE, `run --oom-score-adj -999`
-/// failed the workload's start instead of degrading.
-pub fn has_cap(cap: Cap) -> bool {
-    crate::observe::proc::read_text("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let hex = s
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))?
-                .trim()
-                .to_string();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << cap as u32) != 0)
-}
-
 /// Errors while governing.
 #[derive(Debug, thiserror::Error)]
 pub enum GovernError {
@@ -228,7 +203,7 @@ impl Context {
     pub fn detect(cgroup_root: Option<&str>) -> Result<Self, GovernError> {
         let layout = Layout::detect()?;
         let delegated = || delegated_subtree(&layout);
-        let (mode, default_root) = if privileged() {
+        let (mode, default_root) = if privileged(&layout) {
             (
                 Mode::Privileged,
                 Some(CgroupPath::new("/")?.child(ROOT_NAME)),
@@ -296,9 +271,19 @@ fn given_root_path(layout: &Layout, given: &str) -> Result<CgroupPath, GovernErr
     Ok(CgroupPath::new(given)?)
 }
 
-/// Root, or CAP_SYS_ADMIN in the effective set.
-pub fn privileged() -> bool {
-    nix::unistd::geteuid().is_root() || has_cap(Cap::SysAdmin)
+/// Privileged mode: cgroups anywhere in the hierarchy, other users'
+/// processes. It takes CAP_DAC_OVERRIDE (a hierarchy's root is 0555: root
+/// without it gets EACCES, measured), not uid 0; and v1 moves another
+/// user's process only for euid 0 (`__cgroup1_procs_write`), so there both.
+fn privileged(layout: &Layout) -> bool {
+    Caps::effective().allows(Need::HierarchyRoot)
+        && (layout.kind() == Kind::V2 || nix::unistd::geteuid().is_root())
+}
+
+/// Whether this process may govern other users' processes: move them
+/// (privileged mode) and set their nice.
+pub fn may_govern_others() -> bool {
+    Layout::detect().is_ok_and(|l| privileged(&l))
 }
 
 /// The highest v2 cgroup at or above our own whose directory and
