@@ -762,3 +762,83 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
     let report = x.job.expect("a job report");
     assert!(report.cpu_usage_us.is_some_and(|us| us > 0), "{report:?}");
 }
+
+/// Events of `path` so far (whole lines; every one must be an event).
+fn events_in(path: &Path) -> Vec<Event> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event: {e}: {l}")))
+        .collect()
+}
+
+/// Waits until an event of `path` matches `pred`.
+fn wait_in_file(path: &Path, what: &str, pred: impl Fn(&Event) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !events_in(path).iter().any(&pred) {
+        assert!(
+            Instant::now() < deadline,
+            "no {what} in {}:\n{}",
+            path.display(),
+            fs::read_to_string(path).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `watch --events FILE` writes its events there (stdout stays empty, so a
+/// unit's journal holds only logs), and SIGHUP reopens the file by name:
+/// logrotate renames it, `systemctl reload` follows, and the events after
+/// the reload are in the new file, none lost or split. A link is refused
+/// (exit 2) before anything starts.
+#[test]
+fn watch_writes_events_to_a_file_and_reopens_it_on_sighup() {
+    if !require_root("watch_writes_events_to_a_file") {
+        return;
+    }
+    let dir = scratch("auto-events-file");
+    let root = Root::new("evfile");
+    let policy = write_policy(&dir, &one_rule("t", "ev-ffmpeg", 30000));
+    let ffmpeg = fake(&dir, "ev-ffmpeg", "/bin/sleep");
+    let file = dir.join("events.jsonl");
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&policy, &link).unwrap();
+    let refused = Command::new(ffrtmp())
+        .args(["watch", "--events"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+
+    let daemon = Command::new(ffrtmp())
+        .arg("watch")
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--cgroup-root", root.path(), "--events"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kids = Children(Vec::new());
+    wait_in_file(&file, "started", |e| matches!(e.body, Body::Started(_)));
+    kids.0.push(sleeper(&ffmpeg, "30"));
+    wait_in_file(&file, "the first governed", governed_of(kids.0[0].id()));
+
+    let rotated = dir.join("events.jsonl.1");
+    fs::rename(&file, &rotated).unwrap();
+    common::signal(daemon.id(), nix::sys::signal::Signal::SIGHUP);
+    wait_in_file(&file, "the reload", policy_event(true));
+    kids.0.push(sleeper(&ffmpeg, "30"));
+    let second = kids.0[1].id();
+    wait_in_file(&file, "the second governed", governed_of(second));
+    assert!(
+        !events_in(&rotated).iter().any(governed_of(second)),
+        "an event after the reload went to the rotated file"
+    );
+    assert!(events_in(&rotated).iter().any(governed_of(kids.0[0].id())));
+
+    common::signal(daemon.id(), nix::sys::signal::Signal::SIGTERM);
+    let out = daemon.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "events on stdout too: {out:?}");
+}

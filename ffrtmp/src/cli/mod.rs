@@ -143,6 +143,11 @@ pub struct WatchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// Write events to FILE (appended; created 0640; never through a
+    /// symbolic link) instead of stdout. SIGHUP (`systemctl reload`) reopens
+    /// it by name, for logrotate.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<std::path::PathBuf>,
     /// Stop when the event output ends (a closed pipe, a full disk). By
     /// default governing goes on without it: events are dropped, never
     /// governing (docs/EVENTS.md, `lost`).

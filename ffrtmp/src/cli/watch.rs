@@ -13,11 +13,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{WatchArgs, exit};
 use crate::{
+    daemon::notify::Notifier,
     daemon::{Governor, MadeJobs, Stream},
     errors::chain,
     events::{
         Degraded, Event, EventError, Reloaded, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
-        file::LineFile,
+        file::{LineFile, Reopen, Reopening},
         metrics::Metrics,
         queued::{Queue, Queued},
     },
@@ -57,6 +58,17 @@ pub fn run(args: WatchArgs) -> ExitCode {
             "--metrics-addr {addr} is reachable from other hosts: the metrics say what runs on this node; bind a loopback address behind a proxy, or firewall it (docs/OPERATIONS.md)"
         );
     }
+    // Opened here: a link or an unwritable file is bad input (exit 2).
+    let events_file = match &args.events {
+        Some(path) => match Reopening::open(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("ffrtmp: error: --events {}: {e}", path.display());
+                return ExitCode::from(exit::USAGE);
+            }
+        },
+        None => None,
+    };
     let mut notes = Vec::new();
     raise_fd_limit();
     presize_fd_table();
@@ -84,7 +96,17 @@ pub fn run(args: WatchArgs) -> ExitCode {
         .enable_all()
         .build()
         .context("starting the event loop")
-        .and_then(|rt| rt.block_on(watch(args, rules, governor, urgent, filter, notes)));
+        .and_then(|rt| {
+            rt.block_on(watch(
+                args,
+                events_file,
+                rules,
+                governor,
+                urgent,
+                filter,
+                notes,
+            ))
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit::fail(exit::FAILURE, e.as_ref()),
@@ -169,6 +191,7 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
 
 async fn watch(
     args: WatchArgs,
+    events_file: Option<(Reopening, Reopen)>,
     rules: usize,
     governor: Option<Governor>,
     urgent: BTreeSet<String>,
@@ -180,6 +203,11 @@ async fn watch(
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     // SIGHUP reloads the policy (`systemctl reload`); it never stops `watch`.
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    // Opened now: a ping at the fd limit needs no new descriptor.
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("$NOTIFY_SOCKET cannot be used ({e}); the service manager is told nothing");
+        None
+    });
     let governs = governor.is_some();
     let mut reloader = Reloader {
         path: args.policy.clone(),
@@ -196,7 +224,8 @@ async fn watch(
         urgent_comms: urgent,
         filter: filter.is_some(),
     };
-    let (sinks, output_end) = outputs(&args).await?;
+    let reopen = events_file.as_ref().map(|(_, r)| r.clone());
+    let (sinks, output_end) = outputs(&args, events_file.map(|(f, _)| f)).await?;
     let mut stream = Stream::new(sinks, governor, None, filter);
     for note in notes {
         stream.emit(&Event::new(Timestamp::now(), Source::Ffrtmp, note))?;
@@ -258,6 +287,24 @@ async fn watch(
         },
     ))?;
 
+    // Ready: the kernel programs are attached and the start-up scan done.
+    let observer_name = observer.name();
+    let status = |stream: &Stream<Governor, Sinks<'static>>| {
+        format!(
+            "backend {observer_name}, {} processes followed in their jobs",
+            stream.followed()
+        )
+    };
+    if let Some(n) = &notifier {
+        n.ready(&status(&stream));
+    }
+    // The watchdog is kept by this loop itself: a loop that stops turning
+    // stops the pings, and systemd restarts the daemon.
+    let mut pings = notifier
+        .as_ref()
+        .and_then(Notifier::ping_every)
+        .map(tokio::time::interval);
+
     let mut made = stream.take_made_jobs();
     let stop = async {
         tokio::select! {
@@ -275,7 +322,26 @@ async fn watch(
                 // their rules' limits already).
                 biased;
                 () = &mut stop => break,
-                _ = sighup.recv() => reloader.reload(&mut stream, observer.as_mut())?,
+                _ = sighup.recv() => {
+                    if let Some(n) = &notifier {
+                        n.reloading();
+                    }
+                    // logrotate's postrotate: the events file by its name.
+                    if let Some(r) = &reopen {
+                        r.request();
+                    }
+                    reloader.reload(&mut stream, observer.as_mut())?;
+                    if let Some(n) = &notifier {
+                        n.ready(&status(&stream));
+                    }
+                }
+                // Before the observer: a storm must not starve the watchdog.
+                () = ping_due(pings.as_mut()) => {
+                    if let Some(n) = &notifier {
+                        n.ping();
+                        n.status(&status(&stream));
+                    }
+                }
                 // Only with --exit-on-output-loss: the flush says why.
                 () = output_ended(output_end.as_deref()) => observe::Consumer::flush(&mut stream)?,
                 r = std::future::poll_fn(|cx| observer.poll_step(cx, &mut stream)) => r?,
@@ -292,6 +358,9 @@ async fn watch(
                 }
             }
         }
+        if let Some(n) = &notifier {
+            n.stopping();
+        }
         observer.drain(&mut stream)?;
         stream.finish(made.as_mut()).await
     }
@@ -303,6 +372,16 @@ async fn watch(
             Ok(())
         }
         other => other.context("watching processes"),
+    }
+}
+
+/// The next watchdog ping; never without a watchdog.
+async fn ping_due(pings: Option<&mut tokio::time::Interval>) {
+    match pings {
+        Some(p) => {
+            p.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -423,20 +502,24 @@ async fn next_made<M>(made: &mut Option<MadeJobs<M>>) -> Option<M> {
 /// With `--exit-on-output-loss`, also what tells that stdout ended.
 async fn outputs(
     args: &WatchArgs,
+    events_file: Option<Reopening>,
 ) -> anyhow::Result<(Sinks<'static>, Option<Arc<tokio::sync::Notify>>)> {
     let mut sinks = Sinks::default();
     // Whole lines only when stdout is a file (`watch > events.jsonl`).
-    let stdout: Box<dyn io::Write + Send> = match io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .and_then(|fd| LineFile::new(fd.into()))
-    {
-        Ok(file) => Box::new(file),
-        // Not open at all: governing goes on, unheard.
-        Err(e) => {
-            tracing::warn!("stdout ({e}): events are not written");
-            Box::new(io::sink())
-        }
+    let stdout: Box<dyn io::Write + Send> = match events_file {
+        Some(file) => Box::new(file),
+        None => match io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|fd| LineFile::new(fd.into()))
+        {
+            Ok(file) => Box::new(file),
+            // Not open at all: governing goes on, unheard.
+            Err(e) => {
+                tracing::warn!("stdout ({e}): events are not written");
+                Box::new(io::sink())
+            }
+        },
     };
     let queue = Queue::spawn("ffrtmp-out", stdout, args.output_buffer)
         .context("starting the output thread")?;

@@ -714,6 +714,10 @@ impl Govern for Governor {
         self.in_flight.len()
     }
 
+    fn followed(&self) -> usize {
+        self.followed.len()
+    }
+
     fn take_made_jobs(&mut self) -> Option<MadeJobs<Made>> {
         self.made_jobs.take()
     }

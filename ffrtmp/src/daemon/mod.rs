@@ -9,8 +9,8 @@
 //! took (`latency_us`). A new exec gets there in two moves: at once, on the
 //! thread that reads the kernel's ring, into its rule's pre-made staging
 //! cgroup (its limits are in force from then on); then, on the job maker
-//! thread (`daemon/maker.rs`), into its own job. Processes found by a /proc scan go
-//! straight to their job. Ended jobs' cgroups are removed by the reaper
+//! thread (`daemon/maker.rs`), into its own job. Processes found by a /proc
+//! scan take the same two moves. Ended jobs' cgroups are removed by the reaper
 //! thread (`daemon/reaper.rs`), which never competes with governing.
 //!
 //! State is only a cache of the cgroup tree: which processes of which jobs
@@ -32,6 +32,7 @@
 //! against a fake governor, without root.
 mod governor;
 mod maker;
+pub mod notify;
 mod origin;
 mod reaper;
 pub mod stream;
@@ -69,6 +70,8 @@ pub trait Govern {
     fn is_in_flight(&self, pid: u32) -> bool;
     /// How many jobs are being made elsewhere.
     fn in_flight(&self) -> usize;
+    /// How many processes are followed in their jobs (for `STATUS=`).
+    fn followed(&self) -> usize;
     /// Where made jobs come back (once); `None` when jobs are made inline.
     fn take_made_jobs(&mut self) -> Option<MadeJobs<Self::Made>>;
     /// A made job, now followed: its events.

@@ -113,6 +113,11 @@ impl<G: Govern, O: Sink> Stream<G, O> {
         Ok(self.out.flush()?)
     }
 
+    /// Processes followed in their jobs (0 when observing only).
+    pub fn followed(&self) -> usize {
+        self.governor.as_ref().map_or(0, Govern::followed)
+    }
+
     /// Rebuilds the state from the cgroup tree and governs what runs.
     pub fn start_up(&mut self) -> Result<(), ObserveError> {
         let Some(governor) = &mut self.governor else {
@@ -377,6 +382,9 @@ mod tests {
 
         fn in_flight(&self) -> usize {
             self.in_flight.len()
+        }
+        fn followed(&self) -> usize {
+            0
         }
 
         fn take_made_jobs(&mut self) -> Option<MadeJobs<u32>> {

@@ -10,11 +10,20 @@
 //! (when the file still ends where the batch began, so another writer's
 //! lines are never touched), and if it cannot be, the next write begins
 //! with a newline — as it does when the file was left ending mid-line.
+//!
+//! `watch --events FILE` reopens its file when asked ([`Reopening`]: on
+//! SIGHUP, as logrotate's `postrotate` sends through `systemctl reload`);
+//! the open happens on the writer thread, before its next write, so a slow
+//! or full file system delays events, never governing.
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
     os::unix::fs::OpenOptionsExt as _,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 /// A file or stream of JSON lines.
@@ -137,6 +146,66 @@ impl LineFile {
     }
 }
 
+/// An event file that is opened again, by path, when asked ([`Reopen`]).
+pub struct Reopening {
+    path: PathBuf,
+    file: LineFile,
+    wanted: Arc<AtomicBool>,
+}
+
+/// Asks a [`Reopening`] file to reopen before its next write.
+#[derive(Clone, Debug)]
+pub struct Reopen(Arc<AtomicBool>);
+
+impl Reopen {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Reopening {
+    /// Opens `path` as [`LineFile::open`] does (errors are the caller's:
+    /// bad input before anything starts).
+    pub fn open(path: &Path) -> io::Result<(Self, Reopen)> {
+        let wanted = Arc::new(AtomicBool::new(false));
+        let file = LineFile::open(path)?;
+        Ok((
+            Reopening {
+                path: path.to_path_buf(),
+                file,
+                wanted: Arc::clone(&wanted),
+            },
+            Reopen(wanted),
+        ))
+    }
+
+    /// Reopens if asked; a file that cannot be opened now keeps the old one
+    /// (said once per request, to the log).
+    fn reopen_if_wanted(&mut self) {
+        if !self.wanted.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match LineFile::open(&self.path) {
+            Ok(file) => self.file = file,
+            Err(e) => tracing::warn!(
+                "reopening {}: {e}; events go on to the file open before",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+impl Write for Reopening {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.reopen_if_wanted();
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +234,31 @@ mod tests {
             &std::fs::metadata(&made).unwrap().permissions(),
         );
         assert_eq!(mode & 0o007, 0, "{mode:o}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_file_is_reopened_by_path_when_asked() {
+        let dir = scratch("rotate");
+        let path = dir.join("events.jsonl");
+        let (mut f, reopen) = Reopening::open(&path).unwrap();
+        f.write_all(b"{\"a\":1}\n").unwrap();
+        std::fs::rename(&path, dir.join("events.jsonl.1")).unwrap();
+        f.write_all(b"{\"b\":2}\n").unwrap();
+        reopen.request();
+        f.write_all(b"{\"c\":3}\n").unwrap();
+        let old = std::fs::read_to_string(dir.join("events.jsonl.1")).unwrap();
+        assert_eq!(old, "{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"c\":3}\n");
+        // A path that cannot be opened now (a link): the open file goes on.
+        std::fs::rename(&path, dir.join("events.jsonl.2")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        reopen.request();
+        f.write_all(b"{\"d\":4}\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("events.jsonl.2")).unwrap(),
+            "{\"c\":3}\n{\"d\":4}\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
