@@ -763,29 +763,6 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
     assert!(report.cpu_usage_us.is_some_and(|us| us > 0), "{report:?}");
 }
 
-/// Events of `path` so far (whole lines; every one must be an event).
-fn events_in(path: &Path) -> Vec<Event> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event: {e}: {l}")))
-        .collect()
-}
-
-/// Waits until an event of `path` matches `pred`.
-fn wait_in_file(path: &Path, what: &str, pred: impl Fn(&Event) -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !events_in(path).iter().any(&pred) {
-        assert!(
-            Instant::now() < deadline,
-            "no {what} in {}:\n{}",
-            path.display(),
-            fs::read_to_string(path).unwrap_or_default()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `watch --events FILE` writes its events there (stdout stays empty, so a
 /// unit's journal holds only logs), and SIGHUP reopens the file by name:
 /// logrotate renames it, `systemctl reload` follows, and the events after
@@ -820,22 +797,28 @@ fn watch_writes_events_to_a_file_and_reopens_it_on_sighup() {
         .spawn()
         .unwrap();
     let mut kids = Children(Vec::new());
-    wait_in_file(&file, "started", |e| matches!(e.body, Body::Started(_)));
+    common::wait_for_event(&file, "started", |e| matches!(e.body, Body::Started(_)));
     kids.0.push(sleeper(&ffmpeg, "30"));
-    wait_in_file(&file, "the first governed", governed_of(kids.0[0].id()));
+    common::wait_for_event(&file, "the first governed", governed_of(kids.0[0].id()));
 
     let rotated = dir.join("events.jsonl.1");
     fs::rename(&file, &rotated).unwrap();
     common::signal(daemon.id(), nix::sys::signal::Signal::SIGHUP);
-    wait_in_file(&file, "the reload", policy_event(true));
+    common::wait_for_event(&file, "the reload", policy_event(true));
     kids.0.push(sleeper(&ffmpeg, "30"));
     let second = kids.0[1].id();
-    wait_in_file(&file, "the second governed", governed_of(second));
+    common::wait_for_event(&file, "the second governed", governed_of(second));
     assert!(
-        !events_in(&rotated).iter().any(governed_of(second)),
+        !common::read_events(&rotated)
+            .iter()
+            .any(governed_of(second)),
         "an event after the reload went to the rotated file"
     );
-    assert!(events_in(&rotated).iter().any(governed_of(kids.0[0].id())));
+    assert!(
+        common::read_events(&rotated)
+            .iter()
+            .any(governed_of(kids.0[0].id()))
+    );
 
     common::signal(daemon.id(), nix::sys::signal::Signal::SIGTERM);
     let out = daemon.wait_with_output().unwrap();

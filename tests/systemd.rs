@@ -1,0 +1,312 @@
+//! On a systemd host, the package's own `ffrtmp-watch.service` as shipped:
+//! hardened (`systemd-analyze security` ≤ 4.0), `Type=notify` (ready only
+//! once the kernel programs are attached), a watchdog kept by the governing
+//! loop, reload, events in their own file and not in the journal, and no
+//! stop, restart, kill -9 or watchdog kill of the daemon ever stopping a
+//! transcoder.
+//!
+//! These run where systemd is PID 1 — the systemd VM (`cargo xtask
+//! vm-test --systemd`, part of `cargo xtask test`) — and say SKIP elsewhere.
+//! The VM is disposable: the tests change the installed unit only through a
+//! runtime drop-in and the policy file, and put both back.
+mod common;
+
+use std::{
+    fs,
+    path::Path,
+    process::{Child, Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{PATIENCE, cgroups, cpu_quota, fake, pid_alive, read_events, scratch, skip};
+use ffrtmp::events::{Body, Event};
+
+const UNIT: &str = "ffrtmp-watch.service";
+const EVENTS: &str = "/var/log/ffrtmp/events.jsonl";
+const POLICY: &str = "/etc/ffrtmp/policy.toml";
+const DROP_IN: &str = "/run/systemd/system/ffrtmp-watch.service.d/test.conf";
+
+fn systemd_host(test: &str) -> bool {
+    if Path::new("/run/systemd/system").is_dir() && nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip(
+        test,
+        "needs systemd as PID 1 and root (runs in the systemd VM: cargo xtask vm-test --systemd)",
+    );
+    false
+}
+
+fn systemctl(args: &[&str]) -> Output {
+    let out = Command::new("systemctl").args(args).output().unwrap();
+    assert!(out.status.success(), "systemctl {args:?}: {out:?}");
+    out
+}
+
+fn show(property: &str) -> String {
+    let out = systemctl(&["show", "-p", property, "--value", UNIT]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn main_pid() -> u32 {
+    show("MainPID").parse().unwrap()
+}
+
+fn journal() -> String {
+    let out = Command::new("journalctl")
+        .args(["-u", UNIT, "-o", "cat", "--no-pager"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_for(what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    common::wait_for_event(Path::new(EVENTS), what, pred)
+}
+
+/// The unit configured for a test, put back (stopped, drop-in and policy
+/// restored) when dropped, also when the test fails.
+struct Configured {
+    policy_before: Option<String>,
+    kids: Vec<Child>,
+}
+
+impl Configured {
+    /// `policy` as the installed policy; the drop-in's `[Service]` lines.
+    fn new(policy: &str, service: &str) -> Self {
+        let policy_before = fs::read_to_string(POLICY).ok();
+        fs::write(POLICY, policy).unwrap();
+        fs::create_dir_all(Path::new(DROP_IN).parent().unwrap()).unwrap();
+        fs::write(DROP_IN, format!("[Service]\n{service}\n")).unwrap();
+        systemctl(&["daemon-reload"]);
+        let _ = fs::remove_file(EVENTS);
+        Configured {
+            policy_before,
+            kids: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Configured {
+    fn drop(&mut self) {
+        let _ = Command::new("systemctl").args(["stop", UNIT]).status();
+        for k in &mut self.kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        let _ = fs::remove_file(DROP_IN);
+        if let Some(p) = &self.policy_before {
+            let _ = fs::write(POLICY, p);
+        }
+        let _ = Command::new("systemctl").arg("daemon-reload").status();
+        let _ = Command::new("systemctl")
+            .args(["reset-failed", UNIT])
+            .status();
+        let _ = Command::new("ffrtmp").arg("cleanup").output();
+    }
+}
+
+/// The job cgroup `pid` is in (the v2 line of /proc/PID/cgroup).
+fn cgroup_of(pid: u32) -> String {
+    cgroups(pid)
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn nice_of(pid: u32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit(')').next().unwrap();
+    // Fields after the name: state is 3rd overall; nice is the 19th.
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+const TEST_POLICY: &str = r#"
+[[rule]]
+name = "sd"
+comm = "sd-ffmpeg"
+cpu_max = "30000 100000"
+nice = 5
+oom_score_adj = 100
+"#;
+
+/// The shipped unit, hardened: exposure ≤ 4.0, and with that sandbox it
+/// still governs another user's transcoder with every limit (cgroup, nice,
+/// oom_score_adj). `systemctl start` returns once ready (Type=notify), with
+/// a STATUS. Reload re-reads the policy. kill -9, a wedged governing loop
+/// (the watchdog restarts it) and stop leave the transcoder running in its
+/// job, and each restarted daemon finds the job again.
+#[test]
+fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
+    if !systemd_host("the_hardened_notify_unit_governs") {
+        return;
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--no-pager", UNIT])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for ffrtmp-watch.service:").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {out:?}"));
+    eprintln!("systemd-analyze security {UNIT}: {exposure}");
+    assert!(exposure <= 4.0, "exposure {exposure}:\n{text}");
+
+    let dir = scratch("systemd-unit");
+    let ffmpeg = fake(&dir, "sd-ffmpeg", "/bin/sleep");
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut unit = Configured::new(
+        TEST_POLICY,
+        "WatchdogSec=3s\nTimeoutAbortSec=3s\nRestartSec=1",
+    );
+    systemctl(&["start", UNIT]);
+    // Type=notify: `start` returned, so the daemon said READY=1.
+    let status = show("StatusText");
+    assert!(status.contains("backend ebpf"), "{status}");
+    wait_for("started", |e| matches!(e.body, Body::Started(_)));
+
+    // Another user's transcoder, with every limit the sandbox must allow.
+    let stream = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(&ffmpeg)
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = stream.id();
+    unit.kids.push(stream);
+    let governed = wait_for("its governed event", |e| {
+        matches!(&e.body, Body::Governed(g) if g.pid == pid && g.cgroup.as_deref().is_some_and(|c| !c.contains(".staging")))
+    });
+    let Body::Governed(g) = governed.body else {
+        unreachable!()
+    };
+    let job = g.cgroup.clone().unwrap();
+    assert_eq!(cgroup_of(pid), job);
+    assert_eq!(cpu_quota(&job), "30000");
+    assert_eq!(nice_of(pid), 5);
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim(),
+        "100"
+    );
+    let degraded: Vec<Event> = read_events(Path::new(EVENTS))
+        .into_iter()
+        .filter(|e| matches!(e.body, Body::Degraded(_)))
+        .collect();
+    eprintln!("degraded under the sandbox: {degraded:#?}");
+
+    // Reload: the policy is read again, and said so.
+    systemctl(&["reload", UNIT]);
+    wait_for("the reload", |e| matches!(&e.body, Body::Policy(p) if p.applied));
+
+    let still_governed = |when: &str| {
+        assert!(pid_alive(pid), "{when}: the transcoder stopped");
+        assert_eq!(cgroup_of(pid), job, "{when}: moved out of its job");
+        assert_eq!(cpu_quota(&job), "30000", "{when}: its limit changed");
+    };
+    // kill -9: systemd restarts the daemon, which finds the job again.
+    let first = main_pid();
+    common::signal(first, nix::sys::signal::Signal::SIGKILL);
+    wait_until("a restarted daemon", || {
+        let now = main_pid();
+        now != 0 && now != first
+    });
+    still_governed("after kill -9 of the daemon");
+    wait_for("the job found again", |e| {
+        matches!(&e.body, Body::Tracked(t) if t.pid == pid)
+    });
+
+    // A wedged governing loop: the watchdog restarts the daemon.
+    let wedged = main_pid();
+    common::signal(wedged, nix::sys::signal::Signal::SIGSTOP);
+    wait_until("the watchdog's restart", || {
+        let now = main_pid();
+        now != 0 && now != wedged
+    });
+    assert!(
+        journal().contains("Watchdog timeout"),
+        "no watchdog timeout in the journal:\n{}",
+        journal()
+    );
+    still_governed("after the watchdog restarted the daemon");
+
+    // Stop: only the daemon goes.
+    systemctl(&["stop", UNIT]);
+    still_governed("after systemctl stop");
+
+    // Events and logs apart: no event line in the journal.
+    let journal = journal();
+    let events_there: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.starts_with("{\"event\""))
+        .collect();
+    assert!(events_there.is_empty(), "events in the journal: {events_there:?}");
+}
+
+/// Events go to their own file, whole: a storm of short-lived transcoders
+/// gives one `exec` line each in the events file and none in the journal
+/// (whose rate limit, 10 000 lines per 30 s, dropped events when they were
+/// on stdout).
+#[test]
+fn events_stay_whole_and_out_of_the_journal_in_an_exec_storm() {
+    if !systemd_host("events_stay_whole_and_out_of_the_journal") {
+        return;
+    }
+    let dir = scratch("systemd-storm");
+    let short = fake(&dir, "sd-ffmpeg", "/bin/true");
+    let _unit = Configured::new(TEST_POLICY, "");
+    systemctl(&["start", UNIT]);
+    // A dynamically linked /bin/true takes 15-80 ms under TCG: 400 execs
+    // are what the VM runs in a few seconds.
+    let mut pids = Vec::new();
+    for _ in 0..400 {
+        let mut c = Command::new(&short).spawn().unwrap();
+        pids.push(c.id());
+        let _ = c.wait();
+    }
+    let last = *pids.last().unwrap();
+    wait_for("the last exec", |e| {
+        matches!(&e.body, Body::Exec(x) if x.pid == last)
+    });
+    let events = read_events(Path::new(EVENTS));
+    let seen = pids
+        .iter()
+        .filter(|p| {
+            events
+                .iter()
+                .any(|e| matches!(&e.body, Body::Exec(x) if x.pid == **p))
+        })
+        .count();
+    let lost: u64 = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Lost(l) => Some(l.count),
+            _ => None,
+        })
+        .sum();
+    // A `lost` count covers exits too: every exec is seen or counted.
+    assert!(
+        seen as u64 + lost >= pids.len() as u64,
+        "execs in the events file: {seen} of {}, {lost} counted lost",
+        pids.len()
+    );
+    let journal = journal();
+    assert!(
+        !journal.lines().any(|l| l.starts_with("{\"event\"")),
+        "events in the journal"
+    );
+}
