@@ -4,7 +4,8 @@
 #   ./install.sh --uninstall [--prefix DIR]
 # Installs the binary, man pages, completions and docs under the prefix, the
 # units in /etc/systemd/system (naming the prefix's binary), the sysusers
-# entry in /etc/sysusers.d, and /etc/ffrtmp/policy.toml unless one exists.
+# entry in /etc/sysusers.d, the events file's logrotate entry, and
+# /etc/ffrtmp/policy.toml unless one exists.
 # Like the Debian package it never enables or starts the daemon, and
 # uninstalling stops every ffrtmp (workloads run on, limited), removes the
 # empty job cgroups it made, and keeps an edited policy.
@@ -83,6 +84,9 @@ done
 put 0644 "$here/lib/sysusers.d/ffrtmp.conf" /etc/sysusers.d/ffrtmp.conf
 if [ ! -e /etc/ffrtmp/policy.toml ]; then
     install -D -m 0644 "$here/etc/ffrtmp/policy.toml" /etc/ffrtmp/policy.toml
+fi
+if [ -d /etc/logrotate.d ]; then
+    put 0644 "$here/etc/logrotate.d/ffrtmp" /etc/logrotate.d/ffrtmp
 fi
 if command -v systemd-sysusers >/dev/null 2>&1; then
     systemd-sysusers /etc/sysusers.d/ffrtmp.conf

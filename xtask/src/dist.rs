@@ -203,11 +203,17 @@ fn payload(
         )
         .tar_at("lib/sysusers.d/ffrtmp.conf"),
     );
+    files.push(File::new(
+        "etc/logrotate.d/ffrtmp",
+        0o644,
+        read(&sources.join("logrotate"))?,
+    ));
     let policy = capture(Command::new(bin).args(["policy", "default"]))?;
     let header = "# /etc/ffrtmp/policy.toml: the policy ffrtmp-watch.service governs by.\n\
         # Installed from the embedded default (`ffrtmp policy default`); an edited\n\
         # file survives upgrades. Check an edit with `ffrtmp policy check FILE`,\n\
-        # then `systemctl restart ffrtmp-watch` (jobs and workloads are kept).\n#\n";
+        # then `systemctl reload ffrtmp-watch` (a bad policy is refused and the\n\
+        # running one kept; jobs and workloads are never touched).\n#\n";
     files.push(File::new(
         "etc/ffrtmp/policy.toml",
         0o644,
@@ -396,7 +402,10 @@ fn build_deb(
         .replace("@VERSION@", version)
         .replace("@INSTALLED_SIZE@", &installed_size(stage)?.to_string());
     fs::write(control_dir.join("control"), control)?;
-    fs::write(control_dir.join("conffiles"), "/etc/ffrtmp/policy.toml\n")?;
+    fs::write(
+        control_dir.join("conffiles"),
+        "/etc/ffrtmp/policy.toml\n/etc/logrotate.d/ffrtmp\n",
+    )?;
     for script in ["postinst", "prerm", "postrm"] {
         let to = control_dir.join(script);
         fs::copy(sources.join(script), &to)?;
