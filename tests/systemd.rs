@@ -337,3 +337,116 @@ fn events_stay_whole_and_out_of_the_journal_in_an_exec_storm() {
         "events in the journal"
     );
 }
+
+/// The guide's worker agent unit (`User=ffrtmp`, `Delegate=yes`, with the
+/// `KillMode=process` its troubleshooting section asks for) and a stand-in
+/// agent that starts a job with `ffrtmp run`: on systemd 252 the agent sits
+/// in the delegated cgroup itself, which kept every controller from being
+/// enabled below it (EBUSY). The job lives inside the unit's delegated
+/// subtree, in delegated mode, with its limit; kill -9 of the agent and of
+/// the wrapper leaves the stream running there; the restarted agent starts
+/// again beside it.
+#[test]
+fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
+    if !systemd_host("the_guides_worker_agent_runs_jobs") {
+        return;
+    }
+    let dir = scratch("systemd-agent");
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let stream_bin = fake(&dir, "agent-ffmpeg", "/bin/sleep");
+    let events = dir.join("events");
+    fs::write(&events, "").unwrap();
+    std::os::unix::fs::chown(&events, Some(ffrtmp_uid()), None).unwrap();
+    let agent = dir.join("agent.sh");
+    fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\n# A stand-in for the guide's agent: one job per start.\n\
+             ffrtmp run --job-id agent-job-$$ --cpu-max '30000 100000' --events {events} -- {bin} 600 &\n\
+             exec sleep 600\n",
+            events = events.display(),
+            bin = stream_bin.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let unit = "ffrtmp-worker.service";
+    let unit_file = format!("/run/systemd/system/{unit}");
+    fs::write(
+        &unit_file,
+        format!(
+            "[Unit]\nDescription=FFmpeg-RTMP Worker Agent with Wrapper (the guide's, with a stand-in agent)\n\
+             [Service]\nType=simple\nUser=ffrtmp\nGroup=ffrtmp\nDelegate=yes\nKillMode=process\n\
+             ExecStart={agent}\nRestart=always\nRestartSec=1\n",
+            agent = agent.display()
+        ),
+    )
+    .unwrap();
+    systemctl(&["daemon-reload"]);
+    struct Stop(String);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("systemctl")
+                .args(["kill", "--signal=SIGKILL", &self.0])
+                .output();
+            let _ = Command::new("systemctl").args(["stop", &self.0]).output();
+            let _ = Command::new("pkill")
+                .args(["-KILL", "agent-ffmpeg"])
+                .output();
+            let _ = fs::remove_file(format!("/run/systemd/system/{}", self.0));
+            let _ = Command::new("systemctl").arg("daemon-reload").output();
+        }
+    }
+    let _stop = Stop(unit.to_string());
+    systemctl(&["start", unit]);
+    let g = common::wait_for_event(&events, "the job's governed event", |e| {
+        matches!(&e.body, Body::Governed(_))
+    });
+    let Body::Governed(g) = g.body else {
+        unreachable!()
+    };
+    let subtree = format!("/system.slice/{unit}");
+    let job = g.cgroup.clone().expect("a job cgroup");
+    assert_eq!(g.mode, "delegated", "{g:?}");
+    assert!(job.starts_with(&format!("{subtree}/ffrtmp/")), "{job}");
+    assert_eq!(cpu_quota(&job), "30000");
+    let stream = g.pid;
+    assert_eq!(cgroup_of(stream), job);
+    // The agent itself went to the supervisor leaf.
+    let agent_pid: u32 = show_unit(unit, "MainPID").parse().unwrap();
+    assert_eq!(cgroup_of(agent_pid), format!("{subtree}/supervisor"));
+
+    // kill -9 of the wrapper, then of the agent: the stream runs on, in
+    // its job, and systemd starts the agent again.
+    let wrapper = fs::read_to_string(format!("/proc/{stream}/stat"))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u32>()
+        .unwrap();
+    common::signal(wrapper, nix::sys::signal::Signal::SIGKILL);
+    common::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
+    wait_until("the agent restarted", || {
+        show_unit(unit, "MainPID")
+            .parse::<u32>()
+            .is_ok_and(|p| p != 0 && p != agent_pid)
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(pid_alive(stream), "the stream died with its agent");
+    assert_eq!(cgroup_of(stream), job);
+    assert_eq!(cpu_quota(&job), "30000");
+}
+
+fn show_unit(unit: &str, property: &str) -> String {
+    let out = systemctl(&["show", "-p", property, "--value", unit]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn ffrtmp_uid() -> u32 {
+    let out = Command::new("id").args(["-u", "ffrtmp"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

@@ -47,6 +47,7 @@ pub mod ledger;
 pub mod place;
 pub mod plan;
 pub mod process;
+pub mod systemd;
 pub mod target;
 pub mod v1;
 pub mod v2;
@@ -286,8 +287,9 @@ pub fn may_govern_others() -> bool {
     Layout::detect().is_ok_and(|l| privileged(&l))
 }
 
-/// The highest v2 cgroup at or above our own whose directory and
-/// `cgroup.procs` we may write: the subtree delegated to us.
+/// The subtree delegated to us: under systemd, our own unit's cgroup if it
+/// was delegated to us ([`systemd`]); elsewhere the highest v2 cgroup at or
+/// above our own whose directory and `cgroup.procs` we may write.
 fn delegated_subtree(layout: &Layout) -> Option<CgroupPath> {
     use nix::unistd::{AccessFlags, access};
     if layout.kind() != Kind::V2 {
@@ -300,9 +302,34 @@ fn delegated_subtree(layout: &Layout) -> Option<CgroupPath> {
         access(&dir, AccessFlags::W_OK).is_ok()
             && access(&dir.join("cgroup.procs"), AccessFlags::W_OK).is_ok()
     };
+    if systemd::manages_cgroups() {
+        // Only our own unit's cgroup, and only if systemd delegated it.
+        let unit = systemd::unit_of(&own)?;
+        return (writable(&unit) && systemd::delegated_to_us(&unit, &mount.dir_of(&unit)))
+            .then_some(unit);
+    }
     own.lineage()
         .into_iter()
         .find(|cg| cg.as_str() != "/" && writable(cg))
+}
+
+/// systemd < 254 leaves a delegated service's processes in the unit's
+/// cgroup itself, where they keep controllers from being enabled below it:
+/// they go to its `supervisor` leaf first ([`systemd::make_room`]). What
+/// cannot be done is left to the controller writes to report.
+fn make_room(mount: &layout::Mount, root: &CgroupPath) {
+    let Some(unit) = systemd::unit_of(root) else {
+        return;
+    };
+    match systemd::make_room(&mount.dir_of(&unit)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "moved {n} processes of {} into its {} leaf: controllers cannot be enabled below a cgroup with processes (systemd 254+ does this with DelegateSubgroup=)",
+            unit.as_str(),
+            systemd::SUPERVISOR
+        ),
+        Err(e) => tracing::warn!("{e}"),
+    }
 }
 
 /// A job's cgroup(s).
@@ -418,6 +445,9 @@ impl JobCgroup {
         }
         let (inner, applied) = if let (Kind::V2, Some(mount)) = (ctx.layout.kind(), &ctx.layout.v2)
         {
+            if ctx.mode == Mode::Delegated && systemd::manages_cgroups() {
+                make_room(mount, root);
+            }
             let (job, applied) = v2::Job::create(mount, root, &path, limits, existing)?;
             (Inner::V2(job), applied)
         } else {

@@ -133,14 +133,12 @@ fn runner_script(test_args: &[String]) -> String {
         r#"#!/bin/sh
 insmod /usr/local/lib/brd.ko rd_nr=1 rd_size=65536
 echo "FFRTMP-VM: kernel $(uname -r); $(systemctl --version | head -n1); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-# The harness's own delegated subtree, as in the busybox VMs (the suites'
-# delegated-mode tests use it).
-for c in cpu io memory pids; do
-    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
-done
-d=/sys/fs/cgroup/delegated
-mkdir -p $d
-chown {uid}:{uid} $d $d/cgroup.procs $d/cgroup.subtree_control $d/cgroup.threads
+# The suites' delegated subtree is a real one here: a service with
+# Delegate=yes run as the delegate, which systemd chowns and marks
+# (trusted.delegate). Its own process sits in the unit's cgroup, as a
+# delegated service's does on systemd 252.
+systemd-run --quiet --unit=ffrtmp-delegated.service -p Delegate=yes -p User=delegate /bin/sleep infinity
+d=/sys/fs/cgroup/system.slice/ffrtmp-delegated.service
 export FFRTMP_VM=1 FFRTMP_SYSTEMD=1 FFRTMP_REQUIRE_ROOT_TESTS=1 FFRTMP_DELEGATED_CGROUP=$d FFRTMP_DELEGATED_UID={uid}
 export {bin_env}=/usr/bin/ffrtmp HOME=/root
 fail=0

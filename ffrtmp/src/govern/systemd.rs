@@ -1,0 +1,158 @@
+//! systemd's rules for the cgroup tree (systemd.io/CGROUP_DELEGATION), as
+//! far as choosing where ffrtmp may write goes.
+//!
+//! When systemd manages the tree (`/run/systemd/system` exists), a process
+//! may write only inside a subtree systemd delegated to it: the cgroup of
+//! its own unit (the nearest `.service` or `.scope` at or above its own
+//! cgroup), and only if that unit has `Delegate=yes`. Nothing above it —
+//! slices, `user@.service` of a user manager, another unit — is ours, even
+//! where the file modes would let us write: a user manager's cgroups all
+//! belong to its user, delegated or not.
+//!
+//! How delegation is told: systemd marks a delegated unit's cgroup with the
+//! `trusted.delegate` extended attribute (readable by root only) and, for
+//! unprivileged readers, chowns it to the unit's `User=`. A user manager's
+//! units are all its user's; there only `user.delegate` tells, and a user
+//! manager that does not set it is not taken as delegating.
+//!
+//! systemd 252 (Debian 12) has no `DelegateSubgroup=`: a delegated service's
+//! processes sit in the unit's cgroup itself, and by the kernel's
+//! no-internal-processes rule no controller can then be enabled below it
+//! (EBUSY). [`make_room`] moves them into a `supervisor` leaf of the same
+//! subtree first — what `DelegateSubgroup=supervisor` does on 254+.
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::Path,
+};
+
+use super::layout::CgroupPath;
+
+/// The leaf a delegated unit's own processes are moved into.
+pub const SUPERVISOR: &str = "supervisor";
+
+/// Whether systemd manages the cgroup tree here (sd_booted(3)'s test).
+pub fn manages_cgroups() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// Whether a cgroup's name is a unit's that can hold processes.
+#[allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "unit suffixes are lower case by definition (systemd.unit(5))"
+)]
+fn is_unit(cg: &CgroupPath) -> bool {
+    let name = cg.as_str().rsplit('/').next().unwrap_or_default();
+    name.ends_with(".service") || name.ends_with(".scope")
+}
+
+/// The cgroup of the unit `own` is in: the nearest `.service` or `.scope`
+/// at or above it.
+pub fn unit_of(own: &CgroupPath) -> Option<CgroupPath> {
+    own.lineage().into_iter().rev().find(is_unit)
+}
+
+/// Whether `unit` (its directory `dir`) was delegated to this process.
+pub fn delegated_to_us(unit: &CgroupPath, dir: &Path) -> bool {
+    if xattr_is_one(dir, "trusted.delegate") || xattr_is_one(dir, "user.delegate") {
+        return true;
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    let in_user_manager = unit
+        .as_str()
+        .split('/')
+        .any(|p| p.starts_with("user@") && p.ends_with(".service"));
+    euid != 0 && !in_user_manager && fs::metadata(dir).is_ok_and(|m| m.uid() == euid)
+}
+
+/// Whether extended attribute `name` of `dir` reads "1".
+fn xattr_is_one(dir: &Path, name: &str) -> bool {
+    let (Ok(path), Ok(name)) = (CString::new(dir.as_os_str().as_bytes()), CString::new(name))
+    else {
+        return false;
+    };
+    let mut value = [0u8; 8];
+    // SAFETY: both strings are NUL-terminated and live across the call; the
+    // kernel writes at most `value.len()` bytes into `value`.
+    let len = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    usize::try_from(len).is_ok_and(|n| value[..n.min(value.len())] == *b"1")
+}
+
+/// Moves the processes sitting in the delegated cgroup `dir` itself into
+/// its `supervisor` leaf, so that controllers can be enabled below it.
+/// Returns how many were moved; an error names the file.
+pub fn make_room(dir: &Path) -> Result<usize, String> {
+    let procs = dir.join("cgroup.procs");
+    let read = || {
+        fs::read_to_string(&procs)
+            .map_err(|e| format!("reading {}: {e}", procs.display()))
+            .map(|t| t.split_whitespace().map(String::from).collect::<Vec<_>>())
+    };
+    let mut pids = read()?;
+    if pids.is_empty() {
+        return Ok(0);
+    }
+    let leaf = dir.join(SUPERVISOR);
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {}: {e}", leaf.display())),
+    }
+    let mut moved = 0;
+    // A process forked meanwhile is moved by the next round.
+    for _ in 0..3 {
+        for pid in &pids {
+            match fs::write(leaf.join("cgroup.procs"), pid) {
+                Ok(()) => moved += 1,
+                // Gone meanwhile.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "moving {pid} into {}: {e}",
+                        leaf.join("cgroup.procs").display()
+                    ));
+                }
+            }
+        }
+        pids = read()?;
+        if pids.is_empty() {
+            return Ok(moved);
+        }
+    }
+    Err(format!(
+        "{} still holds processes {pids:?}",
+        procs.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_is_the_nearest_service_or_scope() {
+        let cg = |p: &str| CgroupPath::new(p).unwrap();
+        assert_eq!(
+            unit_of(&cg("/system.slice/agent.service/supervisor")),
+            Some(cg("/system.slice/agent.service"))
+        );
+        assert_eq!(
+            unit_of(&cg(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/run-u7.scope"
+            )),
+            Some(cg(
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/run-u7.scope"
+            ))
+        );
+        assert_eq!(unit_of(&cg("/system.slice")), None);
+        assert_eq!(unit_of(&cg("/")), None);
+    }
+}
