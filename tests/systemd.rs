@@ -450,3 +450,123 @@ fn ffrtmp_uid() -> u32 {
     let out = Command::new("id").args(["-u", "ffrtmp"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+/// The guide's scenarios on a systemd host, as the guide writes them:
+/// - `user@.service.d/delegate.conf` and, as a lingering unprivileged user
+///   in their user manager, `ffrtmp run --job-id test-001 -- echo "Wrapper
+///   works!"`: it works, and ffrtmp writes nothing in the user manager's
+///   own tree (it found `user@UID.service` writable and made
+///   `user@UID.service/ffrtmp` there before);
+/// - Scenario 2: `attach` of an ffmpeg another unit started (no restart),
+///   with the guide's limits; stopping that unit still stops it;
+/// - the standalone wrapper unit starts and holds its delegation.
+#[test]
+fn the_guides_systemd_scenarios() {
+    if !systemd_host("the_guides_systemd_scenarios") {
+        return;
+    }
+    let dir = scratch("systemd-guide");
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    // Delegation for user managers, verbatim; a lingering user.
+    let conf = Path::new("/etc/systemd/system/user@.service.d/delegate.conf");
+    fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    fs::write(conf, "[Service]\nDelegate=yes\n").unwrap();
+    systemctl(&["daemon-reload"]);
+    let uid = std::env::var("FFRTMP_DELEGATED_UID").unwrap_or_else(|_| "1000".into());
+    let linger = Command::new("loginctl")
+        .args(["enable-linger", &uid])
+        .output()
+        .unwrap();
+    assert!(linger.status.success(), "{linger:?}");
+    let manager = format!("user@{uid}.service");
+    wait_until("the user's manager", || {
+        show_unit(&manager, "ActiveState") == "active"
+    });
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "env",
+            &format!("XDG_RUNTIME_DIR=/run/user/{uid}"),
+            "systemd-run",
+            "--user",
+            "--wait",
+            "--pipe",
+            "--quiet",
+            "ffrtmp",
+            "run",
+            "--job-id",
+            "test-001",
+            "--",
+            "echo",
+            "Wrapper works!",
+        ])
+        .output()
+        .unwrap();
+    say(&format!(
+        "guide scenario 1 in the user manager: {}",
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Wrapper works!"
+    );
+    let manager_dir = format!("/sys/fs/cgroup/user.slice/user-{uid}.slice/{manager}");
+    assert!(
+        !Path::new(&format!("{manager_dir}/ffrtmp")).exists(),
+        "ffrtmp wrote into the user manager's own tree"
+    );
+    let _ = Command::new("loginctl")
+        .args(["disable-linger", &uid])
+        .output();
+    let _ = fs::remove_file(conf);
+    systemctl(&["daemon-reload"]);
+
+    // Scenario 2: a stream another unit started, attached without restart.
+    let ffmpeg = fake(&dir, "legacy-ffmpeg", "/bin/sleep");
+    let _ = Command::new("systemctl")
+        .args(["stop", "legacy-stream.service"])
+        .output();
+    let run = Command::new("systemd-run")
+        .args(["--quiet", "--unit=legacy-stream.service"])
+        .arg(&ffmpeg)
+        .arg("600")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let pid: u32 = show_unit("legacy-stream.service", "MainPID")
+        .parse()
+        .unwrap();
+    assert_ne!(pid, 0);
+    let attach = Command::new("ffrtmp")
+        .args([
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--job-id",
+            "existing-stream-001",
+        ])
+        .args(["--cpu-weight", "150", "--memory-max"])
+        .arg((4u64 << 30).to_string())
+        .arg("--detach")
+        .output()
+        .unwrap();
+    assert!(attach.status.success(), "{attach:?}");
+    assert!(pid_alive(pid), "the stream stopped when attached");
+    let job = cgroup_of(pid);
+    assert!(job.ends_with("/existing-stream-001"), "{job}");
+    let weight = fs::read_to_string(format!("/sys/fs/cgroup{job}/cpu.weight")).unwrap();
+    assert_eq!(weight.trim(), "150");
+    // systemd still stops the unit's main process with the unit.
+    systemctl(&["stop", "legacy-stream.service"]);
+    wait_until("the stream stopped with its unit", || !pid_alive(pid));
+
+    // The standalone wrapper unit.
+    systemctl(&["start", "ffrtmp-wrapper.service"]);
+    assert_eq!(show_unit("ffrtmp-wrapper.service", "ActiveState"), "active");
+    assert_eq!(show_unit("ffrtmp-wrapper.service", "Delegate"), "yes");
+    systemctl(&["stop", "ffrtmp-wrapper.service"]);
+}

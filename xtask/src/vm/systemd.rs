@@ -135,10 +135,15 @@ insmod /usr/local/lib/brd.ko rd_nr=1 rd_size=65536
 echo "FFRTMP-VM: kernel $(uname -r); $(systemctl --version | head -n1); cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
 # The suites' delegated subtree is a real one here: a service with
 # Delegate=yes run as the delegate, which systemd chowns and marks
-# (trusted.delegate). Its own process sits in the unit's cgroup, as a
-# delegated service's does on systemd 252.
+# (trusted.delegate). Its own process is moved to a leaf, as
+# DelegateSubgroup= does on systemd 254 (the suites' raw cgroup test needs
+# the unit's cgroup empty; the worker agent test in tests/systemd.rs is the
+# one where ffrtmp has to make that room itself).
 systemd-run --quiet --unit=ffrtmp-delegated.service -p Delegate=yes -p User=delegate /bin/sleep infinity
 d=/sys/fs/cgroup/system.slice/ffrtmp-delegated.service
+mkdir $d/supervisor
+for p in $(cat $d/cgroup.procs); do echo $p > $d/supervisor/cgroup.procs; done
+chown {uid}:{uid} $d/supervisor $d/supervisor/cgroup.procs
 export FFRTMP_VM=1 FFRTMP_SYSTEMD=1 FFRTMP_REQUIRE_ROOT_TESTS=1 FFRTMP_DELEGATED_CGROUP=$d FFRTMP_DELEGATED_UID={uid}
 export {bin_env}=/usr/bin/ffrtmp HOME=/root
 fail=0
