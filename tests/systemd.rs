@@ -480,9 +480,26 @@ fn the_guides_systemd_scenarios() {
         .unwrap();
     assert!(linger.status.success(), "{linger:?}");
     let manager = format!("user@{uid}.service");
-    wait_until("the user's manager", || {
-        show_unit(&manager, "ActiveState") == "active"
-    });
+    // Lingering starts it; starting it here waits until it is up.
+    let started = Command::new("systemctl")
+        .args(["start", &manager])
+        .output()
+        .unwrap();
+    if !started.status.success() {
+        let status = Command::new("systemctl")
+            .args(["status", "--no-pager", "-l", &manager])
+            .output()
+            .unwrap();
+        let log = Command::new("journalctl")
+            .args(["--no-pager", "-b", "-u", &manager, "-u", "systemd-logind"])
+            .output()
+            .unwrap();
+        panic!(
+            "the user's manager did not start: {started:?}\n{}\n{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&log.stdout)
+        );
+    }
     let out = Command::new("setpriv")
         .args([
             &format!("--reuid={uid}"),

@@ -30,6 +30,11 @@ pub const BOOKWORM_SYSTEMD: Rootfs = Rootfs {
         "systemd",
         "systemd-sysv",
         "dbus",
+        // What a Debian server has for user managers (the guide's
+        // `user@.service` delegation, a lingering user): logind's PAM
+        // session and the user's bus.
+        "libpam-systemd",
+        "dbus-user-session",
         "man-db",
         "bash-completion",
         "kmod",
