@@ -380,6 +380,37 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// Waits until `pid` is under its rule's limits at the fd limit: in its
+/// rule's staging cgroup, or in its own job with the rule's quota.
+fn wait_staged_or_in_job(w: &mut Watch, pid: u32, root: &Root, staging: &str) {
+    let job = format!("{}/ffmpeg-{pid}", root.path());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = cgroups(pid);
+        if now.contains(&format!(":{job}\n")) {
+            assert_eq!(
+                common::cpu_quota(&job),
+                "30000",
+                "{pid}: a job without its limit"
+            );
+            return;
+        }
+        if now.contains(&format!(":{staging}\n")) {
+            return;
+        }
+        w.drain();
+        assert!(
+            Instant::now() < deadline,
+            "{pid} not governed at the fd limit: {now}\n{:#?}",
+            w.events
+                .iter()
+                .filter(|e| !matches!(e.body, Body::Exec(_) | Body::Exit(_)))
+                .collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Reproduction 3: at the fd limit, processes were moved out of their
 /// staging cgroup (the rule's limits) into job cgroups whose limit writes
 /// had failed — no limits at all — and the metrics accept loop spun a core.
@@ -411,30 +442,7 @@ fn at_the_fd_limit_processes_keep_their_limits_and_are_retried() {
     let staging = root.staging("transcode").expect("its staging cgroup");
     let mut streams: Vec<Child> = (0..3).map(|_| sleeper(&ffmpeg, "60")).collect();
     for s in &streams {
-        let pid = s.id();
-        let job = format!("{}/ffmpeg-{pid}", root.path());
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let now = cgroups(pid);
-            if now.contains(&format!(":{job}\n")) {
-                assert_eq!(
-                    common::cpu_quota(&job),
-                    "30000",
-                    "{pid}: a job without its limit"
-                );
-                break;
-            }
-            if now.contains(&format!(":{staging}\n")) {
-                break;
-            }
-            w.drain();
-            assert!(
-                Instant::now() < deadline,
-                "{pid} not governed at the fd limit: {now}\n{:#?}",
-                w.events
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_staged_or_in_job(&mut w, s.id(), &root, &staging);
     }
     streams.extend((0..7).map(|_| sleeper(&ffmpeg, "60")));
     // A client of the metrics endpoint while no descriptor is free.
@@ -533,33 +541,7 @@ fn at_the_fd_limit_processes_the_kernel_lost_are_still_governed() {
     common::signal(daemon, nix::sys::signal::Signal::SIGCONT);
     w.wait_for("a lost event", |e| matches!(e.body, Body::Lost(_)));
     for s in &streams {
-        let pid = s.id();
-        let job = format!("{}/ffmpeg-{pid}", root.path());
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let now = cgroups(pid);
-            if now.contains(&format!(":{job}\n")) {
-                assert_eq!(
-                    common::cpu_quota(&job),
-                    "30000",
-                    "{pid}: a job without its limit"
-                );
-                break;
-            }
-            if now.contains(&format!(":{staging}\n")) {
-                break;
-            }
-            w.drain();
-            assert!(
-                Instant::now() < deadline,
-                "{pid}, lost by the kernel, not governed at the fd limit: {now}\n{:#?}",
-                w.events
-                    .iter()
-                    .filter(|e| !matches!(e.body, Body::Exec(_) | Body::Exit(_)))
-                    .collect::<Vec<_>>()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_staged_or_in_job(&mut w, s.id(), &root, &staging);
     }
     // Descriptors free again: each gets its own job.
     set_fd_limit(daemon, u64::MAX);

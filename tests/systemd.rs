@@ -460,6 +460,28 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
     assert_eq!(cpu_quota(&job), "30000");
 }
 
+/// Runs `command` as user `uid` in a transient unit of their user manager
+/// (`systemd-run --user --wait --pipe`, with `properties`).
+fn in_user_manager(uid: &str, properties: &[&str], command: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "env",
+            &format!("XDG_RUNTIME_DIR=/run/user/{uid}"),
+            "systemd-run",
+            "--user",
+            "--wait",
+            "--pipe",
+            "--quiet",
+        ])
+        .args(properties)
+        .args(command)
+        .output()
+        .unwrap()
+}
+
 fn show_unit(unit: &str, property: &str) -> String {
     let out = systemctl(&["show", "-p", property, "--value", unit]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -519,18 +541,10 @@ fn the_guides_systemd_scenarios() {
             String::from_utf8_lossy(&log.stdout)
         );
     }
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "env",
-            &format!("XDG_RUNTIME_DIR=/run/user/{uid}"),
-            "systemd-run",
-            "--user",
-            "--wait",
-            "--pipe",
-            "--quiet",
+    let out = in_user_manager(
+        &uid,
+        &[],
+        &[
             "ffrtmp",
             "run",
             "--job-id",
@@ -538,9 +552,8 @@ fn the_guides_systemd_scenarios() {
             "--",
             "echo",
             "Wrapper works!",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     say(&format!(
         "guide scenario 1 in the user manager: {}",
         String::from_utf8_lossy(&out.stderr)
@@ -557,20 +570,10 @@ fn the_guides_systemd_scenarios() {
     );
     // With Delegate=yes on the user's unit: delegated there, if this user
     // manager says so (user.delegate); never above it.
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-            "env",
-            &format!("XDG_RUNTIME_DIR=/run/user/{uid}"),
-            "systemd-run",
-            "--user",
-            "--wait",
-            "--pipe",
-            "--quiet",
-            "-p",
-            "Delegate=yes",
+    let out = in_user_manager(
+        &uid,
+        &["-p", "Delegate=yes"],
+        &[
             "ffrtmp",
             "run",
             "--job-id",
@@ -578,9 +581,8 @@ fn the_guides_systemd_scenarios() {
             "--",
             "cat",
             "/proc/self/cgroup",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     say(&format!(
         "guide scenario 1 in a Delegate=yes user unit: {}{}",
         String::from_utf8_lossy(&out.stdout),
