@@ -449,11 +449,28 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
         .unwrap();
     common::signal(wrapper, nix::sys::signal::Signal::SIGKILL);
     common::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
-    wait_until("the agent restarted", || {
-        show_unit(unit, "MainPID")
-            .parse::<u32>()
-            .is_ok_and(|p| p != 0 && p != agent_pid)
-    });
+    let deadline = Instant::now() + PATIENCE;
+    while !show_unit(unit, "MainPID")
+        .parse::<u32>()
+        .is_ok_and(|p| p != 0 && p != agent_pid)
+    {
+        if Instant::now() > deadline {
+            let status = Command::new("systemctl")
+                .args(["status", "--no-pager", "-l", unit])
+                .output()
+                .unwrap();
+            let log = Command::new("journalctl")
+                .args(["--no-pager", "-b", "-u", unit])
+                .output()
+                .unwrap();
+            panic!(
+                "the agent was not restarted within {PATIENCE:?}:\n{}\n{}",
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&log.stdout)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
     thread::sleep(Duration::from_millis(500));
     assert!(pid_alive(stream), "the stream died with its agent");
     assert_eq!(cgroup_of(stream), job);
