@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PATIENCE, cgroups, cpu_quota, fake, pid_alive, read_events, scratch, skip};
+use common::{cgroups, cpu_quota, fake, pid_alive, read_events, scratch, skip};
 use ffrtmp::events::{Body, Event};
 
 const UNIT: &str = "ffrtmp-watch.service";
@@ -66,10 +66,18 @@ fn journal() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// How long systemd may take to restart a unit here: under `cargo xtask
+/// test` three TCG VMs share two cores, and one agent restart (nominally
+/// 1 s) once took longer than 20 s there.
+const RESTART_PATIENCE: Duration = Duration::from_secs(90);
+
 fn wait_until(what: &str, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + RESTART_PATIENCE;
     while !ok() {
-        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {RESTART_PATIENCE:?}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -449,7 +457,7 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
         .unwrap();
     common::signal(wrapper, nix::sys::signal::Signal::SIGKILL);
     common::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + RESTART_PATIENCE;
     while !show_unit(unit, "MainPID")
         .parse::<u32>()
         .is_ok_and(|p| p != 0 && p != agent_pid)
@@ -464,7 +472,7 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
                 .output()
                 .unwrap();
             panic!(
-                "the agent was not restarted within {PATIENCE:?}:\n{}\n{}",
+                "the agent was not restarted within {RESTART_PATIENCE:?}:\n{}\n{}",
                 String::from_utf8_lossy(&status.stdout),
                 String::from_utf8_lossy(&log.stdout)
             );
