@@ -380,6 +380,29 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// `watch` with a 4 KiB ring and no kernel filter: a few hundred execs
+/// while it does not read fill the ring.
+fn small_ring_watch(dir: &Path, root: &Root) -> Watch {
+    Watch::start_with(watch(dir, root).args([
+        "--backend",
+        "ebpf",
+        "--all",
+        "--ring-buffer-size",
+        "4096",
+    ]))
+}
+
+/// Stops the daemon, fills its ring with `execs` unrelated execs, runs
+/// `then` (whose records find no room), and lets the daemon go on.
+fn while_stopped_ring_full(daemon: u32, execs: usize, then: impl FnOnce()) {
+    common::signal(daemon, nix::sys::signal::Signal::SIGSTOP);
+    for _ in 0..execs {
+        let _ = Command::new("/bin/true").status();
+    }
+    then();
+    common::signal(daemon, nix::sys::signal::Signal::SIGCONT);
+}
+
 /// Waits until `pid` is under its rule's limits at the fd limit: in its
 /// rule's staging cgroup, or in its own job with the rule's quota.
 fn wait_staged_or_in_job(w: &mut Watch, pid: u32, root: &Root, staging: &str) {
@@ -520,25 +543,17 @@ fn at_the_fd_limit_processes_the_kernel_lost_are_still_governed() {
     let dir = scratch("hostile-fds-lost");
     let root = Root::new("fdslost");
     let ffmpeg = fake_ffmpeg(&dir);
-    let mut w = Watch::start_with(watch(&dir, &root).args([
-        "--backend",
-        "ebpf",
-        "--all",
-        "--ring-buffer-size",
-        "4096",
-    ]));
+    let mut w = small_ring_watch(&dir, &root);
     let daemon = w.pid();
     thread::sleep(Duration::from_millis(500));
     set_fd_limit(daemon, open_fds(daemon));
     let staging = root.staging("transcode").expect("its staging cgroup");
     // The daemon stops reading; unrelated execs fill the ring; the streams'
     // execs find no room.
-    common::signal(daemon, nix::sys::signal::Signal::SIGSTOP);
-    for _ in 0..100 {
-        let _ = Command::new("/bin/true").status();
-    }
-    let mut streams: Vec<Child> = (0..3).map(|_| sleeper(&ffmpeg, "60")).collect();
-    common::signal(daemon, nix::sys::signal::Signal::SIGCONT);
+    let mut streams = Vec::new();
+    while_stopped_ring_full(daemon, 100, || {
+        streams.extend((0..3).map(|_| sleeper(&ffmpeg, "60")));
+    });
     w.wait_for("a lost event", |e| matches!(e.body, Body::Lost(_)));
     for s in &streams {
         wait_staged_or_in_job(&mut w, s.id(), &root, &staging);
@@ -657,13 +672,7 @@ fn an_exit_the_kernel_lost_is_recovered_and_its_job_removed() {
     let dir = scratch("hostile-lostexit");
     let root = Root::new("lostexit");
     let ffmpeg = fake_ffmpeg(&dir);
-    let mut w = Watch::start_with(watch(&dir, &root).args([
-        "--backend",
-        "ebpf",
-        "--all",
-        "--ring-buffer-size",
-        "4096",
-    ]));
+    let mut w = small_ring_watch(&dir, &root);
     let mut stream = sleeper(&ffmpeg, "60");
     let pid = stream.id();
     let job = format!("{}/ffmpeg-{pid}", root.path());
@@ -672,13 +681,10 @@ fn an_exit_the_kernel_lost_is_recovered_and_its_job_removed() {
     });
     // The daemon stops reading; the ring fills; then the process ends, and
     // its exit record finds no room.
-    common::signal(w.pid(), nix::sys::signal::Signal::SIGSTOP);
-    for _ in 0..400 {
-        let _ = Command::new("/bin/true").status();
-    }
-    let _ = stream.kill();
-    let _ = stream.wait();
-    common::signal(w.pid(), nix::sys::signal::Signal::SIGCONT);
+    while_stopped_ring_full(w.pid(), 400, || {
+        let _ = stream.kill();
+        let _ = stream.wait();
+    });
     w.wait_for("a lost event", |e| matches!(e.body, Body::Lost(_)));
     let exit = w.wait_for(
         "its exit",

@@ -13,8 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{WatchArgs, exit};
 use crate::{
-    daemon::notify::Notifier,
-    daemon::{Governor, MadeJobs, Stream},
+    daemon::{Governor, MadeJobs, Stream, notify::Notifier},
     errors::chain,
     events::{
         Degraded, Event, EventError, Reloaded, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
@@ -303,7 +302,12 @@ async fn watch(
     let mut pings = notifier
         .as_ref()
         .and_then(Notifier::ping_every)
-        .map(tokio::time::interval);
+        .map(|every| {
+            let mut pings = tokio::time::interval(every);
+            // After a stall, one ping, not a burst of the missed ones.
+            pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pings
+        });
 
     let mut made = stream.take_made_jobs();
     let stop = async {
