@@ -50,8 +50,14 @@ fn systemctl(args: &[&str]) -> Output {
 }
 
 fn show(property: &str) -> String {
-    let out = systemctl(&["show", "-p", property, "--value", UNIT]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    show_unit(UNIT, property)
+}
+
+/// A scratch directory the units' users (ffrtmp, the delegate) can read.
+fn readable_scratch(test: &str) -> std::path::PathBuf {
+    let dir = scratch(test);
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir
 }
 
 fn main_pid() -> u32 {
@@ -182,9 +188,8 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
     say(&format!("systemd-analyze security {UNIT}: {exposure}"));
     assert!(exposure <= 4.0, "exposure {exposure}:\n{text}");
 
-    let dir = scratch("systemd-unit");
+    let dir = readable_scratch("systemd-unit");
     let ffmpeg = fake(&dir, "sd-ffmpeg", "/bin/sleep");
-    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut unit = Configured::new(
         TEST_POLICY,
         "WatchdogSec=3s\nTimeoutAbortSec=3s\nRestartSec=1",
@@ -326,13 +331,7 @@ fn events_stay_whole_and_out_of_the_journal_in_an_exec_storm() {
                 .any(|e| matches!(&e.body, Body::Exec(x) if x.pid == **p))
         })
         .count();
-    let lost: u64 = events
-        .iter()
-        .filter_map(|e| match &e.body {
-            Body::Lost(l) => Some(l.count),
-            _ => None,
-        })
-        .sum();
+    let lost = common::lost_count(&events);
     // A `lost` count covers exits too: every exec is seen or counted.
     assert!(
         seen as u64 + lost >= pids.len() as u64,
@@ -378,8 +377,7 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
     if !systemd_host("the_guides_worker_agent_runs_jobs") {
         return;
     }
-    let dir = scratch("systemd-agent");
-    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = readable_scratch("systemd-agent");
     let stream_bin = fake(&dir, "agent-ffmpeg", "/bin/sleep");
     let events = dir.join("events");
     fs::write(&events, "").unwrap();
@@ -529,8 +527,7 @@ fn the_guides_systemd_scenarios() {
     if !systemd_host("the_guides_systemd_scenarios") {
         return;
     }
-    let dir = scratch("systemd-guide");
-    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = readable_scratch("systemd-guide");
 
     // Delegation for user managers, verbatim; a lingering user.
     let conf = Path::new("/etc/systemd/system/user@.service.d/delegate.conf");

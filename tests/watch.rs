@@ -254,13 +254,7 @@ fn ebpf_observes_every_exec_of_two_parallel_forkers() {
             _ => None,
         })
         .collect();
-    let lost: u64 = events
-        .iter()
-        .filter_map(|e| match &e.body {
-            Body::Lost(l) => Some(l.count),
-            _ => None,
-        })
-        .sum();
+    let lost = common::lost_count(&events);
     let missing = generated.len() - observed.len();
     eprintln!(
         "generated {} observed {} lost {lost}",

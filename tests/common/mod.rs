@@ -220,7 +220,18 @@ pub fn scratch(test: &str) -> std::path::PathBuf {
     dir
 }
 
-/// The events in a `--events FILE` written by `run` or `attach`.
+/// How many records `lost` events counted in `events`.
+pub fn lost_count(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Lost(l) => Some(l.count),
+            _ => None,
+        })
+        .sum()
+}
+
+/// The events in a `--events FILE` written by `run`, `attach` or `watch`.
 pub fn read_events(path: &std::path::Path) -> Vec<Event> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
