@@ -11,8 +11,8 @@ use std::{
 };
 
 use common::{
-    cgroups, cpu_quota, ffrtmp, helper, is_helper, read_events, require_root, scratch,
-    wait_for_event,
+    cgroups, cpu_quota, ffrtmp, helper, in_a_root_job, is_helper, read_events, require_root,
+    root_job_cgroup, root_job_removed, scratch, wait_for_event,
 };
 use ffrtmp::events::Body;
 use ffrtmp::limits::LimitName;
@@ -106,7 +106,7 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
     assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
     assert_eq!(g.limits[&LimitName::Nice], 7);
     let cg = cgroups(pid);
-    assert!(cg.contains(&format!("/ffrtmp/{job}")), "{cg}");
+    assert!(cg.contains(&root_job_cgroup(&job)), "{cg}");
     // Every thread moved with the process and got the nice value.
     for task in fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -114,7 +114,7 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
     {
         let t = fs::read_to_string(task.path().join("cgroup")).unwrap();
         assert!(
-            t.contains(&format!("/ffrtmp/{job}")),
+            t.contains(&root_job_cgroup(&job)),
             "thread {:?}: {t}",
             task.file_name()
         );
@@ -133,8 +133,7 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
     // Not our child: the status is unknown and reported as such.
     assert_eq!((x.exit_code, x.signal), (None, None));
     assert_eq!(x.job.unwrap().job_id, job);
-    assert!(!Path::new("/sys/fs/cgroup/cpu/ffrtmp").join(&job).exists());
-    assert!(!Path::new("/sys/fs/cgroup/ffrtmp").join(&job).exists());
+    assert!(root_job_removed(&job), "{job}'s cgroup left behind");
 }
 
 #[test]
@@ -221,7 +220,7 @@ fn a_reused_pid_is_refused() {
         "{out:?}"
     );
     assert!(
-        !cgroups(pid).contains("/ffrtmp/"),
+        !in_a_root_job(&cgroups(pid)),
         "the new process was governed"
     );
     second.kill().unwrap();
@@ -271,7 +270,7 @@ fn stopping_attach_or_detaching_leaves_the_process_running_and_governed() {
             "cycle {cycle}: the process died"
         );
         assert!(
-            cgroups(pid).contains(&format!("/ffrtmp/{job}")),
+            cgroups(pid).contains(&root_job_cgroup(&job)),
             "cycle {cycle}: not governed"
         );
     }
@@ -291,7 +290,7 @@ fn stopping_attach_or_detaching_leaves_the_process_running_and_governed() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(cgroups(pid).contains(&format!("/ffrtmp/{job}")));
+    assert!(cgroups(pid).contains(&root_job_cgroup(&job)));
     assert!(target.try_wait().unwrap().is_none());
     target.kill().unwrap();
     target.wait().unwrap();
@@ -338,7 +337,7 @@ fn include_children_moves_the_descendants_too() {
     assert!(out.status.success(), "{out:?}");
     for p in std::iter::once(pid).chain(children.iter().copied()) {
         assert!(
-            cgroups(p).contains(&format!("/ffrtmp/{job}")),
+            cgroups(p).contains(&root_job_cgroup(&job)),
             "{p}: {}",
             cgroups(p)
         );
@@ -394,7 +393,7 @@ fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
 
 /// The CPU quota of job `job` under the default root.
 fn cpu_quota_of(job: &str) -> String {
-    cpu_quota(&format!("/ffrtmp/{job}"))
+    cpu_quota(&root_job_cgroup(job))
 }
 
 #[test]
@@ -446,9 +445,12 @@ fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
     assert_eq!(last.limits[&LimitName::CpuMax], "50000 100000");
     assert_eq!(last.limits[&LimitName::PidsMax], "16");
     let cg = cgroups(first.id());
-    assert!(cg.contains(&format!("/ffrtmp/{job}")), "{cg}");
+    assert!(cg.contains(&root_job_cgroup(&job)), "{cg}");
     if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        assert!(cg.contains(&format!(":pids:/ffrtmp/{job}")), "{cg}");
+        assert!(
+            cg.contains(&format!(":pids:{}", root_job_cgroup(&job))),
+            "{cg}"
+        );
     }
 
     // Another process under that job id: refused, nothing moved or changed.
@@ -457,7 +459,7 @@ fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another job uses this job id"), "{stderr}");
     assert!(
-        !cgroups(other.id()).contains("/ffrtmp/"),
+        !in_a_root_job(&cgroups(other.id())),
         "{}",
         cgroups(other.id())
     );

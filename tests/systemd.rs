@@ -9,6 +9,10 @@
 //! vm-test --systemd`, part of `cargo xtask test`) — and say SKIP elsewhere.
 //! The VM is disposable: the tests change the installed unit only through a
 //! runtime drop-in and the policy file, and put both back.
+#![allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "unit suffixes are lower case by definition (systemd.unit(5))"
+)]
 mod common;
 
 use std::{
@@ -218,7 +222,12 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
     };
     let job = g.cgroup.clone().unwrap();
     assert_eq!(cgroup_of(pid), job);
+    // Its job is a scope systemd made, beside where it came from, with
+    // the limits as the scope's properties.
+    let scope = scope_unit(&job);
+    assert_eq!(show_unit(&scope, "CPUQuotaPerSecUSec"), "300ms");
     assert_eq!(cpu_quota(&job), "30000");
+    assert_nothing_at_the_root(&job);
     assert_eq!(nice_of(pid), 5);
     assert_eq!(
         fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
@@ -283,6 +292,7 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
     // Stop: only the daemon goes.
     systemctl(&["stop", UNIT]);
     still_governed("after systemctl stop");
+    let _ = Command::new("systemctl").args(["stop", &scope]).output();
 
     // Events and logs apart: no event line in the journal.
     let journal = journal();
@@ -294,6 +304,111 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
         events_there.is_empty(),
         "events in the journal: {events_there:?}"
     );
+}
+
+/// The scope unit of job cgroup `job` (`…/ffrtmp-<job>.scope`), which must
+/// be one.
+fn scope_unit(job: &str) -> String {
+    let unit = job.rsplit('/').next().unwrap().to_string();
+    assert!(
+        unit.starts_with("ffrtmp-") && unit.ends_with(".scope"),
+        "not a job scope: {job}"
+    );
+    unit
+}
+
+/// The daemon made no cgroup outside what systemd delegated to it: no
+/// staging and no job of its at the hierarchy's root (`run` as root in a
+/// unit without delegation still uses `/ffrtmp`: other suites leave it).
+fn assert_nothing_at_the_root(job: &str) {
+    let root = Path::new("/sys/fs/cgroup/ffrtmp");
+    let job = job.rsplit('/').next().unwrap();
+    let id = job.trim_start_matches("ffrtmp-").trim_end_matches(".scope");
+    for made in [root.join(".staging"), root.join(id)] {
+        assert!(
+            !made.exists(),
+            "the daemon made {} on a systemd host",
+            made.display()
+        );
+    }
+}
+
+/// Stopping the unit that started a transcoder stops the transcoder, as it
+/// did before ffrtmp governed it: its scope is bound to that unit. Unless
+/// that unit's `KillMode=process` asked for its children to outlive it:
+/// then the transcoder outlives it in its scope, still limited.
+#[test]
+fn a_transcoder_stops_with_the_unit_that_started_it_unless_its_kill_mode_says_not() {
+    if !systemd_host("a_transcoder_stops_with_the_unit_that_started_it") {
+        return;
+    }
+    let dir = readable_scratch("systemd-origin");
+    let ffmpeg = fake(&dir, "sd-ffmpeg", "/bin/sleep");
+    let unit = Configured::new(TEST_POLICY, "");
+    systemctl(&["start", UNIT]);
+    wait_for("started", |e| matches!(e.body, Body::Started(_)));
+    // A unit whose main process (a shell) starts the transcoder as a child.
+    let start = |origin: &str, kill_mode: &str| -> (u32, String) {
+        let _ = Command::new("systemctl").args(["stop", origin]).output();
+        let _ = Command::new("systemctl")
+            .args(["reset-failed", origin])
+            .output();
+        let out = Command::new("systemd-run")
+            .args(["--quiet", &format!("--unit={origin}"), "--uid=1000"])
+            .arg(format!("--property=KillMode={kill_mode}"))
+            .args(["/bin/sh", "-c"])
+            .arg(format!("{} 600 & wait", ffmpeg.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // The shell's child, now in a scope (the one before it has ended).
+        let g = wait_for("the transcoder governed in a scope", |e| {
+            matches!(&e.body, Body::Governed(g)
+                if g.rule.as_deref() == Some("sd")
+                && g.cgroup.as_deref().is_some_and(|c| c.ends_with(".scope"))
+                && pid_alive(g.pid))
+        });
+        let Body::Governed(g) = g.body else {
+            unreachable!()
+        };
+        let job = g.cgroup.unwrap();
+        assert_eq!(cgroup_of(g.pid), job);
+        // Beside its origin, in the same slice.
+        assert_eq!(
+            job,
+            format!("/system.slice/{}", scope_unit(&job)),
+            "not beside {origin}"
+        );
+        (g.pid, job)
+    };
+
+    let (pid, job) = start("sd-origin-bound.service", "control-group");
+    let scope = scope_unit(&job);
+    assert_eq!(show_unit(&scope, "BindsTo"), "sd-origin-bound.service");
+    assert_eq!(cpu_quota(&job), "30000");
+    systemctl(&["stop", "sd-origin-bound.service"]);
+    wait_until("the transcoder stopped with its unit", || !pid_alive(pid));
+    let exit = wait_for(
+        "its exit",
+        |e| matches!(&e.body, Body::Exit(x) if x.pid == pid),
+    );
+    say(&format!("exit of a scope's transcoder: {exit:?}"));
+
+    let (pid, job) = start("sd-origin-keeps.service", "process");
+    let scope = scope_unit(&job);
+    assert_eq!(show_unit(&scope, "BindsTo"), "");
+    systemctl(&["stop", "sd-origin-keeps.service"]);
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        pid_alive(pid),
+        "KillMode=process: the transcoder stopped with its unit"
+    );
+    assert_eq!(cgroup_of(pid), job, "moved out of its scope");
+    assert_eq!(cpu_quota(&job), "30000");
+    systemctl(&["stop", &scope]);
+    wait_until("the transcoder stopped with its scope", || !pid_alive(pid));
+    assert_nothing_at_the_root(&job);
+    drop(unit);
 }
 
 /// Events go to their own file, whole: a storm of short-lived transcoders
@@ -659,9 +774,12 @@ fn the_guides_systemd_scenarios() {
     assert!(attach.status.success(), "{attach:?}");
     assert!(pid_alive(pid), "the stream stopped when attached");
     let job = cgroup_of(pid);
-    assert!(job.ends_with("/existing-stream-001"), "{job}");
+    assert_eq!(job, "/system.slice/ffrtmp-existing-stream-001.scope");
     let weight = fs::read_to_string(format!("/sys/fs/cgroup{job}/cpu.weight")).unwrap();
     assert_eq!(weight.trim(), "150");
+    let scope = scope_unit(&job);
+    assert_eq!(show_unit(&scope, "BindsTo"), "legacy-stream.service");
+    assert_eq!(show_unit(&scope, "MemoryMax"), (4u64 << 30).to_string());
     // systemd still stops the unit's main process with the unit.
     systemctl(&["stop", "legacy-stream.service"]);
     wait_until("the stream stopped with its unit", || !pid_alive(pid));

@@ -245,6 +245,49 @@ pub fn cgroups(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
 }
 
+/// The cgroup path of job `job` made by root `attach` or `watch` without
+/// `--cgroup-root`: on a systemd host its transient scope, beside the
+/// unit the test runs in (`govern/scope.rs`), elsewhere `/ffrtmp/<job>`.
+pub fn root_job_cgroup(job: &str) -> String {
+    if Path::new("/run/systemd/system").is_dir() {
+        format!("/system.slice/ffrtmp-{job}.scope")
+    } else {
+        format!("/ffrtmp/{job}")
+    }
+}
+
+/// Whether `text` (a /proc/PID/cgroup) names any ffrtmp job of root's.
+#[allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "unit suffixes are lower case by definition (systemd.unit(5))"
+)]
+pub fn in_a_root_job(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_end();
+        l.contains("/ffrtmp/")
+            || l.rsplit('/')
+                .next()
+                .is_some_and(|last| last.starts_with("ffrtmp-") && last.ends_with(".scope"))
+    })
+}
+
+/// Waits until job `job`'s cgroup made by root is gone (a scope is removed
+/// by systemd, a moment after its last process ends).
+pub fn root_job_removed(job: &str) -> bool {
+    let gone = || {
+        !Path::new("/sys/fs/cgroup/cpu/ffrtmp").join(job).exists()
+            && !Path::new(&format!("/sys/fs/cgroup{}", root_job_cgroup(job))).exists()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gone() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
 /// The CPU quota of cgroup `path` (a cgroup path such as `/ffrtmp/job`), as
 /// the kernel reads it: v2 `cpu.max`, else v1 `cpu.cfs_quota_us`.
 pub fn cpu_quota(path: &str) -> String {

@@ -75,19 +75,22 @@ pub fn attach(args: AttachArgs) -> ExitCode {
             return exit::fail(code, &e);
         }
     };
-    let prepared = match prepare(
-        &args.govern,
-        &format!("attach-{}", args.pid),
-        Some(args.pid),
-        &mut sink,
-    ) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
     let descendants = if args.include_children {
         descendants(args.pid)
     } else {
         Vec::new()
+    };
+    let resident: Vec<u32> = std::iter::once(args.pid)
+        .chain(descendants.iter().copied())
+        .collect();
+    let prepared = match prepare(
+        &args.govern,
+        &format!("attach-{}", args.pid),
+        &resident,
+        &mut sink,
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let placed = match prepared.place(&target, &descendants, args.govern.strict) {
         Ok(p) => p,

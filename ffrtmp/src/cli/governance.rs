@@ -80,13 +80,14 @@ pub struct Prepared {
 
 /// Decides and prepares; on refusal returns the exit code (after saying why).
 ///
-/// `resident`: a process that may already be in the job (attach); if the
-/// job's cgroup exists and holds it, its limits are updated instead of the
-/// job id being refused as in use.
+/// `resident`: the process to attach (and its descendants asked for), which
+/// may already be in the job; if the job's cgroup exists and holds it, its
+/// limits are updated instead of the job id being refused as in use. On a
+/// systemd host they make up the job's scope (`govern/scope.rs`).
 pub fn prepare(
     args: &GovernArgs,
     default_job: &str,
-    resident: Option<u32>,
+    resident: &[u32],
     sink: &mut EventOut,
 ) -> Result<Prepared, ExitCode> {
     let job_id = match &args.job_id {
@@ -101,7 +102,12 @@ pub fn prepare(
         }
     })?;
     let limits = args.limits();
-    let plan = Plan::make(&ctx, &job_id, &limits, resident).map_err(|e| fail(exit::USAGE, &e))?;
+    let plan = match resident {
+        // Jobs on a systemd host are its scopes: one holding the process.
+        [_, ..] if ctx.scopes => Plan::attach_in_scope(&ctx, &job_id, &limits, resident),
+        _ => Plan::make(&ctx, &job_id, &limits, resident.first().copied()),
+    }
+    .map_err(|e| fail(exit::USAGE, &e))?;
     let prepared = Prepared { job_id, ctx, plan };
     if args.strict && !prepared.plan.applied.failures.is_empty() {
         for Failure { limit, reason } in &prepared.plan.applied.failures {

@@ -59,7 +59,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     let default_job = format!("run-{}", std::process::id());
-    let prepared = match prepare(&args.govern, &default_job, None, &mut sink) {
+    let prepared = match prepare(&args.govern, &default_job, &[], &mut sink) {
         Ok(p) => p,
         Err(code) => return code,
     };

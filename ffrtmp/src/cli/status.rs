@@ -1,7 +1,12 @@
 //! `ffrtmp status`: what ffrtmp can do on this machine (mode, cgroup layout,
 //! controllers, eBPF prerequisites) and the jobs it governs now, read from
 //! the cgroup tree (the tree is the state: nothing else is kept).
-use std::{collections::BTreeMap, fs, path::Path, process::ExitCode};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::Args;
 use serde::Serialize;
@@ -15,6 +20,7 @@ use crate::{
         caps::{Cap, Caps, Need},
         job_dirs,
         ledger::Entry,
+        scope,
     },
     limits::LimitName,
     observe::ebpf::btf::VMLINUX_BTF,
@@ -50,6 +56,9 @@ struct Status {
     mode: String,
     layout: Value,
     root: Option<String>,
+    /// Where jobs go: `tree` (under the root) or `scopes` (systemd's
+    /// transient scopes, on a systemd host).
+    placement: &'static str,
     ebpf: Value,
     /// The capabilities ffrtmp uses that it has, and what each feature needs.
     capabilities: Value,
@@ -70,6 +79,43 @@ struct Job {
     supervised: bool,
     /// Limit files as the kernel reads them, by hierarchy directory.
     limits: Map<String, Value>,
+    /// On a systemd host: the job's transient scope, which systemd holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<String>,
+}
+
+impl Job {
+    /// Job `job_id` in cgroup `cgroup`, read from its directories.
+    fn read(job_id: String, cgroup: String, dirs: &[PathBuf], v2: bool) -> Self {
+        let mut limits = Map::new();
+        let mut pids = Vec::new();
+        let files = limit_files(dirs.len() == 1 && v2);
+        for dir in dirs {
+            for f in &files {
+                if let Ok(v) = fs::read_to_string(dir.join(f)) {
+                    limits.insert(f.to_string(), json!(v.trim()));
+                }
+            }
+            for p in fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(p) = p.parse::<u32>()
+                    && !pids.contains(&p)
+                {
+                    pids.push(p);
+                }
+            }
+        }
+        Job {
+            job_id,
+            cgroup,
+            pids,
+            supervised: false,
+            limits,
+            unit: None,
+        }
+    }
 }
 
 pub fn status(args: StatusArgs) -> ExitCode {
@@ -105,50 +151,32 @@ pub fn status(args: StatusArgs) -> ExitCode {
         "effective": Cap::ALL.iter().filter(|c| caps.has(**c)).map(|c| c.name()).collect::<Vec<_>>(),
         "features": caps.features(),
     });
-    let jobs = job_dirs(&ctx)
+    let v2 = ctx.layout.kind() == crate::govern::layout::Kind::V2;
+    let mut jobs: Vec<Job> = job_dirs(&ctx)
         .into_iter()
         .map(|(name, dirs, entry)| {
-            let supervised = entry == Entry::Claimed;
-            let mut limits = Map::new();
-            let mut pids = Vec::new();
-            let files = limit_files(
-                dirs.len() == 1 && ctx.layout.kind() == crate::govern::layout::Kind::V2,
-            );
-            for dir in &dirs {
-                for f in &files {
-                    if let Ok(v) = fs::read_to_string(dir.join(f)) {
-                        limits.insert(f.to_string(), json!(v.trim()));
-                    }
-                }
-                for p in fs::read_to_string(dir.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                {
-                    if let Ok(p) = p.parse::<u32>()
-                        && !pids.contains(&p)
-                    {
-                        pids.push(p);
-                    }
-                }
-            }
             let cgroup = ctx
                 .root
                 .as_ref()
                 .map(|r| r.child(&name).as_str().to_string())
                 .unwrap_or_default();
             Job {
-                job_id: name,
-                cgroup,
-                pids,
-                supervised,
-                limits,
+                supervised: entry == Entry::Claimed,
+                ..Job::read(name, cgroup, &dirs, v2)
             }
         })
         .collect();
+    if let (true, Some(mount)) = (ctx.scopes, &ctx.layout.v2) {
+        jobs.extend(scope::jobs(mount).into_iter().map(|(name, path)| Job {
+            unit: Some(scope::unit_name(&name)),
+            ..Job::read(name, path.as_str().to_string(), &[mount.dir_of(&path)], v2)
+        }));
+    }
     let status = Status {
         mode: ctx.mode.as_str().into(),
         layout,
         root: ctx.root.as_ref().map(|r| r.as_str().to_string()),
+        placement: if ctx.scopes { "scopes" } else { "tree" },
         ebpf,
         capabilities,
         jobs,

@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     fs,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::AtomicU64,
@@ -25,7 +26,9 @@ use crate::{
     errors::chain,
     events::{self, Event, Exec, Exit, KernelStamp, Source, Timestamp, Tracked},
     govern::{
-        Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs, reap_empty, reap_job,
+        Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs,
+        layout::CgroupPath,
+        reap_empty, reap_job, scope,
         target::{Target, TargetError},
     },
     limits::{JobId, Limits},
@@ -94,10 +97,7 @@ impl Governor {
     pub fn new(ctx: Context, policy: Policy) -> Self {
         let last_governed = Arc::new(AtomicU64::new(0));
         let reaper = reaper::spawn(&ctx, Arc::clone(&last_governed));
-        let maker = Arc::new(Maker {
-            ctx: ctx.clone(),
-            last_governed: Arc::clone(&last_governed),
-        });
+        let maker = Arc::new(Maker::new(ctx.clone(), Arc::clone(&last_governed)));
         let needs = policy.needs();
         let job_prefix = ctx
             .root
@@ -140,8 +140,23 @@ impl Governor {
     fn recover(&mut self) -> Events {
         let mut events = Vec::new();
         reap_empty(&self.ctx);
-        for (name, _, _) in job_dirs(&self.ctx) {
-            let Some(cgroup) = JobCgroup::open_existing(&self.ctx, &name) else {
+        let open = |ctx: &Context, name: &str, scope: Option<&(CgroupPath, PathBuf)>| match scope {
+            Some((path, dir)) => Some(JobCgroup::of_scope(path.clone(), dir.clone())),
+            None => JobCgroup::open_existing(ctx, name),
+        };
+        let mut jobs: Vec<(String, Option<(CgroupPath, PathBuf)>)> = job_dirs(&self.ctx)
+            .into_iter()
+            .map(|(name, _, _)| (name, None))
+            .collect();
+        if let (true, Some(mount)) = (self.ctx.scopes, &self.ctx.layout.v2) {
+            jobs.extend(
+                scope::jobs(mount)
+                    .into_iter()
+                    .map(|(name, path)| (name, Some((path.clone(), mount.dir_of(&path))))),
+            );
+        }
+        for (name, scope) in jobs {
+            let Some(cgroup) = open(&self.ctx, &name, scope.as_ref()) else {
                 continue;
             };
             for pid in cgroup.pids() {
@@ -164,7 +179,7 @@ impl Governor {
                     pid,
                     Followed {
                         job: name.clone(),
-                        cgroup: JobCgroup::open_existing(&self.ctx, &name),
+                        cgroup: open(&self.ctx, &name, scope.as_ref()),
                         comm,
                         start_ticks: stat.map(|s| s.start_ticks),
                         kernel_tracked: false,
@@ -316,13 +331,17 @@ impl Governor {
             .find(|s| paths.iter().any(|p| p == s.cgroup.path.as_str()))
     }
 
-    /// The cgroup path of `pid`'s ffrtmp job, if it is in one.
-    fn job_of(&self, pid: u32) -> Option<String> {
-        let prefix = self.job_prefix.as_deref()?;
-        let staging = format!("{prefix}{}/", JobId::STAGING);
-        cgroup_paths_of(pid)
-            .into_iter()
-            .find(|p| p.starts_with(prefix) && !p.starts_with(&staging))
+    /// Of a process's cgroup paths, its ffrtmp job's, if it is in one: a
+    /// job under the root, or a job's scope.
+    fn job_of<'a>(&self, paths: &'a [String]) -> Option<&'a String> {
+        let prefix = self.job_prefix.as_deref();
+        let staging = prefix.map(|p| format!("{p}{}/", JobId::STAGING));
+        paths.iter().find(|p| {
+            let under_root = prefix
+                .zip(staging.as_deref())
+                .is_some_and(|(prefix, staging)| p.starts_with(prefix) && !p.starts_with(staging));
+            under_root || (self.ctx.scopes && scope::job_of_cgroup(p).is_some())
+        })
     }
 
     /// Decides about one process and governs it if a rule says so.
@@ -352,7 +371,8 @@ impl Governor {
             }) => (rule.name.clone(), job_id, limits.clone()),
             Some(Decision::Ignore { .. }) | None => return Vec::new(),
         };
-        if self.job_of(c.pid).is_some()
+        let paths = cgroup_paths_of(c.pid);
+        if self.job_of(&paths).is_some()
             || self.in_flight.contains(&c.pid)
             || self.waiting.contains_key(&c.pid)
         {
@@ -360,7 +380,38 @@ impl Governor {
             // staged and waiting for its job (seen twice, or found by a scan).
             return Vec::new();
         }
-        self.govern(c.pid, rule, job_id, &limits, origin)
+        // Where it came from, before anything moves it: its scope goes
+        // beside that unit, bound to it (`govern/scope.rs`).
+        let from = self.origin_of(&paths);
+        if let Some(from) = &from
+            && !from.movable()
+        {
+            return vec![note(format!(
+                "process {} ({rule}) not governed: it is in {}, a user manager's tree, which belongs to its user (govern it there with that user's `ffrtmp run` or `attach`)",
+                c.pid,
+                from.cgroup.as_str()
+            ))];
+        }
+        self.govern(c.pid, rule, job_id, &limits, origin, from)
+    }
+
+    /// With scopes: the v2 cgroup a process is in, unless it is one of
+    /// ours (a staging cgroup: where it came from is not known any more).
+    fn origin_of(&self, paths: &[String]) -> Option<scope::Origin> {
+        if !self.ctx.scopes {
+            return None;
+        }
+        let [path] = paths else { return None };
+        if self
+            .job_prefix
+            .as_deref()
+            .is_some_and(|prefix| path.starts_with(prefix))
+        {
+            return None;
+        }
+        CgroupPath::new(path)
+            .ok()
+            .map(|cgroup| scope::Origin { cgroup })
     }
 
     fn govern(
@@ -370,6 +421,7 @@ impl Governor {
         job_id: JobId,
         limits: &Limits,
         origin: Origin,
+        from: Option<scope::Origin>,
     ) -> Events {
         let mut events = Vec::new();
         self.maker.mark_busy();
@@ -420,6 +472,7 @@ impl Governor {
             target,
             staged_at,
             staged_report,
+            from,
             attempts: 0,
         };
         self.hand_over(job)
@@ -428,7 +481,9 @@ impl Governor {
     /// Sends a job to the maker thread (a staged one), or makes it here.
     fn hand_over(&mut self, job: Unmade) -> Events {
         let pid = job.pid;
-        if job.staged_report.is_some()
+        // A scope is made by a call to systemd, which the thread reading the
+        // kernel's ring never waits for.
+        if (job.staged_report.is_some() || self.ctx.scopes)
             && let Some(thread) = &self.maker_thread
         {
             // Under its limits already: its own job is made on the maker
@@ -484,6 +539,10 @@ impl Governor {
 
     /// The context whose root is `<root>/.staging`.
     fn staging_ctx(&self) -> Option<Context> {
+        // On a systemd host, only in a subtree delegated to the daemon.
+        if self.ctx.scopes && self.ctx.subtree.is_none() {
+            return None;
+        }
         let root = self.ctx.root.as_ref()?;
         Some(Context {
             root: Some(root.child(JobId::STAGING)),
@@ -501,6 +560,12 @@ impl Governor {
     /// cannot be made governs new processes directly, a little later.
     fn prepare_staging(&mut self) -> Events {
         let Some(ctx) = self.staging_ctx() else {
+            if self.ctx.scopes {
+                // Not in a unit with Delegate=yes (started by hand, say).
+                return vec![note(
+                    "no staging cgroups: no subtree was delegated to this daemon (its unit has no Delegate=yes); each new process waits for systemd to make its scope before its limits apply".into(),
+                )];
+            }
             return Vec::new();
         };
         let mut events = Vec::new();

@@ -17,7 +17,7 @@
 //! move. Without the thread (it could not be started), jobs are made
 //! inline, as before.
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicU64, Ordering::Relaxed},
     mpsc,
 };
@@ -33,8 +33,10 @@ use crate::{
     events::{self, Degraded, Event, Source, Timestamp},
     govern::{
         Context, GovernError, JobCgroup,
+        layout::CgroupPath,
         place::{ByRule, IfNotMoved, NotPlaced, governed, place},
         plan::Plan,
+        scope::{self, Origin as Origin2, Systemd},
         target::{Target, TargetError},
     },
     limits::{JobId, Limits},
@@ -54,6 +56,8 @@ pub(super) struct Unmade {
     pub(super) staged_at: Option<u64>,
     /// The staging cgroup's path and limits (`None`: not staged).
     pub(super) staged_report: Option<(String, events::Limits)>,
+    /// With scopes: the cgroup it came from (`None`: not known).
+    pub(super) from: Option<Origin2>,
     /// Earlier tries to make its job (a retry says nothing until it works).
     pub(super) attempts: u32,
 }
@@ -71,6 +75,7 @@ impl Unmade {
             origin: self.origin,
             staged_at: self.staged_at,
             staged_report: self.staged_report,
+            from: self.from,
             attempts: self.attempts,
         }
     }
@@ -87,6 +92,7 @@ pub(super) struct Parked {
     origin: Origin,
     staged_at: Option<u64>,
     staged_report: Option<(String, events::Limits)>,
+    from: Option<Origin2>,
     pub(super) attempts: u32,
 }
 
@@ -103,6 +109,7 @@ impl Parked {
             target,
             staged_at: self.staged_at,
             staged_report: self.staged_report.clone(),
+            from: self.from.clone(),
             attempts: self.attempts + 1,
         })
     }
@@ -130,9 +137,71 @@ pub(super) struct Maker {
     pub(super) ctx: Context,
     /// CLOCK_MONOTONIC ns of the last governing (the reaper waits for quiet).
     pub(super) last_governed: Arc<AtomicU64>,
+    /// With scopes: the connection to systemd (used by one thread at a
+    /// time: the maker's, or the governor's once that has stopped).
+    systemd: Option<Mutex<Systemd>>,
 }
 
 impl Maker {
+    pub(super) fn new(ctx: Context, last_governed: Arc<AtomicU64>) -> Self {
+        let systemd = if ctx.scopes {
+            Systemd::new()
+                .map_err(|e| tracing::warn!("{}", chain(&e)))
+                .ok()
+                .map(Mutex::new)
+        } else {
+            None
+        };
+        Maker {
+            ctx,
+            last_governed,
+            systemd,
+        }
+    }
+
+    /// The job's plan: its scope, or its cgroup under the root.
+    fn plan(&self, job: &Unmade, job_id: &JobId) -> Result<Plan, GovernError> {
+        if !self.ctx.scopes {
+            return Plan::make(&self.ctx, job_id, &job.limits, None);
+        }
+        let Some(systemd) = &self.systemd else {
+            return Err(GovernError::NoCgroups);
+        };
+        // A staged process keeps every limit of its rule: one systemd
+        // cannot set keeps it in staging (checked before systemd moves it).
+        if job.staged_report.is_some() {
+            let missing = scope::unsupported(&job.limits);
+            if !missing.is_empty() {
+                let why = missing
+                    .iter()
+                    .map(|(l, why)| format!("{l}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(GovernError::Scope(scope::ScopeError::Refused {
+                    unit: scope::unit_name(job_id.as_str()),
+                    reason: why,
+                }));
+            }
+        }
+        let from = job.from.clone().unwrap_or_else(|| Origin2 {
+            cgroup: CgroupPath::new("/").expect("\"/\" is a cgroup path"),
+        });
+        let mut systemd = systemd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Plan::in_scope(
+            &self.ctx,
+            &mut systemd,
+            job_id,
+            &job.limits,
+            &[job.pid],
+            &from,
+            &format!(
+                "ffrtmp job {job_id} (rule {}, process {})",
+                job.rule, job.pid
+            ),
+        )
+    }
     /// Makes `job`'s own job and moves it there.
     pub(super) fn make(&self, job: Unmade) -> Made {
         let pid = job.pid;
@@ -183,11 +252,12 @@ impl Maker {
             pid,
             rule,
             job_id,
-            limits,
+            limits: _,
             origin,
             target,
             staged_at,
             staged_report,
+            from: _,
             attempts: _,
         } = job;
         let pid = *pid;
@@ -195,7 +265,7 @@ impl Maker {
             return Ok(Vec::new()); // it ended in staging: no job to make
         }
         self.mark_busy();
-        let plan = match Plan::make(&self.ctx, job_id, limits, None) {
+        let plan = match self.plan(job, job_id) {
             // Two processes for one job id (a shared stream key, say): the
             // second gets its own job, named after both.
             Err(GovernError::JobIdInUse(_)) => {
@@ -203,7 +273,7 @@ impl Maker {
                     "{}-{pid}",
                     &job_id.as_str()[..job_id.as_str().len().min(JobId::MAX_LEN - 11)]
                 ));
-                Plan::make(&self.ctx, &unique, limits, None)
+                self.plan(job, &unique)
             }
             other => other,
         };

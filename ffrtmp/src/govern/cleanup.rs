@@ -49,6 +49,8 @@ pub fn cleanup(layout: &Layout, mode: Mode) -> Cleanup {
             layout: layout.clone(),
             mode,
             root: Some(root.clone()),
+            subtree: None,
+            scopes: false,
         };
         done.removed.extend(reap_empty(&ctx));
         for (name, _, entry) in job_dirs(&ctx) {

@@ -47,6 +47,7 @@ pub mod ledger;
 pub mod place;
 pub mod plan;
 pub mod process;
+pub mod scope;
 pub mod systemd;
 pub mod target;
 pub mod v1;
@@ -92,6 +93,8 @@ pub enum GovernError {
     UnsafeLedger { path: PathBuf, why: String },
     #[error("no cgroups in unprivileged mode")]
     NoCgroups,
+    #[error(transparent)]
+    Scope(#[from] scope::ScopeError),
 }
 
 impl GovernError {
@@ -194,8 +197,17 @@ impl Stats {
 pub struct Context {
     pub layout: Layout,
     pub mode: Mode,
-    /// ffrtmp's root cgroup path; `None` in unprivileged mode.
+    /// ffrtmp's root cgroup path; `None` in unprivileged mode, and on a
+    /// systemd host when no unit delegated a subtree to us.
     pub root: Option<CgroupPath>,
+    /// The subtree systemd delegated to us, when the root is in one: no
+    /// write ever goes above it.
+    pub subtree: Option<CgroupPath>,
+    /// Privileged on a host whose cgroup tree systemd manages: jobs of
+    /// processes with a pid to hand over (`watch`, `attach`) are transient
+    /// scopes systemd makes ([`scope`]); the root is the delegated subtree
+    /// if there is one (staging, `run`), else `/ffrtmp` for `run` only.
+    pub scopes: bool,
 }
 
 impl Context {
@@ -204,22 +216,43 @@ impl Context {
     pub fn detect(cgroup_root: Option<&str>) -> Result<Self, GovernError> {
         let layout = Layout::detect()?;
         let delegated = || delegated_subtree(&layout);
-        let (mode, default_root) = if privileged(&layout) {
-            (
-                Mode::Privileged,
-                Some(CgroupPath::new("/")?.child(ROOT_NAME)),
-            )
+        // systemd owns its tree (systemd.io/CGROUP_DELEGATION): a privileged
+        // ffrtmp makes no cgroup outside what was delegated to it.
+        let systemd = systemd::manages_cgroups() && layout.kind() == Kind::V2;
+        let (mode, subtree, scopes) = if privileged(&layout) {
+            if systemd && cgroup_root.is_none() {
+                (Mode::Privileged, delegated(), true)
+            } else {
+                (Mode::Privileged, None, false)
+            }
         } else if let Some(subtree) = delegated() {
-            (Mode::Delegated, Some(subtree.child(ROOT_NAME)))
+            (Mode::Delegated, Some(subtree), false)
         } else {
-            (Mode::Unprivileged, None)
+            (Mode::Unprivileged, None, false)
         };
         let root = match (cgroup_root, mode) {
             (_, Mode::Unprivileged) => None,
             (Some(r), _) => Some(root_path(&layout, r)?),
-            (None, _) => default_root,
+            (None, Mode::Delegated) => subtree.as_ref().map(|s| s.child(ROOT_NAME)),
+            // With scopes the root serves `run` (which has no pid to hand
+            // systemd before its workload's first instruction) and the
+            // daemon's staging, both in the delegated subtree if we have
+            // one. Without one, `run` keeps `/ffrtmp` as on other hosts —
+            // the one place ffrtmp still makes a cgroup systemd did not
+            // delegate (docs/OPERATIONS.md) — and the daemon stages nothing.
+            (None, _) if scopes => Some(subtree.as_ref().map_or_else(
+                || CgroupPath::new("/").map(|r| r.child(ROOT_NAME)),
+                |s| Ok(s.child(ROOT_NAME)),
+            )?),
+            (None, _) => Some(CgroupPath::new("/")?.child(ROOT_NAME)),
         };
-        Ok(Context { layout, mode, root })
+        Ok(Context {
+            layout,
+            mode,
+            root,
+            subtree,
+            scopes,
+        })
     }
 }
 
@@ -317,11 +350,8 @@ fn delegated_subtree(layout: &Layout) -> Option<CgroupPath> {
 /// cgroup itself, where they keep controllers from being enabled below it:
 /// they go to its `supervisor` leaf first ([`systemd::make_room`]). What
 /// cannot be done is left to the controller writes to report.
-fn make_room(mount: &layout::Mount, root: &CgroupPath) {
-    let Some(unit) = systemd::unit_of(root) else {
-        return;
-    };
-    match systemd::make_room(&mount.dir_of(&unit)) {
+fn make_room(mount: &layout::Mount, unit: &CgroupPath) {
+    match systemd::make_room(&mount.dir_of(unit)) {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             "moved {n} processes of {} into its {} leaf: controllers cannot be enabled below a cgroup with processes (systemd 254+ does this with DelegateSubgroup=)",
@@ -342,7 +372,8 @@ pub struct JobCgroup {
     /// after this job" (`None`: found in the tree, not claimed).
     #[allow(dead_code, reason = "held for its lock, never read")]
     claim: Option<Claim>,
-    ledger: Ledger,
+    /// `None`: a scope, which systemd removes, not ffrtmp.
+    ledger: Option<Ledger>,
 }
 
 /// The directories of ffrtmp's root: the v2 one, or one per v1 hierarchy
@@ -421,6 +452,9 @@ impl ProcsWriter {
 enum Inner {
     V2(v2::Job),
     V1(v1::Job),
+    /// A transient scope systemd made and owns ([`scope`]): read, never
+    /// written or removed by ffrtmp.
+    Scope(v2::Job),
 }
 
 impl JobCgroup {
@@ -445,10 +479,13 @@ impl JobCgroup {
         }
         let (inner, applied) = if let (Kind::V2, Some(mount)) = (ctx.layout.kind(), &ctx.layout.v2)
         {
-            if ctx.mode == Mode::Delegated && systemd::manages_cgroups() {
-                make_room(mount, root);
+            if let Some(unit) = &ctx.subtree
+                && systemd::manages_cgroups()
+            {
+                make_room(mount, unit);
             }
-            let (job, applied) = v2::Job::create(mount, root, &path, limits, existing)?;
+            let floor = ctx.subtree.as_ref();
+            let (job, applied) = v2::Job::create(mount, floor, root, &path, limits, existing)?;
             (Inner::V2(job), applied)
         } else {
             let (job, applied) = v1::Job::create(&ctx.layout.v1, &path, limits, existing)?;
@@ -458,9 +495,9 @@ impl JobCgroup {
             path,
             inner,
             claim: None,
-            ledger,
+            ledger: Some(ledger.clone()),
         };
-        match job.ledger.record(&lock, job.name()) {
+        match ledger.record(&lock, job.name()) {
             Ok(claim) => job.claim = Some(claim),
             Err(e) => {
                 // Unrecorded, it could never be removed: undo what was made.
@@ -492,8 +529,23 @@ impl JobCgroup {
             path,
             inner,
             claim: None,
-            ledger: ctx.ledger()?,
+            ledger: Some(ctx.ledger()?),
         })
+    }
+
+    /// A job's scope (`path`, directory `dir`), made by systemd.
+    pub fn of_scope(path: CgroupPath, dir: PathBuf) -> Self {
+        JobCgroup {
+            path,
+            inner: Inner::Scope(v2::Job { dir }),
+            claim: None,
+            ledger: None,
+        }
+    }
+
+    /// Whether systemd made it (a scope), rather than ffrtmp.
+    pub fn is_scope(&self) -> bool {
+        matches!(self.inner, Inner::Scope(_))
     }
 
     /// The processes in the job now (from its first hierarchy).
@@ -505,21 +557,38 @@ impl JobCgroup {
             .unwrap_or_default()
     }
 
-    /// The job's name (its directory name).
+    /// The job's name (its directory name; a scope's job id).
     pub fn name(&self) -> &str {
-        self.path.as_str().rsplit('/').next().unwrap_or_default()
+        let last = self.path.as_str().rsplit('/').next().unwrap_or_default();
+        match self.inner {
+            Inner::Scope(_) => scope::job_of_cgroup(self.path.as_str()).unwrap_or(last),
+            _ => last,
+        }
     }
 
     /// The `cgroup.procs` file of each hierarchy.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         match &self.inner {
-            Inner::V2(j) => j.procs_files(),
+            Inner::V2(j) | Inner::Scope(j) => j.procs_files(),
             Inner::V1(j) => j.procs_files(),
         }
     }
 
-    /// Moves a whole thread group into the job (every hierarchy).
+    /// Moves a whole thread group into the job (every hierarchy). A scope
+    /// is systemd's to move processes into (it did, when it made it): there
+    /// this only checks that the process is in it.
     pub fn add(&self, pid: u32) -> Result<(), GovernError> {
+        if self.is_scope() {
+            return if pid_in_cgroup(pid, &self.path) {
+                Ok(())
+            } else {
+                Err(GovernError::io(
+                    "finding the process in",
+                    Path::new(self.path.as_str()),
+                    io::Error::other("not in the scope systemd made for it"),
+                ))
+            };
+        }
         for file in self.procs_files() {
             fs::write(&file, pid.to_string())
                 .map_err(|e| GovernError::io("moving a process into", &file, e))?;
@@ -545,14 +614,14 @@ impl JobCgroup {
 
     pub fn stats(&self) -> Stats {
         match &self.inner {
-            Inner::V2(j) => j.stats(),
+            Inner::V2(j) | Inner::Scope(j) => j.stats(),
             Inner::V1(j) => j.stats(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         match &self.inner {
-            Inner::V2(j) => j.is_empty(),
+            Inner::V2(j) | Inner::Scope(j) => j.is_empty(),
             Inner::V1(j) => j.is_empty(),
         }
     }
@@ -563,22 +632,29 @@ impl JobCgroup {
     /// On v1 a hierarchy whose directory is still busy keeps it while the
     /// others go; the job's name (and its record) stays until that one is
     /// reaped too. Only for a job this process made (it holds the claim).
+    /// A scope is removed by systemd once empty: this only says whether
+    /// it is.
     pub fn remove_if_empty(&self) -> bool {
-        let Ok(lock) = self.ledger.lock() else {
+        let Some(ledger) = &self.ledger else {
+            return self.is_empty();
+        };
+        let Ok(lock) = ledger.lock() else {
             return false; // left for a reaper
         };
         let removed = self.dirs().iter().all(|d| fs::remove_dir(d).is_ok());
         if removed {
-            self.ledger.forget(&lock, self.name());
+            ledger.forget(&lock, self.name());
         }
         removed
     }
 
-    /// Its directories, sorted (the first carries the claim).
+    /// Its directories, sorted (the first carries the claim); none of a
+    /// scope's is ffrtmp's.
     fn dirs(&self) -> Vec<PathBuf> {
         match &self.inner {
             Inner::V2(j) => j.dirs(),
             Inner::V1(j) => j.dirs(),
+            Inner::Scope(_) => Vec::new(),
         }
     }
 }

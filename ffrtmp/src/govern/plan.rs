@@ -6,7 +6,7 @@
 //! so each entry point can report them (`degraded`) or refuse (`--strict`).
 use super::{
     Cap, Context, Existing, GovernError, JobCgroup, has_cap, pid_in_cgroup,
-    process::oom_score_adj_of, reap_empty,
+    process::oom_score_adj_of, reap_empty, scope,
 };
 use crate::{
     errors::chain,
@@ -42,6 +42,10 @@ impl Plan {
     ) -> Result<Self, GovernError> {
         let mut applied = Applied::default();
         let mut cgroup = None;
+        // One job id, one job: a scope's too (`attach`, `watch`).
+        if let Some(scope) = scope_in_use(ctx, job_id) {
+            return Err(GovernError::JobIdInUse(scope));
+        }
         if ctx.root.is_some() {
             // Leftovers are reaped once the workload runs, off the start-up
             // path, unless one holds this job id.
@@ -80,7 +84,108 @@ impl Plan {
                 );
             }
         }
+        Ok(Self::finish(limits, applied, cgroup))
+    }
 
+    /// Job `job_id` as a transient systemd scope holding `pids` (the first
+    /// is the workload), beside the unit it came from ([`scope`]). The only
+    /// error is [`GovernError::JobIdInUse`] (the scope exists) or systemd
+    /// not answering; its refusals are the limits' failures.
+    pub fn in_scope(
+        ctx: &Context,
+        systemd: &mut scope::Systemd,
+        job_id: &JobId,
+        limits: &Limits,
+        pids: &[u32],
+        origin: &scope::Origin,
+        description: &str,
+    ) -> Result<Self, GovernError> {
+        let mount = ctx.layout.v2.as_ref().ok_or(GovernError::NoCgroups)?;
+        // One job id, one job: a `run` job's under the root too.
+        if super::job_exists(ctx, job_id.as_str()) {
+            let path = ctx
+                .job_path(job_id)
+                .map_or_else(|| job_id.to_string(), |p| p.as_str().to_string());
+            return Err(GovernError::JobIdInUse(path.into()));
+        }
+        match systemd.start_scope(mount, job_id, description, pids, origin, limits) {
+            Ok((path, dir, applied)) => Ok(Self::finish(
+                limits,
+                applied,
+                Some(JobCgroup::of_scope(path, dir)),
+            )),
+            Err(scope::ScopeError::Exists(unit)) => Err(GovernError::JobIdInUse(unit.into())),
+            Err(e) => Err(GovernError::Scope(e)),
+        }
+    }
+
+    /// A job without a cgroup, for `why`: its cgroup limits are refused.
+    pub fn without_cgroup(limits: &Limits, why: &str) -> Self {
+        let mut applied = Applied::default();
+        for limit in cgroup_limits(limits) {
+            applied.fail(limit, why.into());
+        }
+        Self::finish(limits, applied, None)
+    }
+
+    /// `attach` on a systemd host ([`Context::scopes`]): job `job_id` as a
+    /// scope holding `pids` (the target first, then the descendants asked
+    /// for), beside the unit the target is in. A process in a user
+    /// manager's tree, or a systemd that does not answer, leaves the job
+    /// without a cgroup (said in its limits' failures); the only error is
+    /// the job id in use.
+    pub fn attach_in_scope(
+        ctx: &Context,
+        job_id: &JobId,
+        limits: &Limits,
+        pids: &[u32],
+    ) -> Result<Self, GovernError> {
+        let paths = pids
+            .first()
+            .map(|&pid| super::cgroup_paths_of(pid))
+            .unwrap_or_default();
+        let origin = match paths.as_slice() {
+            [one] => super::layout::CgroupPath::new(one)
+                .ok()
+                .map(|cgroup| scope::Origin { cgroup }),
+            _ => None,
+        };
+        let Some(origin) = origin else {
+            return Ok(Self::without_cgroup(
+                limits,
+                "its cgroup could not be read from /proc",
+            ));
+        };
+        if !origin.movable() {
+            return Ok(Self::without_cgroup(
+                limits,
+                &format!(
+                    "it is in {}, a user manager's tree, which belongs to its user (that user's `ffrtmp attach` governs it there)",
+                    origin.cgroup.as_str()
+                ),
+            ));
+        }
+        let description = format!("ffrtmp job {job_id} (attach, process {})", pids[0]);
+        let planned = scope::Systemd::new().and_then(|mut systemd| {
+            Self::in_scope(
+                ctx,
+                &mut systemd,
+                job_id,
+                limits,
+                pids,
+                &origin,
+                &description,
+            )
+        });
+        match planned {
+            Err(e @ GovernError::JobIdInUse(_)) => Err(e),
+            Err(e) => Ok(Self::without_cgroup(limits, &chain(&e).to_string())),
+            ok => ok,
+        }
+    }
+
+    /// The per-process settings, once the cgroup part is known.
+    fn finish(limits: &Limits, mut applied: Applied, cgroup: Option<JobCgroup>) -> Self {
         // Decided here, not found out in `run`'s child (where a refusal
         // could only fail the start): the capability each one needs.
         let mut nice = limits.nice.map(|Nice(n)| n);
@@ -114,13 +219,13 @@ impl Plan {
         } else {
             "none".to_string()
         };
-        Ok(Plan {
+        Plan {
             cgroup,
             applied,
             nice,
             oom_score_adj,
             cpu_fallback,
-        })
+        }
     }
 
     /// One `degraded` event body per refusal, with its fallback.
@@ -146,6 +251,15 @@ impl Plan {
 /// in force; a lower nice would only cost the stream more.)
 fn nice_stands_in(limit: LimitName) -> bool {
     matches!(limit, LimitName::CpuMax | LimitName::CpuWeight)
+}
+
+/// With scopes: the cgroup of job `job_id`'s scope, if one exists.
+fn scope_in_use(ctx: &Context, job_id: &JobId) -> Option<std::path::PathBuf> {
+    let mount = ctx.layout.v2.as_ref().filter(|_| ctx.scopes)?;
+    scope::jobs(mount)
+        .into_iter()
+        .find(|(name, _)| name == job_id.as_str())
+        .map(|(_, path)| mount.dir_of(&path))
 }
 
 /// The names of the requested limits that need a cgroup.

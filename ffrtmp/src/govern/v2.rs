@@ -38,11 +38,14 @@ fn controllers_for(limits: &Limits) -> Vec<&'static str> {
 /// `parent`. Returns the controllers that could not be enabled, with why.
 pub fn enable_controllers(
     mount: &Mount,
+    floor: Option<&CgroupPath>,
     parent: &CgroupPath,
     controllers: &[&'static str],
 ) -> Vec<(&'static str, String)> {
     let mut failed = Vec::new();
-    for cg in parent.lineage() {
+    // Nothing above a delegated subtree is ours to write (systemd's).
+    let from = floor.map_or(0, |f| f.lineage().len() - 1);
+    for cg in parent.lineage().into_iter().skip(from) {
         let file = mount.dir_of(&cg).join("cgroup.subtree_control");
         let enabled = crate::observe::proc::read_text(&file).unwrap_or_default();
         for &c in controllers {
@@ -62,12 +65,13 @@ impl Job {
     /// holds locked, see the claims in the module above).
     pub fn create(
         mount: &Mount,
+        floor: Option<&CgroupPath>,
         root: &CgroupPath,
         path: &CgroupPath,
         limits: &Limits,
         existing: Existing,
     ) -> Result<(Self, Applied), GovernError> {
-        let refused = enable_controllers(mount, root, &controllers_for(limits));
+        let refused = enable_controllers(mount, floor, root, &controllers_for(limits));
         for (controller, reason) in &refused {
             // Only the exit report's statistics need it when no limit does.
             tracing::debug!(controller, reason, "controller not enabled");
@@ -183,8 +187,15 @@ mod tests {
             ..Limits::default()
         };
 
-        let (_, applied) =
-            Job::create(&mount, &root, &root.child("a"), &pids, Existing::Refuse).unwrap();
+        let (_, applied) = Job::create(
+            &mount,
+            None,
+            &root,
+            &root.child("a"),
+            &pids,
+            Existing::Refuse,
+        )
+        .unwrap();
         assert_eq!(applied.failures.len(), 1, "{applied:?}");
         assert_eq!(applied.failures[0].limit, LimitName::PidsMax);
         assert!(
@@ -198,6 +209,7 @@ mod tests {
 
         let (_, applied) = Job::create(
             &mount,
+            None,
             &root,
             &root.child("b"),
             &Limits::default(),

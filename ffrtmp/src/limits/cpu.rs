@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr};
 use serde_json::Value;
 
 use super::{
-    Controllers, Files, Limit, LimitError, Outcome,
+    Controllers, Files, Limit, LimitError, Outcome, Property,
     values::{int_in, write_number},
 };
 
@@ -90,6 +90,25 @@ impl Limit for CpuMax {
         };
         written().into()
     }
+
+    /// systemd takes a quota per second and writes back
+    /// `quota_per_sec * period / 1s`: the same quota whenever it is a whole
+    /// number of µs per second, which the read-back checks.
+    fn systemd(&self) -> Result<Vec<Property>, String> {
+        let per_sec = self.quota.map_or(Property::INFINITY, |q| {
+            q.saturating_mul(1_000_000) / self.period
+        });
+        Ok(vec![
+            Property {
+                name: "CPUQuotaPerSecUSec",
+                value: per_sec,
+            },
+            Property {
+                name: "CPUQuotaPeriodUSec",
+                value: self.period,
+            },
+        ])
+    }
 }
 
 /// `cpu.max.burst` (v1 `cpu.cfs_burst_us`, both Linux ≥ 5.14): microseconds
@@ -158,6 +177,13 @@ impl Limit for CpuWeight {
                 Ok(Value::from((shares * 100).div_ceil(SHARES_PER_WEIGHT_100)))
             })
             .into()
+    }
+
+    fn systemd(&self) -> Result<Vec<Property>, String> {
+        Ok(vec![Property {
+            name: "CPUWeight",
+            value: u64::from(self.0),
+        }])
     }
 }
 

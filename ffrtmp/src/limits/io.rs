@@ -46,6 +46,13 @@ impl Limit for IoMax {
         })
     }
 
+    /// systemd names a device by its path (`IOReadBandwidthMax=/dev/… N`)
+    /// and resolves it itself; ffrtmp's limits name MAJ:MIN, which is not
+    /// passed through that translation.
+    fn systemd(&self) -> Result<Vec<super::Property>, String> {
+        Err("systemd takes io limits by device path (IOReadBandwidthMax= and the like), not as MAJ:MIN lines".into())
+    }
+
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
         self.each(|dev| dev.apply_v1(files))
     }

@@ -2,7 +2,7 @@
 //! threshold (`memory.high`; v1 has none, its soft limit is the closest).
 use serde_json::Value;
 
-use super::{Controllers, Files, Limit, LimitError, Outcome, Size};
+use super::{Controllers, Files, Limit, LimitError, Outcome, Property, Size};
 
 const MEMORY: Option<Controllers> = Some(Controllers {
     v2: "memory",
@@ -51,6 +51,10 @@ impl Limit for MemoryMax {
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
         v1(files, "memory.limit_in_bytes", self.0)
     }
+
+    fn systemd(&self) -> Result<Vec<Property>, String> {
+        Ok(vec![property("MemoryMax", self.0)])
+    }
 }
 
 impl Limit for MemoryHigh {
@@ -73,6 +77,18 @@ impl Limit for MemoryHigh {
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
         v1(files, "memory.soft_limit_in_bytes", self.0)
     }
+
+    fn systemd(&self) -> Result<Vec<Property>, String> {
+        Ok(vec![property("MemoryHigh", self.0)])
+    }
+}
+
+fn property(name: &'static str, size: Size) -> Property {
+    let value = match size {
+        Size::Max => Property::INFINITY,
+        Size::Bytes(n) => n,
+    };
+    Property { name, value }
 }
 
 fn v2(files: &dyn Files, file: &str, size: Size) -> Outcome {

@@ -141,6 +141,31 @@ pub trait Limit: Named + Clone + fmt::Debug + PartialEq + Eq {
         let _ = files;
         Outcome::not_a_cgroup_limit()
     }
+
+    /// The properties of a systemd unit that set it (a job that is a
+    /// transient scope, `govern/scope.rs`); systemd then writes the same
+    /// v2 files [`Limit::apply_v2`] would, and they are read back the same
+    /// way. `Err`: why systemd cannot set it. Only called when
+    /// [`Limit::CGROUP`] is set.
+    fn systemd(&self) -> Result<Vec<Property>, String> {
+        Err(format!(
+            "systemd (252) has no unit property for {}",
+            Self::NAME
+        ))
+    }
+}
+
+/// A systemd unit property that sets a limit (systemd.resource-control(5));
+/// every one of them is a `t` (u64), with `u64::MAX` for "infinity".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Property {
+    pub name: &'static str,
+    pub value: u64,
+}
+
+impl Property {
+    /// systemd's "infinity".
+    pub const INFINITY: u64 = u64::MAX;
 }
 
 /// Something done to each limit of a [`Limits`] that is set, in table order.

@@ -1,7 +1,7 @@
 //! The process (and thread) count limit, `pids.max`.
 use serde_json::Value;
 
-use super::{Controllers, Count, Files, Limit, LimitError, Outcome};
+use super::{Controllers, Count, Files, Limit, LimitError, Outcome, Property};
 
 /// `pids.max`: at most this many processes and threads in the job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,17 @@ impl Limit for PidsMax {
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
         write(files, self.0)
+    }
+
+    fn systemd(&self) -> Result<Vec<Property>, String> {
+        let value = match self.0 {
+            Count::Max => Property::INFINITY,
+            Count::N(n) => n,
+        };
+        Ok(vec![Property {
+            name: "TasksMax",
+            value,
+        }])
     }
 }
 

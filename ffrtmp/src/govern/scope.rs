@@ -1,0 +1,540 @@
+//! Jobs as transient systemd scopes: where a privileged ffrtmp puts the
+//! processes it governs on a host whose cgroup tree systemd manages.
+//!
+//! systemd owns every cgroup it did not delegate (systemd.io/
+//! CGROUP_DELEGATION), so ffrtmp does not make job cgroups of its own
+//! there: it asks systemd, through `StartTransientUnit` on the system bus,
+//! for a scope `ffrtmp-<job>.scope` holding the process, with the
+//! job's limits as unit properties ([`crate::limits::Limit::systemd`]).
+//! systemd makes the cgroup, writes the limits, moves the process and, when
+//! the last process has left, removes the scope — nothing of it is
+//! ffrtmp's to write or remove. The limits are then read back from the
+//! cgroup's files and checked against what ffrtmp would have written, as
+//! for any job; a limit systemd has no property for is reported, not
+//! pretended (`degraded`).
+//!
+//! Where the scope goes, and what it is bound to, follows the unit the
+//! process came from (its *origin*, read before anything moved it):
+//! - the scope sits in the origin's slice, beside it (`systemd-cgls` shows
+//!   it there, `systemctl status ffrtmp-<job>.scope` shows the process);
+//! - it is `BindsTo=` the origin (while that runs), so that `systemctl stop` of
+//!   the unit that started a transcoder stops the transcoder, as it would
+//!   have without ffrtmp — unless the origin's `KillMode=` is `process` or
+//!   `none`: that unit asked for its children to outlive it, and they do;
+//! - a process inside a user manager's tree (`user@UID.service`) is never
+//!   given a scope: that tree is its user's, and the system manager's
+//!   scope would take the process out of its user's control. Such a process
+//!   is not moved at all (the governor checks [`Origin::movable`] first).
+//!
+//! Why scopes and not `SetUnitProperties` on the origin: an origin unit
+//! usually holds more than the transcoder (the agent that started it, its
+//! siblings), and its limits are its operator's. Why limits as properties
+//! and not a delegated scope with a leaf of ffrtmp's: systemd re-applies a
+//! unit's own attributes on `daemon-reload`, so its properties are the one
+//! place a scope's limits survive, and `systemctl show` reports them.
+//!
+//! Talking to systemd never happens on the governing path: the daemon's
+//! new processes are first moved into their rule's staging cgroup in its
+//! own delegated subtree (fast, limits in force), and the job maker thread
+//! makes the scope afterwards. Every call has a timeout ([`CALL_TIMEOUT`]);
+//! a systemd that does not answer leaves the process in staging, under its
+//! rule's limits, to be tried again.
+#![allow(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "unit suffixes are lower case by definition (systemd.unit(5))"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+use super::{GovernError, layout::CgroupPath, pid_in_cgroup, systemd};
+use crate::limits::{Applied, Files, JobId, Limit, Limits, Visit};
+
+/// The system bus, where systemd's manager answers. Not systemd's private
+/// socket (`/run/systemd/private`, which systemctl uses as root): measured
+/// on systemd 252 with zbus 5 there, systemd carried out the calls (the
+/// scope was made) but no reply reached zbus within 5 s.
+const BUS: &str = "the system bus";
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+/// How long one call to systemd may take before the job is given up for
+/// now (it stays in staging and is tried again).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long systemd may take to move the process after accepting the job.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The prefix and suffix of a job's scope name.
+const PREFIX: &str = "ffrtmp-";
+const SUFFIX: &str = ".scope";
+
+/// The unit of job `job`: `ffrtmp-<job>.scope`. Job ids are
+/// `[A-Za-z0-9._-]`, all of it valid in unit names.
+pub fn unit_name(job: &str) -> String {
+    format!("{PREFIX}{job}{SUFFIX}")
+}
+
+/// The job a cgroup path is the scope of, if it is one.
+pub fn job_of_cgroup(path: &str) -> Option<&str> {
+    let last = path.rsplit('/').next()?;
+    let job = last.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    job.parse::<JobId>().ok().map(|_| job)
+}
+
+/// Every job scope in the tree, (job, cgroup path): they sit in slices
+/// (beside their origins), so only `.slice` directories are walked.
+pub fn jobs(mount: &super::layout::Mount) -> Vec<(String, CgroupPath)> {
+    let mut found = Vec::new();
+    let mut slices = vec![CgroupPath::new("/").expect("\"/\" is a cgroup path")];
+    while let Some(slice) = slices.pop() {
+        let Ok(entries) = std::fs::read_dir(mount.dir_of(&slice)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if name.ends_with(".slice") {
+                slices.push(slice.child(&name));
+            } else if let Some(job) = job_of_cgroup(&name) {
+                found.push((job.to_string(), slice.child(&name)));
+            }
+        }
+    }
+    found
+}
+
+/// Where a process came from: its cgroup before ffrtmp moved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub cgroup: CgroupPath,
+}
+
+impl Origin {
+    /// Its unit (the nearest `.service` or `.scope`), if it is in one.
+    pub fn unit(&self) -> Option<String> {
+        systemd::unit_of(&self.cgroup).map(|u| last(&u).to_string())
+    }
+
+    /// The slice a scope beside it goes into, and that slice's cgroup.
+    fn slice(&self) -> (String, CgroupPath) {
+        let slice = self
+            .cgroup
+            .lineage()
+            .into_iter()
+            .rev()
+            .find(|cg| last(cg).ends_with(".slice"));
+        match slice {
+            Some(cg) => (last(&cg).to_string(), cg),
+            None => (
+                "system.slice".into(),
+                CgroupPath::new("/system.slice").unwrap_or_else(|_| self.cgroup.clone()),
+            ),
+        }
+    }
+
+    /// Whether a system scope may take it: not inside a user manager's
+    /// tree (`user@UID.service`), which is its user's.
+    pub fn movable(&self) -> bool {
+        !self
+            .cgroup
+            .as_str()
+            .split('/')
+            .any(|p| p.starts_with("user@") && p.ends_with(".service"))
+    }
+}
+
+fn last(cg: &CgroupPath) -> &str {
+    cg.as_str().rsplit('/').next().unwrap_or_default()
+}
+
+/// A connection to systemd, made when first needed and again after it
+/// broke. Used from one thread (the job maker's, or `attach`'s): it has a
+/// small runtime of its own, so nothing here waits on `watch`'s event loop.
+pub struct Systemd {
+    runtime: tokio::runtime::Runtime,
+    conn: Option<zbus::Connection>,
+}
+
+impl std::fmt::Debug for Systemd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Systemd")
+            .field("connected", &self.conn.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a scope was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("talking to systemd on {BUS}: {0}")]
+    Bus(String),
+    #[error("systemd refused scope {unit}: {reason}")]
+    Refused { unit: String, reason: String },
+    #[error("unit {0} already exists: another job uses this job id")]
+    Exists(String),
+    #[error("systemd did not move process {pid} into {unit} within {MOVE_TIMEOUT:?}")]
+    NotMoved { pid: u32, unit: String },
+}
+
+impl Systemd {
+    /// A client; it connects at its first call.
+    pub fn new() -> Result<Self, GovernError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| GovernError::io("starting the D-Bus runtime for", Path::new(BUS), e))?;
+        Ok(Systemd {
+            runtime,
+            conn: None,
+        })
+    }
+
+    fn connection(&mut self) -> Result<zbus::Connection, ScopeError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let conn = self.runtime.block_on(async {
+            let builder = zbus::connection::Builder::system()
+                .map_err(|e| ScopeError::Bus(e.to_string()))?
+                .method_timeout(CALL_TIMEOUT);
+            tokio::time::timeout(CALL_TIMEOUT, builder.build())
+                .await
+                .map_err(|_| ScopeError::Bus("connecting timed out".into()))?
+                .map_err(|e| ScopeError::Bus(e.to_string()))
+        })?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Calls a method of systemd's manager object.
+    fn call<B>(
+        &mut self,
+        path: &str,
+        iface: &str,
+        method: &str,
+        body: &B,
+    ) -> Result<zbus::Message, ScopeError>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        let conn = self.connection()?;
+        let reply =
+            self.runtime
+                .block_on(conn.call_method(Some(SYSTEMD), path, Some(iface), method, body));
+        if let Err(e) = &reply
+            && !matches!(e, zbus::Error::MethodError(..))
+        {
+            self.conn = None; // broken or timed out: a new one next time
+        }
+        reply.map_err(|e| match e {
+            zbus::Error::MethodError(name, text, _) => ScopeError::Refused {
+                unit: String::new(),
+                reason: format!("{}: {}", name.as_str(), text.unwrap_or_default()),
+            },
+            other => ScopeError::Bus(other.to_string()),
+        })
+    }
+
+    /// Whether a scope may be bound to `unit`: it is loaded and running
+    /// (active, or still starting, as a oneshot is), and its `KillMode=`
+    /// is not `process` or `none` (it asked for its children to outlive
+    /// it). Binding to an inactive unit would start it.
+    fn binds_to(&mut self, unit: &str) -> bool {
+        let state = self.property(unit, "org.freedesktop.systemd1.Unit", "ActiveState");
+        if !matches!(
+            state.as_deref(),
+            Some("active" | "activating" | "reloading")
+        ) {
+            return false;
+        }
+        let iface = if unit.ends_with(".scope") {
+            "org.freedesktop.systemd1.Scope"
+        } else {
+            "org.freedesktop.systemd1.Service"
+        };
+        let mode = self.property(unit, iface, "KillMode");
+        mode.is_some() && !matches!(mode.as_deref(), Some("process" | "none"))
+    }
+
+    /// What a loaded unit is `BindsTo=` (empty: nothing, or unknown).
+    fn bound_to(&mut self, unit: &str) -> Vec<String> {
+        self.value(unit, "org.freedesktop.systemd1.Unit", "BindsTo")
+            .and_then(|v| Vec::<String>::try_from(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// A string property of a loaded unit (`None`: not loaded, or unknown).
+    fn property(&mut self, unit: &str, iface: &str, name: &str) -> Option<String> {
+        self.value(unit, iface, name)
+            .and_then(|v| String::try_from(v).ok())
+    }
+
+    /// A property of a loaded unit (`None`: not loaded, or unknown).
+    fn value(&mut self, unit: &str, iface: &str, name: &str) -> Option<OwnedValue> {
+        let reply = self
+            .call(
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "GetUnit",
+                &(unit,),
+            )
+            .ok()?;
+        let path: OwnedObjectPath = reply.body().deserialize().ok()?;
+        let reply = self
+            .call(
+                path.as_str(),
+                "org.freedesktop.DBus.Properties",
+                "Get",
+                &(iface, name),
+            )
+            .ok()?;
+        reply.body().deserialize().ok()
+    }
+
+    /// Asks systemd for job `job`'s scope holding `pids` (the first the
+    /// workload, whose move is waited for), beside `origin`,
+    /// with `limits`; waits until the process is in it and reads the limits
+    /// back. Limits systemd has no property for are in `Applied`'s failures
+    /// (see [`unsupported`] to ask before). `mount`: the v2 hierarchy.
+    pub fn start_scope(
+        &mut self,
+        mount: &super::layout::Mount,
+        job: &JobId,
+        description: &str,
+        pids: &[u32],
+        origin: &Origin,
+        limits: &Limits,
+    ) -> Result<(CgroupPath, PathBuf, Applied), ScopeError> {
+        let pid = pids.first().copied().unwrap_or_default();
+        let unit = unit_name(job.as_str());
+        let (slice, slice_cg) = origin.slice();
+        let path = slice_cg.child(&unit);
+        let mut props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(description)),
+            ("PIDs", Value::from(pids.to_vec())),
+            ("Slice", Value::from(slice.as_str())),
+            // The exit report reads memory.peak, memory.events and cpu.stat.
+            ("MemoryAccounting", Value::from(true)),
+            ("CPUAccounting", Value::from(true)),
+            ("TasksAccounting", Value::from(true)),
+            // Gone once empty, failed or not: a node runs thousands of jobs,
+            // and each one's end is in the event stream.
+            ("CollectMode", Value::from("inactive-or-failed")),
+        ];
+        // Bound, not ordered: `After=` would make the scope's start wait
+        // for a unit still starting (measured: a oneshot's transcoder was
+        // not moved in 5 s), and stopping needs no order. From another
+        // job's scope (attached again under a new id), the binding is that
+        // scope's: bound to the old scope, the new one was stopped — and
+        // the process killed — as soon as the move emptied the old one.
+        let bind = match origin.unit() {
+            Some(u) if job_of_cgroup(&u).is_some() => self.bound_to(&u),
+            Some(u) if self.binds_to(&u) => vec![u],
+            _ => Vec::new(),
+        };
+        if !bind.is_empty() {
+            props.push(("BindsTo", Value::from(bind)));
+        }
+        let mut props_of = Properties(Vec::new());
+        limits.visit(&mut props_of);
+        for p in &props_of.0 {
+            props.push((p.name, Value::from(p.value)));
+        }
+        let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+        let started = self.call(
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "StartTransientUnit",
+            &(unit.as_str(), "fail", props, aux),
+        );
+        match started {
+            Ok(_) => {}
+            // Its scope already, holding it (attached again): its limits are
+            // changed in place, as `systemctl set-property --runtime` does.
+            Err(ScopeError::Refused { reason, .. })
+                if reason.starts_with("org.freedesktop.systemd1.UnitExists")
+                    && pid_in_cgroup(pid, &path) =>
+            {
+                let props: Vec<(&str, Value<'_>)> = props_of
+                    .0
+                    .iter()
+                    .map(|p| (p.name, Value::from(p.value)))
+                    .collect();
+                self.call(
+                    "/org/freedesktop/systemd1",
+                    "org.freedesktop.systemd1.Manager",
+                    "SetUnitProperties",
+                    &(unit.as_str(), true, props),
+                )
+                .map_err(|e| match e {
+                    ScopeError::Refused { reason, .. } => ScopeError::Refused {
+                        unit: unit.clone(),
+                        reason,
+                    },
+                    other => other,
+                })?;
+            }
+            Err(ScopeError::Refused { reason, .. })
+                if reason.starts_with("org.freedesktop.systemd1.UnitExists") =>
+            {
+                return Err(ScopeError::Exists(unit));
+            }
+            Err(ScopeError::Refused { reason, .. }) => {
+                return Err(ScopeError::Refused { unit, reason });
+            }
+            Err(e) => return Err(e),
+        }
+        // The job runs in systemd's next loop iteration; its end is the
+        // process in the scope's cgroup.
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let mut pause = Duration::from_micros(200);
+        while !pid_in_cgroup(pid, &path) {
+            if Instant::now() > deadline || !Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(ScopeError::NotMoved { pid, unit });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+        let dir = mount.dir_of(&path);
+        let mut check = ReadBack {
+            dir: &dir,
+            applied: Applied::default(),
+        };
+        limits.visit(&mut check);
+        let applied = check.applied;
+        Ok((path, dir, applied))
+    }
+}
+
+/// The limits of `limits` systemd has no property for, and why: a process
+/// that must keep them (a staged one) is not given a scope.
+pub fn unsupported(limits: &Limits) -> Vec<(crate::limits::LimitName, String)> {
+    struct Unsupported(Vec<(crate::limits::LimitName, String)>);
+    impl Visit for Unsupported {
+        fn visit<L: Limit>(&mut self, limit: &L) {
+            if L::CGROUP.is_some()
+                && let Err(why) = limit.systemd()
+            {
+                self.0.push((L::NAME, why));
+            }
+        }
+    }
+    let mut u = Unsupported(Vec::new());
+    limits.visit(&mut u);
+    u.0
+}
+
+/// The unit properties of the cgroup limits that have them.
+struct Properties(Vec<crate::limits::Property>);
+
+impl Visit for Properties {
+    fn visit<L: Limit>(&mut self, limit: &L) {
+        if L::CGROUP.is_some()
+            && let Ok(props) = limit.systemd()
+        {
+            self.0.extend(props);
+        }
+    }
+}
+
+/// Reads back what systemd wrote, through the same code that writes a
+/// job's limits elsewhere: each "write" reads the file and must find the
+/// value ffrtmp would have written.
+struct ReadBack<'a> {
+    dir: &'a Path,
+    applied: Applied,
+}
+
+impl Files for ReadBack<'_> {
+    fn write(&self, _controller: &'static str, file: &str, value: &str) -> Result<String, String> {
+        let path = self.dir.join(file);
+        let back = crate::observe::proc::read_text(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("reading back {}: {e}", path.display()))?;
+        if back == value {
+            Ok(back)
+        } else {
+            Err(format!(
+                "systemd set {} to {back:?}, not {value:?}",
+                path.display()
+            ))
+        }
+    }
+}
+
+impl Visit for ReadBack<'_> {
+    fn visit<L: Limit>(&mut self, limit: &L) {
+        if L::CGROUP.is_none() {
+            return;
+        }
+        match limit.systemd() {
+            Ok(_) => {
+                let outcome = limit.apply_v2(&*self);
+                self.applied.record(L::NAME, outcome);
+            }
+            Err(why) => self.applied.fail(L::NAME, why),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_round_trip_and_nothing_else_is_a_job() {
+        assert_eq!(unit_name("cam-1"), "ffrtmp-cam-1.scope");
+        assert_eq!(
+            job_of_cgroup("/system.slice/ffrtmp-cam-1.scope"),
+            Some("cam-1")
+        );
+        assert_eq!(job_of_cgroup("/system.slice/ffrtmp-watch.service"), None);
+        assert_eq!(job_of_cgroup("/system.slice/run-u7.scope"), None);
+        assert_eq!(job_of_cgroup("/system.slice/ffrtmp-.scope"), None);
+    }
+
+    #[test]
+    fn a_scope_goes_beside_its_origin_and_never_into_a_user_manager() {
+        let o = |p: &str| Origin {
+            cgroup: CgroupPath::new(p).unwrap(),
+        };
+        let worker = o("/system.slice/worker.service");
+        assert_eq!(worker.unit().as_deref(), Some("worker.service"));
+        assert_eq!(worker.slice().0, "system.slice");
+        assert!(worker.movable());
+        let session = o("/user.slice/user-1000.slice/session-3.scope");
+        assert_eq!(session.slice().0, "user-1000.slice");
+        assert_eq!(session.slice().1.as_str(), "/user.slice/user-1000.slice");
+        assert!(!o("/user.slice/user-1000.slice/user@1000.service/app.slice/a.service").movable());
+        let nowhere = o("/");
+        assert_eq!(nowhere.unit(), None);
+        assert_eq!(nowhere.slice().0, "system.slice");
+    }
+
+    #[test]
+    fn limits_without_a_property_are_named() {
+        let mut l = Limits::default();
+        l.set(crate::limits::LimitName::CpuWeight, "200").unwrap();
+        l.set(crate::limits::LimitName::CpuMaxBurst, "1000")
+            .unwrap();
+        l.set(crate::limits::LimitName::Nice, "5").unwrap();
+        let u = unsupported(&l);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].0, crate::limits::LimitName::CpuMaxBurst);
+        let mut p = Properties(Vec::new());
+        l.visit(&mut p);
+        assert_eq!(
+            p.0,
+            vec![crate::limits::Property {
+                name: "CPUWeight",
+                value: 200
+            }]
+        );
+    }
+}
