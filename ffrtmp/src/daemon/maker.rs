@@ -295,8 +295,13 @@ impl Maker {
         // A staged process moves only into a job that holds at least every
         // limit its staging cgroup holds: measured at the fd limit, jobs
         // whose limit writes failed (EMFILE) took processes out of their
-        // rule's limits.
-        if let Some((_, staged)) = staged_report {
+        // rule's limits. (A scope holds it already — systemd moved it when
+        // it made the scope, after `plan` checked that every limit has a
+        // property — so what systemd set differently is reported below.)
+        let moved = plan.cgroup.as_ref().is_some_and(JobCgroup::is_scope);
+        if let Some((_, staged)) = staged_report
+            && !moved
+        {
             let missing: Vec<String> = plan
                 .applied
                 .failures
