@@ -1,7 +1,8 @@
 //! `ffrtmp run` against the real kernel: the workload really is in its
 //! cgroup, the limits really hold, the exit status is the workload's, and the
-//! workload outlives the wrapper. Runs on the v1 hybrid host and, unchanged,
-//! on pure v2 in the VMs.
+//! workload outlives the wrapper. Runs on the v1 hybrid host, on pure v2 in
+//! the VMs, and on systemd, where the job is a scope holding the wrapper
+//! and its workload (`common::root_job_cgroup`).
 mod common;
 
 use std::{
@@ -64,7 +65,7 @@ fn cgroup_dirs_of(pid: u32) -> Vec<PathBuf> {
             }
             _ => continue,
         };
-        if path.contains("/ffrtmp/") {
+        if common::in_a_root_job(path) {
             dirs.push(base.join(path.trim_start_matches('/')));
         }
     }
@@ -140,8 +141,9 @@ fn the_workload_runs_inside_its_cgroup_from_its_first_instruction() {
     );
     assert!(out.status.success(), "{out:?}");
     let cgroups = String::from_utf8_lossy(&out.stdout);
+    let cgroup = common::root_job_cgroup(&job);
     if pure_v2() {
-        assert!(cgroups.contains(&format!("0::/ffrtmp/{job}")), "{cgroups}");
+        assert!(cgroups.contains(&format!("0::{cgroup}\n")), "{cgroups}");
     } else {
         // v1: the hierarchies whose statistics feed the exit report, and
         // none that no limit asked for (each costs a mkdir and a migration).
@@ -161,15 +163,13 @@ fn the_workload_runs_inside_its_cgroup_from_its_first_instruction() {
     let g = governed(&events);
     assert_eq!(g.job_id, job);
     assert_eq!(g.mode, "privileged");
-    assert_eq!(g.cgroup.as_deref(), Some(format!("/ffrtmp/{job}").as_str()));
-    // The empty job cgroup is removed when the job ends.
+    assert_eq!(g.cgroup.as_deref(), Some(cgroup.as_str()));
+    // The empty job cgroup is removed when the job ends (by systemd, a
+    // moment after, for a scope).
     let x = job_exit(&events);
     assert_eq!(x.exit_code, Some(0));
-    for base in [
-        "/sys/fs/cgroup/ffrtmp",
-        "/sys/fs/cgroup/cpu/ffrtmp",
-        "/sys/fs/cgroup/memory/ffrtmp",
-    ] {
+    assert!(common::root_job_removed(&job), "{cgroup} left behind");
+    for base in ["/sys/fs/cgroup/cpu/ffrtmp", "/sys/fs/cgroup/memory/ffrtmp"] {
         assert!(
             !Path::new(base).join(&job).exists(),
             "{base}/{job} left behind"
@@ -254,7 +254,25 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
     let (with, events) = bursts(&["--cpu-max-burst", "20000"], "with");
     let g = governed(&events);
     assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
-    if kernel_has_cpu_burst() {
+    let refusal = || {
+        events
+            .iter()
+            .find_map(|e| match &e.body {
+                Body::Degraded(d) if d.limit == Some(LimitName::CpuMaxBurst) => Some(d),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no degraded cpu_max_burst in {events:?}"))
+    };
+    if common::systemd_host() {
+        // A scope's limits are its unit properties, and systemd has none
+        // for the burst: refused, said, and the quota still holds.
+        let d = refusal();
+        assert!(d.reason.contains("systemd"), "{d:?}");
+        assert_eq!(d.fallback, "none", "a refused burst must not lower nice");
+        assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
+        assert_eq!(with, Some(0), "no burst allowance, yet it burst");
+        eprintln!("systemd has no property for the burst: its refusal was checked");
+    } else if kernel_has_cpu_burst() {
         assert_eq!(g.limits[&LimitName::CpuMaxBurst], 20000, "{events:?}");
         let (with, without) = (with.unwrap(), without.unwrap());
         eprintln!("nr_bursts: {with} with a 20 ms burst, {without} without");
@@ -280,13 +298,7 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
         });
         assert!(shown, "status does not show the burst: {status:#}");
     } else {
-        let d = events
-            .iter()
-            .find_map(|e| match &e.body {
-                Body::Degraded(d) if d.limit == Some(LimitName::CpuMaxBurst) => Some(d),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("no degraded cpu_max_burst in {events:?}"));
+        let d = refusal();
         assert!(d.reason.contains("this kernel has no"), "{d:?}");
         assert_eq!(d.fallback, "none", "a refused burst must not lower nice");
         assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
@@ -456,7 +468,12 @@ fn sigterm_sigint_and_sighup_detach_and_leave_the_workload_running() {
         };
         let (out, _) = run(&dir.join("events-next"), next);
         assert!(out.status.success(), "{name}: {out:?}");
+        // (A scope is systemd's to remove, a moment after it emptied.)
+        let deadline = Instant::now() + common::PATIENCE;
         for d in dirs {
+            while d.exists() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
             assert!(!d.exists(), "{name}: {} was not reaped", d.display());
         }
     }

@@ -249,11 +249,17 @@ pub fn cgroups(pid: u32) -> String {
 /// `--cgroup-root`: on a systemd host its transient scope, beside the
 /// unit the test runs in (`govern/scope.rs`), elsewhere `/ffrtmp/<job>`.
 pub fn root_job_cgroup(job: &str) -> String {
-    if Path::new("/run/systemd/system").is_dir() {
+    if systemd_host() {
         format!("/system.slice/ffrtmp-{job}.scope")
     } else {
         format!("/ffrtmp/{job}")
     }
+}
+
+/// Whether systemd manages this host's cgroup tree (root's jobs are then
+/// scopes).
+pub fn systemd_host() -> bool {
+    Path::new("/run/systemd/system").is_dir()
 }
 
 /// Whether `text` (a /proc/PID/cgroup) names any ffrtmp job of root's.

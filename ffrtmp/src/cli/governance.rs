@@ -21,6 +21,7 @@ use crate::{
         place::{IfNotMoved, NotPlaced, Placement, place},
         plan::Plan,
         reap_empty_besides,
+        scope::Tie,
         target::Target,
     },
     limits::{Failure, JobId},
@@ -102,9 +103,20 @@ pub fn prepare(
         }
     })?;
     let limits = args.limits();
+    // Jobs on a systemd host are its scopes, unless a unit delegated us a
+    // subtree: `attach`'s holds the target, `run`'s this wrapper, whose
+    // workload then starts in it (nothing can be handed to systemd between
+    // clone and exec).
     let plan = match resident {
-        // Jobs on a systemd host are its scopes: one holding the process.
-        [_, ..] if ctx.scopes => Plan::attach_in_scope(&ctx, &job_id, &limits, resident),
+        [target, ..] if ctx.scopes => {
+            let about = format!("ffrtmp job {job_id} (attach, process {target})");
+            Plan::scoped(&ctx, &job_id, &limits, resident, about, Tie::Bound)
+        }
+        [] if ctx.scopes && ctx.root.is_none() => {
+            let wrapper = std::process::id();
+            let about = format!("ffrtmp job {job_id} (run, wrapper {wrapper})");
+            Plan::scoped(&ctx, &job_id, &limits, &[wrapper], about, Tie::Part)
+        }
         _ => Plan::make(&ctx, &job_id, &limits, resident.first().copied()),
     }
     .map_err(|e| fail(exit::USAGE, &e))?;

@@ -401,17 +401,12 @@ impl Governor {
         if !self.ctx.scopes {
             return None;
         }
-        let [path] = paths else { return None };
-        if self
+        let origin = scope::Origin::of(paths)?;
+        let under_root = self
             .job_prefix
             .as_deref()
-            .is_some_and(|prefix| path.starts_with(prefix))
-        {
-            return None;
-        }
-        CgroupPath::new(path)
-            .ok()
-            .map(|cgroup| scope::Origin { cgroup })
+            .is_some_and(|prefix| origin.cgroup.as_str().starts_with(prefix));
+        (!under_root).then_some(origin)
     }
 
     fn govern(

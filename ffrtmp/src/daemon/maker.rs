@@ -189,18 +189,16 @@ impl Maker {
         let mut systemd = systemd
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Plan::in_scope(
-            &self.ctx,
-            &mut systemd,
-            job_id,
-            &job.limits,
-            &[job.pid],
-            &from,
-            &format!(
+        let request = scope::Request {
+            pids: &[job.pid],
+            origin: &from,
+            description: format!(
                 "ffrtmp job {job_id} (rule {}, process {})",
                 job.rule, job.pid
             ),
-        )
+            tie: scope::Tie::Bound,
+        };
+        Plan::in_scope(&self.ctx, &mut systemd, job_id, &job.limits, &request)
     }
     /// Makes `job`'s own job and moves it there.
     pub(super) fn make(&self, job: Unmade) -> Made {

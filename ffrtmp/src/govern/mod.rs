@@ -203,10 +203,10 @@ pub struct Context {
     /// The subtree systemd delegated to us, when the root is in one: no
     /// write ever goes above it.
     pub subtree: Option<CgroupPath>,
-    /// Privileged on a host whose cgroup tree systemd manages: jobs of
-    /// processes with a pid to hand over (`watch`, `attach`) are transient
-    /// scopes systemd makes ([`scope`]); the root is the delegated subtree
-    /// if there is one (staging, `run`), else `/ffrtmp` for `run` only.
+    /// Privileged on a host whose cgroup tree systemd manages: jobs are
+    /// transient scopes systemd makes ([`scope`]); the root is in the
+    /// subtree delegated to us if there is one (staging; `run`'s jobs
+    /// there), else there is none.
     pub scopes: bool,
 }
 
@@ -234,16 +234,11 @@ impl Context {
             (_, Mode::Unprivileged) => None,
             (Some(r), _) => Some(root_path(&layout, r)?),
             (None, Mode::Delegated) => subtree.as_ref().map(|s| s.child(ROOT_NAME)),
-            // With scopes the root serves `run` (which has no pid to hand
-            // systemd before its workload's first instruction) and the
-            // daemon's staging, both in the delegated subtree if we have
-            // one. Without one, `run` keeps `/ffrtmp` as on other hosts —
-            // the one place ffrtmp still makes a cgroup systemd did not
-            // delegate (docs/OPERATIONS.md) — and the daemon stages nothing.
-            (None, _) if scopes => Some(subtree.as_ref().map_or_else(
-                || CgroupPath::new("/").map(|r| r.child(ROOT_NAME)),
-                |s| Ok(s.child(ROOT_NAME)),
-            )?),
+            // With scopes the root is in the subtree delegated to us, if
+            // any: the daemon's staging, and `run`'s jobs there. Without
+            // one there is none: `run` makes its job a scope holding the
+            // wrapper, and the daemon stages nothing.
+            (None, _) if scopes => subtree.as_ref().map(|s| s.child(ROOT_NAME)),
             (None, _) => Some(CgroupPath::new("/")?.child(ROOT_NAME)),
         };
         Ok(Context {

@@ -87,8 +87,7 @@ impl Plan {
         Ok(Self::finish(limits, applied, cgroup))
     }
 
-    /// Job `job_id` as a transient systemd scope holding `pids` (the first
-    /// is the workload), beside the unit it came from ([`scope`]). The only
+    /// Job `job_id` as a transient systemd scope ([`scope`]). The only
     /// error is [`GovernError::JobIdInUse`] (the scope exists) or systemd
     /// not answering; its refusals are the limits' failures.
     pub fn in_scope(
@@ -96,9 +95,7 @@ impl Plan {
         systemd: &mut scope::Systemd,
         job_id: &JobId,
         limits: &Limits,
-        pids: &[u32],
-        origin: &scope::Origin,
-        description: &str,
+        request: &scope::Request<'_>,
     ) -> Result<Self, GovernError> {
         let mount = ctx.layout.v2.as_ref().ok_or(GovernError::NoCgroups)?;
         // One job id, one job: a `run` job's under the root too.
@@ -108,7 +105,7 @@ impl Plan {
                 .map_or_else(|| job_id.to_string(), |p| p.as_str().to_string());
             return Err(GovernError::JobIdInUse(path.into()));
         }
-        match systemd.start_scope(mount, job_id, description, pids, origin, limits) {
+        match systemd.start_scope(mount, job_id, request, limits) {
             Ok((path, dir, applied)) => Ok(Self::finish(
                 limits,
                 applied,
@@ -128,29 +125,27 @@ impl Plan {
         Self::finish(limits, applied, None)
     }
 
-    /// `attach` on a systemd host ([`Context::scopes`]): job `job_id` as a
-    /// scope holding `pids` (the target first, then the descendants asked
-    /// for), beside the unit the target is in. A process in a user
-    /// manager's tree, or a systemd that does not answer, leaves the job
-    /// without a cgroup (said in its limits' failures); the only error is
-    /// the job id in use.
-    pub fn attach_in_scope(
+    /// `run` and `attach` on a systemd host ([`Context::scopes`]) when no
+    /// subtree was delegated to us: job `job_id` as a scope holding `pids`
+    /// (the first is the process whose unit it goes beside: `attach`'s
+    /// target, then the descendants asked for; `run`'s wrapper, whose
+    /// workload then starts inside), tied to its unit by `tie`. A process
+    /// in a user manager's tree, or a systemd that does not answer, leaves
+    /// the job without a cgroup (said in its limits' failures); the only
+    /// error is the job id in use.
+    pub fn scoped(
         ctx: &Context,
         job_id: &JobId,
         limits: &Limits,
         pids: &[u32],
+        description: String,
+        tie: scope::Tie,
     ) -> Result<Self, GovernError> {
         let paths = pids
             .first()
             .map(|&pid| super::cgroup_paths_of(pid))
             .unwrap_or_default();
-        let origin = match paths.as_slice() {
-            [one] => super::layout::CgroupPath::new(one)
-                .ok()
-                .map(|cgroup| scope::Origin { cgroup }),
-            _ => None,
-        };
-        let Some(origin) = origin else {
+        let Some(origin) = scope::Origin::of(&paths) else {
             return Ok(Self::without_cgroup(
                 limits,
                 "its cgroup could not be read from /proc",
@@ -160,23 +155,20 @@ impl Plan {
             return Ok(Self::without_cgroup(
                 limits,
                 &format!(
-                    "it is in {}, a user manager's tree, which belongs to its user (that user's `ffrtmp attach` governs it there)",
+                    "process {} is in {}, a user manager's tree, which belongs to its user (ffrtmp run as that user governs there)",
+                    pids[0],
                     origin.cgroup.as_str()
                 ),
             ));
         }
-        let description = format!("ffrtmp job {job_id} (attach, process {})", pids[0]);
-        let planned = scope::Systemd::new().and_then(|mut systemd| {
-            Self::in_scope(
-                ctx,
-                &mut systemd,
-                job_id,
-                limits,
-                pids,
-                &origin,
-                &description,
-            )
-        });
+        let request = scope::Request {
+            pids,
+            origin: &origin,
+            description,
+            tie,
+        };
+        let planned = scope::Systemd::new()
+            .and_then(|mut systemd| Self::in_scope(ctx, &mut systemd, job_id, limits, &request));
         match planned {
             Err(e @ GovernError::JobIdInUse(_)) => Err(e),
             Err(e) => Ok(Self::without_cgroup(limits, &chain(&e).to_string())),

@@ -21,6 +21,12 @@
 //!   the unit that started a transcoder stops the transcoder, as it would
 //!   have without ffrtmp — unless the origin's `KillMode=` is `process` or
 //!   `none`: that unit asked for its children to outlive it, and they do;
+//! - `run`'s scope holds the wrapper itself (moved first, as `systemd-run
+//!   --scope` moves itself: its workload, started with `CLONE_VFORK`, has
+//!   no pid to hand over before its first instruction) and is `PartOf=`
+//!   its unit instead ([`Tie`]): a stop or restart of that unit stops the
+//!   stream, but kill -9 of a wrapper that is the unit's main process ends
+//!   the unit without stopping the stream;
 //! - a process inside a user manager's tree (`user@UID.service`) is never
 //!   given a scope: that tree is its user's, and the system manager's
 //!   scope would take the process out of its user's control. Such a process
@@ -67,6 +73,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const MOVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The prefix and suffix of a job's scope name.
 const PREFIX: &str = "ffrtmp-";
+/// systemd's error for a unit name in use.
+const UNIT_EXISTS: &str = "org.freedesktop.systemd1.UnitExists";
 const SUFFIX: &str = ".scope";
 
 /// The unit of job `job`: `ffrtmp-<job>.scope`. Job ids are
@@ -108,6 +116,39 @@ pub fn jobs(mount: &super::layout::Mount) -> Vec<(String, CgroupPath)> {
     found
 }
 
+/// What systemd is asked for: a scope holding `pids` (the first is the
+/// process whose move is waited for), beside `origin`, tied to its unit.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub pids: &'a [u32],
+    pub origin: &'a Origin,
+    /// `systemctl status` shows it beside the unit name.
+    pub description: String,
+    pub tie: Tie,
+}
+
+/// How a job's scope follows the unit its process came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tie {
+    /// `BindsTo=`: stopped whenever that unit stops, also when its main
+    /// process dies. For processes ffrtmp finds (`watch`, `attach`): had
+    /// they stayed in the unit, its end would have ended them.
+    Bound,
+    /// `PartOf=`: stopped when that unit is stopped or restarted, not when
+    /// it merely goes inactive. For `run`: when the wrapper is its unit's
+    /// main process, its kill -9 ends the unit, and must not end the stream.
+    Part,
+}
+
+impl Tie {
+    fn property(self) -> &'static str {
+        match self {
+            Tie::Bound => "BindsTo",
+            Tie::Part => "PartOf",
+        }
+    }
+}
+
 /// Where a process came from: its cgroup before ffrtmp moved it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -115,6 +156,13 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// The origin of a process whose v2 cgroup paths (from
+    /// `/proc/PID/cgroup`) are `paths`: one path, or none is known.
+    pub fn of(paths: &[String]) -> Option<Self> {
+        let [path] = paths else { return None };
+        CgroupPath::new(path).ok().map(|cgroup| Origin { cgroup })
+    }
+
     /// Its unit (the nearest `.service` or `.scope`), if it is in one.
     pub fn unit(&self) -> Option<String> {
         systemd::unit_of(&self.cgroup).map(|u| last(&u).to_string())
@@ -241,11 +289,11 @@ impl Systemd {
         })
     }
 
-    /// Whether a scope may be bound to `unit`: it is loaded and running
+    /// Whether a scope may be tied to `unit`: it is loaded and running
     /// (active, or still starting, as a oneshot is), and its `KillMode=`
     /// is not `process` or `none` (it asked for its children to outlive
     /// it). Binding to an inactive unit would start it.
-    fn binds_to(&mut self, unit: &str) -> bool {
+    fn may_tie_to(&mut self, unit: &str) -> bool {
         let state = self.property(unit, "org.freedesktop.systemd1.Unit", "ActiveState");
         if !matches!(
             state.as_deref(),
@@ -262,11 +310,19 @@ impl Systemd {
         mode.is_some() && !matches!(mode.as_deref(), Some("process" | "none"))
     }
 
-    /// What a loaded unit is `BindsTo=` (empty: nothing, or unknown).
-    fn bound_to(&mut self, unit: &str) -> Vec<String> {
-        self.value(unit, "org.freedesktop.systemd1.Unit", "BindsTo")
-            .and_then(|v| Vec::<String>::try_from(v).ok())
-            .unwrap_or_default()
+    /// What a loaded job scope is tied to, and how (empty: nothing, or
+    /// unknown).
+    fn tied_to(&mut self, unit: &str) -> (&'static str, Vec<String>) {
+        for tie in [Tie::Bound, Tie::Part] {
+            let units = self
+                .value(unit, "org.freedesktop.systemd1.Unit", tie.property())
+                .and_then(|v| Vec::<String>::try_from(v).ok())
+                .unwrap_or_default();
+            if !units.is_empty() {
+                return (tie.property(), units);
+            }
+        }
+        (Tie::Bound.property(), Vec::new())
     }
 
     /// A string property of a loaded unit (`None`: not loaded, or unknown).
@@ -297,26 +353,49 @@ impl Systemd {
         reply.body().deserialize().ok()
     }
 
-    /// Asks systemd for job `job`'s scope holding `pids` (the first the
-    /// workload, whose move is waited for), beside `origin`,
-    /// with `limits`; waits until the process is in it and reads the limits
+    /// Whether `unit`, whose cgroup `dir` holds no process, is collected
+    /// within [`MOVE_TIMEOUT`]; false at once if it holds one (a live job).
+    fn collected(&mut self, unit: &str, dir: &Path) -> bool {
+        let empty = || {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .map_or(true, |procs| procs.trim().is_empty())
+        };
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        while empty() && Instant::now() < deadline {
+            if self
+                .value(unit, "org.freedesktop.systemd1.Unit", "Id")
+                .is_none()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Asks systemd for job `job`'s scope as `request` says, with
+    /// `limits`; waits until the process is in it and reads the limits
     /// back. Limits systemd has no property for are in `Applied`'s failures
     /// (see [`unsupported`] to ask before). `mount`: the v2 hierarchy.
     pub fn start_scope(
         &mut self,
         mount: &super::layout::Mount,
         job: &JobId,
-        description: &str,
-        pids: &[u32],
-        origin: &Origin,
+        request: &Request<'_>,
         limits: &Limits,
     ) -> Result<(CgroupPath, PathBuf, Applied), ScopeError> {
+        let Request {
+            pids,
+            origin,
+            description,
+            tie,
+        } = request;
         let pid = pids.first().copied().unwrap_or_default();
         let unit = unit_name(job.as_str());
         let (slice, slice_cg) = origin.slice();
         let path = slice_cg.child(&unit);
         let mut props: Vec<(&str, Value<'_>)> = vec![
-            ("Description", Value::from(description)),
+            ("Description", Value::from(description.as_str())),
             ("PIDs", Value::from(pids.to_vec())),
             ("Slice", Value::from(slice.as_str())),
             // The exit report reads memory.peak, memory.events and cpu.stat.
@@ -326,45 +405,62 @@ impl Systemd {
             // Gone once empty, failed or not: a node runs thousands of jobs,
             // and each one's end is in the event stream.
             ("CollectMode", Value::from("inactive-or-failed")),
+            // An OOM kill under the job's memory.max ends the process the
+            // kernel chose, as on any other host; systemd's default (`stop`)
+            // then also killed the rest of the scope — `run`'s wrapper, which
+            // reported a detach instead of the OOM kill (measured, 252).
+            ("OOMPolicy", Value::from("continue")),
         ];
-        // Bound, not ordered: `After=` would make the scope's start wait
+        // Tied, not ordered: `After=` would make the scope's start wait
         // for a unit still starting (measured: a oneshot's transcoder was
         // not moved in 5 s), and stopping needs no order. From another
-        // job's scope (attached again under a new id), the binding is that
+        // job's scope (attached again under a new id), the tie is that
         // scope's: bound to the old scope, the new one was stopped — and
         // the process killed — as soon as the move emptied the old one.
-        let bind = match origin.unit() {
-            Some(u) if job_of_cgroup(&u).is_some() => self.bound_to(&u),
-            Some(u) if self.binds_to(&u) => vec![u],
-            _ => Vec::new(),
+        let (property, units) = match origin.unit() {
+            Some(u) if job_of_cgroup(&u).is_some() => self.tied_to(&u),
+            Some(u) if self.may_tie_to(&u) => (tie.property(), vec![u]),
+            _ => (tie.property(), Vec::new()),
         };
-        if !bind.is_empty() {
-            props.push(("BindsTo", Value::from(bind)));
+        if !units.is_empty() {
+            props.push((property, Value::from(units)));
         }
         let mut props_of = Properties(Vec::new());
         limits.visit(&mut props_of);
         for p in &props_of.0 {
-            props.push((p.name, Value::from(p.value)));
+            props.push((p.name, dbus_value(&p.value)));
         }
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-        let started = self.call(
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-            "StartTransientUnit",
-            &(unit.as_str(), "fail", props, aux),
-        );
+        let body = (unit.as_str(), "fail", props, aux);
+        let start = |this: &mut Self| {
+            this.call(
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "StartTransientUnit",
+                &body,
+            )
+        };
+        let mut started = start(self);
+        // The same job id's last scope, emptied a moment ago and not yet
+        // collected (a job started again at once): once it is gone, the
+        // name is free.
+        if matches!(&started, Err(ScopeError::Refused { reason, .. }) if reason.starts_with(UNIT_EXISTS))
+            && !pid_in_cgroup(pid, &path)
+            && self.collected(&unit, &mount.dir_of(&path))
+        {
+            started = start(self);
+        }
         match started {
             Ok(_) => {}
             // Its scope already, holding it (attached again): its limits are
             // changed in place, as `systemctl set-property --runtime` does.
             Err(ScopeError::Refused { reason, .. })
-                if reason.starts_with("org.freedesktop.systemd1.UnitExists")
-                    && pid_in_cgroup(pid, &path) =>
+                if reason.starts_with(UNIT_EXISTS) && pid_in_cgroup(pid, &path) =>
             {
                 let props: Vec<(&str, Value<'_>)> = props_of
                     .0
                     .iter()
-                    .map(|p| (p.name, Value::from(p.value)))
+                    .map(|p| (p.name, dbus_value(&p.value)))
                     .collect();
                 self.call(
                     "/org/freedesktop/systemd1",
@@ -380,9 +476,7 @@ impl Systemd {
                     other => other,
                 })?;
             }
-            Err(ScopeError::Refused { reason, .. })
-                if reason.starts_with("org.freedesktop.systemd1.UnitExists") =>
-            {
+            Err(ScopeError::Refused { reason, .. }) if reason.starts_with(UNIT_EXISTS) => {
                 return Err(ScopeError::Exists(unit));
             }
             Err(ScopeError::Refused { reason, .. }) => {
@@ -430,6 +524,14 @@ pub fn unsupported(limits: &Limits) -> Vec<(crate::limits::LimitName, String)> {
     u.0
 }
 
+/// A limit property's value as D-Bus carries it.
+fn dbus_value(value: &crate::limits::PropertyValue) -> Value<'_> {
+    match value {
+        crate::limits::PropertyValue::Number(n) => Value::from(*n),
+        crate::limits::PropertyValue::Devices(devices) => Value::from(devices.clone()),
+    }
+}
+
 /// The unit properties of the cgroup limits that have them.
 struct Properties(Vec<crate::limits::Property>);
 
@@ -445,7 +547,10 @@ impl Visit for Properties {
 
 /// Reads back what systemd wrote, through the same code that writes a
 /// job's limits elsewhere: each "write" reads the file and must find the
-/// value ffrtmp would have written.
+/// value ffrtmp would have written — in a line whose first word is the
+/// value's first word, with every other word of the value (a file such as
+/// `io.max` spells out keys ffrtmp left alone: `1:0 rbps=max wbps=1048576
+/// riops=max wiops=max` holds `1:0 wbps=1048576`).
 struct ReadBack<'a> {
     dir: &'a Path,
     applied: Applied,
@@ -457,7 +562,16 @@ impl Files for ReadBack<'_> {
         let back = crate::observe::proc::read_text(&path)
             .map(|s| s.trim().to_string())
             .map_err(|e| format!("reading back {}: {e}", path.display()))?;
-        if back == value {
+        let mut wanted = value.split_whitespace();
+        let first = wanted.next().unwrap_or_default();
+        let holds = back.lines().any(|line| {
+            let mut words = line.split_whitespace();
+            words.next() == Some(first) && {
+                let rest: Vec<&str> = words.collect();
+                wanted.clone().all(|w| rest.contains(&w))
+            }
+        });
+        if holds {
             Ok(back)
         } else {
             Err(format!(
@@ -529,12 +643,55 @@ mod tests {
         assert_eq!(u[0].0, crate::limits::LimitName::CpuMaxBurst);
         let mut p = Properties(Vec::new());
         l.visit(&mut p);
-        assert_eq!(
-            p.0,
-            vec![crate::limits::Property {
-                name: "CPUWeight",
-                value: 200
-            }]
-        );
+        assert_eq!(p.0, vec![crate::limits::Property::number("CPUWeight", 200)]);
+    }
+
+    /// io limits go to systemd by the device's node, one property per key
+    /// (`max` is no limit: left out), and are read back from a kernel
+    /// `io.max` that spells out every key.
+    #[test]
+    fn io_limits_become_device_properties_and_read_back_from_full_lines() {
+        let Some(dev) = std::fs::read_dir("/sys/dev/block")
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+        else {
+            eprintln!("SKIP: no block device here");
+            return;
+        };
+        let mut l = Limits::default();
+        l.set(
+            crate::limits::LimitName::IoMax,
+            &format!("{dev} wbps=1048576 riops=max"),
+        )
+        .unwrap();
+        let mut p = Properties(Vec::new());
+        l.visit(&mut p);
+        assert_eq!(p.0.len(), 1, "{:?}", p.0);
+        assert_eq!(p.0[0].name, "IOWriteBandwidthMax");
+        let crate::limits::PropertyValue::Devices(devices) = &p.0[0].value else {
+            panic!("{:?}", p.0[0]);
+        };
+        assert!(devices[0].0.starts_with("/dev/"), "{devices:?}");
+        assert_eq!(devices[0].1, 1_048_576);
+
+        let dir = std::env::temp_dir().join(format!("ffrtmp-readback-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let read_back = |io_max: &str| {
+            std::fs::write(dir.join("io.max"), io_max).unwrap();
+            let mut check = ReadBack {
+                dir: &dir,
+                applied: Applied::default(),
+            };
+            l.visit(&mut check);
+            check.applied
+        };
+        let full = format!("{dev} rbps=max wbps=1048576 riops=max wiops=max\n");
+        assert!(read_back(&full).failures.is_empty());
+        let other = format!("{dev} rbps=max wbps=2097152 riops=max wiops=max\n");
+        assert_eq!(read_back(&other).failures.len(), 1);
+        assert_eq!(read_back("").failures.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

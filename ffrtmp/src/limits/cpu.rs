@@ -99,14 +99,8 @@ impl Limit for CpuMax {
             q.saturating_mul(1_000_000) / self.period
         });
         Ok(vec![
-            Property {
-                name: "CPUQuotaPerSecUSec",
-                value: per_sec,
-            },
-            Property {
-                name: "CPUQuotaPeriodUSec",
-                value: self.period,
-            },
+            Property::number("CPUQuotaPerSecUSec", per_sec),
+            Property::number("CPUQuotaPeriodUSec", self.period),
         ])
     }
 }
@@ -180,10 +174,7 @@ impl Limit for CpuWeight {
     }
 
     fn systemd(&self) -> Result<Vec<Property>, String> {
-        Ok(vec![Property {
-            name: "CPUWeight",
-            value: u64::from(self.0),
-        }])
+        Ok(vec![Property::number("CPUWeight", u64::from(self.0))])
     }
 }
 

@@ -46,11 +46,41 @@ impl Limit for IoMax {
         })
     }
 
-    /// systemd names a device by its path (`IOReadBandwidthMax=/dev/… N`)
-    /// and resolves it itself; ffrtmp's limits name MAJ:MIN, which is not
-    /// passed through that translation.
+    /// systemd names a device by its path (`IOWriteBandwidthMax=/dev/… N`)
+    /// and writes `io.max` from it: each MAJ:MIN becomes the kernel's own
+    /// node name for it (`/sys/dev/block/MAJ:MIN/uevent`, `DEVNAME`, as
+    /// devtmpfs names it). A key set to `max` is no limit: not passed.
     fn systemd(&self) -> Result<Vec<super::Property>, String> {
-        Err("systemd takes io limits by device path (IOReadBandwidthMax= and the like), not as MAJ:MIN lines".into())
+        let mut by_key: Vec<(&'static str, Vec<(String, u64)>)> = [
+            "IOReadBandwidthMax",
+            "IOWriteBandwidthMax",
+            "IOReadIOPSMax",
+            "IOWriteIOPSMax",
+        ]
+        .into_iter()
+        .map(|name| (name, Vec::new()))
+        .collect();
+        for line in &self.0 {
+            let path = line.device_path()?;
+            for (key, value) in line.fields() {
+                let Count::N(n) = value else { continue };
+                let slot = match key {
+                    "rbps" => 0,
+                    "wbps" => 1,
+                    "riops" => 2,
+                    _ => 3,
+                };
+                by_key[slot].1.push((path.clone(), n));
+            }
+        }
+        Ok(by_key
+            .into_iter()
+            .filter(|(_, devices)| !devices.is_empty())
+            .map(|(name, devices)| super::Property {
+                name,
+                value: super::PropertyValue::Devices(devices),
+            })
+            .collect())
     }
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
@@ -147,6 +177,21 @@ impl IoLine {
         .into_iter()
         .filter_map(|(k, v)| Some((k, v?)))
     }
+    /// The device node of MAJ:MIN, by the kernel's name for it.
+    fn device_path(&self) -> Result<String, String> {
+        let uevent = format!("/sys/dev/block/{}:{}/uevent", self.major, self.minor);
+        let text = crate::observe::proc::read_text(std::path::Path::new(&uevent)).map_err(|e| {
+            format!(
+                "no block device {}:{} ({uevent}: {e})",
+                self.major, self.minor
+            )
+        })?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("DEVNAME="))
+            .map(|name| format!("/dev/{}", name.trim()))
+            .ok_or_else(|| format!("{uevent} names no device"))
+    }
+
     /// Writes one v1 file per key; the line as v2 would read it.
     fn apply_v1(&self, files: &dyn Files) -> Result<String, String> {
         let device = format!("{}:{}", self.major, self.minor);

@@ -88,7 +88,7 @@ fn property(name: &'static str, size: Size) -> Property {
         Size::Max => Property::INFINITY,
         Size::Bytes(n) => n,
     };
-    Property { name, value }
+    Property::number(name, value)
 }
 
 fn v2(files: &dyn Files, file: &str, size: Size) -> Outcome {

@@ -155,17 +155,32 @@ pub trait Limit: Named + Clone + fmt::Debug + PartialEq + Eq {
     }
 }
 
-/// A systemd unit property that sets a limit (systemd.resource-control(5));
-/// every one of them is a `t` (u64), with `u64::MAX` for "infinity".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A systemd unit property that sets a limit (systemd.resource-control(5)).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Property {
     pub name: &'static str,
-    pub value: u64,
+    pub value: PropertyValue,
+}
+
+/// A property's value, as D-Bus carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PropertyValue {
+    /// `t`, with [`Property::INFINITY`] for "infinity".
+    Number(u64),
+    /// `a(st)`: (device path, value) pairs, as the `IO…Max=` ones take.
+    Devices(Vec<(String, u64)>),
 }
 
 impl Property {
     /// systemd's "infinity".
     pub const INFINITY: u64 = u64::MAX;
+
+    pub fn number(name: &'static str, value: u64) -> Self {
+        Property {
+            name,
+            value: PropertyValue::Number(value),
+        }
+    }
 }
 
 /// Something done to each limit of a [`Limits`] that is set, in table order.

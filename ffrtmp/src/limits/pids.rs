@@ -36,10 +36,7 @@ impl Limit for PidsMax {
             Count::Max => Property::INFINITY,
             Count::N(n) => n,
         };
-        Ok(vec![Property {
-            name: "TasksMax",
-            value,
-        }])
+        Ok(vec![Property::number("TasksMax", value)])
     }
 }
 
