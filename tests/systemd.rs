@@ -477,6 +477,33 @@ fn run_as_root_makes_its_job_a_scope_part_of_its_unit() {
     let _ = Command::new("systemctl")
         .args(["reset-failed", "sd-run-wrapper.service"])
         .output();
+
+    // Without a system bus (none installed, or not answering) the workload
+    // still runs: its cgroup limits are `degraded`, nice stands in, and
+    // nothing is made at the root.
+    let job = format!("sd-run-nobus-{}", std::process::id());
+    let events = dir.join("nobus.events");
+    let out = Command::new(common::ffrtmp())
+        .args(["run", "--job-id", &job, "--cpu-weight", "500", "--events"])
+        .arg(&events)
+        .args(["--", "/bin/sh", "-c", "cat /proc/self/cgroup; exit 3"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let events = read_events(&events);
+    let degraded = events
+        .iter()
+        .find_map(|e| match &e.body {
+            Body::Degraded(d) if d.limit == Some(ffrtmp::limits::LimitName::CpuWeight) => Some(d),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no degraded cpu_weight: {events:?}"));
+    say(&format!("run without a system bus: {degraded:?}"));
+    assert!(degraded.reason.contains("system bus"), "{degraded:?}");
+    assert_eq!(degraded.fallback, "nice 10");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&job));
+    assert!(!Path::new("/sys/fs/cgroup/ffrtmp").join(&job).exists());
 }
 
 /// Events go to their own file, whole: a storm of short-lived transcoders
@@ -733,7 +760,9 @@ fn ffrtmp_uid() -> u32 {
 ///   in their user manager, `ffrtmp run --job-id test-001 -- echo "Wrapper
 ///   works!"`: it works, and ffrtmp writes nothing in the user manager's
 ///   own tree (it found `user@UID.service` writable and made
-///   `user@UID.service/ffrtmp` there before);
+///   `user@UID.service/ffrtmp` there before); from a `Delegate=yes` unit
+///   of that user manager, the job is in delegated mode inside that unit,
+///   its quota in force;
 /// - Scenario 2: `attach` of an ffmpeg another unit started (no restart),
 ///   with the guide's limits; stopping that unit still stops it;
 /// - the standalone wrapper unit starts and holds its delegation.
@@ -803,8 +832,9 @@ fn the_guides_systemd_scenarios() {
         !Path::new(&format!("{manager_dir}/ffrtmp")).exists(),
         "ffrtmp wrote into the user manager's own tree"
     );
-    // With Delegate=yes on the user's unit: delegated there, if this user
-    // manager says so (user.delegate); never above it.
+    // With Delegate=yes on the user's unit: delegated mode there (the user
+    // manager sets no xattr; its `Delegate` property, on the user's bus,
+    // says so), the quota in force; never above it.
     let out = in_user_manager(
         &uid,
         &["-p", "Delegate=yes"],
@@ -813,9 +843,12 @@ fn the_guides_systemd_scenarios() {
             "run",
             "--job-id",
             "test-002",
+            "--cpu-max",
+            "30000 100000",
             "--",
-            "cat",
-            "/proc/self/cgroup",
+            "/bin/sh",
+            "-c",
+            "cat /proc/self/cgroup; cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max",
         ],
     );
     say(&format!(
@@ -829,13 +862,16 @@ fn the_guides_systemd_scenarios() {
         !Path::new(&format!("{manager_dir}/ffrtmp")).exists(),
         "ffrtmp wrote into the user manager's own tree"
     );
-    if String::from_utf8_lossy(&out.stderr).contains("\"mode\":\"delegated\"") {
-        assert!(
-            inside.contains(&format!("{manager}/app.slice/run-"))
-                && inside.contains("/ffrtmp/test-002"),
-            "{inside}"
-        );
-    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"mode\":\"delegated\""),
+        "{out:?}"
+    );
+    assert!(
+        inside.contains(&format!("{manager}/app.slice/run-"))
+            && inside.contains("/ffrtmp/test-002\n"),
+        "{inside}"
+    );
+    assert!(inside.contains("30000 100000"), "{inside}");
     let _ = Command::new("loginctl")
         .args(["disable-linger", &uid])
         .output();

@@ -39,6 +39,7 @@
 //!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
+pub mod bus;
 pub mod caps;
 pub mod cleanup;
 pub mod dynmods;

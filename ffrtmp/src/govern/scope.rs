@@ -55,20 +55,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::zvariant::Value;
 
-use super::{GovernError, layout::CgroupPath, pid_in_cgroup, systemd};
+use super::{
+    GovernError,
+    bus::{CallError, Manager, Which},
+    layout::CgroupPath,
+    pid_in_cgroup, systemd,
+};
 use crate::limits::{Applied, Files, JobId, Limit, Limits, Visit};
 
-/// The system bus, where systemd's manager answers. Not systemd's private
-/// socket (`/run/systemd/private`, which systemctl uses as root): measured
-/// on systemd 252 with zbus 5 there, systemd carried out the calls (the
-/// scope was made) but no reply reached zbus within 5 s.
-const BUS: &str = "the system bus";
-const SYSTEMD: &str = "org.freedesktop.systemd1";
 /// How long one call to systemd may take before the job is given up for
 /// now (it stays in staging and is tried again).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CALL_TIMEOUT: Duration = super::bus::CALL_TIMEOUT;
 /// How long systemd may take to move the process after accepting the job.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The prefix and suffix of a job's scope name.
@@ -200,27 +199,16 @@ fn last(cg: &CgroupPath) -> &str {
     cg.as_str().rsplit('/').next().unwrap_or_default()
 }
 
-/// A connection to systemd, made when first needed and again after it
-/// broke. Used from one thread (the job maker's, or `attach`'s): it has a
-/// small runtime of its own, so nothing here waits on `watch`'s event loop.
-pub struct Systemd {
-    runtime: tokio::runtime::Runtime,
-    conn: Option<zbus::Connection>,
-}
-
-impl std::fmt::Debug for Systemd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Systemd")
-            .field("connected", &self.conn.is_some())
-            .finish_non_exhaustive()
-    }
-}
+/// The system manager, asked for job scopes. Used from one thread (the job
+/// maker's, or `run`'s and `attach`'s).
+#[derive(Debug)]
+pub struct Systemd(Manager);
 
 /// Why a scope was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ScopeError {
-    #[error("talking to systemd on {BUS}: {0}")]
-    Bus(String),
+    #[error(transparent)]
+    Bus(CallError),
     #[error("systemd refused scope {unit}: {reason}")]
     Refused { unit: String, reason: String },
     #[error("unit {0} already exists: another job uses this job id")]
@@ -232,60 +220,20 @@ pub enum ScopeError {
 impl Systemd {
     /// A client; it connects at its first call.
     pub fn new() -> Result<Self, GovernError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| GovernError::io("starting the D-Bus runtime for", Path::new(BUS), e))?;
-        Ok(Systemd {
-            runtime,
-            conn: None,
-        })
+        Manager::new(Which::System, CALL_TIMEOUT).map(Systemd)
     }
 
-    fn connection(&mut self) -> Result<zbus::Connection, ScopeError> {
-        if let Some(c) = &self.conn {
-            return Ok(c.clone());
-        }
-        let conn = self.runtime.block_on(async {
-            let builder = zbus::connection::Builder::system()
-                .map_err(|e| ScopeError::Bus(e.to_string()))?
-                .method_timeout(CALL_TIMEOUT);
-            tokio::time::timeout(CALL_TIMEOUT, builder.build())
-                .await
-                .map_err(|_| ScopeError::Bus("connecting timed out".into()))?
-                .map_err(|e| ScopeError::Bus(e.to_string()))
-        })?;
-        self.conn = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Calls a method of systemd's manager object.
-    fn call<B>(
-        &mut self,
-        path: &str,
-        iface: &str,
-        method: &str,
-        body: &B,
-    ) -> Result<zbus::Message, ScopeError>
+    /// Calls a method of systemd's manager object; a refusal names `unit`.
+    fn call<B>(&mut self, method: &str, unit: &str, body: &B) -> Result<zbus::Message, ScopeError>
     where
         B: serde::Serialize + zbus::zvariant::DynamicType,
     {
-        let conn = self.connection()?;
-        let reply =
-            self.runtime
-                .block_on(conn.call_method(Some(SYSTEMD), path, Some(iface), method, body));
-        if let Err(e) = &reply
-            && !matches!(e, zbus::Error::MethodError(..))
-        {
-            self.conn = None; // broken or timed out: a new one next time
-        }
-        reply.map_err(|e| match e {
-            zbus::Error::MethodError(name, text, _) => ScopeError::Refused {
-                unit: String::new(),
-                reason: format!("{}: {}", name.as_str(), text.unwrap_or_default()),
+        self.0.call_manager(method, body).map_err(|e| match e {
+            CallError::Refused(reason) => ScopeError::Refused {
+                unit: unit.to_string(),
+                reason,
             },
-            other => ScopeError::Bus(other.to_string()),
+            bus @ CallError::Bus(..) => ScopeError::Bus(bus),
         })
     }
 
@@ -294,19 +242,19 @@ impl Systemd {
     /// is not `process` or `none` (it asked for its children to outlive
     /// it). Binding to an inactive unit would start it.
     fn may_tie_to(&mut self, unit: &str) -> bool {
-        let state = self.property(unit, "org.freedesktop.systemd1.Unit", "ActiveState");
+        let state = self
+            .0
+            .string(unit, "org.freedesktop.systemd1.Unit", "ActiveState");
         if !matches!(
             state.as_deref(),
             Some("active" | "activating" | "reloading")
         ) {
             return false;
         }
-        let iface = if unit.ends_with(".scope") {
-            "org.freedesktop.systemd1.Scope"
-        } else {
-            "org.freedesktop.systemd1.Service"
+        let Some(iface) = Manager::type_interface(unit) else {
+            return false;
         };
-        let mode = self.property(unit, iface, "KillMode");
+        let mode = self.0.string(unit, iface, "KillMode");
         mode.is_some() && !matches!(mode.as_deref(), Some("process" | "none"))
     }
 
@@ -315,6 +263,7 @@ impl Systemd {
     fn tied_to(&mut self, unit: &str) -> (&'static str, Vec<String>) {
         for tie in [Tie::Bound, Tie::Part] {
             let units = self
+                .0
                 .value(unit, "org.freedesktop.systemd1.Unit", tie.property())
                 .and_then(|v| Vec::<String>::try_from(v).ok())
                 .unwrap_or_default();
@@ -323,34 +272,6 @@ impl Systemd {
             }
         }
         (Tie::Bound.property(), Vec::new())
-    }
-
-    /// A string property of a loaded unit (`None`: not loaded, or unknown).
-    fn property(&mut self, unit: &str, iface: &str, name: &str) -> Option<String> {
-        self.value(unit, iface, name)
-            .and_then(|v| String::try_from(v).ok())
-    }
-
-    /// A property of a loaded unit (`None`: not loaded, or unknown).
-    fn value(&mut self, unit: &str, iface: &str, name: &str) -> Option<OwnedValue> {
-        let reply = self
-            .call(
-                "/org/freedesktop/systemd1",
-                "org.freedesktop.systemd1.Manager",
-                "GetUnit",
-                &(unit,),
-            )
-            .ok()?;
-        let path: OwnedObjectPath = reply.body().deserialize().ok()?;
-        let reply = self
-            .call(
-                path.as_str(),
-                "org.freedesktop.DBus.Properties",
-                "Get",
-                &(iface, name),
-            )
-            .ok()?;
-        reply.body().deserialize().ok()
     }
 
     /// Whether `unit`, whose cgroup `dir` holds no process, is collected
@@ -363,6 +284,7 @@ impl Systemd {
         let deadline = Instant::now() + MOVE_TIMEOUT;
         while empty() && Instant::now() < deadline {
             if self
+                .0
                 .value(unit, "org.freedesktop.systemd1.Unit", "Id")
                 .is_none()
             {
@@ -432,14 +354,7 @@ impl Systemd {
         }
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
         let body = (unit.as_str(), "fail", props, aux);
-        let start = |this: &mut Self| {
-            this.call(
-                "/org/freedesktop/systemd1",
-                "org.freedesktop.systemd1.Manager",
-                "StartTransientUnit",
-                &body,
-            )
-        };
+        let start = |this: &mut Self| this.call("StartTransientUnit", &unit, &body);
         let mut started = start(self);
         // The same job id's last scope, emptied a moment ago and not yet
         // collected (a job started again at once): once it is gone, the
@@ -462,25 +377,10 @@ impl Systemd {
                     .iter()
                     .map(|p| (p.name, dbus_value(&p.value)))
                     .collect();
-                self.call(
-                    "/org/freedesktop/systemd1",
-                    "org.freedesktop.systemd1.Manager",
-                    "SetUnitProperties",
-                    &(unit.as_str(), true, props),
-                )
-                .map_err(|e| match e {
-                    ScopeError::Refused { reason, .. } => ScopeError::Refused {
-                        unit: unit.clone(),
-                        reason,
-                    },
-                    other => other,
-                })?;
+                self.call("SetUnitProperties", &unit, &(unit.as_str(), true, props))?;
             }
             Err(ScopeError::Refused { reason, .. }) if reason.starts_with(UNIT_EXISTS) => {
                 return Err(ScopeError::Exists(unit));
-            }
-            Err(ScopeError::Refused { reason, .. }) => {
-                return Err(ScopeError::Refused { unit, reason });
             }
             Err(e) => return Err(e),
         }

@@ -12,8 +12,11 @@
 //! How delegation is told: systemd marks a delegated unit's cgroup with the
 //! `trusted.delegate` extended attribute (readable by root only) and, for
 //! unprivileged readers, chowns it to the unit's `User=`. A user manager's
-//! units are all its user's; there only `user.delegate` tells, and a user
-//! manager that does not set it is not taken as delegating.
+//! units are all its user's, so ownership tells nothing there, and its
+//! managers set neither attribute (systemd 252, measured in the systemd
+//! VM): the unit's own `Delegate` property, asked of the user manager on
+//! the user's bus ([`super::bus`]), does. No answer (no user bus, or none
+//! within [`USER_TIMEOUT`]) is no delegation.
 //!
 //! systemd 252 (Debian 12) has no `DelegateSubgroup=`: a delegated service's
 //! processes sit in the unit's cgroup itself, and by the kernel's
@@ -27,7 +30,10 @@ use std::{
     path::Path,
 };
 
-use super::layout::CgroupPath;
+use super::{
+    bus::{Manager, Which},
+    layout::CgroupPath,
+};
 
 /// The leaf a delegated unit's own processes are moved into.
 pub const SUPERVISOR: &str = "supervisor";
@@ -63,7 +69,26 @@ pub fn delegated_to_us(unit: &CgroupPath, dir: &Path) -> bool {
         .as_str()
         .split('/')
         .any(|p| p.starts_with("user@") && p.ends_with(".service"));
-    euid != 0 && !in_user_manager && fs::metadata(dir).is_ok_and(|m| m.uid() == euid)
+    let owned = euid != 0 && fs::metadata(dir).is_ok_and(|m| m.uid() == euid);
+    owned && (!in_user_manager || user_manager_delegates(unit))
+}
+
+/// How long the user manager may take to say whether it delegated a unit.
+pub const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the calling user's manager has `Delegate=yes` on `unit`.
+fn user_manager_delegates(unit: &CgroupPath) -> bool {
+    let name = unit.as_str().rsplit('/').next().unwrap_or_default();
+    let Some(iface) = Manager::type_interface(name) else {
+        return false;
+    };
+    let Ok(mut manager) = Manager::new(Which::User, USER_TIMEOUT) else {
+        return false;
+    };
+    manager
+        .value(name, iface, "Delegate")
+        .and_then(|v| bool::try_from(v).ok())
+        .unwrap_or(false)
 }
 
 /// Whether extended attribute `name` of `dir` reads "1".

@@ -180,7 +180,7 @@ impl IoLine {
     /// The device node of MAJ:MIN, by the kernel's name for it.
     fn device_path(&self) -> Result<String, String> {
         let uevent = format!("/sys/dev/block/{}:{}/uevent", self.major, self.minor);
-        let text = crate::observe::proc::read_text(std::path::Path::new(&uevent)).map_err(|e| {
+        let text = std::fs::read_to_string(&uevent).map_err(|e| {
             format!(
                 "no block device {}:{} ({uevent}: {e})",
                 self.major, self.minor
