@@ -51,36 +51,36 @@ impl Limit for IoMax {
     /// node name for it (`/sys/dev/block/MAJ:MIN/uevent`, `DEVNAME`, as
     /// devtmpfs names it). A key set to `max` is no limit: not passed.
     fn systemd(&self) -> Result<Vec<super::Property>, String> {
-        let mut by_key: Vec<(&'static str, Vec<(String, u64)>)> = [
-            "IOReadBandwidthMax",
-            "IOWriteBandwidthMax",
-            "IOReadIOPSMax",
-            "IOWriteIOPSMax",
-        ]
-        .into_iter()
-        .map(|name| (name, Vec::new()))
-        .collect();
-        for line in &self.0 {
-            let path = line.device_path()?;
-            for (key, value) in line.fields() {
-                let Count::N(n) = value else { continue };
-                let slot = match key {
-                    "rbps" => 0,
-                    "wbps" => 1,
-                    "riops" => 2,
-                    _ => 3,
-                };
-                by_key[slot].1.push((path.clone(), n));
+        const PROPERTIES: [(&str, &str); 4] = [
+            ("rbps", "IOReadBandwidthMax"),
+            ("wbps", "IOWriteBandwidthMax"),
+            ("riops", "IOReadIOPSMax"),
+            ("wiops", "IOWriteIOPSMax"),
+        ];
+        let lines = self
+            .0
+            .iter()
+            .map(|line| line.device_path().map(|path| (path, line)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut properties = Vec::new();
+        for (key, name) in PROPERTIES {
+            let devices: Vec<(String, u64)> = lines
+                .iter()
+                .filter_map(
+                    |(path, line)| match line.fields().find(|(k, _)| *k == key)? {
+                        (_, Count::N(n)) => Some((path.clone(), n)),
+                        (_, Count::Max) => None,
+                    },
+                )
+                .collect();
+            if !devices.is_empty() {
+                properties.push(super::Property {
+                    name,
+                    value: super::PropertyValue::Devices(devices),
+                });
             }
         }
-        Ok(by_key
-            .into_iter()
-            .filter(|(_, devices)| !devices.is_empty())
-            .map(|(name, devices)| super::Property {
-                name,
-                value: super::PropertyValue::Devices(devices),
-            })
-            .collect())
+        Ok(properties)
     }
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
@@ -177,6 +177,7 @@ impl IoLine {
         .into_iter()
         .filter_map(|(k, v)| Some((k, v?)))
     }
+
     /// The device node of MAJ:MIN, by the kernel's name for it.
     fn device_path(&self) -> Result<String, String> {
         let uevent = format!("/sys/dev/block/{}:{}/uevent", self.major, self.minor);
