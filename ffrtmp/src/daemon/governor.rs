@@ -6,7 +6,6 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     fs,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::AtomicU64,
@@ -140,11 +139,14 @@ impl Governor {
     fn recover(&mut self) -> Events {
         let mut events = Vec::new();
         reap_empty(&self.ctx);
-        let open = |ctx: &Context, name: &str, scope: Option<&(CgroupPath, PathBuf)>| match scope {
-            Some((path, dir)) => Some(JobCgroup::of_scope(path.clone(), dir.clone())),
-            None => JobCgroup::open_existing(ctx, name),
-        };
-        let mut jobs: Vec<(String, Option<(CgroupPath, PathBuf)>)> = job_dirs(&self.ctx)
+        let open =
+            |ctx: &Context, name: &str, scope: Option<&CgroupPath>| match (scope, &ctx.layout.v2) {
+                (Some(path), Some(mount)) => {
+                    Some(JobCgroup::of_scope(path.clone(), mount.dir_of(path)))
+                }
+                _ => JobCgroup::open_existing(ctx, name),
+            };
+        let mut jobs: Vec<(String, Option<CgroupPath>)> = job_dirs(&self.ctx)
             .into_iter()
             .map(|(name, _, _)| (name, None))
             .collect();
@@ -152,7 +154,7 @@ impl Governor {
             jobs.extend(
                 scope::jobs(mount)
                     .into_iter()
-                    .map(|(name, path)| (name, Some((path.clone(), mount.dir_of(&path))))),
+                    .map(|(name, path)| (name, Some(path))),
             );
         }
         for (name, scope) in jobs {

@@ -187,11 +187,7 @@ impl Origin {
     /// Whether a system scope may take it: not inside a user manager's
     /// tree (`user@UID.service`), which is its user's.
     pub fn movable(&self) -> bool {
-        !self
-            .cgroup
-            .as_str()
-            .split('/')
-            .any(|p| p.starts_with("user@") && p.ends_with(".service"))
+        !systemd::in_user_manager(&self.cgroup)
     }
 }
 

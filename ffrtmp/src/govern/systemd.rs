@@ -65,12 +65,16 @@ pub fn delegated_to_us(unit: &CgroupPath, dir: &Path) -> bool {
         return true;
     }
     let euid = nix::unistd::geteuid().as_raw();
-    let in_user_manager = unit
-        .as_str()
-        .split('/')
-        .any(|p| p.starts_with("user@") && p.ends_with(".service"));
     let owned = euid != 0 && fs::metadata(dir).is_ok_and(|m| m.uid() == euid);
-    owned && (!in_user_manager || user_manager_delegates(unit))
+    owned && (!in_user_manager(unit) || user_manager_delegates(unit))
+}
+
+/// Whether `cg` is inside a user manager's tree (`user@UID.service`),
+/// whose cgroups all belong to its user.
+pub fn in_user_manager(cg: &CgroupPath) -> bool {
+    cg.as_str()
+        .split('/')
+        .any(|p| p.starts_with("user@") && p.ends_with(".service"))
 }
 
 /// How long the user manager may take to say whether it delegated a unit.
