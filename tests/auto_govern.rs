@@ -23,7 +23,7 @@ use common::{
     sleeper,
 };
 use ffrtmp::events::{Body, Event, Governed};
-use ffrtmp::limits::LimitName;
+use ffrtmp::limits::{LimitName, Tier};
 
 fn write_policy(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("policy.toml");
@@ -733,25 +733,47 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
         "--cgroup-root",
         root.path(),
     ]));
-    let out = dir.join("out.mp4");
-    let mut ffmpeg = Command::new("/usr/bin/ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .args([
+    // A file transcode (batch) and one paced to realtime (live), at once.
+    let encode = |out: &Path, live: bool| {
+        let mut c = Command::new("/usr/bin/ffmpeg");
+        c.args(["-nostdin", "-loglevel", "error"]);
+        if live {
+            c.arg("-re");
+        }
+        c.args([
+            "-f",
+            "lavfi",
+            "-i",
             "testsrc=duration=2:size=320x240:rate=25",
-            "-c:v",
-            "mpeg4",
-            "-y",
         ])
-        .arg(&out)
+        .args(["-c:v", "mpeg4", "-y"])
+        .arg(out)
         .spawn()
-        .unwrap();
+        .unwrap()
+    };
+    let out = dir.join("out.mp4");
+    let mut ffmpeg = encode(&out, false);
+    let mut live = encode(&dir.join("live.mp4"), true);
     let pid = ffmpeg.id();
     let g = as_governed(w.wait_for("the real ffmpeg governed", governed_of(pid)));
-    assert_eq!(g.rule.as_deref(), Some("ffmpeg"));
-    assert_eq!(g.limits[&LimitName::CpuWeight], 50);
+    assert_eq!(g.rule.as_deref(), Some("ffmpeg-batch"));
+    assert_eq!(g.tier, Some(Tier::Batch));
+    assert_eq!(g.limits[&LimitName::CpuIdle], 1, "{g:?}");
+    assert!(!g.limits.contains_key(&LimitName::CpuWeight), "{g:?}");
     assert_eq!(g.limits[&LimitName::MemoryMax], "4294967296");
     assert_eq!(g.limits[&LimitName::OomScoreAdj], 500);
     assert!(cgroups(pid).contains(&format!("{}/ffmpeg-{pid}", root.path())));
+    let batch_cgroup = g.cgroup.clone().unwrap();
+    assert_eq!(
+        common::cpu_file(&batch_cgroup, "cpu.idle").as_deref(),
+        Some("1")
+    );
+    let l = as_governed(w.wait_for("the live ffmpeg governed", governed_of(live.id())));
+    assert_eq!(l.rule.as_deref(), Some("ffmpeg-live"));
+    assert_eq!(l.tier, Some(Tier::Live));
+    assert_eq!(l.limits[&LimitName::CpuWeight], 1000, "{l:?}");
+    assert!(!l.limits.contains_key(&LimitName::CpuIdle), "{l:?}");
+    assert!(live.wait().unwrap().success());
     assert!(ffmpeg.wait().unwrap().success());
     assert!(fs::metadata(&out).unwrap().len() > 0, "no output written");
     let exit = w.wait_for("its exit", exit_of(pid));

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["observe"],
     &["govern"],
     &["policy"],
+    &["pressure"],
     &["daemon"],
     &["cli"],
 ];

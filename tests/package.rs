@@ -278,14 +278,14 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
     // An upgrade keeps an edited policy.
     let policy = c.path("/etc/ffrtmp/policy.toml");
     let text = fs::read_to_string(&policy).unwrap();
-    assert!(text.contains("cpu_weight = 50"));
-    fs::write(&policy, text.replace("cpu_weight = 50", "cpu_weight = 70")).unwrap();
+    assert!(text.contains("pids_max = 512"));
+    fs::write(&policy, text.replace("pids_max = 512", "pids_max = 256")).unwrap();
     // The same package again, then a newer one.
     c.ok(&format!("apt-get install -y --reinstall {inside}"));
     assert!(
         fs::read_to_string(&policy)
             .unwrap()
-            .contains("cpu_weight = 70")
+            .contains("pids_max = 256")
     );
     let newer = repack_with_version(&deb, "9.9.9", &c.path("/tmp"));
     c.ok(&format!(
@@ -298,7 +298,7 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
     );
     let kept = fs::read_to_string(&policy).unwrap();
     assert!(
-        kept.contains("cpu_weight = 70") && !kept.contains("cpu_weight = 50"),
+        kept.contains("pids_max = 256") && !kept.contains("pids_max = 512"),
         "{kept}"
     );
     c.ok("ffrtmp policy check /etc/ffrtmp/policy.toml");

@@ -117,6 +117,22 @@ fn helper_rest_then_spin() {
     fs::write(std::env::var("FFRTMP_TEST_OUT").unwrap(), bursts.trim()).unwrap();
 }
 
+/// Helper: on CPU 0 only, spin for 2 s of wall time.
+#[test]
+fn helper_spin_on_cpu0() {
+    if !is_helper("spin-cpu0") {
+        return;
+    }
+    let mut cpus = nix::sched::CpuSet::new();
+    cpus.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).unwrap();
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
 /// Helper: allocate and touch 256 MiB.
 #[test]
 fn helper_allocate() {
@@ -304,6 +320,83 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
         assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
         eprintln!("this kernel predates CFS burst (5.14): its refusal was checked");
     }
+}
+
+/// Tiers, end to end: a `--tier live` and a `--tier batch` busy loop on
+/// the same CPU. The live one's weight (1000) and the batch one's
+/// `cpu.idle` are read back into `governed` with the tier, `status` shows
+/// each job's tier while they run, and the live job really gets the CPU.
+/// A kernel without `cpu.idle` (before 5.15) says `degraded` and runs the
+/// batch job at nice 10, and the weight alone still favours live.
+#[test]
+fn a_live_job_takes_the_cpu_from_a_batch_job() {
+    if !require_root("a_live_job_takes_the_cpu_from_a_batch_job") {
+        return;
+    }
+    let dir = scratch("tiers");
+    let start = |tier: &str| {
+        let events = dir.join(format!("{tier}.events"));
+        let child = Command::new(ffrtmp())
+            .args(["run", "--tier", tier, "--events"])
+            .arg(&events)
+            .arg("--")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "helper_spin_on_cpu0", "--test-threads=1"])
+            .env(common::HELPER_ENV, "spin-cpu0")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, events)
+    };
+    let (mut batch, batch_events) = start("batch");
+    let (mut live, live_events) = start("live");
+    for events in [&batch_events, &live_events] {
+        common::wait_for_event(events, "governed", |e| matches!(e.body, Body::Governed(_)));
+    }
+    let status = Command::new(ffrtmp()).arg("status").output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(batch.wait().unwrap().success() && live.wait().unwrap().success());
+    let (batch_events, live_events) = (read_events(&batch_events), read_events(&live_events));
+    let (b, l) = (governed(&batch_events), governed(&live_events));
+    assert_eq!(b.tier, Some(ffrtmp::limits::Tier::Batch));
+    assert_eq!(l.tier, Some(ffrtmp::limits::Tier::Live));
+    assert_eq!(l.limits[&LimitName::CpuWeight], 1000, "{l:?}");
+    // Idle against weight 1000: measured 99.6 % here. Weight 1000 against
+    // 100 (no cpu.idle): 91 % at most.
+    let mut least = 0.9;
+    if b.limits.contains_key(&LimitName::CpuIdle) {
+        assert_eq!(b.limits[&LimitName::CpuIdle], 1, "{b:?}");
+    } else {
+        least = 0.8;
+        let d = batch_events
+            .iter()
+            .find_map(|e| match &e.body {
+                Body::Degraded(d) if d.limit == Some(LimitName::CpuIdle) => Some(d),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("cpu_idle neither in force nor degraded: {batch_events:?}"));
+        assert_eq!(d.fallback, "nice 10", "{d:?}");
+        eprintln!("no cpu.idle here: {}", d.reason);
+    }
+    if !common::systemd_host() {
+        for (job, tier) in [(&b.job_id, "batch"), (&l.job_id, "live")] {
+            let shown = status["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|j| j["job_id"] == job.as_str())
+                .unwrap_or_else(|| panic!("job {job} not in status: {status:#}"));
+            assert_eq!(shown["tier"], tier, "{shown:#}");
+        }
+    }
+    let used = |events: &[Event]| job_exit(events).job.as_ref().unwrap().cpu_usage_us.unwrap();
+    let (b_us, l_us) = (used(&batch_events), used(&live_events));
+    let share = l_us as f64 / (l_us + b_us) as f64;
+    eprintln!(
+        "one CPU: live {l_us} us, batch {b_us} us: live's share {:.1} %",
+        share * 100.0
+    );
+    assert!(share >= least, "live got {:.1} % of the CPU", share * 100.0);
 }
 
 #[test]

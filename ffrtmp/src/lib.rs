@@ -7,6 +7,7 @@
 //! - [`govern`]: cgroups (v1/v2), nice and oom_score_adj for a job.
 //! - [`daemon`]: `watch`'s governor, job maker, reaper and event order.
 //! - [`policy`]: which processes `watch` governs, and how.
+//! - [`pressure`]: whether live jobs get the CPU they need; each tier's demand.
 //! - [`cli`]: the `ffrtmp` command line.
 //! - [`alloc`]: the shipped binary's allocator, chosen per command.
 //! - [`errors`]: one way to print an error and its causes.
@@ -19,3 +20,4 @@ pub mod govern;
 pub mod limits;
 pub mod observe;
 pub mod policy;
+pub mod pressure;

@@ -313,6 +313,21 @@ pub fn cpu_quota(path: &str) -> String {
         .into()
 }
 
+/// A cpu controller file of cgroup `path` (v2, or v1's cpu hierarchy:
+/// `cpu.idle` is named alike in both), trimmed; `None` when unreadable.
+pub fn cpu_file(path: &str, file: &str) -> Option<String> {
+    use std::path::Path;
+    let rel = path.trim_start_matches('/');
+    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        Path::new("/sys/fs/cgroup").join(rel)
+    } else {
+        Path::new("/sys/fs/cgroup/cpu").join(rel)
+    };
+    std::fs::read_to_string(base.join(file))
+        .ok()
+        .map(|t| t.trim().to_string())
+}
+
 /// Runs `ffrtmp ARGS` to completion and returns what it printed.
 pub fn ffrtmp_output(args: &[&str]) -> std::process::Output {
     Command::new(ffrtmp())

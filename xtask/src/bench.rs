@@ -55,6 +55,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 10)]
         idle_secs: u64,
     },
+    /// Live streams on an oversubscribed node, with real ffmpeg: no
+    /// governor, equal weights, tiers, the live tier oversubscribed.
+    Qos {
+        /// Seconds of media per live encode.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+    },
     /// Exec storm with and without `watch`; loss, probe cost, CPU and RSS.
     Observe {
         /// Execs per forker per round.
@@ -72,6 +79,7 @@ pub enum Bench {
 pub fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Run { runs, against } => run_bench(root, runs, against.as_deref()),
+        Bench::Qos { secs } => crate::bench_qos::run(root, secs),
         Bench::Govern { execs, idle_secs } => {
             crate::bench_govern::run(root, execs, Duration::from_secs(idle_secs))
         }

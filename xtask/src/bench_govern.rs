@@ -45,7 +45,7 @@ const RECONNECT_GAP: Duration = Duration::from_millis(2);
 const RECONNECT_LIFE: &str = "3";
 
 /// Name (comm) of the matching workload.
-const PROBE: &str = "ffbench";
+pub(crate) const PROBE: &str = "ffbench";
 /// How long each matching process lives.
 const PROBE_LIFE: &str = "0.3";
 /// Gap between two matching execs.
@@ -281,17 +281,17 @@ pub(crate) fn remove_cgroup_tree(path: &str) {
 }
 
 /// Latencies of one measurement, in ms, sorted.
-struct Latencies {
+pub(crate) struct Latencies {
     /// Until the process is under its limits: its first destination cgroup
     /// joined in every hierarchy (ffrtmp: the rule's staging cgroup).
-    governed: Vec<f64>,
+    pub(crate) governed: Vec<f64>,
     /// Until its last move (ffrtmp: into its own job cgroup).
-    final_: Vec<f64>,
-    ungoverned: usize,
-    execs: usize,
+    pub(crate) final_: Vec<f64>,
+    pub(crate) ungoverned: usize,
+    pub(crate) execs: usize,
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -300,14 +300,14 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 /// The matching execs of one row.
 #[derive(Clone, Copy)]
-struct Load {
-    execs: usize,
+pub(crate) struct Load {
+    pub(crate) execs: usize,
     gap: Duration,
     life: &'static str,
 }
 
 impl Load {
-    fn probes(execs: usize) -> Self {
+    pub(crate) fn probes(execs: usize) -> Self {
         Load {
             execs,
             gap: PROBE_GAP,
@@ -327,7 +327,7 @@ impl Load {
 /// Starts the load's probes (under a storm if asked) while perf records the
 /// tracepoints; returns each probe's exec→last-attach time into a cgroup
 /// whose path contains `target`.
-fn measure(
+pub(crate) fn measure(
     dir: &Path,
     probe: &Path,
     load: Load,

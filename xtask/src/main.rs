@@ -18,6 +18,7 @@
 //!   `startup.rs`).
 mod bench;
 mod bench_govern;
+mod bench_qos;
 mod dist;
 mod fuzz;
 mod packages;

@@ -5,12 +5,15 @@
 //! is a new option with no change here.
 use std::{io, path::PathBuf};
 
-use clap::{ArgAction, ArgMatches, Args, FromArgMatches, builder::ValueParser};
+use clap::{
+    ArgAction, ArgMatches, Args, FromArgMatches,
+    builder::{TypedValueParser as _, ValueParser},
+};
 
 use crate::{
     errors::chain,
     events::{Emitter, Event, Format, Sink, file::LineFile},
-    limits::{JobId, LimitName, Limits},
+    limits::{JobId, LimitName, Limits, Tier},
 };
 
 #[derive(Debug, Args)]
@@ -20,6 +23,10 @@ pub struct GovernArgs {
     /// a process already in that job: its limits are then updated.
     #[arg(long, value_name = "ID")]
     pub job_id: Option<JobId>,
+    /// The job's tier: its CPU priority (live: cpu weight 1000; standard:
+    /// 100; batch: cpu idle). The limits given as options win over it.
+    #[arg(long, value_name = "TIER", value_parser = tier_parser())]
+    pub tier: Option<Tier>,
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Parent of job cgroups, as a cgroup path (the option's help names its default).
@@ -114,9 +121,19 @@ impl EventOut {
     }
 }
 
+/// `--tier`: one of the tiers' names (listed in `--help` and completions).
+fn tier_parser() -> impl clap::builder::TypedValueParser<Value = Tier> {
+    clap::builder::PossibleValuesParser::new(Tier::ALL.map(Tier::as_str))
+        .try_map(|name: String| name.parse::<Tier>())
+}
+
 impl GovernArgs {
+    /// The limits asked for: the options', over `--tier`'s.
     pub fn limits(&self) -> Limits {
-        self.limits.0.clone()
+        match self.tier {
+            Some(tier) => Tier::resolve(&tier.defaults(), &self.limits.0),
+            None => self.limits.0.clone(),
+        }
     }
 
     /// The event output: stderr, or `--events FILE`.
@@ -135,7 +152,7 @@ mod tests {
 
     use crate::{
         cli::{Cli, Command, deferred::Deferred},
-        limits::{CpuMaxBurst, Nice},
+        limits::{CpuIdle, CpuMaxBurst, CpuWeight, Nice},
     };
 
     fn run_limits(args: &[&str]) -> Result<super::Limits, clap::Error> {
@@ -165,5 +182,18 @@ mod tests {
             let e = run_limits(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_tier_gives_its_limits_under_the_options() {
+        let l = run_limits(&["--tier", "batch"]).unwrap();
+        assert_eq!((l.cpu_idle, l.cpu_weight), (Some(CpuIdle(true)), None));
+        let l = run_limits(&["--tier", "batch", "--cpu-weight", "20"]).unwrap();
+        assert_eq!((l.cpu_idle, l.cpu_weight), (None, Some(CpuWeight(20))));
+        let l = run_limits(&["--tier", "live"]).unwrap();
+        assert_eq!(l.cpu_weight, Some(CpuWeight(1000)));
+        assert_eq!(run_limits(&["--tier", "gold"]).unwrap_err().exit_code(), 2);
+        let e = run_limits(&["--cpu-idle", "1", "--cpu-weight", "5"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
     }
 }

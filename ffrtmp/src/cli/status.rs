@@ -20,10 +20,11 @@ use crate::{
         caps::{Cap, Caps, Need},
         job_dirs,
         ledger::Entry,
-        scope,
+        scope, tier_of,
     },
-    limits::LimitName,
+    limits::{LimitName, Tier},
     observe::ebpf::btf::VMLINUX_BTF,
+    pressure::{self, TierDemand},
 };
 
 /// The limit files reported per job, by hierarchy kind: each limit's own
@@ -49,6 +50,9 @@ pub struct StatusArgs {
     /// ffrtmp's root cgroup, as for run/attach.
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<String>,
+    /// How long the jobs' CPU use is sampled for `capacity` (1ms..1h).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = super::parse_interval)]
+    pub window: std::time::Duration,
 }
 
 #[derive(Serialize)]
@@ -62,7 +66,18 @@ struct Status {
     ebpf: Value,
     /// The capabilities ffrtmp uses that it has, and what each feature needs.
     capabilities: Value,
+    /// The node's CPUs against what each tier's jobs use and ask for.
+    capacity: Capacity,
     jobs: Vec<Job>,
+}
+
+#[derive(Serialize)]
+struct Capacity {
+    /// CPUs this node can run ffrtmp's jobs on.
+    cpus: usize,
+    window_ms: u128,
+    /// By tier (`none`: jobs without one).
+    tiers: BTreeMap<String, TierDemand>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +94,9 @@ struct Job {
     supervised: bool,
     /// Limit files as the kernel reads them, by hierarchy directory.
     limits: Map<String, Value>,
+    /// Its tier, from its cgroup's label; null when it has none (or is a
+    /// scope, whose tier is in its unit's description).
+    tier: Option<Tier>,
     /// On a systemd host: the job's transient scope, which systemd holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     unit: Option<String>,
@@ -113,6 +131,7 @@ impl Job {
             pids,
             supervised: false,
             limits,
+            tier: tier_of(dirs),
             unit: None,
         }
     }
@@ -172,6 +191,12 @@ pub fn status(args: StatusArgs) -> ExitCode {
             ..Job::read(name, path.as_str().to_string(), &[mount.dir_of(&path)], v2)
         }));
     }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let capacity = Capacity {
+        cpus,
+        window_ms: args.window.as_millis(),
+        tiers: pressure::demand(&pressure::jobs::list(&ctx), args.window),
+    };
     let status = Status {
         mode: ctx.mode.as_str().into(),
         layout,
@@ -179,6 +204,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
         placement: if ctx.scopes { "scopes" } else { "tree" },
         ebpf,
         capabilities,
+        capacity,
         jobs,
     };
     match args.format {
@@ -195,14 +221,25 @@ pub fn status(args: StatusArgs) -> ExitCode {
             println!("root: {}", status.root.as_deref().unwrap_or("-"));
             println!("ebpf: {}", status.ebpf);
             println!("capabilities: {}", status.capabilities);
+            println!(
+                "capacity: {} CPUs; over {} ms:",
+                status.capacity.cpus, status.capacity.window_ms
+            );
+            for (tier, d) in &status.capacity.tiers {
+                println!(
+                    "  {tier}: {} jobs, using {:.2} CPUs, asking {:.2}, {} at risk",
+                    d.jobs, d.usage_cpus, d.demand_cpus, d.at_risk
+                );
+            }
             println!("jobs: {}", status.jobs.len());
             for j in &status.jobs {
                 println!(
-                    "  {} {} pids={:?} supervised={} {}",
+                    "  {} {} pids={:?} supervised={} tier={} {}",
                     j.job_id,
                     j.cgroup,
                     j.pids,
                     j.supervised,
+                    j.tier.map_or("-", Tier::as_str),
                     Value::Object(j.limits.clone())
                 );
             }

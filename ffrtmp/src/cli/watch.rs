@@ -13,10 +13,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{WatchArgs, exit};
 use crate::{
-    daemon::{Governor, MadeJobs, Stream, notify::Notifier},
+    daemon::{Governor, MadeJobs, Stream, notify::Notifier, pressure::PressureWatch},
     errors::chain,
     events::{
-        Degraded, Event, EventError, Reloaded, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
+        Degraded, Event, EventError, Pressure, Reloaded, SCHEMA_VERSION, Sinks, Source, Started,
+        Timestamp,
         file::{LineFile, Reopen, Reopening},
         metrics::Metrics,
         queued::{Queue, Queued},
@@ -69,6 +70,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
         None => None,
     };
     let mut notes = Vec::new();
+    let mut pressure = None;
     raise_fd_limit();
     presize_fd_table();
     let governor = if args.observe_only {
@@ -77,6 +79,17 @@ pub fn run(args: WatchArgs) -> ExitCode {
         match Context::detect(args.cgroup_root.as_deref()) {
             Ok(ctx) => {
                 notes.extend(migration_speed(&ctx, args.favordynmods));
+                // Its own thread, started before the governing thread asks
+                // for its scheduler slice.
+                pressure = match PressureWatch::start(ctx.clone()) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        notes.push(Degraded::note(format!(
+                            "starting the pressure watch: {e}; no pressure events"
+                        )));
+                        None
+                    }
+                };
                 let governor = Governor::new(ctx, policy.clone());
                 // After the reaper thread started: it must not inherit it.
                 match process::request_slice(GOVERN_SLICE) {
@@ -100,7 +113,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
                 args,
                 events_file,
                 rules,
-                governor,
+                Governing { governor, pressure },
                 urgent,
                 filter,
                 notes,
@@ -188,11 +201,20 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
     })
 }
 
+/// What governs (none with `--observe-only`), and the pressure watch.
+struct Governing {
+    governor: Option<Governor>,
+    pressure: Option<PressureWatch>,
+}
+
 async fn watch(
     args: WatchArgs,
     events_file: Option<(Reopening, Reopen)>,
     rules: usize,
-    governor: Option<Governor>,
+    Governing {
+        governor,
+        mut pressure,
+    }: Governing,
     urgent: BTreeSet<String>,
     filter: Option<BTreeSet<String>>,
     notes: Vec<Degraded>,
@@ -350,6 +372,10 @@ async fn watch(
                 () = output_ended(output_end.as_deref()) => observe::Consumer::flush(&mut stream)?,
                 r = std::future::poll_fn(|cx| observer.poll_step(cx, &mut stream)) => r?,
                 () = due(next_retry) => stream.retry()?,
+                p = next_pressure(pressure.as_mut()) => match p {
+                    Some(p) => stream.emit(&Event::new(Timestamp::now(), Source::Ffrtmp, p))?,
+                    None => pressure = None, // its thread ended
+                },
                 m = next_made(&mut made) => {
                     let stopped = m.is_none();
                     let more = made.as_mut().filter(|_| !stopped).map(|rx| {
@@ -476,6 +502,14 @@ impl Reloader {
 }
 
 /// When the next retry is due; never, without one.
+/// The next `pressure` event; never without a pressure watch.
+async fn next_pressure(watch: Option<&mut PressureWatch>) -> Option<Pressure> {
+    match watch {
+        Some(w) => w.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn due(when: Option<std::time::Instant>) {
     match when {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,

@@ -30,7 +30,7 @@ use crate::{
         reap_empty, reap_job, scope,
         target::{Target, TargetError},
     },
-    limits::{JobId, Limits},
+    limits::{JobId, Limits, Tier},
     observe::proc::{self, ProcError, Stat},
     policy::{Action, Candidate, Decision, Needs, Policy, template::sanitise},
 };
@@ -365,12 +365,13 @@ impl Governor {
         if self.needs.parent_comm {
             c.parent_comm = ppid.and_then(|p| Stat::read(p).ok()).map(|s| s.comm);
         }
-        let (rule, job_id, limits) = match self.policy.decide(&c) {
+        let (rule, job_id, limits, tier) = match self.policy.decide(&c) {
             Some(Decision::Govern {
                 rule,
                 job_id,
                 limits,
-            }) => (rule.name.clone(), job_id, limits.clone()),
+                tier,
+            }) => (rule.name.clone(), job_id, limits.clone(), tier),
             Some(Decision::Ignore { .. }) | None => return Vec::new(),
         };
         let paths = cgroup_paths_of(c.pid);
@@ -394,7 +395,7 @@ impl Governor {
                 from.cgroup.as_str()
             ))];
         }
-        self.govern(c.pid, rule, job_id, &limits, origin, from)
+        self.govern(c.pid, (rule, tier), job_id, &limits, origin, from)
     }
 
     /// With scopes: the v2 cgroup a process is in, unless it is one of
@@ -411,10 +412,11 @@ impl Governor {
         (!under_root).then_some(origin)
     }
 
+    /// `(rule, tier)`: the rule that matched, and its tier.
     fn govern(
         &mut self,
         pid: u32,
-        rule: String,
+        (rule, tier): (String, Option<Tier>),
         job_id: JobId,
         limits: &Limits,
         origin: Origin,
@@ -463,6 +465,7 @@ impl Governor {
         let job = Unmade {
             pid,
             rule,
+            tier,
             job_id,
             limits: limits.clone(),
             origin,

@@ -39,7 +39,7 @@ use crate::{
         scope::{self, Origin as Origin2, Systemd},
         target::{Target, TargetError},
     },
-    limits::{JobId, Limits},
+    limits::{JobId, Limits, Tier},
     policy::template::sanitise,
 };
 
@@ -48,6 +48,7 @@ use crate::{
 pub(super) struct Unmade {
     pub(super) pid: u32,
     pub(super) rule: String,
+    pub(super) tier: Option<Tier>,
     pub(super) job_id: JobId,
     pub(super) limits: Limits,
     pub(super) origin: Origin,
@@ -70,6 +71,7 @@ impl Unmade {
             pid: self.pid,
             start_ticks: self.target.start_ticks,
             rule: self.rule,
+            tier: self.tier,
             job_id: self.job_id,
             limits: self.limits,
             origin: self.origin,
@@ -87,6 +89,7 @@ pub(super) struct Parked {
     pub(super) pid: u32,
     start_ticks: u64,
     rule: String,
+    tier: Option<Tier>,
     job_id: JobId,
     limits: Limits,
     origin: Origin,
@@ -103,6 +106,7 @@ impl Parked {
         Ok(Unmade {
             pid: self.pid,
             rule: self.rule.clone(),
+            tier: self.tier,
             job_id: self.job_id.clone(),
             limits: self.limits.clone(),
             origin: self.origin,
@@ -193,8 +197,10 @@ impl Maker {
             pids: &[job.pid],
             origin: &from,
             description: format!(
-                "ffrtmp job {job_id} (rule {}, process {})",
-                job.rule, job.pid
+                "ffrtmp job {job_id} (rule {}, process {}{})",
+                job.rule,
+                job.pid,
+                job.tier.map_or_else(String::new, |t| format!(", tier {t}"))
             ),
             tie: scope::Tie::Bound,
         };
@@ -249,6 +255,7 @@ impl Maker {
         let Unmade {
             pid,
             rule,
+            tier,
             job_id,
             limits: _,
             origin,
@@ -276,7 +283,7 @@ impl Maker {
             other => other,
         };
         let plan = match plan {
-            Ok(p) => p,
+            Ok(p) => p.in_tier(*tier),
             Err(e) if staged_report.is_some() => {
                 return Err(Unplaced {
                     why: chain(&e).to_string(),
@@ -409,6 +416,7 @@ impl Maker {
                     Some(path),
                     self.ctx.mode,
                     limits.clone(),
+                    job.tier,
                     Some(ByRule {
                         rule: rule.clone(),
                         adopted: false,

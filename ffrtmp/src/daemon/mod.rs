@@ -34,6 +34,7 @@ mod governor;
 mod maker;
 pub mod notify;
 mod origin;
+pub mod pressure;
 mod reaper;
 pub mod stream;
 

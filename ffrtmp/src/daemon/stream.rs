@@ -339,6 +339,7 @@ mod tests {
                 cgroup: None,
                 mode: "privileged".into(),
                 limits: Default::default(),
+                tier: None,
                 rule: Some("r".into()),
                 adopted: false,
                 latency_us: None,

@@ -54,6 +54,7 @@ pub struct Metrics {
     lost: Counter,
     jobs: Gauge,
     latency: Histogram,
+    at_risk: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -79,12 +80,19 @@ impl Default for Metrics {
             "From the kernel's exec timestamp to the process in its job cgroup",
             latency.clone(),
         );
+        let at_risk = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "jobs_at_risk",
+            "Jobs whose threads wait for a CPU so much that they may fall behind realtime now (pressure events), by tier",
+            at_risk.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             events,
             lost,
             jobs,
             latency,
+            at_risk,
         }
     }
 }
@@ -122,6 +130,16 @@ impl Metrics {
             }
             Body::Exit(x) if x.job.is_some() => {
                 self.jobs.dec();
+            }
+            Body::Pressure(p) => {
+                let tier = self
+                    .at_risk
+                    .get_or_create(&vec![("tier".into(), p.tier.as_str().into())]);
+                if p.cleared {
+                    tier.dec();
+                } else {
+                    tier.inc();
+                }
             }
             _ => {}
         }
@@ -227,6 +245,7 @@ mod tests {
                 cgroup: None,
                 mode: "privileged".into(),
                 limits: Default::default(),
+                tier: None,
                 rule: Some("r".into()),
                 adopted: false,
                 latency_us: Some(150),

@@ -22,7 +22,7 @@ use std::{fmt, io, time::SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::limits::LimitName;
+use crate::limits::{LimitName, Tier};
 
 /// `governed.limits`: each limit in force, as the kernel reads it back.
 pub type Limits = std::collections::BTreeMap<LimitName, serde_json::Value>;
@@ -136,6 +136,7 @@ pub enum Body {
     Tracked(Tracked),
     Detached(Detached),
     Policy(Reloaded),
+    Pressure(Pressure),
 }
 
 impl Body {
@@ -151,6 +152,7 @@ impl Body {
             Body::Tracked(_) => "tracked",
             Body::Detached(_) => "detached",
             Body::Policy(_) => "policy",
+            Body::Pressure(_) => "pressure",
         }
     }
 }
@@ -229,6 +231,10 @@ pub struct Governed {
     pub mode: String,
     /// What is in force, read back from the kernel (v2 syntax).
     pub limits: Limits,
+    /// The job's tier (`live`, `standard`, `batch`): its rule's, or `run`'s
+    /// and `attach`'s `--tier`; null when none was given.
+    #[serde(default)]
+    pub tier: Option<Tier>,
     /// `watch`: the policy rule that matched; null for `run` and `attach`.
     #[serde(default)]
     pub rule: Option<String>,
@@ -275,6 +281,49 @@ pub struct Reloaded {
     /// Why the running policy stays, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A live job's threads wait for a CPU so much that it is at risk of
+/// falling behind realtime (`watch`'s pressure watch, `pressure/`); or,
+/// with `cleared`, it no longer is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pressure {
+    pub job_id: String,
+    pub cgroup: String,
+    pub tier: Tier,
+    /// Share of the window its threads spent waiting for a CPU (0..1).
+    pub waiting: f64,
+    /// CPUs it used in the window.
+    pub usage_cpus: f64,
+    pub window_ms: u64,
+    /// Why it waits: its own quota, or CPUs busy with others.
+    pub cause: Cause,
+    /// Which counter `waiting` comes from.
+    pub signal: Signal,
+    /// It recovered (or ended): no longer at risk.
+    pub cleared: bool,
+}
+
+/// Why a job waits for a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// Its `cpu_max` quota throttled it for part of the window.
+    Throttled,
+    /// The CPUs were busy with other work.
+    Contended,
+}
+
+/// Which counter a waiting share came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// `cpu.pressure` of the job's cgroup (cgroup v2 with PSI): the time
+    /// at least one of its threads waited.
+    Psi,
+    /// Its threads' run-queue waits summed (`/proc/TID/schedstat`; v1, or
+    /// v2 without PSI), capped at the window.
+    Schedstat,
 }
 
 /// Events dropped since the last `lost` event of the same reason.
@@ -329,7 +378,7 @@ macro_rules! into_body {
     )*};
 }
 into_body!(
-    Started, Exec, Exit, Lost, Degraded, Governed, Tracked, Detached
+    Started, Exec, Exit, Lost, Degraded, Governed, Tracked, Detached, Pressure
 );
 
 impl From<Reloaded> for Body {
@@ -367,6 +416,7 @@ impl Serialize for Event {
             Body::Tracked(b) => wire(self, b).serialize(s),
             Body::Detached(b) => wire(self, b).serialize(s),
             Body::Policy(b) => wire(self, b).serialize(s),
+            Body::Pressure(b) => wire(self, b).serialize(s),
         }
     }
 }
@@ -471,6 +521,7 @@ pub(crate) mod tests {
                     cgroup: Some("/ffrtmp/ffmpeg-42".into()),
                     mode: "privileged".into(),
                     limits: serde_json::from_str(r#"{"cpu_max":"20000 100000","nice":5}"#).unwrap(),
+                    tier: None,
                     rule: Some("ffmpeg".into()),
                     adopted: true,
                     latency_us: Some(180),
@@ -542,6 +593,21 @@ pub(crate) mod tests {
                     fallback: "procfs".into(),
                 },
             ),
+            Event::new(
+                ts(),
+                Source::Ffrtmp,
+                Pressure {
+                    job_id: "ffmpeg-42".into(),
+                    cgroup: "/ffrtmp/ffmpeg-42".into(),
+                    tier: Tier::Live,
+                    waiting: 0.625,
+                    usage_cpus: 0.25,
+                    window_ms: 1000,
+                    cause: Cause::Contended,
+                    signal: Signal::Psi,
+                    cleared: false,
+                },
+            ),
         ]
     }
 
@@ -582,6 +648,7 @@ pub(crate) mod tests {
             cgroup: None,
             mode: "unprivileged".into(),
             limits: Default::default(),
+            tier: None,
             rule: None,
             adopted: false,
             latency_us: None,

@@ -103,6 +103,11 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
             d.pid, d.job_id, d.reason
         ),
         Body::Lost(l) => write!(out, " count={} reason={:?}", l.count, l.reason),
+        Body::Pressure(p) => write!(
+            out,
+            " job_id={} tier={} waiting={:.2} usage_cpus={:.2} cause={:?} signal={:?} cleared={}",
+            p.job_id, p.tier, p.waiting, p.usage_cpus, p.cause, p.signal, p.cleared
+        ),
         Body::Policy(p) => {
             write!(
                 out,

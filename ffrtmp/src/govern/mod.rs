@@ -53,6 +53,7 @@ pub mod systemd;
 pub mod target;
 pub mod v1;
 pub mod v2;
+pub mod xattr;
 
 use std::{
     collections::BTreeSet,
@@ -62,7 +63,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::limits::{Applied, JobId, Limits};
+use crate::limits::{Applied, JobId, Limits, Tier};
 pub use caps::{Cap, has_cap};
 use caps::{Caps, Need};
 use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
@@ -539,6 +540,17 @@ impl JobCgroup {
         }
     }
 
+    /// Labels the job with its tier ([`TIER_XATTR`] on each directory
+    /// ffrtmp made), which `status` and the daemon's pressure watch read
+    /// back from the tree. A scope is systemd's: its tier is in its
+    /// description, and nothing is written to it.
+    pub fn label(&self, tier: Tier) -> io::Result<()> {
+        for dir in self.dirs() {
+            xattr::set(&dir, TIER_XATTR, tier.as_str().as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Whether systemd made it (a scope), rather than ffrtmp.
     pub fn is_scope(&self) -> bool {
         matches!(self.inner, Inner::Scope(_))
@@ -734,6 +746,17 @@ fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// The extended attribute naming a job's tier (on cgroup v2, `user.`
+/// attributes need Linux >= 5.7; a job without it has no known tier).
+pub const TIER_XATTR: &str = "user.ffrtmp.tier";
+
+/// The tier a job's directories are labelled with, if any.
+pub fn tier_of(dirs: &[PathBuf]) -> Option<Tier> {
+    dirs.iter()
+        .find_map(|d| xattr::get(d, TIER_XATTR))
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
 }
 
 /// The job cgroups under the root now: (job name, its directory in each

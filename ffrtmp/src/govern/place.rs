@@ -18,7 +18,7 @@ use super::{
 use crate::{
     errors::chain,
     events::{self, Degraded, Governed},
-    limits::LimitName,
+    limits::{LimitName, Tier},
 };
 
 /// What to do when the target cannot join its job cgroup.
@@ -54,6 +54,8 @@ pub struct Placement {
     /// What the placement could not do, one `degraded` body each (the
     /// plan's own refusals are [`Plan::degradations`]).
     pub degradations: Vec<Degraded>,
+    /// The job's tier (the plan's).
+    pub tier: Option<Tier>,
 }
 
 /// Places `target` (and `also`: its descendants, whose failures are not
@@ -69,12 +71,14 @@ pub fn place(
         applied,
         nice,
         oom_score_adj,
+        tier,
         ..
     } = plan;
     let mut placement = Placement {
         cgroup,
         limits: applied.limits,
         degradations: Vec::new(),
+        tier,
     };
     let pid = target.pid;
     let gone = |placement: &Placement, before, error| {
@@ -175,6 +179,7 @@ impl Placement {
             cgroup: plan.cgroup,
             limits,
             degradations: Vec::new(),
+            tier: plan.tier,
         }
     }
 
@@ -186,6 +191,7 @@ impl Placement {
             self.cgroup.as_ref().map(|c| c.path.as_str()),
             mode,
             self.limits.clone(),
+            self.tier,
             by,
         )
     }
@@ -212,6 +218,7 @@ pub fn governed(
     cgroup: Option<&str>,
     mode: Mode,
     limits: events::Limits,
+    tier: Option<Tier>,
     by: Option<ByRule>,
 ) -> Governed {
     let (rule, adopted, latency_us) = match by {
@@ -224,6 +231,7 @@ pub fn governed(
         cgroup: cgroup.map(String::from),
         mode: mode.as_str().to_string(),
         limits,
+        tier,
         rule,
         adopted,
         latency_us,

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     errors::chain,
     events::Degraded,
-    limits::{Applied, JobId, LimitName, Limits, Nice, OomScoreAdj},
+    limits::{Applied, JobId, LimitName, Limits, Nice, OomScoreAdj, Tier},
 };
 
 /// Nice applied when CPU limits cannot be (lower priority than default).
@@ -28,6 +28,10 @@ pub struct Plan {
     pub oom_score_adj: Option<i32>,
     /// What stands in for refused CPU limits: `nice 10` or `none`.
     pub cpu_fallback: String,
+    /// The job's tier, when it has one ([`Plan::in_tier`]).
+    pub tier: Option<Tier>,
+    /// What else was not done, about no limit.
+    notes: Vec<Degraded>,
 }
 
 impl Plan {
@@ -217,7 +221,26 @@ impl Plan {
             nice,
             oom_score_adj,
             cpu_fallback,
+            tier: None,
+            notes: Vec::new(),
         }
+    }
+
+    /// The job is of `tier` (whose limits are in the plan's already):
+    /// its cgroup is labelled with it, for `status` and the pressure watch.
+    #[must_use]
+    pub fn in_tier(mut self, tier: Option<Tier>) -> Self {
+        self.tier = tier;
+        if let (Some(tier), Some(cg)) = (tier, &self.cgroup)
+            && let Err(e) = cg.label(tier)
+        {
+            self.notes.push(Degraded::note(format!(
+                "job {}: labelling its cgroup with tier {tier} ({}): {e}; its limits are in force, but status and the pressure watch do not see its tier",
+                cg.name(),
+                super::TIER_XATTR
+            )));
+        }
+        self
     }
 
     /// One `degraded` event body per refusal, with its fallback.
@@ -234,15 +257,20 @@ impl Plan {
                     "none".into()
                 },
             })
+            .chain(self.notes.iter().cloned())
             .collect()
     }
 }
 
 /// The limits whose refusal the nice fallback stands in for: those that
-/// decide the job's CPU share. (A refused burst allowance leaves the quota
-/// in force; a lower nice would only cost the stream more.)
+/// decide the job's CPU share (a batch job whose kernel has no `cpu.idle`,
+/// before 5.15, runs at nice 10 instead). A refused burst allowance leaves
+/// the quota in force; a lower nice would only cost the stream more.
 fn nice_stands_in(limit: LimitName) -> bool {
-    matches!(limit, LimitName::CpuMax | LimitName::CpuWeight)
+    matches!(
+        limit,
+        LimitName::CpuMax | LimitName::CpuWeight | LimitName::CpuIdle
+    )
 }
 
 /// With scopes: the cgroup of job `job_id`'s scope, if one exists.

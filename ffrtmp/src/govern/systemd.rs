@@ -23,12 +23,7 @@
 //! no-internal-processes rule no controller can then be enabled below it
 //! (EBUSY). [`make_room`] moves them into a `supervisor` leaf of the same
 //! subtree first — what `DelegateSubgroup=supervisor` does on 254+.
-use std::{
-    ffi::CString,
-    fs,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::Path,
-};
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use super::{
     bus::{Manager, Which},
@@ -97,22 +92,7 @@ fn user_manager_delegates(unit: &CgroupPath) -> bool {
 
 /// Whether extended attribute `name` of `dir` reads "1".
 fn xattr_is_one(dir: &Path, name: &str) -> bool {
-    let (Ok(path), Ok(name)) = (CString::new(dir.as_os_str().as_bytes()), CString::new(name))
-    else {
-        return false;
-    };
-    let mut value = [0u8; 8];
-    // SAFETY: both strings are NUL-terminated and live across the call; the
-    // kernel writes at most `value.len()` bytes into `value`.
-    let len = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    usize::try_from(len).is_ok_and(|n| value[..n.min(value.len())] == *b"1")
+    super::xattr::get(dir, name).is_some_and(|v| v == b"1")
 }
 
 /// Moves the processes sitting in the delegated cgroup `dir` itself into

@@ -1,5 +1,5 @@
-//! CPU limits: bandwidth (`cpu.max`), its burst allowance (`cpu.max.burst`)
-//! and the proportional weight (`cpu.weight`).
+//! CPU limits: bandwidth (`cpu.max`), its burst allowance (`cpu.max.burst`),
+//! the proportional weight (`cpu.weight`) and idle scheduling (`cpu.idle`).
 use std::{fmt, str::FromStr};
 
 use serde_json::Value;
@@ -178,6 +178,55 @@ impl Limit for CpuWeight {
     }
 }
 
+/// `cpu.idle` (v2 and v1's cpu hierarchy, Linux >= 5.15): 1 makes the
+/// job SCHED_IDLE as a group against its siblings. It runs on whatever CPU
+/// the others leave (work-conserving: on an idle machine it gets all of it)
+/// and a waking sibling preempts it at once, which the lowest weight does
+/// not promise. An idle cgroup has no weight (the kernel refuses
+/// `cpu.weight` there with EINVAL), so the two are not set together
+/// ([`super::Limits::validate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuIdle(pub bool);
+
+impl Limit for CpuIdle {
+    const HELP: &'static str = "1: the job only gets CPU the others leave (SCHED_IDLE as a group; Linux >= 5.15); 0: normal.";
+    const VALUE_NAME: &'static str = "0|1";
+    const CGROUP: Option<Controllers> = CPU;
+    const STATUS_V2: &'static [&'static str] = &["cpu.idle"];
+    const STATUS_V1: &'static [&'static str] = &["cpu.idle"];
+
+    fn parse(text: &str) -> Result<Self, LimitError> {
+        int_in(text, 0..=1, LimitError::CpuIdle).map(|v: u8| CpuIdle(v == 1))
+    }
+
+    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+        write_number(files, "cpu", "cpu.idle", u8::from(self.0))
+    }
+
+    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+        write_number(files, "cpu", "cpu.idle", u8::from(self.0))
+    }
+
+    /// systemd's `CPUWeight=idle` is weight 0 on the bus, which it writes
+    /// as `cpu.idle` 1. A new scope is not idle: 0 needs no property (and
+    /// is read back like any other).
+    fn systemd(&self) -> Result<Vec<Property>, String> {
+        Ok(if self.0 {
+            vec![Property::number("CPUWeight", 0)]
+        } else {
+            Vec::new()
+        })
+    }
+}
+
+super::values::display_inner!(CpuMaxBurst, CpuWeight);
+
+impl fmt::Display for CpuIdle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0 { "1" } else { "0" })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +261,10 @@ mod tests {
         }
         assert_eq!(CpuWeight::parse("150"), Ok(CpuWeight(150)));
         assert!(CpuWeight::parse("0").is_err() && CpuWeight::parse("10001").is_err());
+        assert_eq!(CpuIdle::parse("1"), Ok(CpuIdle(true)));
+        assert_eq!(CpuIdle::parse("0"), Ok(CpuIdle(false)));
+        for bad in ["", "2", "-1", "yes", "true"] {
+            assert!(CpuIdle::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -155,6 +155,19 @@ impl FromStr for IoLine {
     }
 }
 
+/// Its lines, as `--io-max` takes them, joined by ", ".
+impl fmt::Display for IoMax {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, line) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            line.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for IoLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.major, self.minor)?;

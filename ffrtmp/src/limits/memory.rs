@@ -115,3 +115,5 @@ fn v1(files: &dyn Files, file: &str, size: Size) -> Outcome {
         })
         .into()
 }
+
+super::values::display_inner!(MemoryMax, MemoryHigh);

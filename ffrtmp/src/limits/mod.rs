@@ -28,18 +28,20 @@ mod memory;
 mod pids;
 mod process;
 mod table;
+mod tier;
 mod values;
 
 use std::fmt;
 
 pub use applied::{Applied, Failure, Outcome};
-pub use cpu::{CpuMax, CpuMaxBurst, CpuWeight};
+pub use cpu::{CpuIdle, CpuMax, CpuMaxBurst, CpuWeight};
 pub use io::{IoLine, IoMax};
 pub use job_id::JobId;
 pub use memory::{MemoryHigh, MemoryMax};
 pub use pids::PidsMax;
 pub use process::{Nice, OomScoreAdj};
 pub use table::{LimitName, Limits};
+pub use tier::Tier;
 pub use values::{Count, Size};
 
 /// Errors in a limit or a job id, worded for the command line.
@@ -64,6 +66,12 @@ pub enum LimitError {
     BurstAboveQuota { burst: u64, quota: u64 },
     #[error("cpu weight {0:?} must be an integer from 1 to 10000")]
     CpuWeight(String),
+    #[error("cpu idle {0:?} must be 0 or 1")]
+    CpuIdle(String),
+    #[error(
+        "cpu weight and cpu idle 1 cannot both be set: an idle job has no weight (the kernel refuses it); set cpu idle 0 with a weight"
+    )]
+    WeightWhenIdle,
     #[error("size {0:?} must be bytes, a number with K, M, G or T (powers of 1024), or \"max\"")]
     Size(String),
     #[error("memory limit {0:?} is below 1M: no program can start in it (exec fails with ENOMEM)")]
@@ -102,8 +110,9 @@ pub trait Named {
     const NAME: LimitName;
 }
 
-/// One kind of limit. Its value is what was asked for, validated.
-pub trait Limit: Named + Clone + fmt::Debug + PartialEq + Eq {
+/// One kind of limit. Its value is what was asked for, validated; it is
+/// displayed as its option takes it.
+pub trait Limit: Named + Clone + fmt::Debug + fmt::Display + PartialEq + Eq {
     /// `--help` text of its option.
     const HELP: &'static str;
     /// The option's value name (`SPEC`, `SIZE`, `N`, `USEC`).

@@ -46,3 +46,5 @@ fn write(files: &dyn Files, max: Count) -> Outcome {
         .map(Value::String)
         .into()
 }
+
+super::values::display_inner!(PidsMax);

@@ -34,6 +34,8 @@ impl Limit for OomScoreAdj {
     }
 }
 
+super::values::display_inner!(Nice, OomScoreAdj);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CpuMax, CpuMaxBurst, CpuWeight, IoMax, Limit, LimitError, MemoryHigh, MemoryMax, Named, Nice,
-    OomScoreAdj, PidsMax, Row, Visit,
+    CpuIdle, CpuMax, CpuMaxBurst, CpuWeight, IoMax, Limit, LimitError, MemoryHigh, MemoryMax,
+    Named, Nice, OomScoreAdj, PidsMax, Row, Visit,
 };
 
 /// Builds [`LimitName`], [`Limits`] and their dispatch from the rows.
@@ -79,6 +79,14 @@ macro_rules! table {
                 Ok(())
             }
 
+            /// Each limit of `self`, and where `self` has none, `base`'s.
+            #[must_use]
+            pub fn or(&self, base: &Limits) -> Limits {
+                Limits {
+                    $($field: self.$field.clone().or_else(|| base.$field.clone()),)*
+                }
+            }
+
             /// Whether limit `name` is set.
             pub fn has(&self, name: LimitName) -> bool {
                 match name {
@@ -90,6 +98,7 @@ macro_rules! table {
 }
 
 table! {
+    CpuIdle     cpu_idle      "cpu-idle":      CpuIdle,
     CpuMax      cpu_max       "cpu-max":       CpuMax,
     CpuMaxBurst cpu_max_burst "cpu-max-burst": CpuMaxBurst,
     CpuWeight   cpu_weight    "cpu-weight":    CpuWeight,
@@ -128,6 +137,9 @@ impl Limits {
         {
             return Err(LimitError::BurstAboveQuota { burst, quota });
         }
+        if self.cpu_idle == Some(CpuIdle(true)) && self.cpu_weight.is_some() {
+            return Err(LimitError::WeightWhenIdle);
+        }
         Ok(())
     }
 
@@ -135,6 +147,19 @@ impl Limits {
     pub fn count(&self) -> usize {
         let lines = self.io_max.as_ref().map_or(0, |io| io.0.len());
         self.names().len() + lines.saturating_sub(1)
+    }
+
+    /// Each limit that is set, as its option takes it, in table order.
+    pub fn texts(&self) -> Vec<(LimitName, String)> {
+        struct Texts(Vec<(LimitName, String)>);
+        impl Visit for Texts {
+            fn visit<L: Limit>(&mut self, limit: &L) {
+                self.0.push((L::NAME, limit.to_string()));
+            }
+        }
+        let mut texts = Texts(Vec::new());
+        self.visit(&mut texts);
+        texts.0
     }
 
     /// The names of the limits that are set, in table order.
@@ -178,6 +203,35 @@ mod tests {
     }
 
     #[test]
+    fn every_limit_is_displayed_as_its_option_takes_it() {
+        let mut l = Limits::default();
+        for (name, text) in [
+            (LimitName::CpuIdle, "1"),
+            (LimitName::CpuMax, "20000 100000"),
+            (LimitName::CpuMaxBurst, "5000"),
+            (LimitName::IoMax, "8:0 rbps=1"),
+            (LimitName::MemoryHigh, "3221225472"),
+            (LimitName::MemoryMax, "max"),
+            (LimitName::Nice, "-5"),
+            (LimitName::OomScoreAdj, "500"),
+            (LimitName::PidsMax, "512"),
+        ] {
+            l.set(name, text).unwrap();
+        }
+        l.set(LimitName::IoMax, "8:16 wbps=2").unwrap();
+        let texts = l.texts();
+        assert_eq!(texts.len(), LimitName::ALL.len() - 1, "all but cpu_weight");
+        for (name, text) in &texts {
+            let mut again = Limits::default();
+            for part in text.split(", ") {
+                again.set(*name, part).unwrap();
+            }
+            assert!(again.has(*name), "{name} {text}");
+        }
+        assert!(texts.contains(&(LimitName::IoMax, "8:0 rbps=1, 8:16 wbps=2".into())));
+    }
+
+    #[test]
     fn a_burst_above_its_quota_is_refused() {
         let mut l = Limits::default();
         l.set(LimitName::CpuMax, "20000 100000").unwrap();
@@ -187,5 +241,15 @@ mod tests {
         assert!(l.validate().is_err());
         l.set(LimitName::CpuMax, "max").unwrap();
         assert_eq!(l.validate(), Ok(()), "no quota: any burst");
+    }
+
+    #[test]
+    fn an_idle_job_has_no_weight() {
+        let mut l = Limits::default();
+        l.set(LimitName::CpuWeight, "50").unwrap();
+        l.set(LimitName::CpuIdle, "0").unwrap();
+        assert_eq!(l.validate(), Ok(()));
+        l.set(LimitName::CpuIdle, "1").unwrap();
+        assert_eq!(l.validate(), Err(LimitError::WeightWhenIdle));
     }
 }

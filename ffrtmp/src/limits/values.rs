@@ -70,6 +70,18 @@ impl fmt::Display for Count {
     }
 }
 
+/// `Display` for limits that are one value: the value, as a policy writes it.
+macro_rules! display_inner {
+    ($($ty:ty),*) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+pub(super) use display_inner;
+
 /// A control file's read-back text as a JSON number.
 pub(super) fn number(file: &str, back: &str) -> Result<Value, String> {
     back.parse::<u64>()

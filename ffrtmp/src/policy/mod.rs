@@ -15,12 +15,18 @@
 //! not name its `comm`, no such filter is possible and every exec goes to
 //! user space.
 //!
+//! A governing rule may name a `tier` (`live`, `standard`, `batch`,
+//! `limits::Tier`): its jobs get the tier's limits, under the rule's own
+//! (which win). A policy may replace a tier's limits with a `[tier.NAME]`
+//! table of limit keys.
+//!
 //! Without `--policy`, [`Policy::embedded`] governs `ffmpeg` and
-//! `gst-launch-1.0` (default.toml, documented in docs/POLICY.md).
+//! `gst-launch-1.0` (default.toml, documented in docs/POLICY.md): a live
+//! input makes a job `live`, anything else `batch`.
 pub mod template;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt, fs,
     ops::Range,
     path::{Path, PathBuf},
@@ -30,7 +36,7 @@ use globset::{Glob, GlobMatcher};
 use regex::Regex;
 use serde::{Deserialize, de};
 
-use crate::limits::{JobId, LimitName, Limits};
+use crate::limits::{JobId, LimitName, Limits, Tier};
 use template::Template;
 
 /// The policy used without `--policy`.
@@ -70,7 +76,12 @@ pub enum PolicyError {
 /// What a matching rule does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    Govern { job_id: Template, limits: Limits },
+    /// `limits`: the rule's own over its tier's, resolved at load.
+    Govern {
+        job_id: Template,
+        limits: Limits,
+        tier: Option<Tier>,
+    },
     Ignore,
 }
 
@@ -117,6 +128,7 @@ pub enum Decision<'p> {
         rule: &'p Rule,
         job_id: JobId,
         limits: &'p Limits,
+        tier: Option<Tier>,
     },
     Ignore {
         rule: &'p Rule,
@@ -129,6 +141,8 @@ pub struct Policy {
     /// Where it came from (a path, or [`EMBEDDED_NAME`]).
     pub origin: String,
     pub rules: Vec<Rule>,
+    /// Each tier's limits: its defaults, or the policy's `[tier.NAME]`.
+    pub tiers: BTreeMap<Tier, Limits>,
     /// What is risky about the file itself (who may write it), to be said.
     pub warnings: Vec<String>,
 }
@@ -208,6 +222,17 @@ impl Policy {
         if file.rule.is_empty() {
             return Err(invalid(None, "the policy has no [[rule]]".into()));
         }
+        let mut tiers: BTreeMap<Tier, Limits> =
+            Tier::ALL.into_iter().map(|t| (t, t.defaults())).collect();
+        for (name, table) in file.tier {
+            let tier = name
+                .get_ref()
+                .parse::<Tier>()
+                .map_err(|m| invalid(Some(name.span()), m))?;
+            let limits =
+                tier_limits(table).map_err(|(span, message)| invalid(Some(span), message))?;
+            tiers.insert(tier, limits);
+        }
         let mut rules = Vec::with_capacity(file.rule.len());
         // Rule names are cgroup names too (staging): they must differ as such.
         let mut names = std::collections::HashMap::new();
@@ -215,7 +240,7 @@ impl Policy {
             let span = raw.span();
             let rule = raw
                 .into_inner()
-                .validate(i + 1, lines.line(span.start), span.clone())
+                .validate(i + 1, lines.line(span.start), span.clone(), &tiers)
                 .map_err(|(span, message)| invalid(Some(span), message))?;
             let as_cgroup = template::sanitise(&rule.name);
             if let Some((other, line)) =
@@ -234,6 +259,7 @@ impl Policy {
         Ok(Policy {
             origin: origin.to_string(),
             rules,
+            tiers,
             warnings: Vec::new(),
         })
     }
@@ -244,7 +270,11 @@ impl Policy {
             let captures = rule.matches(c)?;
             Some(match &rule.action {
                 Action::Ignore => Decision::Ignore { rule },
-                Action::Govern { job_id, limits } => Decision::Govern {
+                Action::Govern {
+                    job_id,
+                    limits,
+                    tier,
+                } => Decision::Govern {
                     rule,
                     job_id: job_id.expand(|field| match field {
                         "comm" => Some(c.comm.clone()),
@@ -257,6 +287,7 @@ impl Policy {
                             .map(|(_, v)| v.clone()),
                     }),
                     limits,
+                    tier: *tier,
                 },
             })
         })
@@ -373,6 +404,9 @@ type Spanned<T> = toml::Spanned<T>;
 struct RawFile {
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    /// `[tier.NAME]`: limit keys replacing that tier's limits.
+    #[serde(default)]
+    tier: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<RawLimit>>>,
 }
 
 /// A string or a list of strings.
@@ -413,6 +447,7 @@ const RULE_KEYS: &[&str] = &[
     "parent_comm",
     "action",
     "job_id",
+    "tier",
 ];
 
 /// One `[[rule]]` as written. Its limit keys are the limits table's names
@@ -429,6 +464,7 @@ struct RawRule {
     parent_comm: Option<Spanned<OneOrMany>>,
     action: Option<Spanned<String>>,
     job_id: Option<Spanned<String>>,
+    tier: Option<Spanned<String>>,
     /// The limits, in file order.
     limits: Vec<(LimitName, Spanned<RawLimit>)>,
     /// The first key that is neither, for the error (with its line).
@@ -458,6 +494,7 @@ impl<'de> Deserialize<'de> for RawRule {
                         "parent_comm" => r.parent_comm = Some(map.next_value()?),
                         "action" => r.action = Some(map.next_value()?),
                         "job_id" => r.job_id = Some(map.next_value()?),
+                        "tier" => r.tier = Some(map.next_value()?),
                         other => {
                             if let Some(limit) = LimitName::from_key(other) {
                                 r.limits.push((limit, map.next_value()?));
@@ -501,6 +538,26 @@ fn limits_of(raw: &[(LimitName, Spanned<RawLimit>)]) -> Result<Limits, Invalid> 
     Ok(limits)
 }
 
+/// A `[tier.NAME]` table: limit keys only, each parsed by the limits table.
+fn tier_limits(table: BTreeMap<Spanned<String>, Spanned<RawLimit>>) -> Result<Limits, Invalid> {
+    let mut raw = Vec::with_capacity(table.len());
+    for (key, value) in table {
+        let Some(name) = LimitName::from_key(key.get_ref()) else {
+            let expected: Vec<String> = LimitName::ALL.iter().map(|n| format!("`{n}`")).collect();
+            return Err((
+                key.span(),
+                format!(
+                    "unknown limit `{}` in a tier, expected one of {}",
+                    key.get_ref(),
+                    expected.join(", ")
+                ),
+            ));
+        };
+        raw.push((name, value));
+    }
+    limits_of(&raw)
+}
+
 fn comm_list(value: Option<Spanned<OneOrMany>>, key: &str) -> Result<Option<Vec<String>>, Invalid> {
     let Some(value) = value else {
         return Ok(None);
@@ -525,7 +582,14 @@ fn comm_list(value: Option<Spanned<OneOrMany>>, key: &str) -> Result<Option<Vec<
 
 impl RawRule {
     /// `line`/`span`: where the rule is, for errors about the whole rule.
-    fn validate(self, index: usize, line: usize, span: Range<usize>) -> Result<Rule, Invalid> {
+    /// `tiers`: each tier's limits, for a rule that names one.
+    fn validate(
+        self,
+        index: usize,
+        line: usize,
+        span: Range<usize>,
+        tiers: &BTreeMap<Tier, Limits>,
+    ) -> Result<Rule, Invalid> {
         let name = self
             .name
             .as_ref()
@@ -579,14 +643,20 @@ impl RawRule {
                 ),
             ));
         }
-        let limits = limits_of(&self.limits)?;
+        let explicit = limits_of(&self.limits)?;
+        let tier = self
+            .tier
+            .as_ref()
+            .map(|t| t.get_ref().parse::<Tier>().map_err(|m| (t.span(), m)))
+            .transpose()?;
         let action = if ignore {
             let settings = [
                 self.job_id.as_ref().map(toml::Spanned::span),
+                self.tier.as_ref().map(toml::Spanned::span),
                 self.limits.first().map(|(_, v)| v.span()),
             ];
             if let Some(span) = settings.into_iter().flatten().next() {
-                return Err((span, "an ignore rule sets no job_id or limits".into()));
+                return Err((span, "an ignore rule sets no job_id, tier or limits".into()));
             }
             Action::Ignore
         } else {
@@ -599,7 +669,22 @@ impl RawRule {
                 None => (DEFAULT_JOB_ID, 0..0),
             };
             let job_id = Template::parse(text, &captures).map_err(|e| (span, e.to_string()))?;
-            Action::Govern { job_id, limits }
+            let limits = match tier {
+                Some(t) => {
+                    let limits = Tier::resolve(&tiers[&t], &explicit);
+                    limits.validate().map_err(|e| {
+                        let at = self.tier.as_ref().map_or(0..0, toml::Spanned::span);
+                        (at, format!("with tier {t}: {e}"))
+                    })?;
+                    limits
+                }
+                None => explicit,
+            };
+            Action::Govern {
+                job_id,
+                limits,
+                tier,
+            }
         };
         let has_condition = self.comm.is_some()
             || exe.is_some()

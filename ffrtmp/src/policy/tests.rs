@@ -1,5 +1,7 @@
 use super::*;
-use crate::limits::{CpuMaxBurst, CpuWeight, MemoryHigh, MemoryMax, Nice, OomScoreAdj, Size};
+use crate::limits::{
+    CpuIdle, CpuMaxBurst, CpuWeight, MemoryHigh, MemoryMax, Nice, OomScoreAdj, Size, Tier,
+};
 
 fn candidate(comm: &str) -> Candidate {
     Candidate {
@@ -31,9 +33,16 @@ fn the_embedded_policy_governs_ffmpeg_and_gstreamer_and_nothing_else() {
     let p = Policy::embedded();
     for comm in ["ffmpeg", "gst-launch-1.0"] {
         match p.decide(&candidate(comm)) {
-            Some(Decision::Govern { job_id, limits, .. }) => {
+            Some(Decision::Govern {
+                job_id,
+                limits,
+                tier,
+                ..
+            }) => {
                 assert_eq!(job_id.as_str(), format!("{comm}-4242"));
-                assert_eq!(limits.cpu_weight, Some(CpuWeight(50)));
+                assert_eq!(tier, Some(Tier::Batch));
+                assert_eq!(limits.cpu_idle, Some(CpuIdle(true)));
+                assert_eq!(limits.cpu_weight, None);
                 assert_eq!(limits.memory_max, Some(MemoryMax(Size::Bytes(4 << 30))));
                 assert_eq!(limits.oom_score_adj, Some(OomScoreAdj(500)));
             }
@@ -47,6 +56,178 @@ fn the_embedded_policy_governs_ffmpeg_and_gstreamer_and_nothing_else() {
         p.comm_filter(),
         Some(["ffmpeg", "gst-launch-1.0"].map(String::from).into())
     );
+}
+
+/// What the embedded policy makes of a command line: (rule, tier), or the
+/// ignore rule's name with no tier.
+fn classify(command: &str) -> (String, Option<Tier>) {
+    let argv: Vec<String> = command.split(' ').map(String::from).collect();
+    let c = Candidate {
+        argv: Some(argv.clone()),
+        ..candidate(&argv[0])
+    };
+    match Policy::embedded().decide(&c) {
+        Some(Decision::Govern { rule, tier, .. }) => (rule.name.clone(), tier),
+        Some(Decision::Ignore { rule }) => (rule.name.clone(), None),
+        None => ("none".into(), None),
+    }
+}
+
+#[test]
+fn the_embedded_policy_knows_live_from_batch_by_the_command_line() {
+    let live = [
+        "ffmpeg -re -i in.mp4 -c:v libx264 -f flv rtmp://origin/live/k",
+        "ffmpeg -readrate 1 -i in.mp4 -f mpegts udp://239.0.0.1:1234",
+        "ffmpeg -i rtmp://ingest/live/key -c:v libx264 -f hls out.m3u8",
+        "ffmpeg -i RTMPS://ingest/live/key -c copy -f flv rtmp://b/live/k",
+        "ffmpeg -i srt://0.0.0.0:9000?mode=listener -c copy -f mpegts out.ts",
+        "ffmpeg -i udp://239.0.0.1:1234 -c:v libx264 -f mpegts out.ts",
+        "ffmpeg -i rtp://0.0.0.0:5004 -c copy out.mkv",
+        "ffmpeg -rtsp_transport tcp -i rtsp://cam/stream -c copy -f segment s%d.ts",
+        "ffmpeg -i https://cdn.example/live/index.m3u8 -c copy out.ts",
+        "ffmpeg -i http://cdn.example/live/index.m3u8?token=x -c copy out.ts",
+        "ffmpeg -f v4l2 -input_format mjpeg -i /dev/video0 -c:v libx264 -f flv rtmp://o/live/k",
+        "ffmpeg -f decklink -i Intensity -c:v libx264 out.ts",
+    ];
+    for command in live {
+        assert_eq!(
+            classify(command),
+            ("ffmpeg-live".into(), Some(Tier::Live)),
+            "{command}"
+        );
+    }
+    let gst_live = [
+        "gst-launch-1.0 rtmpsrc location=rtmp://a/live/k ! flvdemux ! fakesink",
+        "gst-launch-1.0 rtmp2src location=rtmp://a/live/k ! fakesink",
+        "gst-launch-1.0 srtsrc uri=srt://:9000 ! tsdemux ! fakesink",
+        "gst-launch-1.0 srtserversrc uri=srt://:9000 ! fakesink",
+        "gst-launch-1.0 udpsrc port=5000 ! fakesink",
+        "gst-launch-1.0 rtspsrc location=rtsp://cam/s ! fakesink",
+        "gst-launch-1.0 souphttpsrc location=https://c/l.m3u8 is-live=true ! hlsdemux ! fakesink",
+    ];
+    for command in gst_live {
+        assert_eq!(
+            classify(command),
+            ("gstreamer-live".into(), Some(Tier::Live)),
+            "{command}"
+        );
+    }
+    let batch = [
+        "ffmpeg -i in.mp4 -c:v libx264 out.mp4",
+        // An output URL is not a live input; nor is a VOD playlist file.
+        "ffmpeg -i in.mp4 -c copy -f flv rtmp://origin/live/k",
+        "ffmpeg -i https://cdn.example/vod/movie.mp4 -c copy out.mp4",
+        "ffmpeg -i vod.m3u8 -c copy out.mp4",
+        "ffmpeg -i in.mp4 -vf scale=1280:-2 -preset medium out-re.mp4",
+        "ffmpeg -i in.mp4 -f v4l2 /dev/video9",
+    ];
+    for command in batch {
+        assert_eq!(
+            classify(command),
+            ("ffmpeg-batch".into(), Some(Tier::Batch)),
+            "{command}"
+        );
+    }
+    assert_eq!(
+        classify("gst-launch-1.0 souphttpsrc location=https://c/v.mp4 ! qtdemux ! fakesink"),
+        ("gstreamer-batch".into(), Some(Tier::Batch))
+    );
+    assert_eq!(
+        classify("gst-launch-1.0 filesrc location=a.mp4 ! decodebin ! fakesink"),
+        ("gstreamer-batch".into(), Some(Tier::Batch))
+    );
+    for thumbnail in [
+        "ffmpeg -i rtmp://ingest/live/key -frames:v 1 thumb.jpg",
+        "ffmpeg -ss 5 -i in.mp4 -vframes 1 thumb.png",
+    ] {
+        assert_eq!(
+            classify(thumbnail),
+            ("ffmpeg-thumbnail".into(), None),
+            "{thumbnail}"
+        );
+    }
+}
+
+#[test]
+fn a_policy_may_replace_a_tier_and_a_rule_wins_over_its_tier() {
+    let p = Policy::parse(
+        r#"
+[tier.live]
+cpu_weight = 2000
+cpu_max_burst = 20000
+
+[[rule]]
+name = "live"
+comm = "ffmpeg"
+tier = "live"
+cpu_max = "50000 100000"
+
+[[rule]]
+name = "batch"
+comm = "x264"
+tier = "batch"
+cpu_weight = 5
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let Action::Govern { limits, tier, .. } = &p.rules[0].action else {
+        panic!("not govern");
+    };
+    assert_eq!(*tier, Some(Tier::Live));
+    assert_eq!(limits.cpu_weight, Some(CpuWeight(2000)));
+    assert_eq!(limits.cpu_max_burst, Some(CpuMaxBurst(20_000)));
+    assert_eq!(limits.cpu_max, Some("50000 100000".parse().unwrap()));
+    assert_eq!(p.tiers[&Tier::Live].cpu_weight, Some(CpuWeight(2000)));
+    let Action::Govern { limits, .. } = &p.rules[1].action else {
+        panic!("not govern");
+    };
+    assert_eq!(
+        (limits.cpu_weight, limits.cpu_idle),
+        (Some(CpuWeight(5)), None)
+    );
+    // Untouched tiers keep their defaults.
+    assert_eq!(p.tiers[&Tier::Batch], Tier::Batch.defaults());
+}
+
+#[test]
+fn bad_tiers_name_their_line() {
+    for (text, line, words) in [
+        (
+            "[[rule]]\ncomm = \"ffmpeg\"\ntier = \"gold\"\n",
+            3,
+            "tier \"gold\"",
+        ),
+        (
+            "[tier.gold]\ncpu_weight = 5\n[[rule]]\ncomm = \"f\"\n",
+            1,
+            "tier \"gold\"",
+        ),
+        (
+            "[tier.live]\ncpu_wieght = 5\n[[rule]]\ncomm = \"f\"\n",
+            2,
+            "unknown limit `cpu_wieght`",
+        ),
+        (
+            "[tier.live]\ncpu_weight = 0\n[[rule]]\ncomm = \"f\"\n",
+            2,
+            "cpu weight",
+        ),
+        (
+            "[tier.batch]\ncpu_idle = 1\ncpu_weight = 5\n[[rule]]\ncomm = \"f\"\n",
+            3,
+            "cpu idle",
+        ),
+        (
+            "[[rule]]\ncomm = \"f\"\naction = \"ignore\"\ntier = \"live\"\n",
+            4,
+            "sets no job_id, tier or limits",
+        ),
+    ] {
+        let (l, message) = error_of(text);
+        assert_eq!(l, line, "{text}: {message}");
+        assert!(message.contains(words), "{text}: {message}");
+    }
 }
 
 #[test]
@@ -78,6 +259,7 @@ cpu_max = "50000 100000"
             rule,
             job_id,
             limits,
+            tier: None,
         }) => {
             assert_eq!(rule.name, "rule-2");
             assert_eq!(rule.line, 8);
