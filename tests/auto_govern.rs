@@ -847,3 +847,89 @@ fn watch_writes_events_to_a_file_and_reopens_it_on_sighup() {
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.is_empty(), "events on stdout too: {out:?}");
 }
+
+/// Helper: spin on a CPU until killed (at most a minute).
+#[test]
+fn helper_spin() {
+    if common::is_helper("spin") {
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_mins(1) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+}
+
+/// The pressure watch, end to end: one more live job spinning than there
+/// are CPUs makes each wait a third of the time or more (beside batch jobs
+/// spinning too, which yield): `pressure` fires for every live job, for
+/// no batch job, and clears once they end.
+#[test]
+fn pressure_fires_for_live_jobs_that_wait_and_clears_when_they_end() {
+    if !require_root("pressure_fires_for_live_jobs") {
+        return;
+    }
+    let dir = scratch("auto-pressure");
+    let root = Root::new("pressure");
+    let policy = write_policy(
+        &dir,
+        "[[rule]]\nname = \"live\"\ncomm = \"livespin\"\ntier = \"live\"\n\n[[rule]]\nname = \"batch\"\ncomm = \"batchspin\"\ntier = \"batch\"\n",
+    );
+    let own = std::env::current_exe().unwrap();
+    let live = fake(&dir, "livespin", own.to_str().unwrap());
+    let batch = fake(&dir, "batchspin", own.to_str().unwrap());
+    let spin = |exe: &Path| {
+        Command::new(exe)
+            .args(["--exact", "helper_spin", "--test-threads=1"])
+            .env(common::HELPER_ENV, "spin")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut w = watch(&policy, &root, &[]);
+    let cpus = thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let mut batches = Children((0..cpus).map(|_| spin(&batch)).collect());
+    let mut lives = Children((0..=cpus).map(|_| spin(&live)).collect());
+    let jobs: Vec<String> = lives
+        .0
+        .iter()
+        .map(|c| format!("livespin-{}", c.id()))
+        .collect();
+    for job in &jobs {
+        let e = w.wait_for(
+            "pressure on a live job",
+            |e| matches!(&e.body, Body::Pressure(p) if &p.job_id == job && !p.cleared),
+        );
+        let Body::Pressure(p) = e.body else {
+            unreachable!()
+        };
+        eprintln!(
+            "{job}: waiting {} ({:?}), using {} CPUs",
+            p.waiting, p.signal, p.usage_cpus
+        );
+        assert_eq!(p.tier, Tier::Live);
+        assert!(p.waiting >= 0.1, "{p:?}");
+        assert_eq!(p.cause, ffrtmp::events::Cause::Contended, "{p:?}");
+    }
+    for child in &mut lives.0 {
+        kill(child);
+    }
+    for job in &jobs {
+        w.wait_for(
+            "the live job's pressure cleared",
+            |e| matches!(&e.body, Body::Pressure(p) if &p.job_id == job && p.cleared),
+        );
+    }
+    for child in &mut batches.0 {
+        kill(child);
+    }
+    let strangers: Vec<&Event> = w
+        .events
+        .iter()
+        .filter(|e| matches!(&e.body, Body::Pressure(p) if !jobs.contains(&p.job_id)))
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "pressure for other jobs: {strangers:?}"
+    );
+}

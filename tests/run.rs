@@ -117,11 +117,16 @@ fn helper_rest_then_spin() {
     fs::write(std::env::var("FFRTMP_TEST_OUT").unwrap(), bursts.trim()).unwrap();
 }
 
-/// Helper: on CPU 0 only, spin for 2 s of wall time.
+/// Helper: once `$FFRTMP_TEST_GO` exists, spin on CPU 0 only for 2 s of
+/// wall time.
 #[test]
 fn helper_spin_on_cpu0() {
     if !is_helper("spin-cpu0") {
         return;
+    }
+    let go = PathBuf::from(std::env::var_os("FFRTMP_TEST_GO").unwrap());
+    while !go.exists() {
+        thread::sleep(Duration::from_millis(5));
     }
     let mut cpus = nix::sched::CpuSet::new();
     cpus.set(0).unwrap();
@@ -343,6 +348,7 @@ fn a_live_job_takes_the_cpu_from_a_batch_job() {
             .arg(std::env::current_exe().unwrap())
             .args(["--exact", "helper_spin_on_cpu0", "--test-threads=1"])
             .env(common::HELPER_ENV, "spin-cpu0")
+            .env("FFRTMP_TEST_GO", dir.join("go"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -353,6 +359,8 @@ fn a_live_job_takes_the_cpu_from_a_batch_job() {
     for events in [&batch_events, &live_events] {
         common::wait_for_event(events, "governed", |e| matches!(e.body, Body::Governed(_)));
     }
+    // Both start spinning at once: neither has the CPU to itself first.
+    fs::write(dir.join("go"), "").unwrap();
     let status = Command::new(ffrtmp()).arg("status").output().unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(batch.wait().unwrap().success() && live.wait().unwrap().success());
@@ -378,7 +386,17 @@ fn a_live_job_takes_the_cpu_from_a_batch_job() {
         assert_eq!(d.fallback, "nice 10", "{d:?}");
         eprintln!("no cpu.idle here: {}", d.reason);
     }
-    if !common::systemd_host() {
+    // Both spin on one CPU: status's capacity sees live using it, and
+    // asking more than batch gets.
+    let tiers = &status["capacity"]["tiers"];
+    eprintln!("status capacity: {:#}", status["capacity"]);
+    {
+        assert!(tiers["live"]["jobs"].as_u64() >= Some(1), "{tiers:#}");
+        assert!(
+            tiers["live"]["usage_cpus"].as_f64() > Some(0.5),
+            "{tiers:#}"
+        );
+        assert!(tiers["batch"]["jobs"].as_u64() >= Some(1), "{tiers:#}");
         for (job, tier) in [(&b.job_id, "batch"), (&l.job_id, "live")] {
             let shown = status["jobs"]
                 .as_array()

@@ -94,8 +94,8 @@ struct Job {
     supervised: bool,
     /// Limit files as the kernel reads them, by hierarchy directory.
     limits: Map<String, Value>,
-    /// Its tier, from its cgroup's label; null when it has none (or is a
-    /// scope, whose tier is in its unit's description).
+    /// Its tier, from its cgroup's label (a scope's: its unit's
+    /// description); null when it has none.
     tier: Option<Tier>,
     /// On a systemd host: the job's transient scope, which systemd holds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,17 +185,22 @@ pub fn status(args: StatusArgs) -> ExitCode {
             }
         })
         .collect();
+    let mut scope_tiers = pressure::jobs::ScopeTiers::default();
     if let (true, Some(mount)) = (ctx.scopes, &ctx.layout.v2) {
-        jobs.extend(scope::jobs(mount).into_iter().map(|(name, path)| Job {
-            unit: Some(scope::unit_name(&name)),
-            ..Job::read(name, path.as_str().to_string(), &[mount.dir_of(&path)], v2)
+        jobs.extend(scope::jobs(mount).into_iter().map(|(name, path)| {
+            let unit = scope::unit_name(&name);
+            Job {
+                tier: scope_tiers.of(&unit),
+                unit: Some(unit),
+                ..Job::read(name, path.as_str().to_string(), &[mount.dir_of(&path)], v2)
+            }
         }));
     }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let capacity = Capacity {
         cpus,
         window_ms: args.window.as_millis(),
-        tiers: pressure::demand(&pressure::jobs::list(&ctx), args.window),
+        tiers: pressure::demand(&pressure::jobs::list(&ctx, &mut scope_tiers), args.window),
     };
     let status = Status {
         mode: ctx.mode.as_str().into(),

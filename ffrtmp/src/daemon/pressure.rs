@@ -40,9 +40,10 @@ impl PressureWatch {
             .name("ffrtmp-pressure".into())
             .spawn(move || {
                 let mut watch = Watch::default();
+                let mut scopes = jobs::ScopeTiers::default();
                 let mut next = Instant::now();
                 while !stopped.load(Relaxed) {
-                    for event in watch.step(jobs::list(&ctx), Instant::now()) {
+                    for event in watch.step(jobs::list(&ctx, &mut scopes), Instant::now()) {
                         if let Err(e) = tx.try_send(event) {
                             tracing::warn!("pressure event not written: {e}");
                         }

@@ -219,6 +219,16 @@ impl Systemd {
         Manager::new(Which::System, CALL_TIMEOUT).map(Systemd)
     }
 
+    /// The tier of job scope `unit`, from its description (`run`,
+    /// `attach` and `watch` end it with `, tier NAME)`): a scope is
+    /// systemd's, so it carries no label of ours.
+    pub fn tier_of(&mut self, unit: &str) -> Option<crate::limits::Tier> {
+        let description = self
+            .0
+            .string(unit, "org.freedesktop.systemd1.Unit", "Description")?;
+        tier_in(&description)
+    }
+
     /// Calls a method of systemd's manager object; a refusal names `unit`.
     fn call<B>(&mut self, method: &str, unit: &str, body: &B) -> Result<zbus::Message, ScopeError>
     where
@@ -402,6 +412,12 @@ impl Systemd {
     }
 }
 
+/// The tier a job scope's description names, if any.
+fn tier_in(description: &str) -> Option<crate::limits::Tier> {
+    let (_, tail) = description.rsplit_once(", tier ")?;
+    tail.strip_suffix(')')?.parse().ok()
+}
+
 /// The limits of `limits` systemd has no property for, and why: a process
 /// that must keep them (a staged one) is not given a scope.
 pub fn unsupported(limits: &Limits) -> Vec<(crate::limits::LimitName, String)> {
@@ -495,6 +511,21 @@ impl Visit for ReadBack<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_scopes_tier_is_read_from_its_description() {
+        use crate::limits::Tier;
+        assert_eq!(
+            tier_in("ffrtmp job ffmpeg-7 (rule ffmpeg-live, process 7, tier live)"),
+            Some(Tier::Live)
+        );
+        assert_eq!(
+            tier_in("ffrtmp job j (run, wrapper 9, tier batch)"),
+            Some(Tier::Batch)
+        );
+        assert_eq!(tier_in("ffrtmp job j (run, wrapper 9)"), None);
+        assert_eq!(tier_in("ffrtmp job j (run, tier gold)"), None);
+    }
     use super::*;
 
     #[test]

@@ -207,8 +207,8 @@ impl Limit for CpuIdle {
         write_number(files, "cpu", "cpu.idle", u8::from(self.0))
     }
 
-    /// systemd's `CPUWeight=idle` is weight 0 on the bus, which it writes
-    /// as `cpu.idle` 1. A new scope is not idle: 0 needs no property (and
+    /// systemd's `CPUWeight=idle` (since 252) is weight 0 on the bus,
+    /// which it writes as `cpu.idle` 1. A new scope is not idle: 0 needs no property (and
     /// is read back like any other).
     fn systemd(&self) -> Result<Vec<Property>, String> {
         Ok(if self.0 {

@@ -1,11 +1,34 @@
 //! The jobs under governance now, with their tiers, read from the cgroup
 //! tree as `status` reads them: the tree is the state.
-use std::{fs, path::PathBuf};
+use std::{collections::HashMap, fs, path::PathBuf};
 
 use crate::{
     govern::{Context, layout::Kind, scope, tier_of},
     limits::{JobId, Tier},
 };
+
+/// The tiers of job scopes, asked of systemd once per scope (a scope
+/// carries its tier in its description, not in a label of ours).
+#[derive(Default)]
+pub struct ScopeTiers {
+    systemd: Option<scope::Systemd>,
+    known: HashMap<String, Option<Tier>>,
+}
+
+impl ScopeTiers {
+    /// Job scope `unit`'s tier.
+    pub fn of(&mut self, unit: &str) -> Option<Tier> {
+        if let Some(tier) = self.known.get(unit) {
+            return *tier;
+        }
+        if self.systemd.is_none() {
+            self.systemd = scope::Systemd::new().ok();
+        }
+        let tier = self.systemd.as_mut().and_then(|s| s.tier_of(unit));
+        self.known.insert(unit.to_string(), tier);
+        tier
+    }
+}
 
 /// One job, as the pressure watch and `status` sample it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,14 +39,15 @@ pub struct Job {
     /// Its directory in the cpu hierarchy (v2: its only one).
     pub dir: PathBuf,
     pub v2: bool,
-    /// From its label; `None` for a job without one (made before tiers,
-    /// or a systemd scope, which carries its tier in its description).
+    /// From its label (a scope: its description); `None` for a job
+    /// without one.
     pub tier: Option<Tier>,
 }
 
 /// Every job under `ctx`'s root (and, with scopes, every job scope). Reads
-/// one directory per root and one attribute per job; takes no lock.
-pub fn list(ctx: &Context) -> Vec<Job> {
+/// one directory per root and one attribute per job, and asks systemd
+/// once for each new scope's tier; takes no lock.
+pub fn list(ctx: &Context, scopes: &mut ScopeTiers) -> Vec<Job> {
     let v2 = ctx.layout.kind() == Kind::V2;
     let cpu = if v2 {
         ctx.layout.v2.as_ref()
@@ -51,13 +75,16 @@ pub fn list(ctx: &Context) -> Vec<Job> {
         }
     }
     if let (true, Some(mount)) = (ctx.scopes, &ctx.layout.v2) {
-        for (name, path) in scope::jobs(mount) {
+        let found = scope::jobs(mount);
+        let units: Vec<String> = found.iter().map(|(n, _)| scope::unit_name(n)).collect();
+        scopes.known.retain(|unit, _| units.contains(unit));
+        for ((name, path), unit) in found.into_iter().zip(&units) {
             jobs.push(Job {
                 dir: mount.dir_of(&path),
                 cgroup: path.as_str().to_string(),
                 job_id: name,
                 v2: true,
-                tier: None,
+                tier: scopes.of(unit),
             });
         }
     }
