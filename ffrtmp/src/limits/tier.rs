@@ -2,11 +2,11 @@
 //! follows from it.
 //!
 //! A live stream must keep realtime; a batch transcode only has to finish.
-//! Measured on our 2-CPU host with real ffmpeg (docs/BENCHMARKS.md): four
-//! live encodes beside two batch encodes on equal shares ran at 0.61–0.62x
-//! realtime, and at 0.96x with the live ones weighted high and the batch
-//! ones at the bottom. A tier names that intent once, instead of a weight
-//! in every rule:
+//! Measured on our 2-CPU host with real ffmpeg (docs/BENCHMARKS.md, `bench
+//! qos`): two live 720p30 encodes beside three batch encodes ran at 0.67x
+//! realtime on equal shares, and at 0.98x in these tiers, the batch ones
+//! still getting 94 % of the CPU the live ones left. A tier names that
+//! intent once, instead of a weight in every rule:
 //!
 //! | tier | limits | why |
 //! |---|---|---|
