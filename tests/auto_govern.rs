@@ -860,6 +860,19 @@ fn helper_spin() {
     }
 }
 
+/// The signal the pressure watch should use here: a job's `cpu.pressure`
+/// on a pure cgroup v2 host whose kernel has pressure stall information on
+/// (every VM: Debian's kernels have it), else its threads' schedstat (the
+/// v1 host).
+fn expected_signal() -> ffrtmp::events::Signal {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if v2 && fs::read_to_string("/proc/pressure/cpu").is_ok() {
+        ffrtmp::events::Signal::Psi
+    } else {
+        ffrtmp::events::Signal::Schedstat
+    }
+}
+
 /// The pressure watch, end to end: one more live job spinning than there
 /// are CPUs makes each wait a third of the time or more (beside batch jobs
 /// spinning too, which yield): `pressure` fires for every live job, for
@@ -908,6 +921,7 @@ fn pressure_fires_for_live_jobs_that_wait_and_clears_when_they_end() {
             p.waiting, p.signal, p.usage_cpus
         );
         assert_eq!(p.tier, Tier::Live);
+        assert_eq!(p.signal, expected_signal(), "{p:?}");
         assert!(p.waiting >= 0.1, "{p:?}");
         assert_eq!(p.cause, ffrtmp::events::Cause::Contended, "{p:?}");
     }

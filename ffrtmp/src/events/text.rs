@@ -80,6 +80,9 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
                     other => write!(out, "{other}")?,
                 }
             }
+            if let Some(tier) = g.tier {
+                write!(out, " tier={tier}")?;
+            }
             if let Some(rule) = &g.rule {
                 out.extend_from_slice(b" rule=");
                 quoted(out, rule)?;
