@@ -104,7 +104,8 @@ impl Watch {
                 restless_at: now,
             });
             watched.samples.push(sample);
-            // Keep the newest sample at least WINDOW older than the last.
+            // Keep, as the oldest, the newest sample that is still at least
+            // WINDOW older than the latest one.
             while watched.samples.len() > 2
                 && watched.samples[1].at + WINDOW <= watched.samples[watched.samples.len() - 1].at
             {
