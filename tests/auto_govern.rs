@@ -628,14 +628,14 @@ fn metrics_count_what_the_stream_says() {
     let text = scrape(&addr);
     for needle in [
         "ffrtmp_events_total{event=\"governed\"} 2",
-        "ffrtmp_governed_processes 2",
+        "ffrtmp_governed_processes{tier=\"none\"} 2",
         "ffrtmp_govern_latency_seconds_count 2",
     ] {
         assert!(text.contains(needle), "{needle} not in:\n{text}");
     }
     kill(&mut jobs[0]);
     w.wait_for("exit", exit_of(jobs[0].id()));
-    assert!(scrape(&addr).contains("ffrtmp_governed_processes 1"));
+    assert!(scrape(&addr).contains("ffrtmp_governed_processes{tier=\"none\"} 1"));
     kill(&mut jobs[1]);
 }
 

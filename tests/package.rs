@@ -231,6 +231,22 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
         assert!(text.contains("cgroup-root"), "{script}");
     }
 
+    // What a fleet's monitoring takes: the Prometheus files as in the
+    // repository (tests/fleet.rs checks them with promtool).
+    for name in ["rules.yml", "rules.test.yml", "scrape.yml"] {
+        let shipped = fs::read(c.path(&format!("/usr/share/ffrtmp/prometheus/{name}"))).unwrap();
+        let source = fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("prometheus")
+                .join(name),
+        )
+        .unwrap();
+        assert!(
+            shipped == source,
+            "/usr/share/ffrtmp/prometheus/{name} differs from the source"
+        );
+    }
+
     // The system user the wrapper unit names.
     let passwd = c.ok("getent passwd ffrtmp");
     let fields: Vec<&str> = passwd.trim().split(':').collect();
@@ -537,6 +553,10 @@ fn the_tarball_verifies_and_installs_without_dpkg() {
     c.ok("systemd-analyze verify /etc/systemd/system/ffrtmp-watch.service /etc/systemd/system/ffrtmp-wrapper.service");
     c.ok("getent passwd ffrtmp");
     assert!(c.path("/etc/ffrtmp/policy.toml").is_file());
+    assert!(
+        c.path("/usr/local/share/ffrtmp/prometheus/rules.yml")
+            .is_file()
+    );
 
     // --uninstall removes what it installed, keeps the policy.
     let manifest = fs::read_to_string(c.path("/usr/local/share/ffrtmp/installed-files")).unwrap();
@@ -545,6 +565,10 @@ fn the_tarball_verifies_and_installs_without_dpkg() {
     for file in manifest.lines() {
         assert!(!c.path(file).exists(), "{file} left by --uninstall");
     }
+    assert!(
+        !c.path("/usr/local/share/ffrtmp").exists(),
+        "its directory left by --uninstall"
+    );
     assert!(c.path("/etc/ffrtmp/policy.toml").is_file());
 }
 

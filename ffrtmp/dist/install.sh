@@ -49,7 +49,7 @@ if [ -n "$uninstall" ]; then
         rm -f "$f"
     done <"$manifest"
     rm -f "$manifest"
-    rmdir "$prefix/share/ffrtmp" "$prefix/share/doc/ffrtmp" 2>/dev/null || true
+    rmdir "$prefix/share/ffrtmp/prometheus" "$prefix/share/ffrtmp" "$prefix/share/doc/ffrtmp" 2>/dev/null || true
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
@@ -72,6 +72,11 @@ put 0644 "$here/share/zsh/vendor-completions/_ffrtmp" "$prefix/share/zsh/site-fu
 put 0644 "$here/share/fish/vendor_completions.d/ffrtmp.fish" "$prefix/share/fish/vendor_completions.d/ffrtmp.fish"
 for f in "$here"/share/doc/ffrtmp/*; do
     put 0644 "$f" "$prefix/share/doc/ffrtmp/${f##*/}"
+done
+# Prometheus rules, their tests and a scrape example; the event schema.
+for f in "$here"/share/ffrtmp/prometheus/* "$here"/share/ffrtmp/*.json; do
+    [ -f "$f" ] || continue
+    put 0644 "$f" "$prefix/share/ffrtmp/${f#"$here"/share/ffrtmp/}"
 done
 for unit in ffrtmp-watch.service ffrtmp-wrapper.service; do
     tmp=$(mktemp)

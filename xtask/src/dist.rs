@@ -30,6 +30,17 @@ use crate::{run_command, toolchain::capture};
 const SOURCES: &str = "ffrtmp/dist";
 /// The units, shared with the tests that check them.
 const UNITS: &[&str] = &["ffrtmp-watch.service", "ffrtmp-wrapper.service"];
+/// What a fleet's monitoring takes from the package (from the repository
+/// root, to /usr/share/ffrtmp/): Prometheus rules, their unit tests and an
+/// example scrape configuration (docs/OPERATIONS.md, "Metrics").
+const FLEET: &[(&str, &str)] = &[
+    ("ffrtmp/prometheus/rules.yml", "prometheus/rules.yml"),
+    (
+        "ffrtmp/prometheus/rules.test.yml",
+        "prometheus/rules.test.yml",
+    ),
+    ("ffrtmp/prometheus/scrape.yml", "prometheus/scrape.yml"),
+];
 /// The documentation shipped (from the repository root).
 const DOCS: &[&str] = &[
     "README.md",
@@ -245,6 +256,13 @@ fn payload(
         files.push(File::new(path, 0o644, script.into_bytes()));
     }
 
+    for (source, path) in FLEET {
+        files.push(File::new(
+            &format!("usr/share/ffrtmp/{path}"),
+            0o644,
+            read(&root.join(source))?,
+        ));
+    }
     for doc in DOCS {
         let name = file_name(Path::new(doc))?;
         files.push(File::new(

@@ -27,6 +27,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
     ("lintian", "lintian"),
     ("mmdebstrap", "mmdebstrap"),
+    // tests/fleet.rs: promtool checks the endpoint and the rules, a real
+    // Prometheus scrapes a running `watch`.
+    ("promtool", "prometheus"),
 ];
 /// Set for the test binaries: the release artefacts (`cargo xtask dist`)
 /// and the root filesystem tests/package.rs installs them into.

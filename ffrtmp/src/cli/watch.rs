@@ -73,11 +73,14 @@ pub fn run(args: WatchArgs) -> ExitCode {
     let mut pressure = None;
     raise_fd_limit();
     presize_fd_table();
+    // What `started` says of the daemon (and `ffrtmp_daemon_info`).
+    let mut mode_and_layout = None;
     let governor = if args.observe_only {
         None
     } else {
         match Context::detect(args.cgroup_root.as_deref()) {
             Ok(ctx) => {
+                mode_and_layout = Some((ctx.mode.as_str(), ctx.layout.kind().as_str()));
                 notes.extend(migration_speed(&ctx, args.favordynmods));
                 // Its own thread, started before the governing thread asks
                 // for its scheduler slice.
@@ -113,7 +116,11 @@ pub fn run(args: WatchArgs) -> ExitCode {
                 args,
                 events_file,
                 rules,
-                Governing { governor, pressure },
+                Governing {
+                    governor,
+                    pressure,
+                    mode_and_layout,
+                },
                 urgent,
                 filter,
                 notes,
@@ -205,6 +212,8 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
 struct Governing {
     governor: Option<Governor>,
     pressure: Option<PressureWatch>,
+    /// The mode and the cgroup layout, when it governs.
+    mode_and_layout: Option<(&'static str, &'static str)>,
 }
 
 async fn watch(
@@ -214,6 +223,7 @@ async fn watch(
     Governing {
         governor,
         mut pressure,
+        mode_and_layout,
     }: Governing,
     urgent: BTreeSet<String>,
     filter: Option<BTreeSet<String>>,
@@ -305,6 +315,8 @@ async fn watch(
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             backend: observer.name().into(),
+            mode: mode_and_layout.map(|(mode, _)| mode.into()),
+            layout: mode_and_layout.map(|(_, layout)| layout.into()),
         },
     ))?;
 
@@ -562,9 +574,12 @@ async fn outputs(
     let queue = Queue::spawn("ffrtmp-out", stdout, args.output_buffer)
         .context("starting the output thread")?;
     let end = args.exit_on_output_loss.then(|| queue.on_end());
-    sinks.push(Queued::new(queue, args.format, args.exit_on_output_loss));
+    let queued = Queued::new(queue, args.format, args.exit_on_output_loss);
+    let output_losses = queued.losses();
+    sinks.push(queued);
     if let Some(addr) = args.metrics_addr {
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(crate::observe::proc::own_usage);
+        metrics.count_output_losses(output_losses);
         tokio::spawn(metrics.clone().serve(addr).await?);
         sinks.push(metrics);
     }

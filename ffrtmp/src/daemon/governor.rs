@@ -175,6 +175,7 @@ impl Governor {
                         comm: comm.clone(),
                         job_id: name.clone(),
                         cgroup: cgroup.path.as_str().to_string(),
+                        tier: cgroup.tier(),
                     },
                 ));
                 self.follow(

@@ -166,6 +166,13 @@ pub struct Started {
     /// The backend that observes processes (`ebpf`, `procfs`): its name,
     /// not an event [`Source`], so a new backend needs no new source.
     pub backend: String,
+    /// `privileged`, `delegated` or `unprivileged`; null when it governs
+    /// nothing (`--observe-only`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The cgroup layout: `v2`, `v1` or `hybrid`; null with `--observe-only`.
+    #[serde(default)]
+    pub layout: Option<String>,
 }
 
 /// A program was executed (or, with `adopted`, was already running).
@@ -257,6 +264,10 @@ pub struct Tracked {
     pub comm: String,
     pub job_id: String,
     pub cgroup: String,
+    /// The tier its job was labelled with; null when it has none (or is a
+    /// systemd scope, whose tier is in its unit's description).
+    #[serde(default)]
+    pub tier: Option<Tier>,
 }
 
 /// The wrapper left; the workload runs on, still governed.
@@ -460,6 +471,8 @@ pub(crate) mod tests {
                     version: "0.1.0".into(),
                     pid: 7,
                     backend: "ebpf".into(),
+                    mode: Some("privileged".into()),
+                    layout: Some("hybrid".into()),
                 },
             ),
             Event::new(
@@ -535,6 +548,7 @@ pub(crate) mod tests {
                     comm: "ffmpeg".into(),
                     job_id: "run-40".into(),
                     cgroup: "/ffrtmp/run-40".into(),
+                    tier: Some(Tier::Batch),
                 },
             ),
             Event::new(

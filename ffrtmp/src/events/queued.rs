@@ -17,7 +17,10 @@
 use std::{
     collections::VecDeque,
     io::{self, Write},
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::Duration,
 };
@@ -208,6 +211,8 @@ pub struct Queued {
     pending_events: u64,
     /// Events dropped since the last `lost` event was queued.
     dropped: u64,
+    /// Events dropped ever, for the metrics (`lost_events_total`).
+    dropped_total: Arc<AtomicU64>,
     /// Whether an ended output stops the stream (`--exit-on-output-loss`).
     exit_on_loss: bool,
     /// The end of the output was already told (logged once).
@@ -225,9 +230,21 @@ impl Queued {
             pending: Vec::with_capacity(HIGH_WATER),
             pending_events: 0,
             dropped: 0,
+            dropped_total: Arc::default(),
             exit_on_loss,
             told_end: false,
         }
+    }
+
+    /// The running total of events dropped, shared (the metrics read it).
+    pub fn losses(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped_total)
+    }
+
+    /// Counts `n` events dropped.
+    fn count_dropped(&mut self, n: u64) {
+        self.dropped += n;
+        self.dropped_total.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Events dropped and not yet reported by a `lost` event.
@@ -296,7 +313,7 @@ impl super::Sink for Queued {
         // Only when the whole batch fits: a `lost` event must never be
         // queued ahead of a gap it does not count.
         if !self.queue.has_room(chunk.len() + self.pending.len()) {
-            self.dropped += self.pending_events;
+            self.count_dropped(self.pending_events);
             self.pending.clear();
             self.pending_events = 0;
             return self.output_ended();
@@ -310,7 +327,7 @@ impl super::Sink for Queued {
                     self.dropped = 0;
                 }
             }
-            Pushed::Full | Pushed::Ended => self.dropped += events,
+            Pushed::Full | Pushed::Ended => self.count_dropped(events),
         }
         self.output_ended()
     }

@@ -42,6 +42,17 @@ pub enum Kind {
     Hybrid,
 }
 
+impl Kind {
+    /// As `status` and the `started` event write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::V2 => "v2",
+            Kind::V1 => "v1",
+            Kind::Hybrid => "hybrid",
+        }
+    }
+}
+
 /// A mounted hierarchy: where it is mounted, and which cgroup path its
 /// mount point shows (not `/` inside some containers).
 #[derive(Clone, Debug, PartialEq, Eq)]

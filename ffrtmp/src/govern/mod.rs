@@ -551,6 +551,15 @@ impl JobCgroup {
         Ok(())
     }
 
+    /// The tier it was labelled with ([`JobCgroup::label`]); a scope's is
+    /// in its description, read over D-Bus, so not here.
+    pub fn tier(&self) -> Option<Tier> {
+        if self.is_scope() {
+            return None;
+        }
+        tier_of(&self.dirs())
+    }
+
     /// Whether systemd made it (a scope), rather than ffrtmp.
     pub fn is_scope(&self) -> bool {
         matches!(self.inner, Inner::Scope(_))
