@@ -443,7 +443,7 @@ fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
         })
         .unwrap();
     assert_eq!(last.limits[&LimitName::CpuMax], "50000 100000");
-    assert_eq!(last.limits[&LimitName::PidsMax], "16");
+    assert_eq!(last.limits[&LimitName::PidsMax], 16);
     let cg = cgroups(first.id());
     assert!(cg.contains(&root_job_cgroup(&job)), "{cg}");
     if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {

@@ -118,7 +118,7 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
     assert_eq!(g.rule.as_deref(), Some("transcode"));
     assert_eq!(g.job_id, format!("ffmpeg-{pid}"));
     assert_eq!(g.limits[&LimitName::CpuMax], "30000 100000");
-    assert_eq!(g.limits[&LimitName::MemoryMax], "268435456");
+    assert_eq!(g.limits[&LimitName::MemoryMax], 268_435_456);
     assert_eq!(g.limits[&LimitName::Nice], 3);
     assert!(!g.adopted);
     assert!(
@@ -146,7 +146,7 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
         .unwrap();
     let k = as_governed(w.wait_for("governed ffkeyed", governed_of(stream.id())));
     assert_eq!(k.job_id, "live-.._.._etc_x");
-    assert_eq!(k.limits[&LimitName::PidsMax], "64");
+    assert_eq!(k.limits[&LimitName::PidsMax], 64);
     // By now the earlier execs have been handled (events are in order).
     w.drain();
     for pid in [other.id(), probe.id()] {
@@ -760,7 +760,7 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
     assert_eq!(g.tier, Some(Tier::Batch));
     assert_eq!(g.limits[&LimitName::CpuIdle], 1, "{g:?}");
     assert!(!g.limits.contains_key(&LimitName::CpuWeight), "{g:?}");
-    assert_eq!(g.limits[&LimitName::MemoryMax], "4294967296");
+    assert_eq!(g.limits[&LimitName::MemoryMax], 4_294_967_296_u64);
     assert_eq!(g.limits[&LimitName::OomScoreAdj], 500);
     assert!(cgroups(pid).contains(&format!("{}/ffmpeg-{pid}", root.path())));
     let batch_cgroup = g.cgroup.clone().unwrap();

@@ -117,6 +117,46 @@ fn the_example_scrape_configuration_passes_promtool_check_config() {
     );
 }
 
+/// The shipped rsyslog configuration passes rsyslog's own check, as
+/// Debian's /etc/rsyslog.conf would include it (which sets the work
+/// directory), and the check refuses a typo in it.
+#[test]
+fn the_shipped_rsyslog_configuration_passes_rsyslogd_check() {
+    if !have("the_shipped_rsyslog_configuration", "rsyslogd") {
+        return;
+    }
+    let dir = scratch("fleet-rsyslog");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rsyslog/ffrtmp-events.conf");
+    let check = |conf: &Path| {
+        let main = dir.join("rsyslog.conf");
+        fs::write(
+            &main,
+            format!(
+                "global(workDirectory=\"{}\")\ninclude(file=\"{}\")\n",
+                dir.display(),
+                conf.display()
+            ),
+        )
+        .unwrap();
+        Command::new("rsyslogd")
+            .args(["-N1", "-f"])
+            .arg(&main)
+            .output()
+            .unwrap()
+    };
+    let out = check(&shipped);
+    assert!(out.status.success(), "{out:?}");
+    let typo = dir.join("typo.conf");
+    fs::write(
+        &typo,
+        fs::read_to_string(&shipped)
+            .unwrap()
+            .replace("Protocol=", "Protocl="),
+    )
+    .unwrap();
+    assert!(!check(&typo).status.success(), "rsyslogd -N1 took a typo");
+}
+
 /// One HTTP/1.0 exchange with `addr`: the status line, headers and body.
 fn http(addr: &str, request: &str) -> (String, String, String) {
     let mut conn = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));

@@ -264,7 +264,7 @@ fn a_reader_that_stops_reading_stops_no_governing() {
         let mut lost = 0;
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            let e: Event = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let e: Event = common::parse_event(&line);
             if let Body::Lost(l) = &e.body {
                 assert_eq!(l.reason, ffrtmp::events::LostReason::Output, "{line}");
                 lost += l.count;
@@ -654,8 +654,7 @@ fn events_files_refuse_links_and_keep_whole_lines_on_a_full_disk() {
     assert!(after.status.success(), "{after:?}");
     let text = fs::read_to_string(&events).unwrap();
     for line in text.lines() {
-        serde_json::from_str::<Event>(line)
-            .unwrap_or_else(|e| panic!("{e}: {line:?}\nin:\n{text}"));
+        common::parse_event(line);
     }
     assert!(text.ends_with('\n'));
 }
@@ -985,8 +984,5 @@ impl Drop for Unmount {
 
 #[allow(dead_code)]
 fn events_of(lines: &str) -> Vec<Event> {
-    lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
-        .collect()
+    lines.lines().map(common::parse_event).collect()
 }

@@ -231,21 +231,49 @@ fn the_package_installs_upgrades_and_purges_cleanly() {
         assert!(text.contains("cgroup-root"), "{script}");
     }
 
-    // What a fleet's monitoring takes: the Prometheus files as in the
-    // repository (tests/fleet.rs checks them with promtool).
-    for name in ["rules.yml", "rules.test.yml", "scrape.yml"] {
-        let shipped = fs::read(c.path(&format!("/usr/share/ffrtmp/prometheus/{name}"))).unwrap();
-        let source = fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("prometheus")
-                .join(name),
-        )
-        .unwrap();
+    // What a fleet's monitoring takes, as in the repository (tests/fleet.rs
+    // checks them with promtool and rsyslogd).
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (shipped, source) in [
+        ("prometheus/rules.yml", "prometheus/rules.yml"),
+        ("prometheus/rules.test.yml", "prometheus/rules.test.yml"),
+        ("prometheus/scrape.yml", "prometheus/scrape.yml"),
+        (
+            "systemd/metrics-on-network.conf",
+            "systemd/metrics-on-network.conf",
+        ),
+        ("rsyslog/ffrtmp-events.conf", "rsyslog/ffrtmp-events.conf"),
+        ("events.schema.json", "../docs/events.schema.json"),
+    ] {
+        let path = format!("/usr/share/ffrtmp/{shipped}");
+        let bytes = fs::read(c.path(&path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert!(
-            shipped == source,
-            "/usr/share/ffrtmp/prometheus/{name} differs from the source"
+            bytes == fs::read(repo.join(source)).unwrap(),
+            "{path} differs from {source}"
         );
     }
+    // The metrics drop-in, installed as the docs say: systemd takes it.
+    let drop_in = c.path("/etc/systemd/system/ffrtmp-watch.service.d");
+    fs::create_dir_all(&drop_in).unwrap();
+    fs::copy(
+        c.path("/usr/share/ffrtmp/systemd/metrics-on-network.conf"),
+        drop_in.join("metrics.conf"),
+    )
+    .unwrap();
+    let verify = "systemd-analyze verify /lib/systemd/system/ffrtmp-watch.service";
+    c.ok(verify);
+    // It was read: the same drop-in with a relative ExecStart is refused.
+    let text = fs::read_to_string(drop_in.join("metrics.conf")).unwrap();
+    fs::write(
+        drop_in.join("metrics.conf"),
+        text.replace("ExecStart=/usr/bin/ffrtmp", "ExecStart=usr/bin/ffrtmp"),
+    )
+    .unwrap();
+    assert!(
+        !c.run(verify).status.success(),
+        "a broken drop-in was not read"
+    );
+    fs::remove_dir_all(&drop_in).unwrap();
 
     // The system user the wrapper unit names.
     let passwd = c.ok("getent passwd ffrtmp");

@@ -122,6 +122,9 @@ pub struct ExitRecord {
     pub pad: u32,
     /// Group leader's `start_time` (CLOCK_MONOTONIC ns at fork).
     pub start_ns: u64,
+    /// Group leader's `start_boottime` (ns since boot at fork): the
+    /// process's identity, as in [`ExecRecord::start_boottime_ns`].
+    pub start_boottime_ns: u64,
     pub comm: [u8; TASK_COMM_LEN],
 }
 
@@ -153,7 +156,7 @@ pub struct Offsets {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () =
     assert!(core::mem::size_of::<ExecRecord>() == 16 + 24 + 8 + 16 + FILENAME_CAP + ARGV_CAP);
-const _: () = assert!(core::mem::size_of::<ExitRecord>() == 16 + 16 + TASK_COMM_LEN);
+const _: () = assert!(core::mem::size_of::<ExitRecord>() == 16 + 24 + TASK_COMM_LEN);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 16 * 4);
 const _: () = assert!(ARGV_CAP.is_power_of_two() && FILENAME_CAP.is_power_of_two());
 

@@ -296,6 +296,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             read_at::<u32>(leader, off.task_exit_code).unwrap_or(0)
         };
         let start_ns = read_at::<u64>(leader, off.task_start_time).unwrap_or(0);
+        let start_boottime_ns = read_at::<u64>(leader, off.task_start_boottime).unwrap_or(0);
 
         let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
             count_lost();
@@ -311,6 +312,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         (*rec).status = status;
         (*rec).pad = 0;
         (*rec).start_ns = start_ns;
+        (*rec).start_boottime_ns = start_boottime_ns;
         (*rec).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         entry.submit(wake_flags(now));
     }

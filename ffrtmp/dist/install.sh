@@ -49,7 +49,8 @@ if [ -n "$uninstall" ]; then
         rm -f "$f"
     done <"$manifest"
     rm -f "$manifest"
-    rmdir "$prefix/share/ffrtmp/prometheus" "$prefix/share/ffrtmp" "$prefix/share/doc/ffrtmp" 2>/dev/null || true
+    for d in "$prefix"/share/ffrtmp/*/; do rmdir "$d" 2>/dev/null || true; done
+    rmdir "$prefix/share/ffrtmp" "$prefix/share/doc/ffrtmp" 2>/dev/null || true
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
@@ -74,7 +75,7 @@ for f in "$here"/share/doc/ffrtmp/*; do
     put 0644 "$f" "$prefix/share/doc/ffrtmp/${f##*/}"
 done
 # Prometheus rules, their tests and a scrape example; the event schema.
-for f in "$here"/share/ffrtmp/prometheus/* "$here"/share/ffrtmp/*.json; do
+for f in "$here"/share/ffrtmp/*/* "$here"/share/ffrtmp/*.json; do
     [ -f "$f" ] || continue
     put 0644 "$f" "$prefix/share/ffrtmp/${f#"$here"/share/ffrtmp/}"
 done

@@ -29,6 +29,27 @@ pub fn ffrtmp() -> &'static str {
     &BIN
 }
 
+/// The published event schema (docs/events.schema.json), compiled once.
+static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/events.schema.json"))
+            .expect("schema is JSON");
+    jsonschema::draft202012::new(&schema).expect("a valid draft 2020-12 schema")
+});
+
+/// One line of an event stream: checked against the published schema
+/// (every event every test sees is), then read. Panics with what is wrong.
+pub fn parse_event(line: &str) -> Event {
+    let value: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
+    let errors: Vec<String> = SCHEMA.iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "against docs/events.schema.json: {errors:?}: {line}"
+    );
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("not a valid event: {e}: {line}"))
+}
+
 /// Upper bound on waiting for an event; a bound on a hang, not a speed target.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -112,8 +133,7 @@ impl Watch {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let event: Event = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("not a valid event: {e}: {line}"));
+                    let event = parse_event(&line);
                     let hit = pred(&event);
                     self.events.push(event);
                     if hit {
@@ -133,8 +153,7 @@ impl Watch {
     /// Takes in every line printed so far, without waiting.
     pub fn drain(&mut self) {
         while let Ok(line) = self.lines.try_recv() {
-            self.events
-                .push(serde_json::from_str(&line).expect("valid event"));
+            self.events.push(parse_event(&line));
         }
     }
 
@@ -150,8 +169,7 @@ impl Watch {
         let status = self.child.wait().expect("waiting for watch");
         // The reader thread ends at EOF; collect what it forwarded.
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.events
-                .push(serde_json::from_str(&line).expect("valid event"));
+            self.events.push(parse_event(&line));
         }
         (status, std::mem::take(&mut self.events))
     }
@@ -236,7 +254,7 @@ pub fn read_events(path: &std::path::Path) -> Vec<Event> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
+        .map(parse_event)
         .collect()
 }
 

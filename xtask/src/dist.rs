@@ -32,7 +32,9 @@ const SOURCES: &str = "ffrtmp/dist";
 const UNITS: &[&str] = &["ffrtmp-watch.service", "ffrtmp-wrapper.service"];
 /// What a fleet's monitoring takes from the package (from the repository
 /// root, to /usr/share/ffrtmp/): Prometheus rules, their unit tests and an
-/// example scrape configuration (docs/OPERATIONS.md, "Metrics").
+/// example scrape configuration, a drop-in that serves the metrics to the
+/// fleet, an rsyslog configuration that ships the events, and the events'
+/// JSON Schema (docs/OPERATIONS.md, docs/EVENTS.md).
 const FLEET: &[(&str, &str)] = &[
     ("ffrtmp/prometheus/rules.yml", "prometheus/rules.yml"),
     (
@@ -40,6 +42,15 @@ const FLEET: &[(&str, &str)] = &[
         "prometheus/rules.test.yml",
     ),
     ("ffrtmp/prometheus/scrape.yml", "prometheus/scrape.yml"),
+    (
+        "ffrtmp/systemd/metrics-on-network.conf",
+        "systemd/metrics-on-network.conf",
+    ),
+    (
+        "ffrtmp/rsyslog/ffrtmp-events.conf",
+        "rsyslog/ffrtmp-events.conf",
+    ),
+    ("docs/events.schema.json", "events.schema.json"),
 ];
 /// The documentation shipped (from the repository root).
 const DOCS: &[&str] = &[

@@ -30,6 +30,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // tests/fleet.rs: promtool checks the endpoint and the rules, a real
     // Prometheus scrapes a running `watch`.
     ("promtool", "prometheus"),
+    // tests/fleet.rs: rsyslogd -N1 checks the shipped collector configuration.
+    ("rsyslogd", "rsyslog"),
 ];
 /// Set for the test binaries: the release artefacts (`cargo xtask dist`)
 /// and the root filesystem tests/package.rs installs them into.

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::{Detached, Event, Exit, Source, Timestamp},
+    events::{Detached, Event, Exit, Source, Timestamp, micros},
     govern::{
         place::NotPlaced,
         target::{Target, descendants},
@@ -141,6 +141,7 @@ async fn follow(
     if let Some(reason) = reason {
         let detached = Detached {
             pid: target.pid,
+            process_key: placed.process().key(),
             job_id: placed.job_id.to_string(),
             reason: reason.into(),
         };
@@ -149,11 +150,12 @@ async fn follow(
     }
     let ended = Exit {
         pid: target.pid,
+        process_key: placed.process().key(),
         comm: target.comm.clone(),
         // Not our child: its status is not ours to know.
         exit_code: None,
         signal: None,
-        duration_ms: age_of(target.start_ticks).map(|a| a.as_micros() as f64 / 1000.0),
+        duration_us: age_of(target.start_ticks).map(micros),
         job: Some(placed.report()),
     };
     sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, ended));

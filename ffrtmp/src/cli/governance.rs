@@ -15,7 +15,7 @@ use super::{
     govern_args::{EventOut, GovernArgs},
 };
 use crate::{
-    events::{Event, JobReport, Source, Timestamp},
+    events::{Event, JobReport, ProcessId, Source, Timestamp},
     govern::{
         Context, GovernError, ProcsWriter,
         place::{IfNotMoved, NotPlaced, Placement, place},
@@ -25,6 +25,7 @@ use crate::{
         target::Target,
     },
     limits::{Failure, JobId},
+    observe::proc::Stat,
 };
 
 /// SIGTERM, SIGINT and SIGHUP: the signals on which a wrapper detaches.
@@ -159,6 +160,8 @@ impl Prepared {
     pub fn spawned(self, pid: u32) -> Placed {
         Placed {
             pid,
+            // Our child, not reaped: its stat is there even if it ended.
+            start_ticks: Stat::read(pid).ok().map(|s| s.start_ticks),
             placement: Placement::confirm(self.plan, pid),
             job_id: self.job_id,
             ctx: self.ctx,
@@ -176,6 +179,7 @@ impl Prepared {
         let placement = place(target, self.plan, also, if_not_moved)?;
         Ok(Placed {
             pid: target.pid,
+            start_ticks: Some(target.start_ticks),
             placement,
             job_id: self.job_id,
             ctx: self.ctx,
@@ -186,20 +190,30 @@ impl Prepared {
 /// A workload in its job, followed until it exits or the wrapper detaches.
 pub struct Placed {
     pub pid: u32,
+    /// Its start time (clock ticks after boot), for its `process_key`.
+    pub start_ticks: Option<u64>,
     pub job_id: JobId,
     pub ctx: Context,
     pub placement: Placement,
 }
 
 impl Placed {
+    /// The workload, as its events name it.
+    pub fn process(&self) -> ProcessId {
+        ProcessId {
+            pid: self.pid,
+            start_ticks: self.start_ticks,
+        }
+    }
+
     /// Emits what the placement could not do, then `governed`.
     pub fn report_governed(&self, sink: &mut EventOut) {
         for d in &self.placement.degradations {
             sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, d.clone()));
         }
-        let governed = self
-            .placement
-            .governed(self.pid, self.job_id.as_str(), self.ctx.mode, None);
+        let governed =
+            self.placement
+                .governed(self.process(), self.job_id.as_str(), self.ctx.mode, None);
         sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, governed));
     }
 

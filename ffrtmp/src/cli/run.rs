@@ -29,7 +29,7 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::{Detached, Event, Exit, Source, Timestamp},
+    events::{Detached, Event, Exit, ProcessId, Source, Timestamp, micros},
 };
 
 #[derive(Debug, Args)]
@@ -118,7 +118,9 @@ fn supervise(
                 }
             }
             Ok(Woken::Signal(signo)) => {
-                if let Some(code) = on_signal(args, pid, placed.job_id.as_str(), signo, sink) {
+                if let Some(code) =
+                    on_signal(args, placed.process(), placed.job_id.as_str(), signo, sink)
+                {
                     return code;
                 }
             }
@@ -136,12 +138,13 @@ fn supervise(
     let program = &args.command[0];
     let ended = Exit {
         pid,
+        process_key: placed.process().key(),
         comm: Path::new(program)
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         exit_code,
         signal: sig,
-        duration_ms: Some(started.elapsed().as_micros() as f64 / 1000.0),
+        duration_us: Some(micros(started.elapsed())),
         job: Some(placed.report()),
     };
     sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, ended));
@@ -198,7 +201,7 @@ fn wait_for(workload: &Workload, signals: &SignalFd) -> io::Result<Woken> {
 /// Detaches (returns the exit code) or forwards the signal (returns None).
 fn on_signal(
     args: &RunArgs,
-    pid: u32,
+    process: ProcessId,
     job_id: &str,
     signo: i32,
     sink: &mut EventOut,
@@ -206,11 +209,12 @@ fn on_signal(
     let name = nix::sys::signal::Signal::try_from(signo).map_or("signal", |s| s.as_str());
     if args.forward_signals && signo != libc::SIGUSR1 {
         // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-        unsafe { libc::kill(pid as i32, signo) };
+        unsafe { libc::kill(process.pid as i32, signo) };
         return None;
     }
     let detached = Detached {
-        pid,
+        pid: process.pid,
+        process_key: process.key(),
         job_id: job_id.to_string(),
         reason: name.to_string(),
     };

@@ -20,6 +20,7 @@ use crate::{
         Timestamp,
         file::{LineFile, Reopen, Reopening},
         metrics::Metrics,
+        node::process_key,
         queued::{Queue, Queued},
     },
     govern::{
@@ -314,6 +315,12 @@ async fn watch(
             schema: SCHEMA_VERSION,
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
+            process_key: process_key(
+                std::process::id(),
+                observe::proc::Stat::read(std::process::id())
+                    .ok()
+                    .map(|s| s.start_ticks),
+            ),
             backend: observer.name().into(),
             mode: mode_and_layout.map(|(mode, _)| mode.into()),
             layout: mode_and_layout.map(|(_, layout)| layout.into()),

@@ -18,12 +18,12 @@ use super::{
     Events, Govern, MadeJobs,
     maker::{self, Made, Maker, Parked, Unmade},
     note,
-    origin::{Origin, ns_to_ticks},
+    origin::Origin,
     reaper,
 };
 use crate::{
     errors::chain,
-    events::{self, Event, Exec, Exit, KernelStamp, Source, Timestamp, Tracked},
+    events::{self, Event, Exec, Exit, KernelStamp, Source, Timestamp, Tracked, process_key},
     govern::{
         Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs,
         layout::CgroupPath,
@@ -172,6 +172,7 @@ impl Governor {
                     Source::Ffrtmp,
                     Tracked {
                         pid,
+                        process_key: process_key(pid, stat.as_ref().map(|s| s.start_ticks)),
                         comm: comm.clone(),
                         job_id: name.clone(),
                         cgroup: cgroup.path.as_str().to_string(),
@@ -306,15 +307,20 @@ impl Governor {
             .collect();
         let mut events = Vec::new();
         for pid in gone {
-            let Some(comm) = self.followed.get(&pid).map(|f| f.comm.clone()) else {
+            let Some((comm, start)) = self
+                .followed
+                .get(&pid)
+                .map(|f| (f.comm.clone(), f.start_ticks))
+            else {
                 continue;
             };
             let mut exit = Exit {
                 pid,
+                process_key: process_key(pid, start),
                 comm,
                 exit_code: None,
                 signal: None,
-                duration_ms: None,
+                duration_us: None,
                 job: None,
             };
             self.on_exit(&mut exit);
@@ -746,7 +752,9 @@ impl Govern for Governor {
         let origin = match kernel {
             Some(k) => Origin::Kernel {
                 ktime_ns: k.ktime_ns,
-                start_ticks: k.start_boottime_ns.and_then(ns_to_ticks),
+                start_ticks: k
+                    .start_boottime_ns
+                    .and_then(crate::observe::proc::ticks_of_ns),
             },
             None => Origin::Polled,
         };

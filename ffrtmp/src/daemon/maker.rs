@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::{self, Degraded, Event, Source, Timestamp},
+    events::{self, Degraded, Event, ProcessId, Source, Timestamp},
     govern::{
         Context, GovernError, JobCgroup,
         layout::CgroupPath,
@@ -366,7 +366,10 @@ impl Maker {
             Timestamp::now(),
             Source::Ffrtmp,
             placement.governed(
-                pid,
+                ProcessId {
+                    pid,
+                    start_ticks: Some(target.start_ticks),
+                },
                 &job,
                 self.ctx.mode,
                 Some(ByRule {
@@ -411,7 +414,10 @@ impl Maker {
                 Timestamp::now(),
                 Source::Ffrtmp,
                 governed(
-                    pid,
+                    ProcessId {
+                        pid,
+                        start_ticks: Some(job.target.start_ticks),
+                    },
                     &cgroup.unwrap_or_else(|| job.job_id.to_string()),
                     Some(path),
                     self.ctx.mode,

@@ -39,10 +39,3 @@ pub(super) fn monotonic_ns() -> Option<u64> {
     );
     u64::try_from(d.as_nanos()).ok()
 }
-
-/// A start time in ns since boot as /proc/PID/stat's clock ticks.
-pub(super) fn ns_to_ticks(ns: u64) -> Option<u64> {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    (hz > 0).then(|| ns / (1_000_000_000 / hz))
-}

@@ -335,6 +335,7 @@ mod tests {
             Source::Ffrtmp,
             Governed {
                 pid,
+                process_key: None,
                 job_id: format!("job-{pid}"),
                 cgroup: None,
                 mode: "privileged".into(),
@@ -468,6 +469,7 @@ mod tests {
             Source::Ebpf,
             Exec {
                 pid,
+                process_key: None,
                 tid: pid,
                 ppid: Some(1),
                 uid: 0,
@@ -486,10 +488,11 @@ mod tests {
             Source::Ebpf,
             Exit {
                 pid,
+                process_key: None,
                 comm: "x".into(),
                 exit_code: Some(0),
                 signal: None,
-                duration_ms: None,
+                duration_us: None,
                 job: None,
             },
         )

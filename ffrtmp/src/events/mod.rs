@@ -12,10 +12,14 @@
 //! once; consumers must not depend on order.
 pub mod file;
 pub mod metrics;
+pub mod node;
 pub mod queued;
+#[cfg(test)]
+mod schema;
 pub mod sink;
 mod text;
 
+pub use node::{ProcessId, process_key};
 pub use sink::{Emitter, Format, Sink, Sinks};
 
 use std::{fmt, io, time::SystemTime};
@@ -28,7 +32,10 @@ use crate::limits::{LimitName, Tier};
 pub type Limits = std::collections::BTreeMap<LimitName, serde_json::Value>;
 
 /// Version of the event schema; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `host`, `boot_id` and `process_key`; durations in integer
+/// microseconds (`exit.duration_us`, `pressure.window_us`); limits that
+/// are one number are JSON integers.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Errors while writing events.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,11 @@ pub enum EventError {
     Write(#[source] io::Error),
     #[error("encoding an event as JSON")]
     Encode(#[source] serde_json::Error),
+}
+
+/// A duration as the events write it: integer microseconds (saturating).
+pub fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// When an event happened, as wall-clock time (RFC 3339, UTC, nanoseconds).
@@ -61,6 +73,22 @@ impl Serialize for Timestamp {
     }
 }
 
+#[cfg(test)]
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z$",
+            "description": "RFC 3339, UTC, up to nanoseconds"
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
@@ -71,6 +99,7 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 /// Which part of ffrtmp produced an event.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
@@ -124,6 +153,7 @@ impl Event {
 }
 
 /// What happened; the variant name is the `event` field.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Body {
@@ -158,11 +188,15 @@ impl Body {
 }
 
 /// First event of a `watch` stream: what is running and which backend.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Started {
     pub schema: u32,
     pub version: String,
     pub pid: u32,
+    /// The daemon's own key ([`node`]).
+    #[serde(default)]
+    pub process_key: Option<String>,
     /// The backend that observes processes (`ebpf`, `procfs`): its name,
     /// not an event [`Source`], so a new backend needs no new source.
     pub backend: String,
@@ -176,9 +210,14 @@ pub struct Started {
 }
 
 /// A program was executed (or, with `adopted`, was already running).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Exec {
     pub pid: u32,
+    /// Unique across the node's lifetime ([`node`]); null when its start
+    /// time could not be read.
+    #[serde(default)]
+    pub process_key: Option<String>,
     /// Thread that called exec; differs from `pid` when a non-leader thread
     /// exec'd (the kernel then gives it the leader's id).
     pub tid: u32,
@@ -197,22 +236,27 @@ pub struct Exec {
 }
 
 /// A process (its whole thread group) ended.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Exit {
     pub pid: u32,
+    #[serde(default)]
+    pub process_key: Option<String>,
     pub comm: String,
     /// Exit status when it exited normally; `null` when killed or unknown.
     pub exit_code: Option<i32>,
     /// Signal that killed it; `null` when it exited normally or unknown.
     pub signal: Option<i32>,
-    /// Lifetime since the process was forked; `null` when unknown.
-    pub duration_ms: Option<f64>,
+    /// Lifetime since the process was forked, in microseconds; `null`
+    /// when unknown.
+    pub duration_us: Option<u64>,
     /// For a governed job: its report. Absent for other processes.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobReport>,
 }
 
 /// The exit report of a governed job, from its cgroup.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {
     pub job_id: String,
@@ -227,9 +271,12 @@ pub struct JobReport {
 }
 
 /// A workload was placed under governance.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Governed {
     pub pid: u32,
+    #[serde(default)]
+    pub process_key: Option<String>,
     pub job_id: String,
     /// The job's cgroup path (the same in every v1 hierarchy); `null` in
     /// unprivileged mode.
@@ -258,9 +305,12 @@ pub struct Governed {
 /// `watch` found a process already in an ffrtmp job cgroup (made by `run`,
 /// `attach` or an earlier daemon) and left it there; its exit will be
 /// reported with the job's report.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tracked {
     pub pid: u32,
+    #[serde(default)]
+    pub process_key: Option<String>,
     pub comm: String,
     pub job_id: String,
     pub cgroup: String,
@@ -271,9 +321,12 @@ pub struct Tracked {
 }
 
 /// The wrapper left; the workload runs on, still governed.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Detached {
     pub pid: u32,
+    #[serde(default)]
+    pub process_key: Option<String>,
     pub job_id: String,
     /// What made the wrapper leave (e.g. `SIGTERM`).
     pub reason: String,
@@ -281,6 +334,7 @@ pub struct Detached {
 
 /// `watch` read its policy again (SIGHUP, `systemctl reload`): whether the
 /// new one is in force, or why the running one stays.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reloaded {
     /// The policy file; `None` for the embedded policy.
@@ -297,6 +351,7 @@ pub struct Reloaded {
 /// A live job's threads wait for a CPU so much that it is at risk of
 /// falling behind realtime (`watch`'s pressure watch, `pressure/`); or,
 /// with `cleared`, it no longer is.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pressure {
     pub job_id: String,
@@ -306,7 +361,8 @@ pub struct Pressure {
     pub waiting: f64,
     /// CPUs it used in the window.
     pub usage_cpus: f64,
-    pub window_ms: u64,
+    /// The window measured, in microseconds.
+    pub window_us: u64,
     /// Why it waits: its own quota, or CPUs busy with others.
     pub cause: Cause,
     /// Which counter `waiting` comes from.
@@ -316,6 +372,7 @@ pub struct Pressure {
 }
 
 /// Why a job waits for a CPU.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
@@ -326,6 +383,7 @@ pub enum Cause {
 }
 
 /// Which counter a waiting share came from.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
@@ -338,6 +396,7 @@ pub enum Signal {
 }
 
 /// Events dropped since the last `lost` event of the same reason.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lost {
     pub count: u64,
@@ -347,6 +406,7 @@ pub struct Lost {
 }
 
 /// Where events were dropped.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LostReason {
@@ -360,6 +420,7 @@ pub enum LostReason {
 }
 
 /// ffrtmp does less than asked, and says why.
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Degraded {
     /// The limit not applied, when the degradation is about one.
@@ -406,14 +467,19 @@ impl Serialize for Event {
             event: &'static str,
             ts: Timestamp,
             source: Source,
+            host: &'static str,
+            boot_id: &'static str,
             #[serde(flatten)]
             body: &'a B,
         }
         fn wire<'a, B>(e: &Event, body: &'a B) -> Wire<'a, B> {
+            let node = node::node();
             Wire {
                 event: e.body.name(),
                 ts: e.ts,
                 source: e.source,
+                host: &node.host,
+                boot_id: &node.boot_id,
                 body,
             }
         }
@@ -470,6 +536,7 @@ pub(crate) mod tests {
                     schema: SCHEMA_VERSION,
                     version: "0.1.0".into(),
                     pid: 7,
+                    process_key: Some("8ad1f4a3-3f5e-4c8e-9a61-2b1f0c9d7e21:987:42".into()),
                     backend: "ebpf".into(),
                     mode: Some("privileged".into()),
                     layout: Some("hybrid".into()),
@@ -480,6 +547,7 @@ pub(crate) mod tests {
                 Source::Ebpf,
                 Exec {
                     pid: 42,
+                    process_key: None,
                     tid: 43,
                     ppid: Some(1),
                     uid: 1000,
@@ -495,6 +563,7 @@ pub(crate) mod tests {
                 Source::Procfs,
                 Exec {
                     pid: 42,
+                    process_key: None,
                     tid: 42,
                     ppid: None,
                     uid: 0,
@@ -510,10 +579,11 @@ pub(crate) mod tests {
                 Source::Ebpf,
                 Exit {
                     pid: 42,
+                    process_key: None,
                     comm: "ffmpeg".into(),
                     exit_code: None,
                     signal: Some(9),
-                    duration_ms: Some(12.5),
+                    duration_us: Some(12_500),
                     job: None,
                 },
             ),
@@ -530,6 +600,7 @@ pub(crate) mod tests {
                 Source::Ffrtmp,
                 Governed {
                     pid: 42,
+                    process_key: None,
                     job_id: "ffmpeg-42".into(),
                     cgroup: Some("/ffrtmp/ffmpeg-42".into()),
                     mode: "privileged".into(),
@@ -545,6 +616,7 @@ pub(crate) mod tests {
                 Source::Ffrtmp,
                 Tracked {
                     pid: 43,
+                    process_key: None,
                     comm: "ffmpeg".into(),
                     job_id: "run-40".into(),
                     cgroup: "/ffrtmp/run-40".into(),
@@ -556,6 +628,7 @@ pub(crate) mod tests {
                 Source::Ffrtmp,
                 Detached {
                     pid: 42,
+                    process_key: None,
                     job_id: "ffmpeg-42".into(),
                     reason: "SIGTERM".into(),
                 },
@@ -585,10 +658,11 @@ pub(crate) mod tests {
                 Source::Ebpf,
                 Exit {
                     pid: 42,
+                    process_key: None,
                     comm: "ffmpeg".into(),
                     exit_code: Some(0),
                     signal: None,
-                    duration_ms: Some(1.5),
+                    duration_us: Some(1_500),
                     job: Some(JobReport {
                         job_id: "ffmpeg-42".into(),
                         oom_killed: Some(false),
@@ -616,7 +690,7 @@ pub(crate) mod tests {
                     tier: Tier::Live,
                     waiting: 0.625,
                     usage_cpus: 0.25,
-                    window_ms: 1000,
+                    window_us: 1_000_000,
                     cause: Cause::Contended,
                     signal: Signal::Psi,
                     cleared: false,
@@ -641,11 +715,16 @@ pub(crate) mod tests {
             json.starts_with(r#"{"event":"exec","ts":"2026-09-21T"#),
             "{json}"
         );
+        let node = node::node();
         assert!(
-            json.contains(r#".123456789Z","source":"ebpf","pid":42,"#),
+            json.contains(&format!(
+                r#".123456789Z","source":"ebpf","host":"{}","boot_id":"{}","pid":42,"#,
+                node.host, node.boot_id
+            )),
             "{json}"
         );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v["process_key"].is_null(), "{v}");
         assert_eq!(v["argv"][2], "rtmp://x/y z");
         let exit = serde_json::to_value(&samples()[3]).unwrap();
         assert!(
@@ -658,6 +737,7 @@ pub(crate) mod tests {
     fn governed_events_of_run_and_attach_have_null_watch_fields() {
         let g = Governed {
             pid: 1,
+            process_key: None,
             job_id: "j".into(),
             cgroup: None,
             mode: "unprivileged".into(),

@@ -44,11 +44,10 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
             quoted(out, &x.comm)?;
             write!(
                 out,
-                " exit_code={} signal={} duration_ms={}",
+                " exit_code={} signal={} duration_us={}",
                 opt(x.exit_code),
                 opt(x.signal),
-                x.duration_ms
-                    .map_or_else(|| "-".to_string(), |d| format!("{d:.3}"))
+                opt(x.duration_us)
             )?;
             if let Some(j) = &x.job {
                 write!(
@@ -162,6 +161,7 @@ mod tests {
             Source::Ebpf,
             Exec {
                 pid: 5,
+                process_key: None,
                 tid: 5,
                 ppid: None,
                 uid: 0,

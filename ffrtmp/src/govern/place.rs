@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::{self, Degraded, Governed},
+    events::{self, Degraded, Governed, ProcessId},
     limits::{LimitName, Tier},
 };
 
@@ -183,10 +183,16 @@ impl Placement {
         }
     }
 
-    /// The `governed` event of `pid` in this placement.
-    pub fn governed(&self, pid: u32, job_id: &str, mode: Mode, by: Option<ByRule>) -> Governed {
+    /// The `governed` event of `process` in this placement.
+    pub fn governed(
+        &self,
+        process: ProcessId,
+        job_id: &str,
+        mode: Mode,
+        by: Option<ByRule>,
+    ) -> Governed {
         governed(
-            pid,
+            process,
             job_id,
             self.cgroup.as_ref().map(|c| c.path.as_str()),
             mode,
@@ -213,7 +219,7 @@ pub struct ByRule {
 
 /// The one constructor of a `governed` event.
 pub fn governed(
-    pid: u32,
+    process: ProcessId,
     job_id: &str,
     cgroup: Option<&str>,
     mode: Mode,
@@ -226,7 +232,8 @@ pub fn governed(
         None => (None, false, None),
     };
     Governed {
-        pid,
+        pid: process.pid,
+        process_key: process.key(),
         job_id: job_id.to_string(),
         cgroup: cgroup.map(String::from),
         mode: mode.as_str().to_string(),

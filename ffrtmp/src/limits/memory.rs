@@ -94,7 +94,7 @@ fn property(name: &'static str, size: Size) -> Property {
 fn v2(files: &dyn Files, file: &str, size: Size) -> Outcome {
     files
         .write("memory", file, &size.to_string())
-        .map(Value::String)
+        .map(super::values::number_or_text)
         .into()
 }
 
@@ -107,11 +107,11 @@ fn v1(files: &dyn Files, file: &str, size: Size) -> Outcome {
         .write("memory", file, &value)
         .and_then(|back| {
             let n: u64 = back.parse().map_err(|_| format!("{file} reads {back:?}"))?;
-            Ok(Value::String(if n >= V1_MEMORY_UNLIMITED_MIN {
-                "max".into()
+            Ok(if n >= V1_MEMORY_UNLIMITED_MIN {
+                Value::String("max".into())
             } else {
-                n.to_string()
-            }))
+                Value::from(n)
+            })
         })
         .into()
 }

@@ -1,5 +1,4 @@
 //! The process (and thread) count limit, `pids.max`.
-use serde_json::Value;
 
 use super::{Controllers, Count, Files, Limit, LimitError, Outcome, Property};
 
@@ -43,7 +42,7 @@ impl Limit for PidsMax {
 fn write(files: &dyn Files, max: Count) -> Outcome {
     files
         .write("pids", "pids.max", &max.to_string())
-        .map(Value::String)
+        .map(super::values::number_or_text)
         .into()
 }
 

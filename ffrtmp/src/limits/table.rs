@@ -16,6 +16,7 @@ macro_rules! table {
         /// A limit's name: `degraded.limit`, the keys of `governed.limits`,
         /// the policy key; its option is `--` and the name with dashes.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[cfg_attr(test, derive(schemars::JsonSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum LimitName {
             $($variant),*

@@ -29,6 +29,7 @@ use super::{CpuIdle, CpuWeight, Limits};
 
 /// A job's tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     /// A stream that must keep realtime.

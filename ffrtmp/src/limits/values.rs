@@ -82,6 +82,12 @@ macro_rules! display_inner {
 }
 pub(super) use display_inner;
 
+/// A read-back value as events write it: a JSON integer when the file
+/// holds one number (bytes, counts), else its text (`max`).
+pub(super) fn number_or_text(back: String) -> Value {
+    back.parse::<u64>().map_or(Value::String(back), Value::from)
+}
+
 /// A control file's read-back text as a JSON number.
 pub(super) fn number(file: &str, back: &str) -> Result<Value, String> {
     back.parse::<u64>()

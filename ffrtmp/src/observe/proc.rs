@@ -12,7 +12,7 @@ use std::{
 
 use nix::time::{ClockId, clock_gettime};
 
-use crate::events::{Exec, metrics::Usage};
+use crate::events::{Exec, metrics::Usage, process_key};
 
 /// `/proc/PID/stat` flag of kernel threads.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -127,6 +127,13 @@ pub fn own_usage() -> Usage {
     usage
 }
 
+/// A start time in ns since boot (the kernel's `start_boottime`) as
+/// /proc/PID/stat's clock ticks.
+pub fn ticks_of_ns(ns: u64) -> Option<u64> {
+    let hz = clock_ticks_per_second()?;
+    Some(ns / (1_000_000_000 / hz))
+}
+
 /// Time since a process started `start_ticks` clock ticks after boot.
 pub fn age_of(start_ticks: u64) -> Option<Duration> {
     let hz = clock_ticks_per_second()?;
@@ -229,6 +236,7 @@ pub fn exec_event(stat: &Stat, adopted: bool) -> Result<Exec, ProcError> {
         .unwrap_or_default();
     Ok(Exec {
         pid: stat.pid,
+        process_key: process_key(stat.pid, Some(stat.start_ticks)),
         tid: stat.pid,
         ppid: Some(stat.ppid),
         uid,

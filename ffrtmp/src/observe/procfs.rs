@@ -13,7 +13,7 @@ use super::{
     Consumer, ObserveError, Observer, Options,
     proc::{self, ProcError, Stat},
 };
-use crate::events::{Event, Exit, Source, Timestamp};
+use crate::events::{Event, Exit, Source, Timestamp, micros, process_key};
 
 /// Default polling interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
@@ -146,16 +146,16 @@ impl Observer for ProcfsObserver {
 }
 
 fn exit_event(pid: u32, k: &Known) -> Event {
-    let duration_ms = proc::age_of(k.start_ticks).map(|a| a.as_micros() as f64 / 1_000.0);
     Event::new(
         Timestamp::now(),
         Source::Procfs,
         Exit {
             pid,
+            process_key: process_key(pid, Some(k.start_ticks)),
             comm: k.comm.clone(),
             exit_code: None,
             signal: None,
-            duration_ms,
+            duration_us: proc::age_of(k.start_ticks).map(micros),
             job: None,
         },
     )

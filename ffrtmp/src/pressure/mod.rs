@@ -150,12 +150,12 @@ impl Watch {
 impl Watched {
     /// Its `pressure` event; `window` is `None` for a job that ended.
     fn event(&self, window: Option<Window>, cleared: bool) -> Pressure {
-        let (waiting, usage, ms, throttled, signal) =
+        let (waiting, usage, us, throttled, signal) =
             window.map_or((0.0, 0.0, 0, 0.0, crate::events::Signal::Schedstat), |w| {
                 (
                     w.waiting,
                     w.usage,
-                    (w.seconds * 1000.0).round() as u64,
+                    (w.seconds * 1e6).round() as u64,
                     w.throttled,
                     w.signal,
                 )
@@ -166,7 +166,7 @@ impl Watched {
             tier: Tier::Live,
             waiting: round3(waiting),
             usage_cpus: round3(usage),
-            window_ms: ms,
+            window_us: us,
             cause: if throttled >= THROTTLED {
                 Cause::Throttled
             } else {

@@ -382,6 +382,7 @@ mod tests {
             Source::Ffrtmp,
             Governed {
                 pid,
+                process_key: None,
                 job_id: format!("{rule}-{pid}"),
                 cgroup: None,
                 mode: "privileged".into(),
@@ -399,10 +400,11 @@ mod tests {
             Source::Ebpf,
             Exit {
                 pid,
+                process_key: None,
                 comm: "ffmpeg".into(),
                 exit_code: None,
                 signal: Some(9),
-                duration_ms: None,
+                duration_us: None,
                 job: Some(JobReport {
                     job_id: "j".into(),
                     oom_killed: Some(oom),
@@ -434,6 +436,7 @@ mod tests {
                 schema: 2,
                 version: "1.2.3".into(),
                 pid: 1,
+                process_key: None,
                 backend: "ebpf".into(),
                 mode: Some("privileged".into()),
                 layout: None,

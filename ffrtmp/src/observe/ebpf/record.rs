@@ -7,8 +7,8 @@ use ffrtmp_common::{EventHeader, ExecRecord, ExitRecord, Plain, exec_flags, kind
 use nix::time::{ClockId, clock_gettime};
 
 use crate::{
-    events::{Body, Event, Exec, Exit, KernelStamp, Source, Timestamp},
-    observe::proc::split_nul,
+    events::{Body, Event, Exec, Exit, KernelStamp, Source, Timestamp, process_key},
+    observe::proc::{split_nul, ticks_of_ns},
 };
 
 /// Errors while decoding a record.
@@ -63,7 +63,9 @@ pub fn decode(data: &[u8]) -> Result<Event, RecordError> {
         kind::EXEC => {
             let r: ExecRecord = read(data).ok_or(short(header.kind, size_of::<ExecRecord>()))?;
             stamp.start_boottime_ns = (r.start_boottime_ns > 0).then_some(r.start_boottime_ns);
-            exec(&r).into()
+            let mut e = exec(&r);
+            e.process_key = process_key(e.pid, stamp.start_boottime_ns.and_then(ticks_of_ns));
+            e.into()
         }
         kind::EXIT => {
             let r: ExitRecord = read(data).ok_or(short(header.kind, size_of::<ExitRecord>()))?;
@@ -86,6 +88,8 @@ fn exec(r: &ExecRecord) -> Exec {
     };
     Exec {
         pid: r.header.pid,
+        // With the stamp, by `decode`.
+        process_key: None,
         tid: r.old_pid,
         ppid: (r.flags & exec_flags::PPID_UNREADABLE == 0).then_some(r.ppid),
         uid: r.uid,
@@ -109,14 +113,16 @@ pub fn split_status(status: u32) -> (Option<i32>, Option<i32>) {
 
 fn exit(r: &ExitRecord) -> Exit {
     let (exit_code, signal) = split_status(r.status);
-    let duration_ms = (r.start_ns > 0 && r.header.ktime_ns >= r.start_ns)
-        .then(|| ((r.header.ktime_ns - r.start_ns) / 1_000) as f64 / 1_000.0);
+    let duration_us = (r.start_ns > 0 && r.header.ktime_ns >= r.start_ns)
+        .then(|| (r.header.ktime_ns - r.start_ns) / 1_000);
+    let start = (r.start_boottime_ns > 0).then_some(r.start_boottime_ns);
     Exit {
         pid: r.header.pid,
+        process_key: process_key(r.header.pid, start.and_then(ticks_of_ns)),
         comm: c_str(&r.comm),
         exit_code,
         signal,
-        duration_ms,
+        duration_us,
         job: None,
     }
 }
@@ -184,6 +190,8 @@ mod tests {
         assert_eq!(e.filename, "/bin/true");
         assert_eq!(e.argv, Some(vec!["/bin/true".into(), "-x".into()]));
         assert!(!e.argv_truncated && !e.adopted);
+        // 7 s after boot is 700 ticks of 10 ms.
+        assert!(e.process_key.unwrap().ends_with(":700:100"));
     }
 
     #[test]
@@ -220,13 +228,16 @@ mod tests {
                 status,
                 pad: 0,
                 start_ns: 1_000_000,
+                start_boottime_ns: 9_000_000_000,
                 comm: comm("sleep"),
             };
             let Body::Exit(e) = decode(&bytes(&r)).unwrap().body else {
                 panic!()
             };
             assert_eq!((e.exit_code, e.signal), (code, sig), "status {status:#x}");
-            assert_eq!(e.duration_ms, Some(2.5));
+            assert_eq!(e.duration_us, Some(2500));
+            let key = e.process_key.unwrap();
+            assert!(key.ends_with(":900:7"), "{key}");
             assert_eq!(e.comm, "sleep");
         }
     }
