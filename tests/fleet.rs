@@ -433,3 +433,67 @@ fn a_real_prometheus_scrapes_the_daemon_and_counts_what_it_governed() {
     assert!(all.len() >= 10, "{rules}");
     assert!(all.iter().all(|r| r["health"] != "err"), "{rules}");
 }
+
+/// A collector joins a process's events by `process_key`: `exec`,
+/// `governed` and `exit` of one process carry the same key, made of this
+/// boot, its start time as /proc shows it, and its pid; and every event
+/// names the host and the boot.
+#[test]
+fn one_process_key_joins_exec_governed_and_exit() {
+    const TEST: &str = "one_process_key_joins_exec_governed_and_exit";
+    if !require_root(TEST) {
+        return;
+    }
+    let dir = scratch("fleet-key");
+    let root = Root::new("fleet-key");
+    let mut w = watch(&dir, &root, &format!("127.0.0.1:{}", port(3)));
+    let jobs = govern(&dir, &mut w, 1);
+    let pid = jobs.0[0].id();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let expected = format!("{}:{start}:{pid}", boot_id.trim());
+    drop(jobs); // killed
+    w.wait_for(
+        "exit",
+        move |e| matches!(&e.body, Body::Exit(x) if x.pid == pid),
+    );
+    let exec = w.wait_for(
+        "exec",
+        move |e| matches!(&e.body, Body::Exec(x) if x.pid == pid),
+    );
+    let keys: Vec<Option<String>> = w
+        .events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Exec(x) if x.pid == pid => Some(x.process_key.clone()),
+            Body::Governed(g) if g.pid == pid => Some(g.process_key.clone()),
+            Body::Exit(x) if x.pid == pid => Some(x.process_key.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(keys.len() >= 3, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.as_deref() == Some(expected.as_str())),
+        "{expected}: {keys:?}"
+    );
+    assert_eq!(exec.source, ffrtmp::events::Source::Ebpf, "{exec:?}");
+    // Every line names this node and this boot.
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert!(!w.raw.is_empty());
+    for line in &w.raw {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            (v["host"].as_str(), v["boot_id"].as_str()),
+            (Some(host.as_str()), Some(boot_id.trim())),
+            "{line}"
+        );
+    }
+}

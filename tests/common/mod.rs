@@ -78,6 +78,8 @@ pub struct Watch {
     child: Child,
     lines: Receiver<String>,
     pub events: Vec<Event>,
+    /// The lines `events` were read from, as written.
+    pub raw: Vec<String>,
 }
 
 impl Watch {
@@ -117,6 +119,7 @@ impl Watch {
             child,
             lines,
             events: Vec::new(),
+            raw: Vec::new(),
         };
         watch.wait_for("the started event", |e| matches!(e.body, Body::Started(_)));
         watch
@@ -136,6 +139,7 @@ impl Watch {
                     let event = parse_event(&line);
                     let hit = pred(&event);
                     self.events.push(event);
+                    self.raw.push(line);
                     if hit {
                         return self.events.last().cloned().expect("just pushed");
                     }
