@@ -44,6 +44,8 @@ pub fn begin(args: &GovernArgs) -> Result<(EventOut, Runtime, DetachSignals), Ex
 
 /// The event output, or exit 2 when `--events FILE` cannot be opened.
 pub fn events_of(args: &GovernArgs) -> Result<EventOut, ExitCode> {
+    // The node's identity, read now rather than at the first event.
+    crate::events::node::node();
     args.emitter().map_err(|e| {
         eprintln!("ffrtmp: error: opening the events file: {e}");
         ExitCode::from(exit::USAGE)

@@ -257,6 +257,8 @@ async fn watch(
         filter: filter.is_some(),
     };
     let reopen = events_file.as_ref().map(|(_, r)| r.clone());
+    // The node's identity, read now rather than at the first event.
+    crate::events::node::node();
     let (sinks, output_end) = outputs(&args, events_file.map(|(f, _)| f)).await?;
     let mut stream = Stream::new(sinks, governor, None, filter);
     for note in notes {

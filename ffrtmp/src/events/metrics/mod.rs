@@ -7,14 +7,14 @@
 //! processes followed now by tier, exec→governed latency, live jobs at
 //! risk. Beside them: this build (`ffrtmp_build_info`), the backend and
 //! mode of the running daemon (`ffrtmp_daemon_info`, from `started`), and
-//! what the process costs (`process_*`, read when scraped: [`process`]).
+//! what the process costs (`process_*`, read when scraped: `process.rs`).
 //!
 //! Labels stay bounded: an event kind, a policy rule's name, a tier, a
 //! limit, a loss reason. Never a pid or a job id, whose number grows with
 //! every stream a node ever ran.
 //!
-//! Served by [`http`]: OpenMetrics to a scraper that asks for it,
-//! Prometheus text 0.0.4 otherwise ([`classic`]).
+//! Served by `http.rs`: OpenMetrics to a scraper that asks for it,
+//! Prometheus text 0.0.4 otherwise (`classic.rs`).
 mod classic;
 mod http;
 mod process;
@@ -267,17 +267,22 @@ impl Metrics {
             Body::Governed(g) => {
                 let tier = tier_label(g.tier);
                 let rule = g.rule.as_deref().unwrap_or(NONE);
-                self.governed
-                    .get_or_create(&labels([("rule", rule), ("tier", tier)]))
-                    .inc();
+                // A second `governed` of one process (its own job made
+                // after it was left in staging) is not a second process.
+                if self.follow(g.pid, rule, tier) {
+                    self.governed
+                        .get_or_create(&labels([("rule", rule), ("tier", tier)]))
+                        .inc();
+                    if let Some(us) = g.latency_us {
+                        self.latency.observe(us as f64 / 1e6);
+                    }
+                }
                 // Exists at 0 before a job of the rule is OOM-killed.
                 drop(self.oom_kills.get_or_create(&labels([("rule", rule)])));
-                if let Some(us) = g.latency_us {
-                    self.latency.observe(us as f64 / 1e6);
-                }
-                self.follow(g.pid, rule, tier);
             }
-            Body::Tracked(t) => self.follow(t.pid, NONE, tier_label(t.tier)),
+            Body::Tracked(t) => {
+                self.follow(t.pid, NONE, tier_label(t.tier));
+            }
             Body::Exit(x) => {
                 let Some(job) = &x.job else { return };
                 let followed = self.followed.lock().ok().and_then(|mut f| f.remove(&x.pid));
@@ -319,11 +324,12 @@ impl Metrics {
         }
     }
 
-    /// A process now followed in a job; one governed again (re-attached)
-    /// moves from its old tier to the new one.
-    fn follow(&self, pid: u32, rule: &str, tier: &'static str) {
+    /// A process now followed in a job; one governed again (re-attached,
+    /// or out of staging) moves from its old tier to the new one. Whether
+    /// it was new.
+    fn follow(&self, pid: u32, rule: &str, tier: &'static str) -> bool {
         let Ok(mut followed) = self.followed.lock() else {
-            return;
+            return true;
         };
         let old = followed.insert(
             pid,
@@ -332,7 +338,7 @@ impl Metrics {
                 tier,
             },
         );
-        if let Some(old) = old {
+        if let Some(old) = &old {
             self.processes
                 .get_or_create(&labels([("tier", old.tier)]))
                 .dec();
@@ -340,6 +346,7 @@ impl Metrics {
         self.processes
             .get_or_create(&labels([("tier", tier)]))
             .inc();
+        old.is_none()
     }
 
     /// The exposition in `format`.
@@ -452,6 +459,8 @@ mod tests {
         m.record(&governed(10, "ffmpeg-live", Some(Tier::Live)));
         m.record(&governed(11, "ffmpeg-live", Some(Tier::Live)));
         m.record(&governed(12, "ffmpeg-batch", Some(Tier::Batch)));
+        // Its own job made after staging: the same process, not a new one.
+        m.record(&governed(11, "ffmpeg-live", Some(Tier::Live)));
         m.record(&exit(10, true));
         m.record(&exit(12, false));
         m.record(&event(
@@ -470,7 +479,7 @@ mod tests {
             &[
                 "# TYPE ffrtmp_build info\nffrtmp_build_info{version=\"1.2.3\",commit=\"abc\"} 1\n",
                 "ffrtmp_daemon_info{backend=\"ebpf\",mode=\"privileged\",layout=\"none\"} 1",
-                "ffrtmp_events_total{event=\"governed\"} 3",
+                "ffrtmp_events_total{event=\"governed\"} 4",
                 "ffrtmp_lost_events_total{reason=\"ring\"} 7",
                 "ffrtmp_lost_events_total{reason=\"output\"} 5",
                 "ffrtmp_governed_total{rule=\"ffmpeg-live\",tier=\"live\"} 2",
