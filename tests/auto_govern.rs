@@ -19,8 +19,8 @@ use std::{
 };
 
 use common::{
-    PATIENCE, Root, Watch, cgroups, cpu_quota, exit_of, fake, ffrtmp, require_root, scratch,
-    sleeper,
+    Children, PATIENCE, Root, Watch, cgroups, cpu_quota, exit_of, fake, ffrtmp, require_root,
+    scratch, sleeper,
 };
 use ffrtmp::events::{Body, Event, Governed};
 use ffrtmp::limits::{LimitName, Tier};
@@ -39,18 +39,6 @@ fn as_governed(e: Event) -> Governed {
     match e.body {
         Body::Governed(g) => g,
         other => panic!("not governed: {other:?}"),
-    }
-}
-
-/// Children killed when dropped, also when a test fails: a stray
-/// `ffmpeg` would be adopted by the next test's daemon.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            kill(child);
-        }
     }
 }
 

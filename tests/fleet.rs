@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PATIENCE, Root, Watch, fake, ffrtmp, require_root, scratch, sleeper};
+use common::{Children, PATIENCE, Root, Watch, fake, ffrtmp, require_root, scratch, sleeper};
 use ffrtmp::events::Body;
 
 /// The shipped Prometheus files (/usr/share/ffrtmp/prometheus in the package).
@@ -192,18 +192,6 @@ fn watch(dir: &Path, root: &Root, addr: &str) -> Watch {
             .arg(&policy)
             .args(["--cgroup-root", root.path(), "--metrics-addr", addr]),
     )
-}
-
-/// Children killed when dropped, also when a test fails.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Starts `n` `ffleet` sleepers and waits until `w` governed each.

@@ -505,6 +505,19 @@ impl Drop for Root {
     }
 }
 
+/// Children killed when dropped, also when a test fails: a stray
+/// transcoder would be adopted by the next test's daemon.
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A copy of `real` named `name`: its processes have that comm.
 pub fn fake(dir: &Path, name: &str, real: &str) -> PathBuf {
     let src = fs::canonicalize(real).unwrap();
