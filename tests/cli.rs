@@ -80,7 +80,7 @@ fn version_says_commit_target_and_kernel_programs() {
         assert!(long.lines().any(|l| l == line), "{line} not in {long}");
     }
     assert_eq!(json["libc"] == "musl", target.ends_with("-musl"), "{json}");
-    assert_eq!(json["events_schema"], 1);
+    assert_eq!(json["events_schema"], ffrtmp::events::SCHEMA_VERSION);
     if std::env::var_os(common::BIN_ENV).is_some() {
         assert_eq!(
             json["libc"], "musl",
