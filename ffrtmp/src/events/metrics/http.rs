@@ -171,7 +171,14 @@ impl Metrics {
                     Exposition::OpenMetrics => OPENMETRICS_TYPE,
                     Exposition::Classic => CLASSIC_TYPE,
                 };
-                ("200 OK", content_type, self.render(format), body, "")
+                // Off the event loop, which also governs: listing
+                // /proc/self/fd grows with the descriptors held (up to
+                // LimitNOFILE), and a scrape must not delay a new process.
+                let metrics = self.clone();
+                let text = tokio::task::spawn_blocking(move || metrics.render(format))
+                    .await
+                    .unwrap_or_default();
+                ("200 OK", content_type, text, body, "")
             }
             Asked::NotFound => (
                 "404 Not Found",
