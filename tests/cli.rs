@@ -33,8 +33,7 @@ fn help_documents_watch_and_its_options() {
 fn policy_default_prints_a_policy_that_checks() {
     let out = ffrtmp(&["policy", "default"]);
     assert!(out.status.success());
-    let dir = std::env::temp_dir().join(format!("ffrtmp-cli-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("cli-policy");
     let file = dir.join("default.toml");
     std::fs::write(&file, &out.stdout).unwrap();
     let check = ffrtmp(&["policy", "check", file.to_str().unwrap()]);

@@ -58,7 +58,7 @@ fn show(property: &str) -> String {
 }
 
 /// A scratch directory the units' users (ffrtmp, the delegate) can read.
-fn readable_scratch(test: &str) -> std::path::PathBuf {
+fn readable_scratch(test: &str) -> common::Scratch {
     let dir = scratch(test);
     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     dir

@@ -18,8 +18,9 @@ fn alive(child: &mut Child) -> bool {
     child.try_wait().unwrap().is_none()
 }
 
-fn events_file(case: u32) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("ffrtmp-upstream-{case}-{}", std::process::id()))
+/// A case's scratch directory; its events file is `events` in it.
+fn case_dir(case: u32) -> common::Scratch {
+    common::scratch(&format!("upstream-{case}"))
 }
 
 #[test]
@@ -41,7 +42,8 @@ fn case_02_stopping_an_attach_leaves_the_process_alive() {
         return;
     }
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
-    let events = events_file(2);
+    let dir = case_dir(2);
+    let events = dir.join("events");
     let mut attach = Command::new(common::ffrtmp())
         .args(["attach", "--pid", &sleeper.id().to_string(), "--events"])
         .arg(&events)
@@ -62,7 +64,8 @@ fn case_03_kill_9_of_the_wrapper_leaves_the_workload_alive() {
     if !require_root("case_03_kill_9_of_the_wrapper") {
         return;
     }
-    let events = events_file(3);
+    let dir = case_dir(3);
+    let events = dir.join("events");
     let mut wrapper = Command::new(common::ffrtmp())
         .args(["run", "--events"])
         .arg(&events)
@@ -129,7 +132,8 @@ fn case_08_sigterm_to_the_wrapper_leaves_the_workload_alive() {
     if !require_root("case_08_sigterm_to_the_wrapper") {
         return;
     }
-    let events = events_file(8);
+    let dir = case_dir(8);
+    let events = dir.join("events");
     let mut wrapper = Command::new(common::ffrtmp())
         .args(["run", "--events"])
         .arg(&events)

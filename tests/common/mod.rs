@@ -234,12 +234,44 @@ pub fn in_vm() -> bool {
     std::env::var_os("FFRTMP_VM").is_some()
 }
 
-/// A fresh scratch directory for one test.
-pub fn scratch(test: &str) -> std::path::PathBuf {
+/// A fresh scratch directory for one test, removed when the test passes.
+///
+/// Why removed: some tests put two copies of a test binary in theirs
+/// (~170 MB each, debug info), so a kept directory per test per run filled a
+/// CI disk within a dozen runs. A failing test keeps its directory (events
+/// files, policies) for inspection and says where it is.
+pub fn scratch(test: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("ffrtmp-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
+    Scratch(dir)
+}
+
+/// A test's scratch directory; see [`scratch`].
+pub struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// How many records `lost` events counted in `events`.
