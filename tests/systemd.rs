@@ -24,7 +24,10 @@ use std::{
 };
 
 use common::{cgroups, cpu_quota, fake, pid_alive, read_events, scratch, skip};
-use ffrtmp::events::{Body, Event};
+use ffrtmp::{
+    events::{Body, Event},
+    limits::Tier,
+};
 
 const UNIT: &str = "ffrtmp-watch.service";
 const EVENTS: &str = "/var/log/ffrtmp/events.jsonl";
@@ -158,6 +161,7 @@ const TEST_POLICY: &str = r#"
 [[rule]]
 name = "sd"
 comm = "sd-ffmpeg"
+tier = "live"
 cpu_max = "30000 100000"
 nice = 5
 oom_score_adj = 100
@@ -203,6 +207,22 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
     let status = show("StatusText");
     assert!(status.contains("backend ebpf"), "{status}");
     wait_for("started", |e| matches!(e.body, Body::Started(_)));
+    // The sandbox hides /proc/sys (ProcSubset=pid), so the unit passes the
+    // boot id (%b): the daemon's events carry this boot's, as `run`'s do.
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let started: serde_json::Value = fs::read_to_string(EVENTS)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(r#""event":"started""#))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap();
+    assert_eq!(started["boot_id"], boot_id.trim(), "{started}");
+    assert!(
+        started["process_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with(boot_id.trim())),
+        "{started}"
+    );
 
     // Another user's transcoder, with every limit the sandbox must allow.
     let stream = Command::new("setpriv")
@@ -270,10 +290,31 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
         now != 0 && now != first
     });
     still_governed("after kill -9 of the daemon");
-    wait_for(
+    let tracked = wait_for(
         "the job found again",
         |e| matches!(&e.body, Body::Tracked(t) if t.pid == pid),
     );
+    // With its tier, from the scope's description: systemd's unit, no
+    // label of ours on it.
+    let Body::Tracked(t) = tracked.body else {
+        unreachable!()
+    };
+    assert_eq!(t.tier, Some(Tier::Live), "{t:?}");
+    assert_eq!(g.tier, Some(Tier::Live), "{g:?}");
+    let out = Command::new("ffrtmp")
+        .args(["status", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["cgroup"] == job.as_str())
+        .unwrap_or_else(|| panic!("{job} not in {status}"));
+    assert_eq!(entry["tier"], "live", "{entry}");
+    assert_eq!(entry["unit"], scope.as_str(), "{entry}");
 
     // A wedged governing loop: the watchdog restarts the daemon.
     let wedged = main_pid();

@@ -23,16 +23,57 @@ pub struct Node {
 /// Where the kernel says which boot this is.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
+/// The boot id from whoever started ffrtmp, read only when the kernel's
+/// file cannot be: the shipped unit's `ProcSubset=pid` hides /proc/sys, so
+/// it passes systemd's `%b` here (`Environment=FFRTMP_BOOT_ID=%b`).
+pub const BOOT_ID_ENV: &str = "FFRTMP_BOOT_ID";
+
 static NODE: LazyLock<Node> = LazyLock::new(|| Node {
     host: nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default(),
-    // Empty when it cannot be read (no /proc): keys are then null.
-    boot_id: std::fs::read_to_string(BOOT_ID)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default(),
+    // Empty when neither says (no /proc, no unit): keys are then null.
+    boot_id: boot_id(
+        std::fs::read_to_string(BOOT_ID).ok().as_deref(),
+        std::env::var(BOOT_ID_ENV).ok().as_deref(),
+    )
+    .unwrap_or_default(),
 });
+
+/// The boot id: the kernel's, else the one passed in [`BOOT_ID_ENV`], in
+/// the kernel's spelling either way, so a daemon in the unit and a `run`
+/// in a shell key the same process alike.
+fn boot_id(kernel: Option<&str>, passed: Option<&str>) -> Option<String> {
+    kernel
+        .and_then(canonical)
+        .or_else(|| passed.and_then(canonical))
+}
+
+/// A boot id as the kernel spells it (`8-4-4-4-12` lowercase hex), from
+/// that or from systemd's `%b` (32 hex digits); `None` for anything else.
+fn canonical(id: &str) -> Option<String> {
+    let id = id.trim();
+    let hex: String = match id.len() {
+        32 => id.to_string(),
+        36 if [8, 13, 18, 23].iter().all(|&i| id.as_bytes()[i] == b'-') => {
+            id.chars().filter(|&c| c != '-').collect()
+        }
+        _ => return None,
+    };
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let hex = hex.to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
 
 /// This node, read on first use: `watch`, `run` and `attach` call it
 /// before their first event, so no event waits on reading it.
@@ -79,5 +120,29 @@ mod tests {
         );
         assert_eq!(process_key(42, None), None);
         assert_ne!(process_key(42, Some(987)), process_key(42, Some(988)));
+    }
+
+    #[test]
+    fn a_boot_id_passed_by_systemd_is_spelled_as_the_kernel_spells_it() {
+        let kernel = "9392d258-532b-40d2-9bad-7521372afc8d\n";
+        let systemd = "9392D258532B40D29BAD7521372AFC8D";
+        let want = Some("9392d258-532b-40d2-9bad-7521372afc8d".to_string());
+        assert_eq!(boot_id(Some(kernel), None), want);
+        // /proc/sys hidden (ProcSubset=pid): the unit's %b.
+        assert_eq!(boot_id(None, Some(systemd)), want);
+        // The kernel's wins over what an invoker passed.
+        assert_eq!(
+            boot_id(Some(kernel), Some("00000000000000000000000000000000")),
+            want
+        );
+        for bad in [
+            "",
+            "%b",
+            "9392d258-532b-40d2-9bad",
+            "9392d258x532b-40d2-9bad-7521372afc8d",
+        ] {
+            assert_eq!(boot_id(None, Some(bad)), None, "{bad}");
+        }
+        assert_eq!(boot_id(None, None), None);
     }
 }

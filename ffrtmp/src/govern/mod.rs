@@ -551,11 +551,11 @@ impl JobCgroup {
         Ok(())
     }
 
-    /// The tier it was labelled with ([`JobCgroup::label`]); a scope's is
-    /// in its description, read over D-Bus, so not here.
+    /// The tier it was labelled with ([`JobCgroup::label`]); a scope's,
+    /// from its description ([`scope::tier_of`]).
     pub fn tier(&self) -> Option<Tier> {
         if self.is_scope() {
-            return None;
+            return scope::tier_of(self.path.as_str().rsplit('/').next()?);
         }
         tier_of(&self.dirs())
     }

@@ -219,16 +219,6 @@ impl Systemd {
         Manager::new(Which::System, CALL_TIMEOUT).map(Systemd)
     }
 
-    /// The tier of job scope `unit`, from its description (`run`,
-    /// `attach` and `watch` end it with `, tier NAME)`): a scope is
-    /// systemd's, so it carries no label of ours.
-    pub fn tier_of(&mut self, unit: &str) -> Option<crate::limits::Tier> {
-        let description = self
-            .0
-            .string(unit, "org.freedesktop.systemd1.Unit", "Description")?;
-        tier_in(&description)
-    }
-
     /// Calls a method of systemd's manager object; a refusal names `unit`.
     fn call<B>(&mut self, method: &str, unit: &str, body: &B) -> Result<zbus::Message, ScopeError>
     where
@@ -410,6 +400,23 @@ impl Systemd {
         let applied = check.applied;
         Ok((path, dir, applied))
     }
+}
+
+/// Where systemd keeps the unit files of the transient units it made
+/// (systemd.unit(5), "Unit File Load Path"): root's, on tmpfs.
+const TRANSIENT_UNITS: &str = "/run/systemd/transient";
+
+/// The tier of job scope `unit`, from its description (`run`, `attach` and
+/// `watch` end it with `, tier NAME)`): a scope is systemd's, so it carries
+/// no label of ours. Read from the unit file systemd wrote for the scope,
+/// not asked over D-Bus: the governing loop asks when it finds its jobs
+/// again at start, and a file on tmpfs that only root writes cannot keep
+/// it waiting, where a bus call could for up to [`CALL_TIMEOUT`] a scope.
+pub fn tier_of(unit: &str) -> Option<crate::limits::Tier> {
+    let text = crate::observe::proc::read_text(Path::new(TRANSIENT_UNITS).join(unit)).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Description="))
+        .and_then(tier_in)
 }
 
 /// The tier a job scope's description names, if any.

@@ -7,26 +7,20 @@ use crate::{
     limits::{JobId, Tier},
 };
 
-/// The tiers of job scopes, asked of systemd once per scope (a scope
-/// carries its tier in its description, not in a label of ours).
+/// The tiers of job scopes, read once per scope (a scope carries its tier
+/// in its description, not in a label of ours: [`scope::tier_of`]).
 #[derive(Default)]
 pub struct ScopeTiers {
-    systemd: Option<scope::Systemd>,
     known: HashMap<String, Option<Tier>>,
 }
 
 impl ScopeTiers {
     /// Job scope `unit`'s tier.
     pub fn of(&mut self, unit: &str) -> Option<Tier> {
-        if let Some(tier) = self.known.get(unit) {
-            return *tier;
-        }
-        if self.systemd.is_none() {
-            self.systemd = scope::Systemd::new().ok();
-        }
-        let tier = self.systemd.as_mut().and_then(|s| s.tier_of(unit));
-        self.known.insert(unit.to_string(), tier);
-        tier
+        *self
+            .known
+            .entry(unit.to_string())
+            .or_insert_with(|| scope::tier_of(unit))
     }
 }
 
