@@ -378,12 +378,7 @@ fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
     assert!(out.status.success(), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["mode"], "privileged");
-    let entry = status["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job_id"] == job.as_str())
-        .unwrap_or_else(|| panic!("{job} not in {status}"));
+    let entry = common::status_job(&status, "job_id", &job);
     assert_eq!(entry["pids"], serde_json::json!([pid]));
     assert_eq!(entry["supervised"], false, "a detached job has no wrapper");
     assert_eq!(entry["limits"]["pids.max"], "32");

@@ -424,12 +424,7 @@ fn a_live_job_takes_the_cpu_from_a_batch_job() {
         );
         assert!(tiers["batch"]["jobs"].as_u64() >= Some(1), "{tiers:#}");
         for (job, tier) in [(&b.job_id, "batch"), (&l.job_id, "live")] {
-            let shown = status["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|j| j["job_id"] == job.as_str())
-                .unwrap_or_else(|| panic!("job {job} not in status: {status:#}"));
+            let shown = common::status_job(&status, "job_id", job);
             assert_eq!(shown["tier"], tier, "{shown:#}");
         }
     }

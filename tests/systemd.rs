@@ -307,12 +307,7 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let entry = status["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["cgroup"] == job.as_str())
-        .unwrap_or_else(|| panic!("{job} not in {status}"));
+    let entry = common::status_job(&status, "cgroup", &job);
     assert_eq!(entry["tier"], "live", "{entry}");
     assert_eq!(entry["unit"], scope.as_str(), "{entry}");
 

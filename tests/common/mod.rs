@@ -274,6 +274,20 @@ impl Drop for Scratch {
     }
 }
 
+/// The job of `status --format json`'s `jobs` whose `field` is `value`.
+pub fn status_job<'a>(
+    status: &'a serde_json::Value,
+    field: &str,
+    value: &str,
+) -> &'a serde_json::Value {
+    status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j[field] == value)
+        .unwrap_or_else(|| panic!("no job with {field} {value} in status: {status:#}"))
+}
+
 /// How many records `lost` events counted in `events`.
 pub fn lost_count(events: &[Event]) -> u64 {
     events

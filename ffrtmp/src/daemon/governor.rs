@@ -161,6 +161,9 @@ impl Governor {
             let Some(cgroup) = open(&self.ctx, &name, scope.as_ref()) else {
                 continue;
             };
+            // Read once per job, not per process: a label, or a scope's
+            // unit file.
+            let tier = cgroup.tier();
             for pid in cgroup.pids() {
                 if self.followed.contains_key(&pid) || pid == self.self_pid {
                     continue;
@@ -176,7 +179,7 @@ impl Governor {
                         comm: comm.clone(),
                         job_id: name.clone(),
                         cgroup: cgroup.path.as_str().to_string(),
-                        tier: cgroup.tier(),
+                        tier,
                     },
                 ));
                 self.follow(

@@ -39,8 +39,8 @@ pub struct Job {
 }
 
 /// Every job under `ctx`'s root (and, with scopes, every job scope). Reads
-/// one directory per root and one attribute per job, and asks systemd
-/// once for each new scope's tier; takes no lock.
+/// one directory per root and one attribute per job, and each new scope's
+/// unit file once for its tier; takes no lock.
 pub fn list(ctx: &Context, scopes: &mut ScopeTiers) -> Vec<Job> {
     let v2 = ctx.layout.kind() == Kind::V2;
     let cpu = if v2 {
