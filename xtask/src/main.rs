@@ -17,11 +17,10 @@
 //! - `startup-order`: profile `run` and `attach` for the linker (see
 //!   `startup.rs`).
 mod bench;
-mod bench_govern;
-mod bench_qos;
 mod dist;
 mod fuzz;
 mod packages;
+mod results;
 mod rootfs;
 mod soak;
 mod startup;

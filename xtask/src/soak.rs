@@ -39,7 +39,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench::vm_field, build_release};
+use crate::{bench::kit::vm_field, build_release};
 
 const PROBE: &str = "ffsoak";
 const ROOT: &str = "/ffrtmp-soak";
@@ -82,7 +82,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
         bail!("soak needs root (eBPF, cgroups)");
     }
     let bin = build_release(root)?;
-    let (dir, probe, policy) = crate::bench::probe_setup(
+    let (dir, probe, policy) = crate::bench::kit::probe_setup(
         "soak",
         PROBE,
         &format!("cpu_max = \"{QUOTA} 100000\"\nmemory_max = \"256M\"\n"),
@@ -171,7 +171,7 @@ pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
         checker.peak_jobs,
         violations.len()
     );
-    crate::bench_govern::remove_cgroup_tree(ROOT);
+    crate::bench::kit::remove_cgroup_tree(ROOT);
     if !violations.is_empty() {
         bail!(
             "{} invariant violations; the events are in {}",

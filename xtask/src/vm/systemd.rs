@@ -14,8 +14,14 @@ use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 use anyhow::Context as _;
 
 use super::{
-    BootSpec, DELEGATE_UID, DONE_MARKER, PrivateApt, VmArgs, VmOutcome, boot, build_tests,
-    copy_stripped, decompress_module, find_module, pack_cpio, shell_words,
+    VmArgs, VmOutcome,
+    boot::{BootSpec, boot},
+    console::DONE_MARKER,
+    image::{
+        DELEGATE_UID, build_tests, copy_stripped, decompress_module, find_module, pack_cpio,
+        shell_words,
+    },
+    kernel::PrivateApt,
 };
 use crate::{run_command, toolchain::Tools};
 
@@ -157,6 +163,6 @@ systemctl poweroff --force --force
 "#,
         uid = DELEGATE_UID,
         done = DONE_MARKER,
-        bin_env = crate::test::BIN_ENV,
+        bin_env = crate::results::BIN_ENV,
     )
 }

@@ -34,11 +34,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    bench::Watcher,
-    bench_govern::{Load, PROBE, measure, pct, remove_cgroup_tree},
-    build_release,
-};
+use super::kit::{Load, PROBE, Watcher, measure, pct, remove_cgroup_tree};
+use crate::build_release;
 
 const ROOT: &str = "/ffrtmp-bench-qos";
 /// The encodes' source: the brief's 720p30 test pattern.
@@ -243,7 +240,7 @@ fn watcher(bin: &Path, dir: &Path, name: &str, policy: Option<&Path>) -> anyhow:
     Watcher::start_with(bin, &args, dir.join(format!("{name}.jsonl")))
 }
 
-pub fn run(root: &Path, secs: u64) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, secs: u64) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("bench qos needs root (eBPF, cgroups, perf)");
     }

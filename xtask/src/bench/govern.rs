@@ -18,10 +18,9 @@
 //! without /etc/cgconfig.conf and /etc/cgconfig.d): the bench writes them
 //! and restores what was there.
 use std::{
-    collections::HashMap,
     fs,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -32,24 +31,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    bench::{Watcher, peak_rss_during, vm_field},
-    build_release,
+use super::kit::{
+    Load, PROBE, PROBE_GAP, Watcher, measure, pct, peak_rss_during, remove_cgroup_tree, vm_field,
 };
+use crate::build_release;
 
-/// The reconnect row: a node's streams coming back after an ingest outage,
-/// 500 matching execs within one second, each living on (issue 12: limits
-/// within 5 ms at p99, every one in its own job within 1 s).
-const RECONNECT_EXECS: usize = 500;
-const RECONNECT_GAP: Duration = Duration::from_millis(2);
-const RECONNECT_LIFE: &str = "3";
-
-/// Name (comm) of the matching workload.
-pub(crate) const PROBE: &str = "ffbench";
-/// How long each matching process lives.
-const PROBE_LIFE: &str = "0.3";
-/// Gap between two matching execs.
-const PROBE_GAP: Duration = Duration::from_millis(4);
 /// ffrtmp's cgroup root and cgrulesengd's group, distinct from real ones.
 const FFRTMP_ROOT: &str = "/ffrtmp-bench";
 const CGRED_GROUP: &str = "ffrtmp-bench-cgred";
@@ -62,7 +48,7 @@ const UNRELATED_STORM: Duration = Duration::from_secs(5);
 /// `Nice=` of ffrtmp/systemd/ffrtmp-watch.service.
 const DAEMON_NICE: i32 = -5;
 
-pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("bench govern needs root (eBPF, cgroups, perf)");
     }
@@ -71,7 +57,7 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
     if !Path::new(TRACEFS).join("events").is_dir() {
         crate::run_command(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
     }
-    let (dir, probe, policy) = crate::bench::probe_setup(
+    let (dir, probe, policy) = super::kit::probe_setup(
         "bench-govern",
         PROBE,
         "cpu_max = \"100000 100000\"\nmemory_max = \"512M\"\n",
@@ -259,191 +245,4 @@ pub fn run(root: &Path, execs: usize, idle: Duration) -> anyhow::Result<()> {
     remove_cgroup_tree(FFRTMP_ROOT);
     let _ = fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// Removes cgroup `path` and its (empty) descendants from every hierarchy.
-pub(crate) fn remove_cgroup_tree(path: &str) {
-    fn remove(dir: &Path) {
-        for child in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if child.path().is_dir() {
-                remove(&child.path());
-            }
-        }
-        let _ = fs::remove_dir(dir);
-    }
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if matches!(f.get(2), Some(&"cgroup" | &"cgroup2")) {
-            remove(&Path::new(f[1]).join(path.trim_start_matches('/')));
-        }
-    }
-}
-
-/// Latencies of one measurement, in ms, sorted.
-pub(crate) struct Latencies {
-    /// Until the process is under its limits: its first destination cgroup
-    /// joined in every hierarchy (ffrtmp: the rule's staging cgroup).
-    pub(crate) governed: Vec<f64>,
-    /// Until its last move (ffrtmp: into its own job cgroup).
-    pub(crate) final_: Vec<f64>,
-    pub(crate) ungoverned: usize,
-    pub(crate) execs: usize,
-}
-
-pub(crate) fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * p / 100.0).round() as usize]
-}
-
-/// The matching execs of one row.
-#[derive(Clone, Copy)]
-pub(crate) struct Load {
-    pub(crate) execs: usize,
-    gap: Duration,
-    life: &'static str,
-}
-
-impl Load {
-    pub(crate) fn probes(execs: usize) -> Self {
-        Load {
-            execs,
-            gap: PROBE_GAP,
-            life: PROBE_LIFE,
-        }
-    }
-
-    fn reconnect() -> Self {
-        Load {
-            execs: RECONNECT_EXECS,
-            gap: RECONNECT_GAP,
-            life: RECONNECT_LIFE,
-        }
-    }
-}
-
-/// Starts the load's probes (under a storm if asked) while perf records the
-/// tracepoints; returns each probe's exec→last-attach time into a cgroup
-/// whose path contains `target`.
-pub(crate) fn measure(
-    dir: &Path,
-    probe: &Path,
-    load: Load,
-    storm: bool,
-    cores: usize,
-    target: &str,
-) -> anyhow::Result<Latencies> {
-    let execs = load.execs;
-    let data = dir.join("perf.data");
-    let mut perf = Command::new("perf")
-        .args(["record", "-q", "-a", "-o"])
-        .arg(&data)
-        .args(["-e", "sched:sched_process_exec", "--filter"])
-        .arg(format!("filename ~ \"*{PROBE}\""))
-        .args(["-e", "cgroup:cgroup_attach_task", "--filter"])
-        .arg(format!("comm == \"{PROBE}\""))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting perf record")?;
-    // perf has no readiness signal either; give it time to open its events.
-    thread::sleep(Duration::from_millis(1500));
-    let stop = Arc::new(AtomicBool::new(false));
-    let forkers: Vec<_> = (0..if storm { cores } else { 0 })
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = Command::new("/bin/true").status();
-                }
-            })
-        })
-        .collect();
-    let mut probes: Vec<Child> = Vec::with_capacity(execs);
-    let mut pids = Vec::with_capacity(execs);
-    let start = Instant::now();
-    for i in 0..execs {
-        let due = start + load.gap * i as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
-        }
-        let child = Command::new(probe)
-            .arg(load.life)
-            .spawn()
-            .context("starting a probe")?;
-        pids.push(child.id());
-        probes.push(child);
-    }
-    for mut p in probes {
-        p.wait()?;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for f in forkers {
-        let _ = f.join();
-    }
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-    perf.wait()?;
-    let script = Command::new("perf")
-        .args(["script", "--ns", "-F", "time,event,trace", "-i"])
-        .arg(&data)
-        .output()
-        .context("running perf script")?;
-    let text = String::from_utf8_lossy(&script.stdout);
-    let mut exec_at: HashMap<u32, f64> = HashMap::new();
-    // pid -> destination cgroup -> when it was joined in its last hierarchy.
-    let mut attached_at: HashMap<u32, HashMap<String, f64>> = HashMap::new();
-    for line in text.lines() {
-        let Some((time, rest)) = line
-            .trim()
-            .split_once(": ")
-            .map(|(t, r)| (t, r.trim_start()))
-        else {
-            continue;
-        };
-        let Ok(t) = time.trim().parse::<f64>() else {
-            continue;
-        };
-        let pid = rest
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("pid="))
-            .and_then(|p| p.parse::<u32>().ok());
-        let Some(pid) = pid else { continue };
-        if rest.starts_with("sched:sched_process_exec") {
-            exec_at.entry(pid).or_insert(t);
-        } else if rest.starts_with("cgroup:cgroup_attach_task") && rest.contains(target) {
-            let path = rest
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("dst_path="))
-                .unwrap_or_default()
-                .to_string();
-            let last = attached_at.entry(pid).or_default().entry(path).or_insert(t);
-            *last = last.max(t);
-        }
-    }
-    let (mut governed, mut final_) = (Vec::new(), Vec::new());
-    let mut ungoverned = 0;
-    for pid in &pids {
-        match (exec_at.get(pid), attached_at.get(pid)) {
-            (Some(e), Some(dests)) => {
-                let first = dests.values().copied().fold(f64::INFINITY, f64::min);
-                let last = dests.values().copied().fold(0.0, f64::max);
-                governed.push((first - e) * 1000.0);
-                final_.push((last - e) * 1000.0);
-            }
-            (Some(_), None) => ungoverned += 1,
-            (None, _) => bail!("perf recorded no exec for probe {pid}"),
-        }
-    }
-    governed.sort_by(f64::total_cmp);
-    final_.sort_by(f64::total_cmp);
-    let _ = fs::remove_file(&data);
-    Ok(Latencies {
-        governed,
-        final_,
-        ungoverned,
-        execs,
-    })
 }
