@@ -382,6 +382,7 @@ fn status_lists_governed_jobs_and_whether_a_wrapper_holds_them() {
     assert_eq!(entry["pids"], serde_json::json!([pid]));
     assert_eq!(entry["supervised"], false, "a detached job has no wrapper");
     assert_eq!(entry["limits"]["pids.max"], "32");
+    assert_eq!(entry["made_by"], "attach", "{entry}");
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
 }

@@ -294,8 +294,8 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
         "the job found again",
         |e| matches!(&e.body, Body::Tracked(t) if t.pid == pid),
     );
-    // With its tier, from the scope's description: systemd's unit, no
-    // label of ours on it.
+    // With its tier, from the job's record in ffrtmp's ledger: nothing of
+    // ours on systemd's unit.
     let Body::Tracked(t) = tracked.body else {
         unreachable!()
     };
@@ -309,6 +309,7 @@ fn the_hardened_notify_unit_governs_and_never_stops_a_transcoder() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entry = common::status_job(&status, "cgroup", &job);
     assert_eq!(entry["tier"], "live", "{entry}");
+    assert_eq!(entry["made_by"], "watch", "{entry}");
     assert_eq!(entry["unit"], scope.as_str(), "{entry}");
 
     // A wedged governing loop: the watchdog restarts the daemon.

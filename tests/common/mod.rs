@@ -582,3 +582,113 @@ pub fn sleeper(path: &Path, secs: &str) -> Child {
         .spawn()
         .unwrap()
 }
+
+/// CPU 0, and nothing else, for the jobs a test starts through it: a
+/// cpuset the kernel enforces on every process in it, so two busy jobs
+/// contend for that one CPU for certain. Pinning by affinity was not
+/// enough: in the TCG VMs two spinners pinned to CPU 0 each got a whole
+/// CPU (live 49.8 %, 6.1 VM; 50 % to 88 % in the systemd VM).
+/// - v1 and hybrid hosts: a cpuset cgroup of the test's (ffrtmp uses no
+///   v1 cpuset hierarchy), which the wrapper joins before it starts, and
+///   its workload with it;
+/// - pure v2: a `--cgroup-root` of the test's with `cpuset.cpus` 0, the
+///   jobs' parent;
+/// - systemd: a slice of the test's with `AllowedCPUs=0`, which the
+///   wrapper runs in (`systemd-run --scope`); its job's scope goes beside
+///   it, in that slice. systemd owns that tree, so the test asks it.
+///
+/// Removed (cgroups, slice) on drop.
+pub struct OneCpu(Confined);
+
+enum Confined {
+    V1Cpuset(PathBuf),
+    V2Root(Root),
+    Slice(String),
+}
+
+impl OneCpu {
+    pub fn new(test: &str) -> Self {
+        let id = format!("{test}-{}", std::process::id());
+        if systemd_host() {
+            // "-" nests slices: keep it out of the name.
+            let slice = format!("ffrtmptest{}.slice", std::process::id());
+            let out = Command::new("systemctl")
+                .args(["set-property", "--runtime", &slice, "AllowedCPUs=0"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "systemctl set-property: {out:?}");
+            return OneCpu(Confined::Slice(slice));
+        }
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        if v2 {
+            let top = Path::new("/sys/fs/cgroup/cgroup.subtree_control");
+            if !fs::read_to_string(top).unwrap().contains("cpuset") {
+                fs::write(top, "+cpuset").unwrap();
+            }
+            let root = Root::new(test);
+            let dir = &root.make(None)[0];
+            fs::write(dir.join("cpuset.cpus"), "0").unwrap();
+            return OneCpu(Confined::V2Root(root));
+        }
+        let base = Path::new("/sys/fs/cgroup/cpuset");
+        let dir = base.join(format!("ffrtmp-t-{id}"));
+        fs::create_dir(&dir).unwrap();
+        // A v1 cpuset takes no process before its CPUs and memory nodes.
+        let mems = fs::read_to_string(base.join("cpuset.mems")).unwrap();
+        fs::write(dir.join("cpuset.cpus"), "0").unwrap();
+        fs::write(dir.join("cpuset.mems"), mems.trim()).unwrap();
+        OneCpu(Confined::V1Cpuset(dir))
+    }
+
+    /// `ffrtmp SUBCOMMAND` (`run` or `status`) for jobs on CPU 0.
+    pub fn ffrtmp(&self, subcommand: &str) -> Command {
+        let mut cmd = match &self.0 {
+            Confined::V1Cpuset(dir) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                    .arg(dir)
+                    .args([ffrtmp(), subcommand]);
+                c
+            }
+            Confined::V2Root(root) => {
+                let mut c = Command::new(ffrtmp());
+                c.args([subcommand, "--cgroup-root", root.path()]);
+                c
+            }
+            Confined::Slice(slice) if subcommand == "run" => {
+                let mut c = Command::new("systemd-run");
+                c.args(["--quiet", "--scope", "--collect", "--slice", slice])
+                    .args([ffrtmp(), subcommand]);
+                c
+            }
+            Confined::Slice(_) => {
+                let mut c = Command::new(ffrtmp());
+                c.arg(subcommand);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        match &self.0 {
+            Confined::V1Cpuset(dir) => {
+                // Its processes have ended; the kernel may take a moment.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Confined::V2Root(_) => {} // the Root removes itself
+            Confined::Slice(slice) => {
+                for args in [["stop", slice.as_str()], ["revert", slice.as_str()]] {
+                    let _ = Command::new("systemctl").args(args).output();
+                }
+            }
+        }
+    }
+}

@@ -18,6 +18,7 @@ use crate::{
     events::{Event, JobReport, ProcessId, Source, Timestamp},
     govern::{
         Context, GovernError, ProcsWriter,
+        ledger::MadeBy,
         place::{IfNotMoved, NotPlaced, Placement, place},
         plan::Plan,
         reap_empty_besides,
@@ -106,27 +107,31 @@ pub fn prepare(
         }
     })?;
     let limits = args.limits();
-    let tier = args
-        .tier
-        .map_or_else(String::new, |t| format!(", tier {t}"));
     // Jobs on a systemd host are its scopes, unless a unit delegated us a
     // subtree: `attach`'s holds the target, `run`'s this wrapper, whose
     // workload then starts in it (nothing can be handed to systemd between
     // clone and exec).
     let plan = match resident {
         [target, ..] if ctx.scopes => {
-            let about = format!("ffrtmp job {job_id} (attach, process {target}{tier})");
+            let about = format!("ffrtmp job {job_id} (attach, process {target})");
             Plan::scoped(&ctx, &job_id, &limits, resident, about, Tie::Bound)
         }
         [] if ctx.scopes && ctx.root.is_none() => {
             let wrapper = std::process::id();
-            let about = format!("ffrtmp job {job_id} (run, wrapper {wrapper}{tier})");
+            let about = format!("ffrtmp job {job_id} (run, wrapper {wrapper})");
             Plan::scoped(&ctx, &job_id, &limits, &[wrapper], about, Tie::Part)
         }
         _ => Plan::make(&ctx, &job_id, &limits, resident.first().copied()),
     }
     .map_err(|e| fail(exit::USAGE, &e))?
-    .in_tier(args.tier);
+    .labelled(
+        if resident.is_empty() {
+            MadeBy::Run
+        } else {
+            MadeBy::Attach
+        },
+        args.tier,
+    );
     let prepared = Prepared { job_id, ctx, plan };
     if args.strict && !prepared.plan.applied.failures.is_empty() {
         for Failure { limit, reason } in &prepared.plan.applied.failures {

@@ -1,12 +1,7 @@
 //! `ffrtmp status`: what ffrtmp can do on this machine (mode, cgroup layout,
 //! controllers, eBPF prerequisites) and the jobs it governs now, read from
 //! the cgroup tree (the tree is the state: nothing else is kept).
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use std::{collections::BTreeMap, fs, path::Path, process::ExitCode};
 
 use clap::Args;
 use serde::Serialize;
@@ -18,9 +13,8 @@ use crate::{
     govern::{
         Context,
         caps::{Cap, Caps, Need},
-        job_dirs,
-        ledger::Entry,
-        scope, tier_of,
+        job::{self, Job},
+        ledger::MadeBy,
     },
     limits::{LimitName, Tier},
     observe::ebpf::btf::VMLINUX_BTF,
@@ -68,7 +62,7 @@ struct Status {
     capabilities: Value,
     /// The node's CPUs against what each tier's jobs use and ask for.
     capacity: Capacity,
-    jobs: Vec<Job>,
+    jobs: Vec<Shown>,
 }
 
 #[derive(Serialize)]
@@ -80,12 +74,9 @@ struct Capacity {
     tiers: BTreeMap<String, TierDemand>,
 }
 
+/// One job as `status` shows it.
 #[derive(Serialize)]
-#[allow(
-    clippy::struct_field_names,
-    reason = "job_id is the name of the field in status's output"
-)]
-struct Job {
+struct Shown {
     job_id: String,
     cgroup: String,
     pids: Vec<u32>,
@@ -94,19 +85,22 @@ struct Job {
     supervised: bool,
     /// Limit files as the kernel reads them, by hierarchy directory.
     limits: Map<String, Value>,
-    /// Its tier, from its cgroup's label (a scope's: its unit's
-    /// description); null when it has none.
+    /// Its tier, from its record in the ledger; null when it has none (or
+    /// the ledger cannot be read: another user's, say).
     tier: Option<Tier>,
+    /// The command that made it (`run`, `attach`, `watch`), from the same
+    /// record.
+    made_by: Option<MadeBy>,
     /// On a systemd host: the job's transient scope, which systemd holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     unit: Option<String>,
 }
 
-impl Job {
-    /// Job `job_id` in cgroup `cgroup`, read from its directories.
-    fn read(job_id: String, cgroup: String, dirs: &[PathBuf], v2: bool) -> Self {
+impl Shown {
+    /// What `status` shows of `job`, read from its directories.
+    fn of(job: &Job, v2: bool) -> Self {
         let mut limits = Map::new();
-        let mut pids = Vec::new();
+        let dirs = job.dirs();
         let files = limit_files(dirs.len() == 1 && v2);
         for dir in dirs {
             for f in &files {
@@ -114,25 +108,16 @@ impl Job {
                     limits.insert(f.to_string(), json!(v.trim()));
                 }
             }
-            for p in fs::read_to_string(dir.join("cgroup.procs"))
-                .unwrap_or_default()
-                .split_whitespace()
-            {
-                if let Ok(p) = p.parse::<u32>()
-                    && !pids.contains(&p)
-                {
-                    pids.push(p);
-                }
-            }
         }
-        Job {
-            job_id,
-            cgroup,
-            pids,
-            supervised: false,
+        Shown {
+            job_id: job.id.clone(),
+            cgroup: job.cgroup.as_str().to_string(),
+            pids: job.pids(),
+            supervised: job.supervised(),
             limits,
-            tier: tier_of(dirs),
-            unit: None,
+            tier: job.tier(),
+            made_by: job.record.by,
+            unit: job.unit().map(String::from),
         }
     }
 }
@@ -171,36 +156,13 @@ pub fn status(args: StatusArgs) -> ExitCode {
         "features": caps.features(),
     });
     let v2 = ctx.layout.kind() == crate::govern::layout::Kind::V2;
-    let mut jobs: Vec<Job> = job_dirs(&ctx)
-        .into_iter()
-        .map(|(name, dirs, entry)| {
-            let cgroup = ctx
-                .root
-                .as_ref()
-                .map(|r| r.child(&name).as_str().to_string())
-                .unwrap_or_default();
-            Job {
-                supervised: entry == Entry::Claimed,
-                ..Job::read(name, cgroup, &dirs, v2)
-            }
-        })
-        .collect();
-    let mut scope_tiers = pressure::jobs::ScopeTiers::default();
-    if let (true, Some(mount)) = (ctx.scopes, &ctx.layout.v2) {
-        jobs.extend(scope::jobs(mount).into_iter().map(|(name, path)| {
-            let unit = scope::unit_name(&name);
-            Job {
-                tier: scope_tiers.of(&unit),
-                unit: Some(unit),
-                ..Job::read(name, path.as_str().to_string(), &[mount.dir_of(&path)], v2)
-            }
-        }));
-    }
+    let listed = job::list(&ctx);
+    let jobs = listed.iter().map(|j| Shown::of(j, v2)).collect();
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let capacity = Capacity {
         cpus,
         window_ms: args.window.as_millis(),
-        tiers: pressure::demand(&pressure::jobs::list(&ctx, &mut scope_tiers), args.window),
+        tiers: pressure::demand(&ctx, &listed, args.window),
     };
     let status = Status {
         mode: ctx.mode.as_str().into(),
@@ -239,12 +201,13 @@ pub fn status(args: StatusArgs) -> ExitCode {
             println!("jobs: {}", status.jobs.len());
             for j in &status.jobs {
                 println!(
-                    "  {} {} pids={:?} supervised={} tier={} {}",
+                    "  {} {} pids={:?} supervised={} tier={} by={} {}",
                     j.job_id,
                     j.cgroup,
                     j.pids,
                     j.supervised,
                     j.tier.map_or("-", Tier::as_str),
+                    j.made_by.map_or("-", MadeBy::as_str),
                     Value::Object(j.limits.clone())
                 );
             }

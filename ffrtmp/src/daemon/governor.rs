@@ -17,17 +17,15 @@ use std::{
 use super::{
     Events, Govern, MadeJobs,
     maker::{self, Made, Maker, Parked, Unmade},
-    note,
-    origin::Origin,
-    reaper,
+    note, reaper,
+    seen::Seen,
 };
 use crate::{
     errors::chain,
     events::{self, Event, Exec, Exit, KernelStamp, Source, Timestamp, Tracked, process_key},
     govern::{
-        Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job_dirs,
-        layout::CgroupPath,
-        reap_empty, reap_job, scope,
+        Context, Existing, JobCgroup, ProcsWriter, cgroup_paths_of, job, reap_empty, reap_job,
+        scope,
         target::{Target, TargetError},
     },
     limits::{JobId, Limits, Tier},
@@ -139,32 +137,10 @@ impl Governor {
     fn recover(&mut self) -> Events {
         let mut events = Vec::new();
         reap_empty(&self.ctx);
-        let open =
-            |ctx: &Context, name: &str, scope: Option<&CgroupPath>| match (scope, &ctx.layout.v2) {
-                (Some(path), Some(mount)) => {
-                    Some(JobCgroup::of_scope(path.clone(), mount.dir_of(path)))
-                }
-                _ => JobCgroup::open_existing(ctx, name),
-            };
-        let mut jobs: Vec<(String, Option<CgroupPath>)> = job_dirs(&self.ctx)
-            .into_iter()
-            .map(|(name, _, _)| (name, None))
-            .collect();
-        if let (true, Some(mount)) = (self.ctx.scopes, &self.ctx.layout.v2) {
-            jobs.extend(
-                scope::jobs(mount)
-                    .into_iter()
-                    .map(|(name, path)| (name, Some(path))),
-            );
-        }
-        for (name, scope) in jobs {
-            let Some(cgroup) = open(&self.ctx, &name, scope.as_ref()) else {
-                continue;
-            };
-            // Read once per job, not per process: a label, or a scope's
-            // unit file.
-            let tier = cgroup.tier();
-            for pid in cgroup.pids() {
+        job::forget_ended_scopes(&self.ctx);
+        for job in job::list(&self.ctx) {
+            let tier = job.tier();
+            for pid in job.pids() {
                 if self.followed.contains_key(&pid) || pid == self.self_pid {
                     continue;
                 }
@@ -177,16 +153,16 @@ impl Governor {
                         pid,
                         process_key: process_key(pid, stat.as_ref().map(|s| s.start_ticks)),
                         comm: comm.clone(),
-                        job_id: name.clone(),
-                        cgroup: cgroup.path.as_str().to_string(),
+                        job_id: job.id.clone(),
+                        cgroup: job.cgroup.as_str().to_string(),
                         tier,
                     },
                 ));
                 self.follow(
                     pid,
                     Followed {
-                        job: name.clone(),
-                        cgroup: open(&self.ctx, &name, scope.as_ref()),
+                        job: job.id.clone(),
+                        cgroup: job.handle(&self.ctx),
                         comm,
                         start_ticks: stat.map(|s| s.start_ticks),
                         kernel_tracked: false,
@@ -258,11 +234,7 @@ impl Governor {
                 argv: None,
                 parent_comm: None,
             };
-            events.extend(self.consider(
-                candidate,
-                Some(stat.ppid),
-                Origin::Scan(stat.start_ticks),
-            ));
+            events.extend(self.consider(candidate, Some(stat.ppid), Seen::Scan(stat.start_ticks)));
         }
         Ok(events)
     }
@@ -357,7 +329,7 @@ impl Governor {
     }
 
     /// Decides about one process and governs it if a rule says so.
-    fn consider(&mut self, mut c: Candidate, ppid: Option<u32>, origin: Origin) -> Events {
+    fn consider(&mut self, mut c: Candidate, ppid: Option<u32>, seen: Seen) -> Events {
         // Most processes fail on comm: decide that before reading more.
         if let Some(comms) = &self.comm_filter
             && !comms.contains(&c.comm)
@@ -405,7 +377,7 @@ impl Governor {
                 from.cgroup.as_str()
             ))];
         }
-        self.govern(c.pid, (rule, tier), job_id, &limits, origin, from)
+        self.govern(c.pid, (rule, tier), job_id, &limits, seen, from)
     }
 
     /// With scopes: the v2 cgroup a process is in, unless it is one of
@@ -429,15 +401,15 @@ impl Governor {
         (rule, tier): (String, Option<Tier>),
         job_id: JobId,
         limits: &Limits,
-        origin: Origin,
+        seen: Seen,
         from: Option<scope::Origin>,
     ) -> Events {
         let mut events = Vec::new();
         self.maker.mark_busy();
-        let start_ticks = match origin {
-            Origin::Kernel { start_ticks, .. } => start_ticks,
-            Origin::Scan(ticks) => Some(ticks),
-            Origin::Polled => None,
+        let start_ticks = match seen {
+            Seen::Kernel { start_ticks, .. } => start_ticks,
+            Seen::Scan(ticks) => Some(ticks),
+            Seen::Polled => None,
         };
         let target = match self.reserve.open_target(pid, start_ticks) {
             Ok(t) => t,
@@ -464,11 +436,11 @@ impl Governor {
         // the pidfd says it lives the pid cannot name another process; a
         // second read of /proc/PID/stat here would cost more than the move.
         let staged = staging.filter(|s| !target.has_exited() && s.procs.add(pid).is_ok());
-        let staged_at = staged.and_then(|_| origin.since_exec_us());
+        let staged_at = staged.and_then(|_| seen.since_exec_us());
         // One a scan finds in a staging cgroup (left there by a daemon that
         // stopped) is staged too: it leaves only for a job with its limits.
-        let staged = staged.or_else(|| match origin {
-            Origin::Kernel { .. } => None,
+        let staged = staged.or_else(|| match seen {
+            Seen::Kernel { .. } => None,
             _ => self.staging_of(pid),
         });
         let staged_report = staged.map(|s| (s.cgroup.path.as_str().to_string(), s.applied.clone()));
@@ -478,7 +450,7 @@ impl Governor {
             tier,
             job_id,
             limits: limits.clone(),
-            origin,
+            seen,
             target,
             staged_at,
             staged_report,
@@ -752,16 +724,16 @@ impl Govern for Governor {
             argv: exec.argv.clone().filter(|_| !exec.argv_truncated),
             parent_comm: None,
         };
-        let origin = match kernel {
-            Some(k) => Origin::Kernel {
+        let seen = match kernel {
+            Some(k) => Seen::Kernel {
                 ktime_ns: k.ktime_ns,
                 start_ticks: k
                     .start_boottime_ns
                     .and_then(crate::observe::proc::ticks_of_ns),
             },
-            None => Origin::Polled,
+            None => Seen::Polled,
         };
-        self.consider(candidate, exec.ppid, origin)
+        self.consider(candidate, exec.ppid, seen)
     }
 
     /// An exit: the job's report for a followed process, and its cgroup

@@ -26,7 +26,7 @@ use tokio::sync::mpsc as async_mpsc;
 
 use super::{
     Events, MadeJobs, note,
-    origin::{Origin, monotonic_ns},
+    seen::{Seen, monotonic_ns},
 };
 use crate::{
     errors::chain,
@@ -34,9 +34,10 @@ use crate::{
     govern::{
         Context, GovernError, JobCgroup,
         layout::CgroupPath,
+        ledger::MadeBy,
         place::{ByRule, IfNotMoved, NotPlaced, governed, place},
         plan::Plan,
-        scope::{self, Origin as Origin2, Systemd},
+        scope::{self, Systemd},
         target::{Target, TargetError},
     },
     limits::{JobId, Limits, Tier},
@@ -51,14 +52,14 @@ pub(super) struct Unmade {
     pub(super) tier: Option<Tier>,
     pub(super) job_id: JobId,
     pub(super) limits: Limits,
-    pub(super) origin: Origin,
+    pub(super) seen: Seen,
     pub(super) target: Target,
     /// µs from exec to the staging move.
     pub(super) staged_at: Option<u64>,
     /// The staging cgroup's path and limits (`None`: not staged).
     pub(super) staged_report: Option<(String, events::Limits)>,
     /// With scopes: the cgroup it came from (`None`: not known).
-    pub(super) from: Option<Origin2>,
+    pub(super) from: Option<scope::Origin>,
     /// Earlier tries to make its job (a retry says nothing until it works).
     pub(super) attempts: u32,
 }
@@ -74,7 +75,7 @@ impl Unmade {
             tier: self.tier,
             job_id: self.job_id,
             limits: self.limits,
-            origin: self.origin,
+            seen: self.seen,
             staged_at: self.staged_at,
             staged_report: self.staged_report,
             from: self.from,
@@ -92,10 +93,10 @@ pub(super) struct Parked {
     tier: Option<Tier>,
     job_id: JobId,
     limits: Limits,
-    origin: Origin,
+    seen: Seen,
     staged_at: Option<u64>,
     staged_report: Option<(String, events::Limits)>,
-    from: Option<Origin2>,
+    from: Option<scope::Origin>,
     pub(super) attempts: u32,
 }
 
@@ -109,7 +110,7 @@ impl Parked {
             tier: self.tier,
             job_id: self.job_id.clone(),
             limits: self.limits.clone(),
-            origin: self.origin,
+            seen: self.seen,
             target,
             staged_at: self.staged_at,
             staged_report: self.staged_report.clone(),
@@ -187,7 +188,7 @@ impl Maker {
                 }));
             }
         }
-        let from = job.from.clone().unwrap_or_else(|| Origin2 {
+        let from = job.from.clone().unwrap_or_else(|| scope::Origin {
             cgroup: CgroupPath::new("/").expect("\"/\" is a cgroup path"),
         });
         let mut systemd = systemd
@@ -197,10 +198,8 @@ impl Maker {
             pids: &[job.pid],
             origin: &from,
             description: format!(
-                "ffrtmp job {job_id} (rule {}, process {}{})",
-                job.rule,
-                job.pid,
-                job.tier.map_or_else(String::new, |t| format!(", tier {t}"))
+                "ffrtmp job {job_id} (rule {}, process {})",
+                job.rule, job.pid
             ),
             tie: scope::Tie::Bound,
         };
@@ -210,7 +209,7 @@ impl Maker {
     pub(super) fn make(&self, job: Unmade) -> Made {
         let pid = job.pid;
         let (comm, start_ticks) = (job.target.comm.clone(), job.target.start_ticks);
-        let kernel_tracked = matches!(job.origin, Origin::Kernel { .. });
+        let kernel_tracked = matches!(job.seen, Seen::Kernel { .. });
         let retried = job.attempts > 0;
         let mut follow = None;
         let (events, retry) = match self.make_job(&job, &mut follow) {
@@ -258,7 +257,7 @@ impl Maker {
             tier,
             job_id,
             limits: _,
-            origin,
+            seen,
             target,
             staged_at,
             staged_report,
@@ -283,7 +282,7 @@ impl Maker {
             other => other,
         };
         let plan = match plan {
-            Ok(p) => p.in_tier(*tier),
+            Ok(p) => p.labelled(MadeBy::Watch, *tier),
             Err(e) if staged_report.is_some() => {
                 return Err(Unplaced {
                     why: chain(&e).to_string(),
@@ -358,7 +357,7 @@ impl Maker {
                 });
             }
         };
-        let latency_us = staged_at.or_else(|| origin.since_exec_us());
+        let latency_us = staged_at.or_else(|| seen.since_exec_us());
         for d in &placement.degradations {
             events.push(Event::new(Timestamp::now(), Source::Ffrtmp, d.clone()));
         }
@@ -374,7 +373,7 @@ impl Maker {
                 self.ctx.mode,
                 Some(ByRule {
                     rule: rule.clone(),
-                    adopted: matches!(origin, Origin::Scan(_)),
+                    adopted: matches!(seen, Seen::Scan(_)),
                     latency_us,
                 }),
             ),

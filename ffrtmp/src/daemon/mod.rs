@@ -33,9 +33,9 @@
 mod governor;
 mod maker;
 pub mod notify;
-mod origin;
 pub mod pressure;
 mod reaper;
+mod seen;
 pub mod stream;
 
 use crate::{

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     events::Pressure,
-    govern::Context,
-    pressure::{INTERVAL, Watch, jobs},
+    govern::{Context, job},
+    pressure::{INTERVAL, Watch},
 };
 
 /// Events the loop has not taken yet, at most.
@@ -40,10 +40,9 @@ impl PressureWatch {
             .name("ffrtmp-pressure".into())
             .spawn(move || {
                 let mut watch = Watch::default();
-                let mut scopes = jobs::ScopeTiers::default();
                 let mut next = Instant::now();
                 while !stopped.load(Relaxed) {
-                    for event in watch.step(jobs::list(&ctx, &mut scopes), Instant::now()) {
+                    for event in watch.step(&ctx, &job::list(&ctx), Instant::now()) {
                         if let Err(e) = tx.try_send(event) {
                             tracing::warn!("pressure event not written: {e}");
                         }

@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::origin::monotonic_ns;
-use crate::govern::{Context, job_exists, reap_empty, reap_job};
+use super::seen::monotonic_ns;
+use crate::govern::{Context, job, reap_empty, reap_job};
 
 /// The reaper thread: removes ended jobs' cgroups in the background (the
 /// root's lock keeps it and job creation from racing). `None` if it cannot
@@ -75,7 +75,7 @@ pub(super) fn spawn(ctx: &Context, last_governed: Arc<AtomicU64>) -> Option<Send
                     // The exit event comes before the kernel has taken the
                     // task out of its cgroup; until then the cgroup is busy.
                     if reap_job(&ctx, &ending.job).is_empty()
-                        && job_exists(&ctx, &ending.job)
+                        && job::in_tree(&ctx, &ending.job)
                         && ending.tries < REAP_TRIES
                     {
                         ending.tries += 1;

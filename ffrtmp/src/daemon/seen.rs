@@ -1,12 +1,14 @@
-//! Where a process the daemon considers came from, and the clocks that say
-//! how long after its exec it was governed.
+//! How the daemon learned of a process it considers (the kernel's exec
+//! record, a /proc scan, the procfs backend), and the clocks that say how
+//! long after its exec it was governed. Where the process itself came
+//! from (its unit) is `govern::scope::Origin`.
 use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 
-/// Where a candidate came from.
+/// How a candidate was seen.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Origin {
+pub(super) enum Seen {
     /// An eBPF exec: its kernel time, and the process's start (ticks).
     Kernel {
         ktime_ns: u64,
@@ -18,11 +20,11 @@ pub(super) enum Origin {
     Polled,
 }
 
-impl Origin {
+impl Seen {
     /// µs since the kernel saw the exec (eBPF only).
     pub(super) fn since_exec_us(self) -> Option<u64> {
         match self {
-            Origin::Kernel { ktime_ns, .. } => monotonic_ns()
+            Seen::Kernel { ktime_ns, .. } => monotonic_ns()
                 .and_then(|now| now.checked_sub(ktime_ns))
                 .map(|ns| ns / 1_000),
             _ => None,

@@ -314,8 +314,8 @@ pub struct Tracked {
     pub comm: String,
     pub job_id: String,
     pub cgroup: String,
-    /// The tier its job was labelled with (a systemd scope: named in its
-    /// unit's description); null when it has none.
+    /// The tier its job was made in, from the job's record in the
+    /// ledger; null when it has none.
     #[serde(default)]
     pub tier: Option<Tier>,
 }

@@ -14,8 +14,9 @@ use std::{fs, path::PathBuf};
 use serde::Serialize;
 
 use super::{
-    Context, Mode, is_empty_leaf, job_dirs,
-    layout::{CgroupPath, Layout},
+    Context, Mode, is_empty_leaf,
+    job::{self, Home},
+    layout::{CgroupPath, Kind, Layout},
     ledger::{self, Entry},
     reap_empty, root_dirs,
 };
@@ -53,14 +54,17 @@ pub fn cleanup(layout: &Layout, mode: Mode) -> Cleanup {
             scopes: false,
         };
         done.removed.extend(reap_empty(&ctx));
-        for (name, _, entry) in job_dirs(&ctx) {
+        for job in job::list(&ctx) {
+            let Home::Tree { entry, .. } = job.home else {
+                continue;
+            };
             let why = match entry {
                 Entry::NotOurs => "not made by ffrtmp",
                 Entry::Claimed => "looked after by a running ffrtmp",
                 Entry::Unclaimed => "it holds processes or child cgroups",
             };
             done.kept.push(Kept {
-                cgroup: root.child(&name).as_str().to_string(),
+                cgroup: job.cgroup.as_str().to_string(),
                 why,
             });
         }
@@ -71,6 +75,16 @@ pub fn cleanup(layout: &Layout, mode: Mode) -> Cleanup {
                 }
             }
         }
+    }
+    // The records of job scopes systemd has removed.
+    if mode == Mode::Privileged {
+        job::forget_ended_scopes(&Context {
+            layout: layout.clone(),
+            mode,
+            root: None,
+            subtree: None,
+            scopes: super::systemd::manages_cgroups() && layout.kind() == Kind::V2,
+        });
     }
     done
 }

@@ -13,7 +13,16 @@
 //! ```text
 //! <base>/roots/<root, %-escaped>/lock        exclusive while a job is made or removed
 //! <base>/roots/<root, %-escaped>/jobs/<job>  "ffrtmp made this job"; its wrapper holds LOCK_SH
+//! <base>/scopes/jobs/<job>                   the record of a job systemd holds as a scope
 //! ```
+//!
+//! A marker holds the job's [`Record`] (one JSON object): its tier and
+//! who asked for it, the labels `status`, the pressure watch and a
+//! restarted daemon read, for a job in the tree and a scope alike — never
+//! in the cgroup (world-writable attributes of a directory any user can
+//! open) or in a unit's description (systemd's prose). A record names the
+//! inode of the cgroup directory it describes, so one left from an earlier
+//! cgroup of the same name (a scope made again) is never taken for it.
 //!
 //! `<base>` is `/run/ffrtmp` in privileged mode and `/run/user/<uid>/ffrtmp`
 //! (or `/tmp/ffrtmp-<uid>` without one) for a delegate. It is made 0700; an
@@ -35,8 +44,10 @@ use std::{
 };
 
 use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
 
 use super::{GovernError, Mode, layout::CgroupPath};
+use crate::limits::Tier;
 
 /// How long taking the root lock may wait. Jobs are made in ~0.3–0.5 ms
 /// under it (docs/BENCHMARKS.md), so only a stopped or stuck ffrtmp holds
@@ -47,7 +58,40 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Privileged mode's base directory.
 const PRIVILEGED_BASE: &str = "/run/ffrtmp";
 
-/// The ledger of one ffrtmp root cgroup.
+/// What ffrtmp records of a job it made, beside the fact that it made it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Its tier, if it was given one.
+    pub tier: Option<Tier>,
+    /// Which command made it.
+    pub by: Option<MadeBy>,
+    /// The inode of the cgroup directory it describes (a v1 job's first).
+    pub cgroup_ino: u64,
+}
+
+/// The command that made a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MadeBy {
+    Run,
+    Attach,
+    Watch,
+}
+
+impl MadeBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MadeBy::Run => "run",
+            MadeBy::Attach => "attach",
+            MadeBy::Watch => "watch",
+        }
+    }
+}
+
+/// A record is one small JSON object; anything longer is not one of ours.
+const RECORD_MAX: u64 = 512;
+
+/// The ledger of one ffrtmp root cgroup, or of the jobs that are scopes.
 #[derive(Clone, Debug)]
 pub struct Ledger {
     base: PathBuf,
@@ -91,6 +135,14 @@ impl Ledger {
         Ledger { base, dir }
     }
 
+    /// The ledger of the jobs systemd holds as scopes (privileged mode
+    /// only: only a privileged ffrtmp asks systemd for scopes).
+    pub fn scopes() -> Self {
+        let base = PathBuf::from(PRIVILEGED_BASE);
+        let dir = base.join("scopes");
+        Ledger { base, dir }
+    }
+
     fn lock_file(&self) -> PathBuf {
         self.dir.join("lock")
     }
@@ -107,9 +159,10 @@ impl Ledger {
                 fs::create_dir_all(parent).map_err(|e| GovernError::io("creating", parent, e))?;
             }
         }
+        let parent = self.dir.parent().unwrap_or(&self.base).to_path_buf();
         for dir in [
             self.base.clone(),
-            self.base.join("roots"),
+            parent,
             self.dir.clone(),
             self.dir.join("jobs"),
         ] {
@@ -159,6 +212,40 @@ impl Ledger {
         let lock = flock_within(file, FlockArg::LockSharedNonblock, LOCK_WAIT)
             .map_err(|e| GovernError::io("claiming", &path, e))?;
         Ok(Claim { lock })
+    }
+
+    /// Writes job `job`'s record (its marker is made if it has none, as a
+    /// scope's has not). Written in place, not replaced: a claim is a lock
+    /// on the marker's inode. Readers take no lock; a record is written
+    /// once, right after its job is made, in one `write`.
+    pub fn label(&self, job: &str, record: &Record) -> Result<(), GovernError> {
+        // Checked every time (a few system calls, on the job maker's
+        // thread, once per job): a scope's ledger is not locked first.
+        self.prepare()?;
+        let path = self.marker(job);
+        let file = open_private(&path, true)?;
+        let text = serde_json::to_vec(record)
+            .map_err(|e| GovernError::io("encoding the record of", &path, io::Error::other(e)))?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &text, 0)
+            .and_then(|()| file.set_len(text.len() as u64))
+            .map_err(|e| GovernError::io("writing", &path, e))
+    }
+
+    /// Job `job`'s record, if it has one that describes the cgroup
+    /// directory whose inode is `cgroup_ino` (`None`: none, another
+    /// cgroup's, unreadable, or not a record).
+    pub fn record_of(&self, job: &str, cgroup_ino: u64) -> Option<Record> {
+        let file = open_private(&self.marker(job), false).ok()?;
+        let mut text = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, RECORD_MAX), &mut text).ok()?;
+        let record: Record = serde_json::from_slice(&text).ok()?;
+        (record.cgroup_ino == cgroup_ino).then_some(record)
+    }
+
+    /// Removes job `job`'s marker, without the root lock: for a scope's
+    /// record, once its scope is gone (systemd removed it).
+    pub fn forget_scope(&self, job: &str) {
+        let _ = fs::remove_file(self.marker(job));
     }
 
     /// Whether `job` is ours, and whether someone looks after it.
@@ -403,6 +490,49 @@ mod tests {
         );
         fs::remove_file(&link).unwrap();
         fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_describes_one_cgroup_and_keeps_its_claim() {
+        let base = std::env::temp_dir().join(format!("ffrtmp-ledger-r-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let ledger = Ledger {
+            dir: base.join("roots").join("%2Fx"),
+            base: base.clone(),
+        };
+        let lock = ledger.lock().unwrap();
+        let _claim = ledger.record(&lock, "j").unwrap();
+        assert_eq!(ledger.record_of("j", 7), None, "an empty marker");
+        let live = Record {
+            tier: Some(Tier::Live),
+            by: Some(MadeBy::Run),
+            cgroup_ino: 7,
+        };
+        ledger.label("j", &live).unwrap();
+        assert_eq!(ledger.record_of("j", 7), Some(live));
+        assert_eq!(ledger.record_of("j", 8), None, "another cgroup's record");
+        assert_eq!(ledger.entry("j"), Entry::Claimed, "written in place");
+        // A shorter record replaces a longer one whole.
+        let plain = Record {
+            tier: None,
+            by: Some(MadeBy::Watch),
+            cgroup_ino: 7,
+        };
+        ledger.label("j", &plain).unwrap();
+        assert_eq!(ledger.record_of("j", 7), Some(plain));
+        fs::write(ledger.marker("j"), "tier = live").unwrap();
+        assert_eq!(ledger.record_of("j", 7), None, "not a record");
+        // A scope's record needs no marker first.
+        let scopes = Ledger {
+            dir: base.join("scopes"),
+            base: base.clone(),
+        };
+        scopes.label("s", &live).unwrap();
+        assert_eq!(scopes.record_of("s", 7), Some(live));
+        scopes.forget_scope("s");
+        assert!(scopes.jobs().is_empty());
+        drop(lock);
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

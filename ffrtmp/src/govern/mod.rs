@@ -43,6 +43,7 @@ pub mod bus;
 pub mod caps;
 pub mod cleanup;
 pub mod dynmods;
+pub mod job;
 pub mod layout;
 pub mod ledger;
 pub mod place;
@@ -67,7 +68,7 @@ use crate::limits::{Applied, JobId, Limits, Tier};
 pub use caps::{Cap, has_cap};
 use caps::{Caps, Need};
 use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
-use ledger::{Claim, Entry, Ledger};
+use ledger::{Claim, Ledger, MadeBy, Record};
 
 /// Name of ffrtmp's root cgroup under a hierarchy or delegated subtree.
 pub const ROOT_NAME: &str = "ffrtmp";
@@ -447,11 +448,11 @@ impl ProcsWriter {
 
 #[derive(Debug)]
 enum Inner {
-    V2(v2::Job),
-    V1(v1::Job),
+    V2(v2::Dir),
+    V1(v1::Dirs),
     /// A transient scope systemd made and owns ([`scope`]): read, never
     /// written or removed by ffrtmp.
-    Scope(v2::Job),
+    Scope(v2::Dir),
 }
 
 impl JobCgroup {
@@ -482,10 +483,10 @@ impl JobCgroup {
                 make_room(mount, unit);
             }
             let floor = ctx.subtree.as_ref();
-            let (job, applied) = v2::Job::create(mount, floor, root, &path, limits, existing)?;
+            let (job, applied) = v2::Dir::create(mount, floor, root, &path, limits, existing)?;
             (Inner::V2(job), applied)
         } else {
-            let (job, applied) = v1::Job::create(&ctx.layout.v1, &path, limits, existing)?;
+            let (job, applied) = v1::Dirs::create(&ctx.layout.v1, &path, limits, existing)?;
             (Inner::V1(job), applied)
         };
         let mut job = JobCgroup {
@@ -516,11 +517,11 @@ impl JobCgroup {
         let inner = match (ctx.layout.kind(), &ctx.layout.v2) {
             (Kind::V2, Some(mount)) => {
                 let dir = mount.dir_of(&path);
-                Inner::V2(v2::Job {
+                Inner::V2(v2::Dir {
                     dir: dir.is_dir().then_some(dir)?,
                 })
             }
-            _ => Inner::V1(v1::Job::existing(&ctx.layout.v1, &path)?),
+            _ => Inner::V1(v1::Dirs::existing(&ctx.layout.v1, &path)?),
         };
         Some(JobCgroup {
             path,
@@ -534,30 +535,35 @@ impl JobCgroup {
     pub fn of_scope(path: CgroupPath, dir: PathBuf) -> Self {
         JobCgroup {
             path,
-            inner: Inner::Scope(v2::Job { dir }),
+            inner: Inner::Scope(v2::Dir { dir }),
             claim: None,
             ledger: None,
         }
     }
 
-    /// Labels the job with its tier ([`TIER_XATTR`] on each directory
-    /// ffrtmp made), which `status` and the daemon's pressure watch read
-    /// back from the tree. A scope is systemd's: its tier is in its
-    /// description, and nothing is written to it.
-    pub fn label(&self, tier: Tier) -> io::Result<()> {
-        for dir in self.dirs() {
-            xattr::set(&dir, TIER_XATTR, tier.as_str().as_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// The tier it was labelled with ([`JobCgroup::label`]); a scope's,
-    /// from its description ([`scope::tier_of`]).
-    pub fn tier(&self) -> Option<Tier> {
-        if self.is_scope() {
-            return scope::tier_of(self.path.as_str().rsplit('/').next()?);
-        }
-        tier_of(&self.dirs())
+    /// Records the job's labels — its tier, the command that made it — in
+    /// the ledger ([`ledger::Record`]), where `status`, the pressure watch
+    /// and a restarted daemon read them ([`job::list`]). Nothing is
+    /// written to the cgroup, nor to a scope, which is systemd's.
+    pub fn label(&self, by: MadeBy, tier: Option<Tier>) -> Result<(), GovernError> {
+        let (ledger, dir) = match (&self.inner, &self.ledger) {
+            (Inner::Scope(d), _) => (Ledger::scopes(), d.dir.clone()),
+            (_, Some(ledger)) => (
+                ledger.clone(),
+                self.dirs()
+                    .into_iter()
+                    .next()
+                    .ok_or(GovernError::NoCgroups)?,
+            ),
+            (_, None) => return Err(GovernError::NoCgroups),
+        };
+        let cgroup_ino = job::cgroup_ino(&dir).map_err(|e| GovernError::io("reading", &dir, e))?;
+        let record = Record {
+            tier,
+            by: Some(by),
+            cgroup_ino,
+        };
+        ledger.label(self.name(), &record)
     }
 
     /// Whether systemd made it (a scope), rather than ffrtmp.
@@ -653,7 +659,11 @@ impl JobCgroup {
     /// it is.
     pub fn remove_if_empty(&self) -> bool {
         let Some(ledger) = &self.ledger else {
-            return self.is_empty();
+            let empty = self.is_empty();
+            if empty {
+                Ledger::scopes().forget_scope(self.name());
+            }
+            return empty;
         };
         let Ok(lock) = ledger.lock() else {
             return false; // left for a reaper
@@ -713,13 +723,6 @@ pub fn reap_job(ctx: &Context, name: &str) -> Vec<PathBuf> {
     reap(ctx, Some(name))
 }
 
-/// Whether job `name` still has a directory under the root.
-pub fn job_exists(ctx: &Context, name: &str) -> bool {
-    ctx.root
-        .as_ref()
-        .is_some_and(|root| !existing_job_dirs(&root_dirs(ctx, root), name).is_empty())
-}
-
 fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
     let (Some(root), Some(ledger)) = (&ctx.root, ctx.ledger()) else {
         return Vec::new();
@@ -755,49 +758,6 @@ fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
         }
     }
     removed
-}
-
-/// The extended attribute naming a job's tier (on cgroup v2, `user.`
-/// attributes need Linux >= 5.7; a job without it has no known tier).
-pub const TIER_XATTR: &str = "user.ffrtmp.tier";
-
-/// The tier a job's directories are labelled with, if any.
-pub fn tier_of(dirs: &[PathBuf]) -> Option<Tier> {
-    dirs.iter()
-        .find_map(|d| xattr::get(d, TIER_XATTR))
-        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
-}
-
-/// The job cgroups under the root now: (job name, its directory in each
-/// hierarchy, what the ledger says of it — [`Entry::NotOurs`] too when
-/// the ledger cannot be read, as by another user).
-pub fn job_dirs(ctx: &Context) -> Vec<(String, Vec<PathBuf>, Entry)> {
-    let (Some(root), Some(ledger)) = (&ctx.root, ctx.ledger()) else {
-        return Vec::new();
-    };
-    let dirs = root_dirs(ctx, root);
-    job_names(&dirs)
-        .into_iter()
-        .map(|name| {
-            let job_dirs = existing_job_dirs(&dirs, &name);
-            let entry = ledger.entry(&name);
-            (name, job_dirs, entry)
-        })
-        .collect()
-}
-
-/// The job directory names under the root's directories (job ids are
-/// UTF-8 by construction; anything else is not ours and left alone).
-fn job_names(root_dirs: &[PathBuf]) -> BTreeSet<String> {
-    root_dirs
-        .iter()
-        .filter_map(|d| fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name != JobId::STAGING)
-        .collect()
 }
 
 /// No process in it and no child cgroup under it.

@@ -5,8 +5,12 @@
 //! Nothing here touches the workload; failures are collected, not fatal,
 //! so each entry point can report them (`degraded`) or refuse (`--strict`).
 use super::{
-    Cap, Context, Existing, GovernError, JobCgroup, has_cap, pid_in_cgroup,
-    process::oom_score_adj_of, reap_empty, scope,
+    Cap, Context, Existing, GovernError, JobCgroup, has_cap,
+    job::{self, Home},
+    ledger::MadeBy,
+    pid_in_cgroup,
+    process::oom_score_adj_of,
+    reap_empty, scope,
 };
 use crate::{
     errors::chain,
@@ -47,8 +51,8 @@ impl Plan {
         let mut applied = Applied::default();
         let mut cgroup = None;
         // One job id, one job: a scope's too (`attach`, `watch`).
-        if let Some(scope) = scope_in_use(ctx, job_id) {
-            return Err(GovernError::JobIdInUse(scope));
+        if let Some(Home::Scope { dir, .. }) = job::open(ctx, job_id.as_str()).map(|j| j.home) {
+            return Err(GovernError::JobIdInUse(dir));
         }
         if ctx.root.is_some() {
             // Leftovers are reaped once the workload runs, off the start-up
@@ -103,11 +107,9 @@ impl Plan {
     ) -> Result<Self, GovernError> {
         let mount = ctx.layout.v2.as_ref().ok_or(GovernError::NoCgroups)?;
         // One job id, one job: a `run` job's under the root too.
-        if super::job_exists(ctx, job_id.as_str()) {
-            let path = ctx
-                .job_path(job_id)
-                .map_or_else(|| job_id.to_string(), |p| p.as_str().to_string());
-            return Err(GovernError::JobIdInUse(path.into()));
+        if let Some(Home::Tree { dirs, .. }) = job::open(ctx, job_id.as_str()).map(|j| j.home) {
+            let path = dirs.into_iter().next().unwrap_or_default();
+            return Err(GovernError::JobIdInUse(path));
         }
         match systemd.start_scope(mount, job_id, request, limits) {
             Ok((path, dir, applied)) => Ok(Self::finish(
@@ -226,18 +228,19 @@ impl Plan {
         }
     }
 
-    /// The job is of `tier` (whose limits are in the plan's already):
-    /// its cgroup is labelled with it, for `status` and the pressure watch.
+    /// The job was made by `by`, in `tier` (whose limits are in the plan
+    /// already): both are recorded in the ledger, for `status`, the
+    /// pressure watch and a restarted daemon ([`job`]).
     #[must_use]
-    pub fn in_tier(mut self, tier: Option<Tier>) -> Self {
+    pub fn labelled(mut self, by: MadeBy, tier: Option<Tier>) -> Self {
         self.tier = tier;
-        if let (Some(tier), Some(cg)) = (tier, &self.cgroup)
-            && let Err(e) = cg.label(tier)
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cg.label(by, tier)
         {
             self.notes.push(Degraded::note(format!(
-                "job {}: labelling its cgroup with tier {tier} ({}): {e}; its limits are in force, but status and the pressure watch do not see its tier",
+                "job {}: recording its tier: {}; its limits are in force, but status and the pressure watch do not see its tier",
                 cg.name(),
-                super::TIER_XATTR
+                chain(&e)
             )));
         }
         self
@@ -271,15 +274,6 @@ fn nice_stands_in(limit: LimitName) -> bool {
         limit,
         LimitName::CpuMax | LimitName::CpuWeight | LimitName::CpuIdle
     )
-}
-
-/// With scopes: the cgroup of job `job_id`'s scope, if one exists.
-fn scope_in_use(ctx: &Context, job_id: &JobId) -> Option<std::path::PathBuf> {
-    let mount = ctx.layout.v2.as_ref().filter(|_| ctx.scopes)?;
-    scope::jobs(mount)
-        .into_iter()
-        .find(|(name, _)| name == job_id.as_str())
-        .map(|(_, path)| mount.dir_of(&path))
 }
 
 /// The names of the requested limits that need a cgroup.

@@ -89,32 +89,6 @@ pub fn job_of_cgroup(path: &str) -> Option<&str> {
     job.parse::<JobId>().ok().map(|_| job)
 }
 
-/// Every job scope in the tree, (job, cgroup path): they sit in slices
-/// (beside their origins), so only `.slice` directories are walked.
-pub fn jobs(mount: &super::layout::Mount) -> Vec<(String, CgroupPath)> {
-    let mut found = Vec::new();
-    let mut slices = vec![CgroupPath::new("/").expect("\"/\" is a cgroup path")];
-    while let Some(slice) = slices.pop() {
-        let Ok(entries) = std::fs::read_dir(mount.dir_of(&slice)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            if name.ends_with(".slice") {
-                slices.push(slice.child(&name));
-            } else if let Some(job) = job_of_cgroup(&name) {
-                found.push((job.to_string(), slice.child(&name)));
-            }
-        }
-    }
-    found
-}
-
 /// What systemd is asked for: a scope holding `pids` (the first is the
 /// process whose move is waited for), beside `origin`, tied to its unit.
 #[derive(Debug)]
@@ -402,29 +376,6 @@ impl Systemd {
     }
 }
 
-/// Where systemd keeps the unit files of the transient units it made
-/// (systemd.unit(5), "Unit File Load Path"): root's, on tmpfs.
-const TRANSIENT_UNITS: &str = "/run/systemd/transient";
-
-/// The tier of job scope `unit`, from its description (`run`, `attach` and
-/// `watch` end it with `, tier NAME)`): a scope is systemd's, so it carries
-/// no label of ours. Read from the unit file systemd wrote for the scope,
-/// not asked over D-Bus: the governing loop asks when it finds its jobs
-/// again at start, and a file on tmpfs that only root writes cannot keep
-/// it waiting, where a bus call could for up to [`CALL_TIMEOUT`] a scope.
-pub fn tier_of(unit: &str) -> Option<crate::limits::Tier> {
-    let text = crate::observe::proc::read_text(Path::new(TRANSIENT_UNITS).join(unit)).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Description="))
-        .and_then(tier_in)
-}
-
-/// The tier a job scope's description names, if any.
-fn tier_in(description: &str) -> Option<crate::limits::Tier> {
-    let (_, tail) = description.rsplit_once(", tier ")?;
-    tail.strip_suffix(')')?.parse().ok()
-}
-
 /// The limits of `limits` systemd has no property for, and why: a process
 /// that must keep them (a staged one) is not given a scope.
 pub fn unsupported(limits: &Limits) -> Vec<(crate::limits::LimitName, String)> {
@@ -519,20 +470,6 @@ impl Visit for ReadBack<'_> {
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn a_scopes_tier_is_read_from_its_description() {
-        use crate::limits::Tier;
-        assert_eq!(
-            tier_in("ffrtmp job ffmpeg-7 (rule ffmpeg-live, process 7, tier live)"),
-            Some(Tier::Live)
-        );
-        assert_eq!(
-            tier_in("ffrtmp job j (run, wrapper 9, tier batch)"),
-            Some(Tier::Batch)
-        );
-        assert_eq!(tier_in("ffrtmp job j (run, wrapper 9)"), None);
-        assert_eq!(tier_in("ffrtmp job j (run, tier gold)"), None);
-    }
     use super::*;
 
     #[test]

@@ -13,7 +13,7 @@ use crate::limits::{Applied, Files, Limit, Limits, Visit};
 
 /// A job's cgroups, one per v1 hierarchy (co-mounted controllers share one).
 #[derive(Debug)]
-pub struct Job {
+pub struct Dirs {
     dirs: BTreeMap<String, PathBuf>,
 }
 
@@ -33,7 +33,7 @@ fn controllers_for(limits: &Limits) -> Vec<&'static str> {
     c
 }
 
-impl Job {
+impl Dirs {
     pub fn create(
         mounts: &BTreeMap<String, Mount>,
         path: &CgroupPath,
@@ -79,7 +79,7 @@ impl Job {
             }
             dirs.insert(controller.clone(), dir);
         }
-        let job = Job { dirs };
+        let job = Dirs { dirs };
         let mut apply = Apply {
             job: &job,
             applied: Applied::default(),
@@ -96,7 +96,7 @@ impl Job {
             .map(|(c, m)| (c.clone(), m.dir_of(path)))
             .filter(|(_, d)| d.is_dir())
             .collect();
-        (!dirs.is_empty()).then_some(Job { dirs })
+        (!dirs.is_empty()).then_some(Dirs { dirs })
     }
 
     fn file(&self, controller: &str, file: &str) -> Result<PathBuf, String> {
@@ -152,7 +152,7 @@ impl Job {
     }
 }
 
-impl Files for Job {
+impl Files for Dirs {
     fn write(&self, controller: &'static str, file: &str, value: &str) -> Result<String, String> {
         write_and_read_back(&self.file(controller, file)?, value)
     }
@@ -160,7 +160,7 @@ impl Files for Job {
 
 /// Writes each cgroup limit to its own hierarchy.
 struct Apply<'a> {
-    job: &'a Job,
+    job: &'a Dirs,
     applied: Applied,
 }
 

@@ -15,7 +15,7 @@ use crate::limits::{Applied, Files, Limit, Limits, Visit};
 
 /// A job's cgroup in the v2 hierarchy.
 #[derive(Debug)]
-pub struct Job {
+pub struct Dir {
     pub dir: PathBuf,
 }
 
@@ -60,7 +60,7 @@ pub fn enable_controllers(
     failed
 }
 
-impl Job {
+impl Dir {
     /// Makes the job cgroup under `root`, which the caller has created (and
     /// holds locked, see the claims in the module above).
     pub fn create(
@@ -85,7 +85,7 @@ impl Job {
             }
             _ => {}
         }
-        let job = Job { dir };
+        let job = Dir { dir };
         let mut apply = Apply {
             job: &job,
             refused: &refused,
@@ -133,7 +133,7 @@ impl Job {
     }
 }
 
-impl Files for Job {
+impl Files for Dir {
     fn write(&self, _controller: &'static str, file: &str, value: &str) -> Result<String, String> {
         write_and_read_back(&self.dir.join(file), value)
     }
@@ -143,7 +143,7 @@ impl Files for Job {
 /// enabled: they fail with that reason (and only they: a controller the
 /// exit report wanted is no limit's failure).
 struct Apply<'a> {
-    job: &'a Job,
+    job: &'a Dir,
     refused: &'a [(&'static str, String)],
     applied: Applied,
 }
@@ -187,7 +187,7 @@ mod tests {
             ..Limits::default()
         };
 
-        let (_, applied) = Job::create(
+        let (_, applied) = Dir::create(
             &mount,
             None,
             &root,
@@ -207,7 +207,7 @@ mod tests {
             "written without its controller"
         );
 
-        let (_, applied) = Job::create(
+        let (_, applied) = Dir::create(
             &mount,
             None,
             &root,

@@ -1,9 +1,9 @@
-//! Extended attributes of cgroup directories: systemd's delegation marks
-//! (read, `systemd.rs`) and ffrtmp's own label of a job's tier (written on
-//! the directories ffrtmp made, never on systemd's).
+//! Extended attributes of cgroup directories: systemd's delegation marks,
+//! read (`systemd.rs`). ffrtmp writes none: a job's labels are its ledger
+//! record (`ledger.rs`).
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
 
-/// The longest value read: labels and marks are a word.
+/// The longest value read: a mark is a word.
 const MAX_VALUE: usize = 64;
 
 fn c_strings(dir: &Path, name: &str) -> io::Result<(CString, CString)> {
@@ -29,25 +29,4 @@ pub fn get(dir: &Path, name: &str) -> Option<Vec<u8>> {
     };
     let len = usize::try_from(len).ok()?;
     Some(value[..len.min(MAX_VALUE)].to_vec())
-}
-
-/// Sets attribute `name` of `dir` (not following a link) to `value`.
-pub fn set(dir: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let (path, name) = c_strings(dir, name)?;
-    // SAFETY: both strings are NUL-terminated and `value` is a live slice
-    // of `value.len()` bytes, all only read during the call.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

@@ -13,8 +13,8 @@
 //! throttles it waits too; the event says so (`cause: throttled`, from
 //! `cpu.stat`), because then the fix is its quota, not the node.
 //!
-//! [`Watch`] samples every live job (tier `live`, read from its cgroup's
-//! label: `jobs`) each [`INTERVAL`] and judges the share over the last
+//! [`Watch`] samples every live job (tier `live`, from its record:
+//! [`crate::govern::job`]) each [`INTERVAL`] and judges the share over the last
 //! [`WINDOW`]: at or above [`AT_RISK`] the job is at risk (one `pressure`
 //! event); it is cleared (one `pressure` event with `cleared`) once the
 //! share stayed below [`CALM`] for [`CLEAR_AFTER`], or when the job ends.
@@ -25,11 +25,11 @@
 //!
 //! [`demand`] sums what each tier uses and would use (`status`: the
 //! node's capacity against each tier's demand).
-pub mod jobs;
 pub mod sample;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -37,9 +37,9 @@ use serde::Serialize;
 
 use crate::{
     events::{Cause, Pressure},
+    govern::{Context, job::Job},
     limits::Tier,
 };
-use jobs::Job;
 use sample::{Sample, Window};
 
 /// How often live jobs are sampled.
@@ -69,7 +69,8 @@ pub struct Watch {
 }
 
 struct Watched {
-    job: Job,
+    job_id: String,
+    cgroup: String,
     /// Oldest first; the window's first sample is the oldest kept.
     samples: Vec<Sample>,
     at_risk: bool,
@@ -81,12 +82,12 @@ impl Watch {
     /// Samples `jobs` (only the live ones are watched) and returns the
     /// events due: jobs newly at risk, and jobs cleared (calm again, or
     /// ended while at risk).
-    pub fn step(&mut self, jobs: Vec<Job>, now: Instant) -> Vec<Pressure> {
+    pub fn step(&mut self, ctx: &Context, jobs: &[Job], now: Instant) -> Vec<Pressure> {
         let mut events = Vec::new();
-        let live: HashMap<String, Job> = jobs
-            .into_iter()
-            .filter(|j| j.tier == Some(Tier::Live))
-            .map(|j| (j.cgroup.clone(), j))
+        let live: HashMap<String, (&Job, (PathBuf, bool))> = jobs
+            .iter()
+            .filter(|j| j.tier() == Some(Tier::Live))
+            .filter_map(|j| Some((j.cgroup.as_str().to_string(), (j, j.cpu_dir(ctx)?))))
             .collect();
         self.jobs.retain(|cgroup, w| {
             let stays = live.contains_key(cgroup);
@@ -95,10 +96,11 @@ impl Watch {
             }
             stays
         });
-        for (cgroup, job) in live {
-            let sample = Sample::read(&job.dir, job.v2);
-            let watched = self.jobs.entry(cgroup).or_insert_with(|| Watched {
-                job,
+        for (cgroup, (job, dir)) in live {
+            let sample = Sample::read(&dir.0, dir.1);
+            let watched = self.jobs.entry(cgroup.clone()).or_insert_with(|| Watched {
+                job_id: job.id.clone(),
+                cgroup,
                 samples: Vec::new(),
                 at_risk: false,
                 restless_at: now,
@@ -119,7 +121,7 @@ impl Watch {
             }
             let window = last.since(first);
             tracing::debug!(
-                job = watched.job.job_id,
+                job = watched.job_id,
                 waiting = window.waiting,
                 usage = window.usage,
                 demand = window.demand,
@@ -161,8 +163,8 @@ impl Watched {
                 )
             });
         Pressure {
-            job_id: self.job.job_id.clone(),
-            cgroup: self.job.cgroup.clone(),
+            job_id: self.job_id.clone(),
+            cgroup: self.cgroup.clone(),
             tier: Tier::Live,
             waiting: round3(waiting),
             usage_cpus: round3(usage),
@@ -196,17 +198,24 @@ pub struct TierDemand {
 
 /// Samples `jobs` twice, `window` apart, and sums each tier (`none`: jobs
 /// without a tier).
-pub fn demand(jobs: &[Job], window: Duration) -> BTreeMap<String, TierDemand> {
-    let first: Vec<Sample> = jobs.iter().map(|j| Sample::read(&j.dir, j.v2)).collect();
+pub fn demand(ctx: &Context, jobs: &[Job], window: Duration) -> BTreeMap<String, TierDemand> {
+    let jobs: Vec<(&Job, (PathBuf, bool))> = jobs
+        .iter()
+        .filter_map(|j| Some((j, j.cpu_dir(ctx)?)))
+        .collect();
+    let first: Vec<Sample> = jobs
+        .iter()
+        .map(|(_, (dir, v2))| Sample::read(dir, *v2))
+        .collect();
     std::thread::sleep(window);
     let mut tiers: BTreeMap<String, TierDemand> = Tier::ALL
         .iter()
         .map(|t| (t.as_str().to_string(), TierDemand::default()))
         .collect();
-    for (job, earlier) in jobs.iter().zip(&first) {
-        let w = Sample::read(&job.dir, job.v2).since(earlier);
+    for ((job, (dir, v2)), earlier) in jobs.iter().zip(&first) {
+        let w = Sample::read(dir, *v2).since(earlier);
         let t = tiers
-            .entry(job.tier.map_or("none", Tier::as_str).to_string())
+            .entry(job.tier().map_or("none", Tier::as_str).to_string())
             .or_default();
         t.jobs += 1;
         t.usage_cpus = round3(t.usage_cpus + w.usage);
