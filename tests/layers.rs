@@ -234,13 +234,10 @@ fn paths(code: &str) -> Vec<Vec<String>> {
             continue;
         }
         let mut prefix = Vec::new();
-        loop {
-            let Some(word) = ["crate", "super", "self"]
-                .into_iter()
-                .find(|w| rest.starts_with(&format!("{w}::")))
-            else {
-                break;
-            };
+        while let Some(word) = ["crate", "super", "self"]
+            .into_iter()
+            .find(|w| rest.starts_with(&format!("{w}::")))
+        {
             prefix.push(word.to_string());
             rest = &rest[word.len() + 2..];
         }
@@ -275,7 +272,7 @@ fn resolve(mods: &BTreeMap<Vec<String>, PathBuf>, from: &[String], path: &[Strin
     for segment in rest {
         probe.push(segment.clone());
         if mods.contains_key(&probe) {
-            best = probe.clone();
+            best.clone_from(&probe);
         } else {
             break;
         }
