@@ -13,7 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::{WatchArgs, exit};
 use crate::{
-    daemon::{Governor, MadeJobs, Stream, notify::Notifier, pressure::PressureWatch},
+    daemon::{Governor, Machine, MadeJobs, Stream, notify::Notifier, pressure::PressureWatch},
     errors::chain,
     events::{
         Degraded, Event, EventError, Pressure, Reloaded, SCHEMA_VERSION, Sinks, Source, Started,
@@ -94,7 +94,7 @@ pub fn run(args: WatchArgs) -> ExitCode {
                         None
                     }
                 };
-                let governor = Governor::new(ctx, policy.clone());
+                let governor = Governor::new(Machine::new(ctx), policy.clone());
                 // After the reaper thread started: it must not inherit it.
                 match process::request_slice(GOVERN_SLICE) {
                     Ok(slice) => tracing::debug!(?slice, "governing thread's scheduler slice"),
@@ -211,7 +211,7 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
 
 /// What governs (none with `--observe-only`), and the pressure watch.
 struct Governing {
-    governor: Option<Governor>,
+    governor: Option<Governor<Machine>>,
     pressure: Option<PressureWatch>,
     /// The mode and the cgroup layout, when it governs.
     mode_and_layout: Option<(&'static str, &'static str)>,
@@ -331,7 +331,7 @@ async fn watch(
 
     // Ready: the kernel programs are attached and the start-up scan done.
     let observer_name = observer.name();
-    let status = |stream: &Stream<Governor, Sinks<'static>>| {
+    let status = |stream: &Stream<Governor<Machine>, Sinks<'static>>| {
         format!(
             "backend {observer_name}, {} processes followed in their jobs",
             stream.followed()
@@ -474,7 +474,7 @@ impl Reloader {
     /// keeps the running policy (and `watch` running).
     fn reload(
         &mut self,
-        stream: &mut Stream<Governor, Sinks<'static>>,
+        stream: &mut Stream<Governor<Machine>, Sinks<'static>>,
         observer: &mut dyn observe::Observer,
     ) -> Result<(), ObserveError> {
         let loaded = match &self.path {

@@ -25,12 +25,14 @@ use std::sync::{
 use tokio::sync::mpsc as async_mpsc;
 
 use super::{
-    Events, MadeJobs, note,
+    Events, MadeJobs,
+    host::{Made, MakeJobs, Unmade},
+    note,
     seen::{Seen, monotonic_ns},
 };
 use crate::{
     errors::chain,
-    events::{self, Degraded, Event, ProcessId, Source, Timestamp},
+    events::{Degraded, Event, ProcessId, Source, Timestamp},
     govern::{
         Context, GovernError, JobCgroup,
         layout::CgroupPath,
@@ -38,107 +40,14 @@ use crate::{
         place::{ByRule, IfNotMoved, NotPlaced, governed, place},
         plan::Plan,
         scope::{self, Systemd},
-        target::{Target, TargetError},
+        target::Target,
     },
-    limits::{JobId, Limits, Tier},
+    limits::JobId,
     policy::template::sanitise,
 };
 
-/// A process to govern whose own job is not made yet: waiting in its
-/// rule's staging cgroup, or (found by a scan) not moved at all.
-pub(super) struct Unmade {
-    pub(super) pid: u32,
-    pub(super) rule: String,
-    pub(super) tier: Option<Tier>,
-    pub(super) job_id: JobId,
-    pub(super) limits: Limits,
-    pub(super) seen: Seen,
-    pub(super) target: Target,
-    /// µs from exec to the staging move.
-    pub(super) staged_at: Option<u64>,
-    /// The staging cgroup's path and limits (`None`: not staged).
-    pub(super) staged_report: Option<(String, events::Limits)>,
-    /// With scopes: the cgroup it came from (`None`: not known).
-    pub(super) from: Option<scope::Origin>,
-    /// Earlier tries to make its job (a retry says nothing until it works).
-    pub(super) attempts: u32,
-}
-
-impl Unmade {
-    /// Lets go of the process (its pidfd) while it waits in staging for
-    /// another try: a process waiting costs no file descriptor.
-    fn park(self) -> Parked {
-        Parked {
-            pid: self.pid,
-            start_ticks: self.target.start_ticks,
-            rule: self.rule,
-            tier: self.tier,
-            job_id: self.job_id,
-            limits: self.limits,
-            seen: self.seen,
-            staged_at: self.staged_at,
-            staged_report: self.staged_report,
-            from: self.from,
-            attempts: self.attempts,
-        }
-    }
-}
-
-/// A staged process whose job could not be made, waiting for another try
-/// (see `Governor::retry`). Holds no file descriptor.
-pub(super) struct Parked {
-    pub(super) pid: u32,
-    start_ticks: u64,
-    rule: String,
-    tier: Option<Tier>,
-    job_id: JobId,
-    limits: Limits,
-    seen: Seen,
-    staged_at: Option<u64>,
-    staged_report: Option<(String, events::Limits)>,
-    from: Option<scope::Origin>,
-    pub(super) attempts: u32,
-}
-
-impl Parked {
-    /// Takes hold of the process again, if it is still the same one.
-    pub(super) fn unpark(&self) -> Result<Unmade, TargetError> {
-        let target = Target::open(self.pid, Some(self.start_ticks))?;
-        Ok(Unmade {
-            pid: self.pid,
-            rule: self.rule.clone(),
-            tier: self.tier,
-            job_id: self.job_id.clone(),
-            limits: self.limits.clone(),
-            seen: self.seen,
-            target,
-            staged_at: self.staged_at,
-            staged_report: self.staged_report.clone(),
-            from: self.from.clone(),
-            attempts: self.attempts + 1,
-        })
-    }
-}
-
-/// What became of a process whose job was made (opaque outside `daemon`).
-pub struct Made {
-    pub(super) pid: u32,
-    /// Its job and cgroup, to follow (`None`: not followed, e.g. it ended).
-    pub(super) follow: Option<(String, Option<JobCgroup>)>,
-    /// Its name and start time (its identity), for following it.
-    pub(super) comm: String,
-    pub(super) start_ticks: u64,
-    /// Seen at its exec by the kernel programs, which then track its exit.
-    pub(super) kernel_tracked: bool,
-    pub(super) events: Events,
-    /// Left in its staging cgroup: to be tried again.
-    pub(super) retry: Option<Parked>,
-    /// Made at a retry: the cause that held it back has passed.
-    pub(super) retried: bool,
-}
-
 /// Makes jobs: shared by the governor (inline) and the maker thread.
-pub(super) struct Maker {
+pub(crate) struct Maker {
     pub(super) ctx: Context,
     /// CLOCK_MONOTONIC ns of the last governing (the reaper waits for quiet).
     pub(super) last_governed: Arc<AtomicU64>,
@@ -165,7 +74,7 @@ impl Maker {
     }
 
     /// The job's plan: its scope, or its cgroup under the root.
-    fn plan(&self, job: &Unmade, job_id: &JobId) -> Result<Plan, GovernError> {
+    fn plan(&self, job: &Unmade<Target>, job_id: &JobId) -> Result<Plan, GovernError> {
         if !self.ctx.scopes {
             return Plan::make(&self.ctx, job_id, &job.limits, None);
         }
@@ -206,7 +115,7 @@ impl Maker {
         Plan::in_scope(&self.ctx, &mut systemd, job_id, &job.limits, &request)
     }
     /// Makes `job`'s own job and moves it there.
-    pub(super) fn make(&self, job: Unmade) -> Made {
+    fn make_one(&self, job: Unmade<Target>) -> Made<JobCgroup> {
         let pid = job.pid;
         let (comm, start_ticks) = (job.target.comm.clone(), job.target.start_ticks);
         let kernel_tracked = matches!(job.seen, Seen::Kernel { .. });
@@ -248,7 +157,7 @@ impl Maker {
     /// could not hold every limit the staging cgroup holds).
     fn make_job(
         &self,
-        job: &Unmade,
+        job: &Unmade<Target>,
         follow: &mut Option<(String, Option<JobCgroup>)>,
     ) -> Result<Events, Unplaced> {
         let Unmade {
@@ -268,7 +177,7 @@ impl Maker {
         if target.has_exited() {
             return Ok(Vec::new()); // it ended in staging: no job to make
         }
-        self.mark_busy();
+        self.busy();
         let plan = match self.plan(job, job_id) {
             // Two processes for one job id (a shared stream key, say): the
             // second gets its own job, named after both.
@@ -379,11 +288,11 @@ impl Maker {
             ),
         ));
         *follow = Some((job, placement.cgroup));
-        self.mark_busy();
+        self.busy();
         Ok(events)
     }
 
-    pub(super) fn mark_busy(&self) {
+    fn busy(&self) {
         if let Some(now) = monotonic_ns() {
             self.last_governed.store(now, Relaxed);
         }
@@ -392,7 +301,7 @@ impl Maker {
     /// Its own job could not be made or joined: the process stays in its
     /// rule's staging cgroup, under the rule's limits (shared with whatever
     /// else is staged there), and that is what is reported.
-    fn left_in_staging(&self, job: &Unmade, cgroup: Option<String>, why: &str) -> Events {
+    fn left_in_staging(&self, job: &Unmade<Target>, cgroup: Option<String>, why: &str) -> Events {
         let Some((path, limits)) = &job.staged_report else {
             return Vec::new(); // not reached: only staged ones stay
         };
@@ -433,16 +342,35 @@ impl Maker {
     }
 }
 
+impl MakeJobs for Maker {
+    type Held = Target;
+    type Cgroup = JobCgroup;
+
+    fn make(&self, job: Unmade<Target>) -> Made<JobCgroup> {
+        self.make_one(job)
+    }
+
+    fn mark_busy(&self) {
+        self.busy();
+    }
+}
+
 /// Why a staged process stays in staging, and the job it was meant for.
 struct Unplaced {
     why: String,
     cgroup: Option<String>,
 }
 
-/// Starts the maker thread; its two ends (jobs in, made jobs out), or
-/// `None` if it cannot be started (jobs are then made inline).
-pub(super) fn spawn(maker: Arc<Maker>) -> Option<(mpsc::Sender<Unmade>, MadeJobs<Made>)> {
-    let (jobs, rx) = mpsc::channel::<Unmade>();
+/// The maker thread's two ends: jobs in, made jobs out.
+pub(super) type Ends<M> = (
+    mpsc::Sender<Unmade<<M as MakeJobs>::Held>>,
+    MadeJobs<Made<<M as MakeJobs>::Cgroup>>,
+);
+
+/// Starts the maker thread; its two ends, or `None` if it cannot be
+/// started (jobs are then made inline).
+pub(super) fn spawn<M: MakeJobs>(maker: Arc<M>) -> Option<Ends<M>> {
+    let (jobs, rx) = mpsc::channel::<Unmade<M::Held>>();
     // Async, so that `watch`'s event loop wakes when a job is made.
     let (tx, made) = async_mpsc::unbounded_channel();
     std::thread::Builder::new()

@@ -1,6 +1,6 @@
 //! The daemon (`ffrtmp watch`): governing every new transcoder by policy.
 //!
-//! Each exec the observer reports goes to the [`Governor`] and its
+//! Each exec the observer reports goes to the governor (`governor.rs`) and its
 //! [`Policy`](crate::policy::Policy); a process a rule governs is placed in
 //! its job cgroup the way `attach` does it (`govern::place`) — held by a
 //! pidfd whose start time was checked, the cgroup made and its limits read
@@ -30,21 +30,38 @@
 //! governed before the exits queued ahead of them are reported. The stream
 //! talks to the governor through [`Govern`], so that order is unit-tested
 //! against a fake governor, without root.
+//!
+//! The governor asks everything of the machine through one seam,
+//! `host.rs` (`Host`: a process's facts, holding it, the jobs in the tree,
+//! staging, moving a pid, the clock; `MakeJobs`: the second move), whose
+//! real implementation is `machine.rs`. Its decisions are split along
+//! their own seams — `staging.rs` (each rule's staging cgroup and its
+//! name), `follow.rs` (followed processes, recovery at start, lost exits),
+//! `retry.rs` (what waits in staging, and for how long) — and `tests.rs`
+//! drives the whole governor against a machine of the tests' own: no root,
+//! every `cargo test`.
+mod follow;
 mod governor;
+mod host;
+mod machine;
 mod maker;
 pub mod notify;
 pub mod pressure;
 mod reaper;
+mod retry;
 mod seen;
+mod staging;
 pub mod stream;
+#[cfg(test)]
+mod tests;
 
 use crate::{
     events::{Degraded, Event, Exec, Exit, KernelStamp, Source, Timestamp},
     observe::proc::ProcError,
 };
 
-pub use governor::Governor;
-pub use maker::Made;
+pub(crate) use governor::Governor;
+pub(crate) use machine::Machine;
 pub use stream::Stream;
 
 /// What happened to one process, for the stream to emit.

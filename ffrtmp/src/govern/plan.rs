@@ -32,7 +32,7 @@ pub struct Plan {
     pub oom_score_adj: Option<i32>,
     /// What stands in for refused CPU limits: `nice 10` or `none`.
     pub cpu_fallback: String,
-    /// The job's tier, when it has one ([`Plan::in_tier`]).
+    /// The job's tier, when it has one ([`Plan::labelled`]).
     pub tier: Option<Tier>,
     /// What else was not done, about no limit.
     notes: Vec<Degraded>,
