@@ -1,34 +1,29 @@
 //! `ffrtmp watch`: the daemon's wiring. It loads the policy (a bad one
-//! exits 2 before anything starts), makes the governor (`crate::daemon`),
-//! starts the backend (`crate::observe::start`) and says which (`started`,
-//! and `degraded` when it fell back), builds the outputs (stdout, metrics),
-//! then runs the event loop — the backend's next events, jobs made on the
-//! maker thread, the stop signals — until SIGINT/SIGTERM.
-use std::{
-    collections::BTreeSet, io, os::fd::AsFd as _, process::ExitCode, sync::Arc, time::Duration,
-};
+//! exits 2 before anything starts), makes the governor and the pressure
+//! watch (`crate::daemon`), builds the outputs (stdout behind a queue, the
+//! metrics), then hands all of it to the daemon's event loop
+//! (`daemon::run`) until SIGINT/SIGTERM.
+use std::{io, os::fd::AsFd as _, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{WatchArgs, exit};
 use crate::{
-    daemon::{Governor, Machine, MadeJobs, Stream, notify::Notifier, pressure::PressureWatch},
+    daemon::{
+        Governor, Machine,
+        pressure::PressureWatch,
+        reload::names,
+        run::{Daemon, Signals, with_needs},
+    },
     errors::chain,
     events::{
-        Degraded, Event, EventError, Pressure, Reloaded, SCHEMA_VERSION, Sinks, Source, Started,
-        Timestamp,
+        Degraded, Sinks,
         file::{LineFile, Reopen, Reopening},
         metrics::Metrics,
-        node::process_key,
         queued::{Queue, Queued},
     },
-    govern::{
-        Context,
-        caps::{Caps, Need},
-        dynmods, process,
-    },
-    observe::{self, Backend, ObserveError, Options},
+    govern::{Context, caps::Need, dynmods, process},
+    observe::Options,
     policy::Policy,
 };
 
@@ -71,66 +66,114 @@ pub fn run(args: WatchArgs) -> ExitCode {
         None => None,
     };
     let mut notes = Vec::new();
-    let mut pressure = None;
     raise_fd_limit();
     presize_fd_table();
-    // What `started` says of the daemon (and `ffrtmp_daemon_info`).
-    let mut mode_and_layout = None;
-    let governor = if args.observe_only {
-        None
-    } else {
-        match Context::detect(args.cgroup_root.as_deref()) {
-            Ok(ctx) => {
-                mode_and_layout = Some((ctx.mode.as_str(), ctx.layout.kind().as_str()));
-                notes.extend(migration_speed(&ctx, args.favordynmods));
-                // Its own thread, started before the governing thread asks
-                // for its scheduler slice.
-                pressure = match PressureWatch::start(ctx.clone()) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        notes.push(Degraded::note(format!(
-                            "starting the pressure watch: {e}; no pressure events"
-                        )));
-                        None
-                    }
-                };
-                let governor = Governor::new(Machine::new(ctx), policy.clone());
-                // After the reaper thread started: it must not inherit it.
-                match process::request_slice(GOVERN_SLICE) {
-                    Ok(slice) => tracing::debug!(?slice, "governing thread's scheduler slice"),
-                    Err(e) => tracing::debug!("{}", chain(&e)),
-                }
-                Some(governor)
-            }
-            Err(e) if e.is_usage() => return exit::fail(exit::USAGE, &e),
-            Err(e) => return exit::fail(exit::FAILURE, &e),
-        }
+    let Governing {
+        governor,
+        pressure,
+        mode_and_layout,
+    } = match governing(&args, &policy, &mut notes) {
+        Ok(g) => g,
+        Err(code) => return code,
     };
     let rules = policy.governing_rules();
     let (filter, urgent) = names(policy.comm_filter(), args.all, governor.is_some());
+    let daemon = Daemon {
+        options: Options {
+            backend: args.backend,
+            interval: args.interval,
+            adopt: args.adopt,
+            ring_buffer_bytes: args.ring_buffer_size,
+            urgent_comms: urgent,
+            filter: filter.is_some(),
+        },
+        filter,
+        policy_path: args.policy.clone(),
+        all: args.all,
+        rules,
+        governor,
+        pressure,
+        mode_and_layout,
+        notes,
+        reopen: events_file.as_ref().map(|(_, r)| r.clone()),
+        output_end: None,
+    };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")
-        .and_then(|rt| {
-            rt.block_on(watch(
-                args,
-                events_file,
-                rules,
-                Governing {
-                    governor,
-                    pressure,
-                    mode_and_layout,
-                },
-                urgent,
-                filter,
-                notes,
-            ))
-        });
+        .and_then(|rt| rt.block_on(watch(&args, events_file, daemon)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit::fail(exit::FAILURE, e.as_ref()),
     }
+}
+
+/// What governs (nothing with `--observe-only`), the pressure watch, and
+/// what `started` says of the daemon (and `ffrtmp_daemon_info`): the mode
+/// and the cgroup layout. A cgroup root that cannot be used exits 2.
+struct Governing {
+    governor: Option<Governor<Machine>>,
+    pressure: Option<PressureWatch>,
+    mode_and_layout: Option<(&'static str, &'static str)>,
+}
+
+fn governing(
+    args: &WatchArgs,
+    policy: &Policy,
+    notes: &mut Vec<Degraded>,
+) -> Result<Governing, ExitCode> {
+    if args.observe_only {
+        return Ok(Governing {
+            governor: None,
+            pressure: None,
+            mode_and_layout: None,
+        });
+    }
+    let ctx = match Context::detect(args.cgroup_root.as_deref()) {
+        Ok(ctx) => ctx,
+        Err(e) if e.is_usage() => return Err(exit::fail(exit::USAGE, &e)),
+        Err(e) => return Err(exit::fail(exit::FAILURE, &e)),
+    };
+    let mode_and_layout = Some((ctx.mode.as_str(), ctx.layout.kind().as_str()));
+    notes.extend(migration_speed(&ctx, args.favordynmods));
+    // Its own thread, started before the governing thread asks for its
+    // scheduler slice.
+    let pressure = match PressureWatch::start(ctx.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            notes.push(Degraded::note(format!(
+                "starting the pressure watch: {e}; no pressure events"
+            )));
+            None
+        }
+    };
+    let governor = Governor::new(Machine::new(ctx), policy.clone());
+    // After the reaper thread started: it must not inherit it.
+    match process::request_slice(GOVERN_SLICE) {
+        Ok(slice) => tracing::debug!(?slice, "governing thread's scheduler slice"),
+        Err(e) => tracing::debug!("{}", chain(&e)),
+    }
+    Ok(Governing {
+        governor: Some(governor),
+        pressure,
+        mode_and_layout,
+    })
+}
+
+/// Signals first (one during start-up is not lost), the node's identity,
+/// the outputs, then the daemon.
+async fn watch(
+    args: &WatchArgs,
+    events_file: Option<(Reopening, Reopen)>,
+    mut daemon: Daemon,
+) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    // The node's identity, read now rather than at the first event.
+    crate::events::node::node();
+    let (sinks, output_end) = outputs(args, events_file.map(|(f, _)| f)).await?;
+    daemon.output_end = output_end;
+    crate::daemon::run::run(daemon, sinks, signals).await
 }
 
 /// Raises the soft limit on open files to the hard one: the daemon holds a
@@ -177,18 +220,6 @@ fn presize_fd_table() {
     }
 }
 
-/// `reason`, naming the capabilities `need` takes if ffrtmp lacks them.
-fn with_needs(reason: String, need: Need) -> String {
-    if Caps::effective().allows(need) {
-        reason
-    } else {
-        format!(
-            "{reason} (it needs {}, which ffrtmp does not have)",
-            need.describe()
-        )
-    }
-}
-
 /// `--favordynmods`, or a note that governing will wait for grace periods.
 fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
     if ctx.root.is_none() || dynmods::migrations_are_fast(&ctx.layout) {
@@ -207,352 +238,6 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
         reason: format!("{reason} (docs/OPERATIONS.md)"),
         fallback: "slow migrations".into(),
     })
-}
-
-/// What governs (none with `--observe-only`), and the pressure watch.
-struct Governing {
-    governor: Option<Governor<Machine>>,
-    pressure: Option<PressureWatch>,
-    /// The mode and the cgroup layout, when it governs.
-    mode_and_layout: Option<(&'static str, &'static str)>,
-}
-
-async fn watch(
-    args: WatchArgs,
-    events_file: Option<(Reopening, Reopen)>,
-    rules: usize,
-    Governing {
-        governor,
-        mut pressure,
-        mode_and_layout,
-    }: Governing,
-    urgent: BTreeSet<String>,
-    filter: Option<BTreeSet<String>>,
-    notes: Vec<Degraded>,
-) -> anyhow::Result<()> {
-    // Register before loading so a signal during start-up is not lost.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    // SIGHUP reloads the policy (`systemctl reload`); it never stops `watch`.
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    // Opened now: a ping at the fd limit needs no new descriptor.
-    let notifier = Notifier::from_env().unwrap_or_else(|e| {
-        tracing::warn!("$NOTIFY_SOCKET cannot be used ({e}); the service manager is told nothing");
-        None
-    });
-    let governs = governor.is_some();
-    let mut reloader = Reloader {
-        path: args.policy.clone(),
-        all: args.all,
-        governs,
-        kernel_filters: filter.is_some(),
-        rules,
-    };
-    let options = Options {
-        backend: args.backend,
-        interval: args.interval,
-        adopt: args.adopt,
-        ring_buffer_bytes: args.ring_buffer_size,
-        urgent_comms: urgent,
-        filter: filter.is_some(),
-    };
-    let reopen = events_file.as_ref().map(|(_, r)| r.clone());
-    // The node's identity, read now rather than at the first event.
-    crate::events::node::node();
-    let (sinks, output_end) = outputs(&args, events_file.map(|(f, _)| f)).await?;
-    let mut stream = Stream::new(sinks, governor, None, filter);
-    for note in notes {
-        stream.emit(&Event::new(Timestamp::now(), Source::Ffrtmp, note))?;
-    }
-    // Ready before `started`: from that event on, nothing is missed.
-    let started = observe::start(&options).map_err(|e| match args.backend {
-        Backend::Ebpf => anyhow::Error::new(e).context("loading the eBPF backend (--backend ebpf)"),
-        _ => e.into(),
-    })?;
-    let mut observer = started.observer;
-    if let Some(why) = started.fell_back {
-        let mut reason = with_needs(format!("eBPF backend unavailable: {why}"), Need::Ebpf);
-        if governs {
-            reason.push_str(
-                "; new processes are found by polling /proc, so governing them is up to one interval late",
-            );
-        }
-        tracing::warn!("{reason}; polling /proc instead");
-        stream.emit(&Event::new(
-            Timestamp::now(),
-            Source::Ffrtmp,
-            Degraded {
-                limit: None,
-                reason,
-                fallback: "procfs".into(),
-            },
-        ))?;
-    } else if args.backend == Backend::Procfs && governs {
-        stream.emit(&Event::new(
-            Timestamp::now(),
-            Source::Ffrtmp,
-            Degraded {
-                limit: None,
-                reason: format!(
-                    "governing by polling /proc every {}: a new process is governed up to one interval after it starts, and one that lives less may be missed",
-                    humantime::format_duration(args.interval)
-                ),
-                fallback: "procfs".into(),
-            },
-        ))?;
-    }
-    stream.set_exit_filter(observer.take_exit_filter());
-    // Start-up, before `started`: the backend is ready first, so a process
-    // that starts meanwhile is not missed (it may be seen twice; one
-    // already in a job is never governed again).
-    stream.start_up()?;
-    for event in observer.take_adopted() {
-        observe::Consumer::take(&mut stream, event)?;
-    }
-    observe::Consumer::flush(&mut stream)?;
-    stream.emit(&Event::new(
-        Timestamp::now(),
-        Source::Ffrtmp,
-        Started {
-            schema: SCHEMA_VERSION,
-            version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            process_key: process_key(
-                std::process::id(),
-                observe::proc::Stat::read(std::process::id())
-                    .ok()
-                    .map(|s| s.start_ticks),
-            ),
-            backend: observer.name().into(),
-            mode: mode_and_layout.map(|(mode, _)| mode.into()),
-            layout: mode_and_layout.map(|(_, layout)| layout.into()),
-        },
-    ))?;
-
-    // Ready: the kernel programs are attached and the start-up scan done.
-    let observer_name = observer.name();
-    let status = |stream: &Stream<Governor<Machine>, Sinks<'static>>| {
-        format!(
-            "backend {observer_name}, {} processes followed in their jobs",
-            stream.followed()
-        )
-    };
-    if let Some(n) = &notifier {
-        n.ready(&status(&stream));
-    }
-    // The watchdog is kept by this loop itself: a loop that stops turning
-    // stops the pings, and systemd restarts the daemon.
-    let mut pings = notifier
-        .as_ref()
-        .and_then(Notifier::ping_every)
-        .map(|every| {
-            let mut pings = tokio::time::interval(every);
-            // After a stall, one ping, not a burst of the missed ones.
-            pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            pings
-        });
-
-    let mut made = stream.take_made_jobs();
-    let stop = async {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-    };
-    let mut stop = std::pin::pin!(stop);
-    let result = async {
-        loop {
-            let next_retry = stream.next_retry();
-            tokio::select! {
-                // In this order: a new exec is governed before the jobs
-                // made meanwhile are reported (their processes are under
-                // their rules' limits already).
-                biased;
-                () = &mut stop => break,
-                _ = sighup.recv() => {
-                    if let Some(n) = &notifier {
-                        n.reloading();
-                    }
-                    // logrotate's postrotate: the events file by its name.
-                    if let Some(r) = &reopen {
-                        r.request();
-                    }
-                    reloader.reload(&mut stream, observer.as_mut())?;
-                    if let Some(n) = &notifier {
-                        n.ready(&status(&stream));
-                    }
-                }
-                // Before the observer: a storm must not starve the watchdog.
-                () = ping_due(pings.as_mut()) => {
-                    if let Some(n) = &notifier {
-                        n.ping();
-                        n.status(&status(&stream));
-                    }
-                }
-                // Only with --exit-on-output-loss: the flush says why.
-                () = output_ended(output_end.as_deref()) => observe::Consumer::flush(&mut stream)?,
-                r = std::future::poll_fn(|cx| observer.poll_step(cx, &mut stream)) => r?,
-                () = due(next_retry) => stream.retry()?,
-                p = next_pressure(pressure.as_mut()) => match p {
-                    Some(p) => stream.emit(&Event::new(Timestamp::now(), Source::Ffrtmp, p))?,
-                    None => pressure = None, // its thread ended
-                },
-                m = next_made(&mut made) => {
-                    let stopped = m.is_none();
-                    let more = made.as_mut().filter(|_| !stopped).map(|rx| {
-                        std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>()
-                    });
-                    stream.made(m, more.into_iter().flatten())?;
-                    if stopped {
-                        made = None;
-                    }
-                }
-            }
-        }
-        if let Some(n) = &notifier {
-            n.stopping();
-        }
-        observer.drain(&mut stream)?;
-        stream.finish(made.as_mut()).await
-    }
-    .await;
-    match result {
-        // With --exit-on-output-loss, a closed stdout (`| head`) ends
-        // the stream, not in error.
-        Err(ObserveError::Event(EventError::Write(e))) if e.kind() == io::ErrorKind::BrokenPipe => {
-            Ok(())
-        }
-        other => other.context("watching processes"),
-    }
-}
-
-/// The next watchdog ping; never without a watchdog.
-async fn ping_due(pings: Option<&mut tokio::time::Interval>) {
-    match pings {
-        Some(p) => {
-            p.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// From the names a policy governs (`None`: any), the names the stream
-/// passes (`None`: all, with `--all`) and those the backend wakes at once
-/// for (and, when filtering, the only ones the kernel passes): with
-/// `--observe-only` and `--all`, none is urgent.
-fn names(
-    comms: Option<BTreeSet<String>>,
-    all: bool,
-    governs: bool,
-) -> (Option<BTreeSet<String>>, BTreeSet<String>) {
-    let filter = if all { None } else { comms.clone() };
-    let urgent = filter
-        .clone()
-        .or(comms.filter(|_| governs))
-        .unwrap_or_default();
-    (filter, urgent)
-}
-
-/// What a reload (SIGHUP) needs to know of how `watch` started.
-struct Reloader {
-    /// `--policy`; `None`: the embedded policy, which a reload re-applies.
-    path: Option<std::path::PathBuf>,
-    all: bool,
-    governs: bool,
-    /// The kernel passes only the policy's names (no `--all`, and every
-    /// governing rule named its comm at start).
-    kernel_filters: bool,
-    /// Rules governing now.
-    rules: usize,
-}
-
-impl Reloader {
-    /// Reads the policy again and, if it is valid and can be applied while
-    /// running, puts it in force for processes that start from now on: the
-    /// names the kernel passes first, then the stream's filter and the
-    /// governor's rules. A `policy` event says what happened; a bad file
-    /// keeps the running policy (and `watch` running).
-    fn reload(
-        &mut self,
-        stream: &mut Stream<Governor<Machine>, Sinks<'static>>,
-        observer: &mut dyn observe::Observer,
-    ) -> Result<(), ObserveError> {
-        let loaded = match &self.path {
-            Some(path) => Policy::load(path).map_err(|e| chain(&e).to_string()),
-            None => Ok(Policy::embedded()),
-        };
-        let checked = loaded.and_then(|policy| {
-            let comms = policy.comm_filter();
-            if self.kernel_filters && comms.is_none() {
-                return Err("a governing rule names no comm, so every exec would have to reach user space: the kernel's pre-filter cannot be widened while running; restart `watch` to apply this policy".to_string());
-            }
-            let (filter, urgent) = names(comms, self.all, self.governs);
-            observer
-                .set_comms(&urgent)
-                .map_err(|e| chain(&e).to_string())?;
-            Ok((policy, filter))
-        });
-        let path = self.path.as_ref().map(|p| p.display().to_string());
-        let event = match checked {
-            Ok((policy, filter)) => {
-                for w in &policy.warnings {
-                    tracing::warn!("{w}");
-                }
-                self.rules = policy.governing_rules();
-                stream.reload(policy, filter)?;
-                tracing::info!("policy reloaded: {} governing rules", self.rules);
-                Reloaded {
-                    path,
-                    applied: true,
-                    rules: self.rules,
-                    error: None,
-                }
-            }
-            Err(error) => {
-                tracing::warn!("policy not reloaded, the running one stays: {error}");
-                Reloaded {
-                    path,
-                    applied: false,
-                    rules: self.rules,
-                    error: Some(error),
-                }
-            }
-        };
-        stream.emit(&Event::new(Timestamp::now(), Source::Ffrtmp, event))
-    }
-}
-
-/// When the next retry is due; never, without one.
-/// The next `pressure` event; never without a pressure watch.
-async fn next_pressure(watch: Option<&mut PressureWatch>) -> Option<Pressure> {
-    match watch {
-        Some(w) => w.events.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn due(when: Option<std::time::Instant>) {
-    match when {
-        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// When the event output ended, if that ends `watch`; never otherwise.
-async fn output_ended(end: Option<&tokio::sync::Notify>) {
-    match end {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next job made on the maker thread (`None`: the thread stopped);
-/// never, without one.
-async fn next_made<M>(made: &mut Option<MadeJobs<M>>) -> Option<M> {
-    match made {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The outputs of the stream, in order: stdout (behind a queue, so that a
