@@ -6,12 +6,12 @@
 use std::{error::Error, fmt};
 
 /// `e` and its causes, outermost first: `Display` it.
-pub fn chain<'a>(e: &'a (dyn Error + 'static)) -> Chain<'a> {
+pub(crate) fn chain<'a>(e: &'a (dyn Error + 'static)) -> Chain<'a> {
     Chain(e)
 }
 
 /// An error's chain of causes, displayed on one line.
-pub struct Chain<'a>(&'a (dyn Error + 'static));
+pub(crate) struct Chain<'a>(&'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

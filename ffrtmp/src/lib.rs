@@ -11,13 +11,21 @@
 //! - [`cli`]: the `ffrtmp` command line.
 //! - [`alloc`]: the shipped binary's allocator, chosen per command.
 //! - [`errors`]: one way to print an error and its causes.
+//!
+//! `pub` is only what the binary, the integration tests and the fuzz
+//! targets use; the rest is `pub(crate)` (`unreachable_pub` is on), and
+//! the docs are built with the private items, which they link to.
+#![allow(
+    rustdoc::private_intra_doc_links,
+    reason = "built with --document-private-items: the module docs are the design"
+)]
 pub mod alloc;
 pub mod cli;
-pub mod daemon;
-pub mod errors;
+pub(crate) mod daemon;
+pub(crate) mod errors;
 pub mod events;
 pub mod govern;
 pub mod limits;
 pub mod observe;
 pub mod policy;
-pub mod pressure;
+pub(crate) mod pressure;

@@ -18,11 +18,11 @@ use ffrtmp::events::{Body, Event};
 /// Environment variable naming the binary under test; `cargo xtask test`
 /// sets it to the shipped build (static musl, release), so that what ships
 /// is what the integration tests run.
-pub const BIN_ENV: &str = "FFRTMP_BIN";
+pub(crate) const BIN_ENV: &str = "FFRTMP_BIN";
 
 /// Path of the binary under test: `$FFRTMP_BIN`, else cargo's own build of
 /// this package (`cargo test`).
-pub fn ffrtmp() -> &'static str {
+pub(crate) fn ffrtmp() -> &'static str {
     static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         std::env::var(BIN_ENV).unwrap_or_else(|_| env!("CARGO_BIN_EXE_ffrtmp").to_string())
     });
@@ -39,7 +39,7 @@ static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock:
 
 /// One line of an event stream: checked against the published schema
 /// (every event every test sees is), then read. Panics with what is wrong.
-pub fn parse_event(line: &str) -> Event {
+pub(crate) fn parse_event(line: &str) -> Event {
     let value: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {e}: {line}"));
     let errors: Vec<String> = SCHEMA.iter_errors(&value).map(|e| e.to_string()).collect();
@@ -51,11 +51,11 @@ pub fn parse_event(line: &str) -> Event {
 }
 
 /// Upper bound on waiting for an event; a bound on a hang, not a speed target.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// True when root; otherwise prints a loud SKIP line, or panics when the
 /// root tests are required (under `cargo xtask test` in CI or as root).
-pub fn require_root(test: &str) -> bool {
+pub(crate) fn require_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
@@ -68,13 +68,13 @@ pub fn require_root(test: &str) -> bool {
 
 /// Says loudly that a test did not run: written straight to stderr, past
 /// libtest's capture of passing tests' output.
-pub fn skip(test: &str, why: &str) {
+pub(crate) fn skip(test: &str, why: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 /// A running `ffrtmp watch` and everything it has printed so far.
-pub struct Watch {
+pub(crate) struct Watch {
     child: Child,
     lines: Receiver<String>,
     pub events: Vec<Event>,
@@ -84,13 +84,13 @@ pub struct Watch {
 
 impl Watch {
     /// Starts `ffrtmp watch ARGS` and waits for its `started` event.
-    pub fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         Self::start_with(Command::new(ffrtmp()).arg("watch").args(args))
     }
 
     /// Starts `ffrtmp watch --all --observe-only ARGS`: every process's
     /// events, nothing governed (the observer's own tests).
-    pub fn observe_all(args: &[&str]) -> Self {
+    pub(crate) fn observe_all(args: &[&str]) -> Self {
         Self::start_with(
             Command::new(ffrtmp())
                 .args(["watch", "--all", "--observe-only"])
@@ -99,7 +99,7 @@ impl Watch {
     }
 
     /// Starts a prepared command whose stdout is the event stream.
-    pub fn start_with(cmd: &mut Command) -> Self {
+    pub(crate) fn start_with(cmd: &mut Command) -> Self {
         // stderr as the caller set it (inherited by default).
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -127,7 +127,7 @@ impl Watch {
 
     /// Reads lines until `pred` matches an event (already seen or new).
     /// Panics with the stream so far when it does not come.
-    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    pub(crate) fn wait_for(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
         if let Some(e) = self.events.iter().find(|e| pred(e)) {
             return e.clone();
         }
@@ -155,19 +155,22 @@ impl Watch {
     }
 
     /// Takes in every line printed so far, without waiting.
-    pub fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         while let Ok(line) = self.lines.try_recv() {
             self.events.push(parse_event(&line));
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends `signal` and returns the exit status; the rest of the stream is
     /// read into `events`.
-    pub fn stop_with(mut self, signal: nix::sys::signal::Signal) -> (ExitStatus, Vec<Event>) {
+    pub(crate) fn stop_with(
+        mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> (ExitStatus, Vec<Event>) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("signalling watch");
         let status = self.child.wait().expect("waiting for watch");
@@ -178,7 +181,7 @@ impl Watch {
         (status, std::mem::take(&mut self.events))
     }
 
-    pub fn stop(self) -> (ExitStatus, Vec<Event>) {
+    pub(crate) fn stop(self) -> (ExitStatus, Vec<Event>) {
         self.stop_with(nix::sys::signal::Signal::SIGTERM)
     }
 
@@ -198,25 +201,25 @@ impl Drop for Watch {
     }
 }
 
-pub fn exec_of(pid: u32) -> impl Fn(&Event) -> bool {
+pub(crate) fn exec_of(pid: u32) -> impl Fn(&Event) -> bool {
     move |e| matches!(&e.body, Body::Exec(x) if x.pid == pid)
 }
 
-pub fn exit_of(pid: u32) -> impl Fn(&Event) -> bool {
+pub(crate) fn exit_of(pid: u32) -> impl Fn(&Event) -> bool {
     move |e| matches!(&e.body, Body::Exit(x) if x.pid == pid)
 }
 
 /// Environment variable that turns a test binary into a helper process.
-pub const HELPER_ENV: &str = "FFRTMP_TEST_HELPER";
+pub(crate) const HELPER_ENV: &str = "FFRTMP_TEST_HELPER";
 
 /// True when this process was started by [`helper`] in `mode`.
-pub fn is_helper(mode: &str) -> bool {
+pub(crate) fn is_helper(mode: &str) -> bool {
     std::env::var_os(HELPER_ENV).is_some_and(|v| v == mode)
 }
 
 /// This test binary, re-run to execute only the test function `test` with
 /// [`HELPER_ENV`] set to `mode`; that function acts as a helper program.
-pub fn helper(test: &str, mode: &str) -> Command {
+pub(crate) fn helper(test: &str, mode: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("current test binary"));
     cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(HELPER_ENV, mode)
@@ -225,12 +228,12 @@ pub fn helper(test: &str, mode: &str) -> Command {
 }
 
 /// Whether the root test suites are required to run (not skip) here.
-pub fn required() -> bool {
+pub(crate) fn required() -> bool {
     std::env::var_os("FFRTMP_REQUIRE_ROOT_TESTS").is_some()
 }
 
 /// True inside the VM harness (`cargo xtask vm-test`).
-pub fn in_vm() -> bool {
+pub(crate) fn in_vm() -> bool {
     std::env::var_os("FFRTMP_VM").is_some()
 }
 
@@ -240,7 +243,7 @@ pub fn in_vm() -> bool {
 /// (~170 MB each, debug info), so a kept directory per test per run filled a
 /// CI disk within a dozen runs. A failing test keeps its directory (events
 /// files, policies) for inspection and says where it is.
-pub fn scratch(test: &str) -> Scratch {
+pub(crate) fn scratch(test: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("ffrtmp-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a scratch directory");
@@ -248,7 +251,7 @@ pub fn scratch(test: &str) -> Scratch {
 }
 
 /// A test's scratch directory; see [`scratch`].
-pub struct Scratch(std::path::PathBuf);
+pub(crate) struct Scratch(std::path::PathBuf);
 
 impl std::ops::Deref for Scratch {
     type Target = std::path::Path;
@@ -275,7 +278,7 @@ impl Drop for Scratch {
 }
 
 /// The job of `status --format json`'s `jobs` whose `field` is `value`.
-pub fn status_job<'a>(
+pub(crate) fn status_job<'a>(
     status: &'a serde_json::Value,
     field: &str,
     value: &str,
@@ -289,7 +292,7 @@ pub fn status_job<'a>(
 }
 
 /// How many records `lost` events counted in `events`.
-pub fn lost_count(events: &[Event]) -> u64 {
+pub(crate) fn lost_count(events: &[Event]) -> u64 {
     events
         .iter()
         .filter_map(|e| match &e.body {
@@ -300,7 +303,7 @@ pub fn lost_count(events: &[Event]) -> u64 {
 }
 
 /// The events in a `--events FILE` written by `run`, `attach` or `watch`.
-pub fn read_events(path: &std::path::Path) -> Vec<Event> {
+pub(crate) fn read_events(path: &std::path::Path) -> Vec<Event> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -309,14 +312,14 @@ pub fn read_events(path: &std::path::Path) -> Vec<Event> {
 }
 
 /// The cgroup lines of `pid` (/proc/PID/cgroup); empty when it is gone.
-pub fn cgroups(pid: u32) -> String {
+pub(crate) fn cgroups(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
 }
 
 /// The cgroup path of job `job` made by root `attach` or `watch` without
 /// `--cgroup-root`: on a systemd host its transient scope, beside the
 /// unit the test runs in (`govern/scope.rs`), elsewhere `/ffrtmp/<job>`.
-pub fn root_job_cgroup(job: &str) -> String {
+pub(crate) fn root_job_cgroup(job: &str) -> String {
     if systemd_host() {
         format!("/system.slice/ffrtmp-{job}.scope")
     } else {
@@ -326,7 +329,7 @@ pub fn root_job_cgroup(job: &str) -> String {
 
 /// Whether systemd manages this host's cgroup tree (root's jobs are then
 /// scopes).
-pub fn systemd_host() -> bool {
+pub(crate) fn systemd_host() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
@@ -335,7 +338,7 @@ pub fn systemd_host() -> bool {
     clippy::case_sensitive_file_extension_comparisons,
     reason = "unit suffixes are lower case by definition (systemd.unit(5))"
 )]
-pub fn in_a_root_job(text: &str) -> bool {
+pub(crate) fn in_a_root_job(text: &str) -> bool {
     text.lines().any(|l| {
         let l = l.trim_end();
         l.contains("/ffrtmp/")
@@ -347,7 +350,7 @@ pub fn in_a_root_job(text: &str) -> bool {
 
 /// Waits until job `job`'s cgroup made by root is gone (a scope is removed
 /// by systemd, a moment after its last process ends).
-pub fn root_job_removed(job: &str) -> bool {
+pub(crate) fn root_job_removed(job: &str) -> bool {
     let gone = || {
         !Path::new("/sys/fs/cgroup/cpu/ffrtmp").join(job).exists()
             && !Path::new(&format!("/sys/fs/cgroup{}", root_job_cgroup(job))).exists()
@@ -364,7 +367,7 @@ pub fn root_job_removed(job: &str) -> bool {
 
 /// The CPU quota of cgroup `path` (a cgroup path such as `/ffrtmp/job`), as
 /// the kernel reads it: v2 `cpu.max`, else v1 `cpu.cfs_quota_us`.
-pub fn cpu_quota(path: &str) -> String {
+pub(crate) fn cpu_quota(path: &str) -> String {
     use std::path::Path;
     let rel = path.trim_start_matches('/');
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -383,7 +386,7 @@ pub fn cpu_quota(path: &str) -> String {
 
 /// A cpu controller file of cgroup `path` (v2, or v1's cpu hierarchy:
 /// `cpu.idle` is named alike in both), trimmed; `None` when unreadable.
-pub fn cpu_file(path: &str, file: &str) -> Option<String> {
+pub(crate) fn cpu_file(path: &str, file: &str) -> Option<String> {
     use std::path::Path;
     let rel = path.trim_start_matches('/');
     let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -397,7 +400,7 @@ pub fn cpu_file(path: &str, file: &str) -> Option<String> {
 }
 
 /// Runs `ffrtmp ARGS` to completion and returns what it printed.
-pub fn ffrtmp_output(args: &[&str]) -> std::process::Output {
+pub(crate) fn ffrtmp_output(args: &[&str]) -> std::process::Output {
     Command::new(ffrtmp())
         .args(args)
         .output()
@@ -406,7 +409,7 @@ pub fn ffrtmp_output(args: &[&str]) -> std::process::Output {
 
 /// Whether `pid` is alive. A zombie is not: a test does not reap a
 /// workload whose parent is the wrapper, so the state is what tells.
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit(')')
             .next()
@@ -415,7 +418,7 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// Sends `signal` to `pid`; a process that is already gone is no error.
-pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+pub(crate) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(pid as i32);
     match nix::sys::signal::kill(pid, signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
@@ -426,7 +429,11 @@ pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 /// Waits until the events file at `path` (`--events`, written by `run`
 /// or `attach`) holds an event that `pred` accepts, and returns it: the
 /// proof that what a test waits for has happened, instead of a sleep.
-pub fn wait_for_event(path: &std::path::Path, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+pub(crate) fn wait_for_event(
+    path: &std::path::Path,
+    what: &str,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(e) = read_events(path).into_iter().find(|e| pred(e)) {
@@ -442,7 +449,7 @@ pub fn wait_for_event(path: &std::path::Path, what: &str, pred: impl Fn(&Event) 
 }
 
 /// The pid of the `governed` event in an events file, once it is there.
-pub fn governed_pid(path: &std::path::Path) -> u32 {
+pub(crate) fn governed_pid(path: &std::path::Path) -> u32 {
     match wait_for_event(path, "a governed event", |e| {
         matches!(e.body, Body::Governed(_))
     })
@@ -454,7 +461,7 @@ pub fn governed_pid(path: &std::path::Path) -> u32 {
 }
 
 /// The body of the memory helpers: allocates and touches `mib` MiB.
-pub fn allocate_mib(mib: usize) -> usize {
+pub(crate) fn allocate_mib(mib: usize) -> usize {
     let blocks: Vec<Vec<u8>> = (0..mib).map(|_| vec![1u8; 1 << 20]).collect();
     std::hint::black_box(&blocks);
     blocks.len()
@@ -462,20 +469,20 @@ pub fn allocate_mib(mib: usize) -> usize {
 
 /// A cgroup root of the test's own (`--cgroup-root`), removed with its
 /// empty jobs, and ffrtmp's ledger of it, on drop.
-pub struct Root(String);
+pub(crate) struct Root(String);
 
 impl Root {
-    pub fn new(test: &str) -> Self {
+    pub(crate) fn new(test: &str) -> Self {
         Root(format!("/ffrtmp-t-{test}-{}", std::process::id()))
     }
 
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         &self.0
     }
 
     /// The cgroup path of rule `rule`'s staging cgroup (`.staging/<rule>-
     /// <digest of its limits>`), once `watch` has made it.
-    pub fn staging(&self, rule: &str) -> Option<String> {
+    pub(crate) fn staging(&self, rule: &str) -> Option<String> {
         let prefix = format!("{rule}-");
         Self::mounts().into_iter().find_map(|m| {
             let dir = m.join(self.0.trim_start_matches('/')).join(".staging");
@@ -490,7 +497,7 @@ impl Root {
 
     /// Makes `<root>/<child>` (or the root itself) in every cgroup mount, as
     /// another program would; returns the directories.
-    pub fn make(&self, child: Option<&str>) -> Vec<PathBuf> {
+    pub(crate) fn make(&self, child: Option<&str>) -> Vec<PathBuf> {
         let cgroup = match child {
             Some(c) => format!("{}/{c}", self.0),
             None => self.0.clone(),
@@ -514,7 +521,7 @@ impl Root {
     }
 
     /// The directory of `cgroup` (a cgroup path) in each cgroup mount.
-    pub fn dirs_of(cgroup: &str) -> Vec<PathBuf> {
+    pub(crate) fn dirs_of(cgroup: &str) -> Vec<PathBuf> {
         Self::mounts()
             .into_iter()
             .map(|m| m.join(cgroup.trim_start_matches('/')))
@@ -553,7 +560,7 @@ impl Drop for Root {
 
 /// Children killed when dropped, also when a test fails: a stray
 /// transcoder would be adopted by the next test's daemon.
-pub struct Children(pub Vec<Child>);
+pub(crate) struct Children(pub Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -565,7 +572,7 @@ impl Drop for Children {
 }
 
 /// A copy of `real` named `name`: its processes have that comm.
-pub fn fake(dir: &Path, name: &str, real: &str) -> PathBuf {
+pub(crate) fn fake(dir: &Path, name: &str, real: &str) -> PathBuf {
     let src = fs::canonicalize(real).unwrap();
     let path = dir.join(name);
     fs::copy(&src, &path).unwrap();
@@ -574,7 +581,7 @@ pub fn fake(dir: &Path, name: &str, real: &str) -> PathBuf {
 }
 
 /// Runs a copy of `sleep` (argv[0] "sleep", which busybox needs).
-pub fn sleeper(path: &Path, secs: &str) -> Child {
+pub(crate) fn sleeper(path: &Path, secs: &str) -> Child {
     Command::new(path)
         .arg0("sleep")
         .arg(secs)
@@ -598,7 +605,7 @@ pub fn sleeper(path: &Path, secs: &str) -> Child {
 ///   it, in that slice. systemd owns that tree, so the test asks it.
 ///
 /// Removed (cgroups, slice) on drop.
-pub struct OneCpu(Confined);
+pub(crate) struct OneCpu(Confined);
 
 enum Confined {
     V1Cpuset(PathBuf),
@@ -607,7 +614,7 @@ enum Confined {
 }
 
 impl OneCpu {
-    pub fn new(test: &str) -> Self {
+    pub(crate) fn new(test: &str) -> Self {
         let id = format!("{test}-{}", std::process::id());
         if systemd_host() {
             // "-" nests slices: keep it out of the name.
@@ -641,7 +648,7 @@ impl OneCpu {
     }
 
     /// `ffrtmp SUBCOMMAND` (`run` or `status`) for jobs on CPU 0.
-    pub fn ffrtmp(&self, subcommand: &str) -> Command {
+    pub(crate) fn ffrtmp(&self, subcommand: &str) -> Command {
         let mut cmd = match &self.0 {
             Confined::V1Cpuset(dir) => {
                 let mut c = Command::new("/bin/sh");

@@ -65,7 +65,7 @@ const DOCS: &[&str] = &[
 
 /// What `dist` made.
 #[derive(Debug)]
-pub struct Artefacts {
+pub(crate) struct Artefacts {
     /// target/dist/, with SHA256SUMS of the two below.
     pub dir: PathBuf,
     pub deb: PathBuf,
@@ -76,7 +76,7 @@ pub struct Artefacts {
 /// information only: the code is byte for byte the tested one) and returns
 /// that path: what the package, the tarball, the tests and the VMs run.
 /// Written beside and renamed, so a running copy is never overwritten.
-pub fn strip(root: &Path, unstripped: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn strip(root: &Path, unstripped: &Path) -> anyhow::Result<PathBuf> {
     let dir = root.join("target/shipped");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join("ffrtmp");
@@ -132,7 +132,7 @@ impl File {
 }
 
 /// Builds every artefact from the shipped binary `bin`.
-pub fn dist(root: &Path, bin: &Path) -> anyhow::Result<Artefacts> {
+pub(crate) fn dist(root: &Path, bin: &Path) -> anyhow::Result<Artefacts> {
     let build: serde_json::Value = serde_json::from_str(&capture(
         Command::new(bin).args(["version", "--format", "json"]),
     )?)

@@ -20,21 +20,21 @@ use anyhow::{Context as _, bail};
 use crate::toolchain::NIGHTLY;
 
 /// Every target, in `ffrtmp/fuzz/fuzz_targets/`.
-pub const TARGETS: &[&str] = &["policy", "limits", "record", "proc", "mountinfo", "btf"];
+pub(crate) const TARGETS: &[&str] = &["policy", "limits", "record", "proc", "mountinfo", "btf"];
 /// Seconds per target in the test command's smoke pass.
-pub const SMOKE_SECS: u64 = 4;
+pub(crate) const SMOKE_SECS: u64 = 4;
 /// cargo-fuzz release installed into `target/tools/`.
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// What one target's run reported.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub target: String,
     /// libFuzzer's last status line (`#N DONE cov: … ft: … corp: …`).
     pub stats: String,
 }
 
 #[derive(clap::Args)]
-pub struct FuzzArgs {
+pub(crate) struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     pub time: u64,
@@ -42,7 +42,7 @@ pub struct FuzzArgs {
     pub targets: Vec<String>,
 }
 
-pub fn run(root: &Path, args: &FuzzArgs) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, args: &FuzzArgs) -> anyhow::Result<()> {
     let targets: Vec<String> = if args.targets.is_empty() {
         TARGETS.iter().map(|t| (*t).to_string()).collect()
     } else {
@@ -55,7 +55,7 @@ pub fn run(root: &Path, args: &FuzzArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `targets` for `secs` each; fails on the first crash.
-pub fn fuzz(root: &Path, targets: &[String], secs: u64) -> anyhow::Result<Vec<Outcome>> {
+pub(crate) fn fuzz(root: &Path, targets: &[String], secs: u64) -> anyhow::Result<Vec<Outcome>> {
     let cargo_fuzz = ensure_cargo_fuzz(root)?;
     let dir = root.join("ffrtmp/fuzz");
     let mut outcomes = Vec::new();

@@ -7,7 +7,7 @@ use crate::{run_command, toolchain::capture};
 
 /// Installs the package of every `(command, package)` whose command is not
 /// on PATH.
-pub fn ensure(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn ensure(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(bin, _)| {

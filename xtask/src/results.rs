@@ -6,17 +6,17 @@
 /// Set for the test binaries: the `ffrtmp` binary the integration tests run
 /// (tests/common). They run the shipped build (static musl, release), not
 /// cargo's debug build of it: what ships is what is tested.
-pub const BIN_ENV: &str = "FFRTMP_BIN";
+pub(crate) const BIN_ENV: &str = "FFRTMP_BIN";
 /// A test that returned early, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Skip {
+pub(crate) struct Skip {
     pub test: String,
     pub why: String,
 }
 
 /// `SKIP NAME: WHY`, as tests/common's `skip` writes it, at the start of a
 /// line or after libtest's `test NAME ... ` (the VM console prefixes it).
-pub fn skip_of(line: &str) -> Option<Skip> {
+pub(crate) fn skip_of(line: &str) -> Option<Skip> {
     let at = line.find("SKIP ")?;
     let before = &line[..at];
     if !(before.is_empty() || before.ends_with("... ") || before.ends_with("] ")) {
@@ -33,7 +33,7 @@ pub fn skip_of(line: &str) -> Option<Skip> {
 }
 
 /// The number before `what` in "ok. 19 passed; 0 failed; 0 ignored; …".
-pub fn count(summary: &str, what: &str) -> u64 {
+pub(crate) fn count(summary: &str, what: &str) -> u64 {
     summary
         .split(';')
         .find_map(|part| {

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::run_command;
 
 /// One root filesystem: a suite and the packages on top of minbase.
-pub struct Rootfs {
+pub(crate) struct Rootfs {
     pub name: &'static str,
     pub suite: &'static str,
     pub include: &'static [&'static str],
@@ -23,7 +23,7 @@ pub struct Rootfs {
 /// (tests/package.rs) install into with chroot, and what the systemd VM
 /// boots (`vm::systemd`). Nothing of ours; only what the checks use:
 /// systemd-analyze, man, bash-completion, kmod (the VM's RAM disk), procps.
-pub const BOOKWORM_SYSTEMD: Rootfs = Rootfs {
+pub(crate) const BOOKWORM_SYSTEMD: Rootfs = Rootfs {
     name: "bookworm-systemd",
     suite: "bookworm",
     include: &[
@@ -46,7 +46,7 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// The root filesystem's tarball, made if missing (its name carries its
 /// package list, so a changed list makes a new one).
-pub fn ensure(root: &Path, spec: &Rootfs) -> anyhow::Result<PathBuf> {
+pub(crate) fn ensure(root: &Path, spec: &Rootfs) -> anyhow::Result<PathBuf> {
     let dir = root.join("target/rootfs");
     let key = spec.include.join(",");
     let tar = dir.join(format!("{}-{:08x}.tar", spec.name, fnv(&key)));

@@ -58,7 +58,7 @@ const RSS_MAX_KIB: u64 = 64 * 1024;
 const PF_EXITING: u64 = 0x4;
 
 #[derive(clap::Args)]
-pub struct SoakArgs {
+pub(crate) struct SoakArgs {
     /// How long to soak.
     #[arg(long, default_value_t = 10)]
     pub minutes: u64,
@@ -77,7 +77,7 @@ struct Figures {
     stalls: AtomicU64,
 }
 
-pub fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, args: &SoakArgs) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("soak needs root (eBPF, cgroups)");
     }

@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 use crate::{run_command, toolchain::capture};
 
 /// The profile, relative to the workspace root: one mangled symbol a line.
-pub const ORDER_FILE: &str = "ffrtmp/startup.order";
+pub(crate) const ORDER_FILE: &str = "ffrtmp/startup.order";
 /// Rounds of each profiled command.
 const PROFILE_ROUNDS: usize = 400;
 /// Sampling frequency of the profile (Hz): high, to catch short functions.
@@ -35,7 +35,7 @@ const SAMPLE_HZ: &str = "50000";
 /// rustc flags that link with rust-lld in the order of [`ORDER_FILE`];
 /// `None` (and a note) when the toolchain has no rust-lld or there is no
 /// profile.
-pub fn link_flags(root: &Path) -> anyhow::Result<Option<String>> {
+pub(crate) fn link_flags(root: &Path) -> anyhow::Result<Option<String>> {
     let order = root.join(ORDER_FILE);
     if !order.is_file() {
         eprintln!("xtask: no {ORDER_FILE}: linking without a start-up order");
@@ -87,11 +87,11 @@ fn lld_dir(root: &Path) -> anyhow::Result<Option<PathBuf>> {
 /// (docs/BENCHMARKS.md, 2026-11-29): a profile two sessions old, 87 %
 /// placed, cost `run` 0.08–0.10 ms against a fresh one; none at all,
 /// 0.18–0.21 ms (and the 1 ms target).
-pub const FRESH_SHARE: f64 = 0.90;
+pub(crate) const FRESH_SHARE: f64 = 0.90;
 
 /// Prints how many of the profile's symbols `bin` has: the share the linker
 /// could place first. In CI a share below [`FRESH_SHARE`] fails the build.
-pub fn report(root: &Path, bin: &Path) -> anyhow::Result<()> {
+pub(crate) fn report(root: &Path, bin: &Path) -> anyhow::Result<()> {
     let Ok(order) = fs::read_to_string(root.join(ORDER_FILE)) else {
         return Ok(());
     };
@@ -126,7 +126,7 @@ pub fn report(root: &Path, bin: &Path) -> anyhow::Result<()> {
 
 /// `cargo xtask startup-order`: profiles the shipped binary running `run`
 /// and `attach` and writes [`ORDER_FILE`]. Needs root (cgroups) and perf.
-pub fn generate(root: &Path, bin: &Path) -> anyhow::Result<()> {
+pub(crate) fn generate(root: &Path, bin: &Path) -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("startup-order needs root (run and attach make cgroups)");
     }

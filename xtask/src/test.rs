@@ -47,7 +47,7 @@ const REQUIRE_ROOT_ENV: &str = "FFRTMP_REQUIRE_ROOT_TESTS";
 /// Set for clippy and rustdoc: they need no kernel programs (ffrtmp/build.rs).
 const SKIP_EBPF_ENV: &str = "FFRTMP_SKIP_EBPF";
 
-pub fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, extra: &[String]) -> anyhow::Result<()> {
     let tools = toolchain::setup(root)?;
     let is_root = crate::is_root();
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
@@ -190,7 +190,9 @@ fn habits(root: &Path, tools: &toolchain::Tools) -> anyhow::Result<()> {
     )?;
     step(
         "cargo doc (warnings denied)",
-        &["doc", "--no-deps"],
+        // Private items too: the module docs are the design, and most of
+        // the crate is `pub(crate)`.
+        &["doc", "--no-deps", "--document-private-items"],
         &[(SKIP_EBPF_ENV, "1"), ("RUSTDOCFLAGS", "-D warnings")],
     )
 }

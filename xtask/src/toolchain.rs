@@ -22,7 +22,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::run_command;
 
 /// The toolchain the kernel programs are built with (see ffrtmp/build.rs).
-pub const NIGHTLY: &str = "nightly";
+pub(crate) const NIGHTLY: &str = "nightly";
 /// bpf-linker release known to work with the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Install root of bpf-linker, relative to the workspace (ffrtmp/build.rs
@@ -31,20 +31,20 @@ const TOOLS_DIR: &str = "target/tools";
 const STAMP: &str = "bpf-linker.stamp";
 
 /// What `setup` found or installed.
-pub struct Tools {
+pub(crate) struct Tools {
     pub bin_dir: PathBuf,
 }
 
 impl Tools {
     /// `cargo` with the tools on PATH.
-    pub fn cargo(&self, root: &Path) -> Command {
+    pub(crate) fn cargo(&self, root: &Path) -> Command {
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         cmd.current_dir(root).env("PATH", self.path());
         cmd
     }
 
     /// PATH with the tools first.
-    pub fn path(&self) -> std::ffi::OsString {
+    pub(crate) fn path(&self) -> std::ffi::OsString {
         let old = std::env::var_os("PATH").unwrap_or_default();
         std::env::join_paths(
             std::iter::once(self.bin_dir.clone()).chain(std::env::split_paths(&old)),
@@ -54,7 +54,7 @@ impl Tools {
 }
 
 /// Installs whatever is missing; idempotent.
-pub fn setup(root: &Path) -> anyhow::Result<Tools> {
+pub(crate) fn setup(root: &Path) -> anyhow::Result<Tools> {
     let tools = root.join(TOOLS_DIR);
     ensure_nightly()?;
     let info = NightlyInfo::read()?;
@@ -114,7 +114,7 @@ impl NightlyInfo {
 
 /// Adds the standard library for `target` to the toolchain that builds the
 /// workspace (the shipped binary's musl target is not installed by default).
-pub fn ensure_target(root: &Path, target: &str) -> anyhow::Result<()> {
+pub(crate) fn ensure_target(root: &Path, target: &str) -> anyhow::Result<()> {
     let installed =
         capture(
             Command::new("rustup")
@@ -209,7 +209,7 @@ fn ensure_bpf_linker(tools: &Path, info: &NightlyInfo) -> anyhow::Result<()> {
 }
 
 /// Runs a command and returns its stdout; fails unless it exits 0.
-pub fn capture(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn capture(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!(

@@ -46,7 +46,7 @@ pub struct AttachArgs {
     pub govern: GovernArgs,
 }
 
-pub fn attach(args: AttachArgs) -> ExitCode {
+pub(super) fn attach(args: AttachArgs) -> ExitCode {
     // With --detach there is nothing to follow and no child of ours to
     // protect: a signal during set-up may end the wrapper (the workload is
     // untouched; a cgroup made but unused is reaped later), so no event loop.

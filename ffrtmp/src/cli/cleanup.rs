@@ -14,7 +14,7 @@ pub struct CleanupArgs {
     pub format: Format,
 }
 
-pub fn cleanup(args: CleanupArgs) -> ExitCode {
+pub(super) fn cleanup(args: CleanupArgs) -> ExitCode {
     let ctx = match Context::detect(None) {
         Ok(c) => c,
         Err(e) => return exit::fail(exit::FAILURE, &e),

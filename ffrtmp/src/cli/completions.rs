@@ -15,7 +15,7 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
-pub fn completions(args: CompletionsArgs) -> ExitCode {
+pub(super) fn completions(args: CompletionsArgs) -> ExitCode {
     let mut cmd = Cli::command();
     // Builds every deferred subcommand (cli::deferred), so each one's
     // options are completed too.

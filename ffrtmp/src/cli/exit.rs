@@ -5,22 +5,20 @@ use std::process::ExitCode;
 
 use crate::errors::chain;
 
-/// Success.
-pub const OK: u8 = 0;
 /// A failure while running (`watch`, `status`, `policy`).
-pub const FAILURE: u8 = 1;
+pub(crate) const FAILURE: u8 = 1;
 /// Bad usage or input, before anything is created or started (clap uses 2
 /// for malformed options too).
-pub const USAGE: u8 = 2;
+pub(crate) const USAGE: u8 = 2;
 /// `run` and `attach`: ffrtmp itself failed (as env(1) and timeout(1)).
-pub const WRAPPER: u8 = 125;
+pub(crate) const WRAPPER: u8 = 125;
 /// `run`: the command was found but cannot be executed (as env(1)).
-pub const NOT_EXECUTABLE: u8 = 126;
+pub(crate) const NOT_EXECUTABLE: u8 = 126;
 /// `run`: the command was not found (as env(1)).
-pub const NOT_FOUND: u8 = 127;
+pub(crate) const NOT_FOUND: u8 = 127;
 
 /// Prints `ffrtmp: error: ` and the error's chain; returns `code`.
-pub fn fail(code: u8, e: &(dyn std::error::Error + 'static)) -> ExitCode {
+pub(crate) fn fail(code: u8, e: &(dyn std::error::Error + 'static)) -> ExitCode {
     eprintln!("ffrtmp: error: {}", chain(e));
     ExitCode::from(code)
 }

@@ -30,21 +30,21 @@ use crate::{
 };
 
 /// SIGTERM, SIGINT and SIGHUP: the signals on which a wrapper detaches.
-pub type DetachSignals = [Signal; 3];
+pub(super) type DetachSignals = [Signal; 3];
 
 /// How `attach` (when it stays) begins: its event output, then its event
 /// loop with the detach signals installed before any set-up (a signal
 /// during set-up must detach, not kill the wrapper with the default
 /// action). `run` does the same without an event loop
 /// ([`super::spawn::block_detach_signals`]).
-pub fn begin(args: &GovernArgs) -> Result<(EventOut, Runtime, DetachSignals), ExitCode> {
+pub(super) fn begin(args: &GovernArgs) -> Result<(EventOut, Runtime, DetachSignals), ExitCode> {
     let sink = events_of(args)?;
     let (runtime, signals) = runtime_with_signals()?;
     Ok((sink, runtime, signals))
 }
 
 /// The event output, or exit 2 when `--events FILE` cannot be opened.
-pub fn events_of(args: &GovernArgs) -> Result<EventOut, ExitCode> {
+pub(super) fn events_of(args: &GovernArgs) -> Result<EventOut, ExitCode> {
     // The node's identity, read now rather than at the first event.
     crate::events::node::node();
     args.emitter().map_err(|e| {
@@ -77,7 +77,7 @@ fn runtime_with_signals() -> Result<(Runtime, DetachSignals), ExitCode> {
 }
 
 /// A job ready for its workload.
-pub struct Prepared {
+pub(super) struct Prepared {
     pub job_id: JobId,
     pub ctx: Context,
     pub plan: Plan,
@@ -89,7 +89,7 @@ pub struct Prepared {
 /// may already be in the job; if the job's cgroup exists and holds it, its
 /// limits are updated instead of the job id being refused as in use. On a
 /// systemd host they make up the job's scope (`govern/scope.rs`).
-pub fn prepare(
+pub(super) fn prepare(
     args: &GovernArgs,
     default_job: &str,
     resident: &[u32],
@@ -149,7 +149,7 @@ pub fn prepare(
 impl Prepared {
     /// The job cgroup's `cgroup.procs` files, open for writing (none
     /// without a cgroup), for `run`'s child to join before exec.
-    pub fn open_procs(&self) -> Result<ProcsWriter, GovernError> {
+    pub(super) fn open_procs(&self) -> Result<ProcsWriter, GovernError> {
         match &self.plan.cgroup {
             Some(cg) => cg.procs_writer(),
             None => Ok(ProcsWriter::default()),
@@ -157,14 +157,14 @@ impl Prepared {
     }
 
     /// Nothing was started: remove the cgroup made for it.
-    pub fn abandon(&self) {
+    pub(super) fn abandon(&self) {
         if let Some(cg) = &self.plan.cgroup {
             cg.remove_if_empty();
         }
     }
 
     /// `run`: the workload `pid` placed itself before exec.
-    pub fn spawned(self, pid: u32) -> Placed {
+    pub(super) fn spawned(self, pid: u32) -> Placed {
         Placed {
             pid,
             // Our child, not reaped: its stat is there even if it ended.
@@ -177,7 +177,12 @@ impl Prepared {
 
     /// `attach`: places `target` (and `also`, its descendants). With
     /// `--strict` a target that cannot join its cgroup is refused.
-    pub fn place(self, target: &Target, also: &[u32], strict: bool) -> Result<Placed, NotPlaced> {
+    pub(super) fn place(
+        self,
+        target: &Target,
+        also: &[u32],
+        strict: bool,
+    ) -> Result<Placed, NotPlaced> {
         let if_not_moved = if strict {
             IfNotMoved::Refuse
         } else {
@@ -195,7 +200,7 @@ impl Prepared {
 }
 
 /// A workload in its job, followed until it exits or the wrapper detaches.
-pub struct Placed {
+pub(super) struct Placed {
     pub pid: u32,
     /// Its start time (clock ticks after boot), for its `process_key`.
     pub start_ticks: Option<u64>,
@@ -206,7 +211,7 @@ pub struct Placed {
 
 impl Placed {
     /// The workload, as its events name it.
-    pub fn process(&self) -> ProcessId {
+    pub(super) fn process(&self) -> ProcessId {
         ProcessId {
             pid: self.pid,
             start_ticks: self.start_ticks,
@@ -214,7 +219,7 @@ impl Placed {
     }
 
     /// Emits what the placement could not do, then `governed`.
-    pub fn report_governed(&self, sink: &mut EventOut) {
+    pub(super) fn report_governed(&self, sink: &mut EventOut) {
         for d in &self.placement.degradations {
             sink.emit(Event::new(Timestamp::now(), Source::Ffrtmp, d.clone()));
         }
@@ -225,7 +230,7 @@ impl Placed {
     }
 
     /// The job's exit report, from its cgroup.
-    pub fn report(&self) -> JobReport {
+    pub(super) fn report(&self) -> JobReport {
         let stats = self
             .placement
             .cgroup
@@ -235,7 +240,7 @@ impl Placed {
     }
 
     /// The job ended: remove its cgroup if nothing is left in it.
-    pub fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(cg) = &self.placement.cgroup {
             cg.remove_if_empty();
         }
@@ -243,7 +248,7 @@ impl Placed {
 
     /// Removes empty job cgroups left by crashed wrappers (never this one:
     /// it is claimed).
-    pub fn reap_leftovers(&self) {
+    pub(super) fn reap_leftovers(&self) {
         reap_empty_besides(&self.ctx, self.placement.cgroup.as_ref());
     }
 }

@@ -22,7 +22,7 @@ static QUEUE: OnceLock<Queue> = OnceLock::new();
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Sets up logging (`RUST_LOG`, default `warn`) to stderr.
-pub fn init() {
+pub(super) fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let ansi = io::stderr().is_terminal();
@@ -40,7 +40,7 @@ pub fn init() {
 }
 
 /// Gives the queued log lines a moment to be written before the process ends.
-pub fn drain() {
+pub(super) fn drain() {
     if let Some(q) = QUEUE.get() {
         q.close();
         q.drain(Duration::from_secs(1));

@@ -17,7 +17,7 @@ pub struct ManualArgs {
     pub dir: PathBuf,
 }
 
-pub fn manual(args: ManualArgs) -> ExitCode {
+pub(crate) fn manual(args: ManualArgs) -> ExitCode {
     let written = fs::create_dir_all(&args.dir).and_then(|()| {
         for (name, page) in pages() {
             fs::write(args.dir.join(name), page)?;
@@ -31,7 +31,7 @@ pub fn manual(args: ManualArgs) -> ExitCode {
 }
 
 /// Every page: (file name, roff text).
-pub fn pages() -> Vec<(String, String)> {
+pub(crate) fn pages() -> Vec<(String, String)> {
     let mut top = Cli::command().disable_help_subcommand(true);
     // Builds every deferred subcommand (cli::deferred) and their names.
     top.build();

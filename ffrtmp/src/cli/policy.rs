@@ -47,7 +47,7 @@ pub enum PolicyCommand {
     },
 }
 
-pub fn run(command: PolicyCommand) -> ExitCode {
+pub(super) fn run(command: PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Default => {
             print!("{EMBEDDED}");

@@ -45,7 +45,7 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-pub fn run(args: RunArgs) -> ExitCode {
+pub(super) fn run(args: RunArgs) -> ExitCode {
     let mut sink = match events_of(&args.govern) {
         Ok(s) => s,
         Err(code) => return code,

@@ -75,7 +75,7 @@ impl Drop for ChildStack {
 
 /// Errors while starting the workload.
 #[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
+pub(super) enum SpawnError {
     #[error("{0}: command not found")]
     NotFound(String),
     #[error("{program}: {step}")]
@@ -97,7 +97,7 @@ pub enum SpawnError {
 
 /// Where in the child a start failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(super) enum Step {
     Session,
     JoinCgroup,
     Nice,
@@ -120,7 +120,7 @@ impl std::fmt::Display for Step {
 impl SpawnError {
     /// `run`'s exit status for it, as env(1) has it: 127 not found, 126
     /// found but not executable, else 125 (the wrapper failed).
-    pub fn exit_code(&self) -> u8 {
+    pub(super) fn exit_code(&self) -> u8 {
         match self {
             SpawnError::NotFound(_) => exit::NOT_FOUND,
             SpawnError::Step {
@@ -140,7 +140,7 @@ impl SpawnError {
 }
 
 /// What the child does before exec.
-pub struct Setup<'a> {
+pub(super) struct Setup<'a> {
     /// `cgroup.procs` of the job, one per hierarchy, open for writing.
     pub procs: &'a [RawFd],
     pub nice: Option<i32>,
@@ -151,7 +151,7 @@ pub struct Setup<'a> {
 }
 
 /// A started workload.
-pub struct Workload {
+pub(super) struct Workload {
     pub pid: u32,
     /// Readable once it has exited.
     pub pidfd: OwnedFd,
@@ -166,7 +166,7 @@ struct Failure {
 }
 
 /// Starts `command` (looked up in `PATH` without a `/`, as execvp does).
-pub fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnError> {
+pub(super) fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnError> {
     let program = command
         .first()
         .map(|p| p.to_string_lossy().into_owned())
@@ -314,7 +314,7 @@ fn is_executable(path: &Path) -> bool {
 /// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 for this thread (they are
 /// read from a signalfd instead); returns the mask to restore in the
 /// workload.
-pub fn block_detach_signals() -> io::Result<(SigSet, nix::sys::signalfd::SignalFd)> {
+pub(super) fn block_detach_signals() -> io::Result<(SigSet, nix::sys::signalfd::SignalFd)> {
     let mut detach = SigSet::empty();
     for s in [
         nix::sys::signal::Signal::SIGTERM,

@@ -122,7 +122,7 @@ impl Shown {
     }
 }
 
-pub fn status(args: StatusArgs) -> ExitCode {
+pub(super) fn status(args: StatusArgs) -> ExitCode {
     let ctx = match Context::detect(args.cgroup_root.as_deref()) {
         Ok(c) => c,
         Err(e) if e.is_usage() => return exit::fail(exit::USAGE, &e),

@@ -13,10 +13,10 @@ use serde::Serialize;
 use crate::events::{Format, SCHEMA_VERSION};
 
 /// `-V`: one line.
-pub const SHORT: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FFRTMP_COMMIT"), ")");
+pub(crate) const SHORT: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FFRTMP_COMMIT"), ")");
 
 /// `--version`: every fact, one per line.
-pub const LONG: &str = concat!(
+pub(crate) const LONG: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\ncommit: ",
     env!("FFRTMP_COMMIT"),
@@ -35,7 +35,7 @@ pub struct VersionArgs {
 
 /// The build, as `ffrtmp version --format json` prints it.
 #[derive(Debug, Serialize)]
-pub struct Build {
+pub(crate) struct Build {
     pub name: &'static str,
     pub version: &'static str,
     pub commit: &'static str,
@@ -50,7 +50,7 @@ pub struct Build {
 
 /// This binary's build; whether its kernel programs are in it is read
 /// from the embedded object itself.
-pub fn build() -> Build {
+pub(crate) fn build() -> Build {
     Build {
         name: env!("CARGO_PKG_NAME"),
         version: env!("CARGO_PKG_VERSION"),
@@ -66,7 +66,7 @@ pub fn build() -> Build {
     }
 }
 
-pub fn version(args: VersionArgs) -> ExitCode {
+pub(crate) fn version(args: VersionArgs) -> ExitCode {
     match args.format {
         Format::Text => println!("{} {LONG}", env!("CARGO_PKG_NAME")),
         Format::Json => match serde_json::to_string(&build()) {

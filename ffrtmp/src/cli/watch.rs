@@ -35,7 +35,7 @@ use crate::{
 /// (docs/BENCHMARKS.md); see [`process::request_slice`].
 const GOVERN_SLICE: Duration = Duration::from_micros(500);
 
-pub fn run(args: WatchArgs) -> ExitCode {
+pub(super) fn run(args: WatchArgs) -> ExitCode {
     // Bad input exits 2 before anything is loaded or governed.
     let policy = match &args.policy {
         Some(path) => match Policy::load(path) {

@@ -45,15 +45,15 @@ mod governor;
 mod host;
 mod machine;
 mod maker;
-pub mod notify;
-pub mod pressure;
+pub(crate) mod notify;
+pub(crate) mod pressure;
 mod reaper;
 pub(crate) mod reload;
 mod retry;
 pub(crate) mod run;
 mod seen;
 mod staging;
-pub mod stream;
+pub(crate) mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -64,17 +64,17 @@ use crate::{
 
 pub(crate) use governor::Governor;
 pub(crate) use machine::Machine;
-pub use stream::Stream;
+pub(crate) use stream::Stream;
 
 /// What happened to one process, for the stream to emit.
-pub type Events = Vec<Event>;
+pub(crate) type Events = Vec<Event>;
 
 /// The receiving end of the jobs made on the maker thread: the event loop
 /// waits on it beside the observer.
-pub type MadeJobs<M> = tokio::sync::mpsc::UnboundedReceiver<M>;
+pub(crate) type MadeJobs<M> = tokio::sync::mpsc::UnboundedReceiver<M>;
 
 /// What the stream needs of a governor.
-pub trait Govern {
+pub(crate) trait Govern {
     /// A job made on the maker thread, as it comes back.
     type Made;
 

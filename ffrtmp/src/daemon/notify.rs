@@ -18,7 +18,7 @@ use std::{
 
 /// The socket to the service manager, held for the daemon's life.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: UnixDatagram,
     /// Half the watchdog timeout: how often to ping (`None`: no watchdog).
     ping_every: Option<Duration>,
@@ -28,7 +28,7 @@ impl Notifier {
     /// From `$NOTIFY_SOCKET` (a path, or `@name` for the abstract
     /// namespace) and `$WATCHDOG_USEC`/`$WATCHDOG_PID`; `Ok(None)` when not
     /// started by a service manager that listens.
-    pub fn from_env() -> io::Result<Option<Self>> {
+    pub(crate) fn from_env() -> io::Result<Option<Self>> {
         let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
             return Ok(None);
         };
@@ -53,40 +53,40 @@ impl Notifier {
     }
 
     /// How often the governing loop must ping (half the timeout).
-    pub fn ping_every(&self) -> Option<Duration> {
+    pub(crate) fn ping_every(&self) -> Option<Duration> {
         self.ping_every
     }
 
     /// Sends `lines` (one `KEY=value` each) as one datagram. A full or
     /// absent receiver drops it: said at debug level, never waited for.
-    pub fn send(&self, lines: &[&str]) {
+    pub(crate) fn send(&self, lines: &[&str]) {
         let message = lines.join("\n");
         if let Err(e) = self.socket.send(message.as_bytes()) {
             tracing::debug!(error = %e, message, "notification to the service manager dropped");
         }
     }
 
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&["READY=1", &format!("STATUS={status}")]);
     }
 
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&[&format!("STATUS={status}")]);
     }
 
-    pub fn ping(&self) {
+    pub(crate) fn ping(&self) {
         self.send(&["WATCHDOG=1"]);
     }
 
     /// Around a reload (Type=notify-reload expects `MONOTONIC_USEC` too).
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() * 1_000_000 + t.tv_nsec() / 1_000)
             .unwrap_or_default();
         self.send(&["RELOADING=1", &format!("MONOTONIC_USEC={now}")]);
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send(&["STOPPING=1"]);
     }
 }

@@ -24,7 +24,7 @@ use crate::{
 const QUEUE: usize = 256;
 
 /// The running watch: its events, and a stop flag for its thread.
-pub struct PressureWatch {
+pub(crate) struct PressureWatch {
     pub events: mpsc::Receiver<Pressure>,
     stop: Arc<AtomicBool>,
 }
@@ -32,7 +32,7 @@ pub struct PressureWatch {
 impl PressureWatch {
     /// Starts the thread (`None` if it cannot be started: then nothing is
     /// watched, which the caller says).
-    pub fn start(ctx: Context) -> std::io::Result<Self> {
+    pub(crate) fn start(ctx: Context) -> std::io::Result<Self> {
         let (tx, events) = mpsc::channel(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();

@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 4096;
 const IN_FLIGHT_GRACE: Duration = Duration::from_secs(2);
 
 /// Between the backend and the outputs.
-pub struct Stream<G: Govern, O: Sink> {
+pub(crate) struct Stream<G: Govern, O: Sink> {
     out: O,
     governor: Option<G>,
     /// The backend's exit filter, told of processes followed without their
@@ -49,7 +49,7 @@ pub struct Stream<G: Govern, O: Sink> {
 impl<G: Govern, O: Sink> Stream<G, O> {
     /// `governor`: `None` with `--observe-only`. `filter`: the names whose
     /// execs are reported (`None` with `--all`).
-    pub fn new(
+    pub(crate) fn new(
         out: O,
         governor: Option<G>,
         exit_filter: Option<Box<dyn ExitFilter>>,
@@ -67,27 +67,27 @@ impl<G: Govern, O: Sink> Stream<G, O> {
     }
 
     /// The backend's exit filter (known once the backend has started).
-    pub fn set_exit_filter(&mut self, filter: Option<Box<dyn ExitFilter>>) {
+    pub(crate) fn set_exit_filter(&mut self, filter: Option<Box<dyn ExitFilter>>) {
         self.exit_filter = filter;
     }
 
     /// Where jobs made on the maker thread come back (once).
-    pub fn take_made_jobs(&mut self) -> Option<MadeJobs<G::Made>> {
+    pub(crate) fn take_made_jobs(&mut self) -> Option<MadeJobs<G::Made>> {
         self.governor.as_mut()?.take_made_jobs()
     }
 
     /// Writes an event of ffrtmp's own (`started`, `degraded`) at once.
-    pub fn emit(&mut self, event: &Event) -> Result<(), ObserveError> {
+    pub(crate) fn emit(&mut self, event: &Event) -> Result<(), ObserveError> {
         Ok(self.out.emit(event)?)
     }
 
     /// When a process left in staging is next due for another try.
-    pub fn next_retry(&self) -> Option<std::time::Instant> {
+    pub(crate) fn next_retry(&self) -> Option<std::time::Instant> {
         self.governor.as_ref()?.next_retry()
     }
 
     /// Tries again for the processes left in staging that are due.
-    pub fn retry(&mut self) -> Result<(), ObserveError> {
+    pub(crate) fn retry(&mut self) -> Result<(), ObserveError> {
         let Some(governor) = &mut self.governor else {
             return Ok(());
         };
@@ -99,7 +99,7 @@ impl<G: Govern, O: Sink> Stream<G, O> {
     /// A reloaded policy (SIGHUP): the governor's rules and the names the
     /// stream passes (`filter`, as at start) for processes that start from
     /// now on.
-    pub fn reload(
+    pub(crate) fn reload(
         &mut self,
         policy: crate::policy::Policy,
         filter: Option<BTreeSet<String>>,
@@ -114,12 +114,12 @@ impl<G: Govern, O: Sink> Stream<G, O> {
     }
 
     /// Processes followed in their jobs (0 when observing only).
-    pub fn followed(&self) -> usize {
+    pub(crate) fn followed(&self) -> usize {
         self.governor.as_ref().map_or(0, Govern::followed)
     }
 
     /// Rebuilds the state from the cgroup tree and governs what runs.
-    pub fn start_up(&mut self) -> Result<(), ObserveError> {
+    pub(crate) fn start_up(&mut self) -> Result<(), ObserveError> {
         let Some(governor) = &mut self.governor else {
             return Ok(());
         };
@@ -132,7 +132,7 @@ impl<G: Govern, O: Sink> Stream<G, O> {
     /// that came with it (`more`, taken without waiting): emits their
     /// `governed`, then the exits that were held until their process's job
     /// was made, with one write.
-    pub fn made(
+    pub(crate) fn made(
         &mut self,
         made: Option<G::Made>,
         more: impl IntoIterator<Item = G::Made>,
@@ -164,7 +164,7 @@ impl<G: Govern, O: Sink> Stream<G, O> {
 
     /// On the way out: emits the jobs still being made and the exits held
     /// for them, so that the stream ends with nothing half said.
-    pub async fn finish(
+    pub(crate) async fn finish(
         &mut self,
         made: Option<&mut MadeJobs<G::Made>>,
     ) -> Result<(), ObserveError> {

@@ -27,7 +27,7 @@ use std::{
 };
 
 /// A file or stream of JSON lines.
-pub struct LineFile {
+pub(crate) struct LineFile {
     file: File,
     /// Whether lengths mean anything (a regular file; not a pipe, socket
     /// or device).
@@ -39,7 +39,7 @@ pub struct LineFile {
 impl LineFile {
     /// Opens `path` for appending: never through a symbolic link (ELOOP),
     /// created 0640 (less the umask) when missing.
-    pub fn open(path: &Path) -> io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
         // Readable too: to see whether it ends mid-line.
         let file = OpenOptions::new()
             .read(true)
@@ -62,7 +62,7 @@ impl LineFile {
     }
 
     /// Wraps an open file (stdout, say).
-    pub fn new(file: File) -> io::Result<Self> {
+    pub(crate) fn new(file: File) -> io::Result<Self> {
         let meta = file.metadata()?;
         let regular = meta.file_type().is_file();
         let broken =
@@ -147,7 +147,7 @@ impl LineFile {
 }
 
 /// An event file that is opened again, by path, when asked ([`Reopen`]).
-pub struct Reopening {
+pub(crate) struct Reopening {
     path: PathBuf,
     file: LineFile,
     wanted: Arc<AtomicBool>,
@@ -155,10 +155,10 @@ pub struct Reopening {
 
 /// Asks a [`Reopening`] file to reopen before its next write.
 #[derive(Clone, Debug)]
-pub struct Reopen(Arc<AtomicBool>);
+pub(crate) struct Reopen(Arc<AtomicBool>);
 
 impl Reopen {
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 }
@@ -166,7 +166,7 @@ impl Reopen {
 impl Reopening {
     /// Opens `path` as [`LineFile::open`] does (errors are the caller's:
     /// bad input before anything starts).
-    pub fn open(path: &Path) -> io::Result<(Self, Reopen)> {
+    pub(crate) fn open(path: &Path) -> io::Result<(Self, Reopen)> {
         let wanted = Arc::new(AtomicBool::new(false));
         let file = LineFile::open(path)?;
         Ok((

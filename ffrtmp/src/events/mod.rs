@@ -10,13 +10,13 @@
 //! The JSON field order is header-first (`{"event":"exec","ts":…,"source":…,
 //! …}`) so a person reading the stream sees what kind of event a line is at
 //! once; consumers must not depend on order.
-pub mod file;
-pub mod metrics;
-pub mod node;
-pub mod queued;
+pub(crate) mod file;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod queued;
 #[cfg(test)]
 mod schema;
-pub mod sink;
+pub(crate) mod sink;
 mod text;
 
 pub use node::{ProcessId, process_key};

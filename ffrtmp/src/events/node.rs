@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 
 /// This node's identity, as every event carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Node {
+pub(crate) struct Node {
     pub host: String,
     pub boot_id: String,
 }
@@ -26,7 +26,7 @@ const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// The boot id from whoever started ffrtmp, read only when the kernel's
 /// file cannot be: the shipped unit's `ProcSubset=pid` hides /proc/sys, so
 /// it passes systemd's `%b` here (`Environment=FFRTMP_BOOT_ID=%b`).
-pub const BOOT_ID_ENV: &str = "FFRTMP_BOOT_ID";
+pub(crate) const BOOT_ID_ENV: &str = "FFRTMP_BOOT_ID";
 
 static NODE: LazyLock<Node> = LazyLock::new(|| Node {
     host: nix::unistd::gethostname()
@@ -77,7 +77,7 @@ fn canonical(id: &str) -> Option<String> {
 
 /// This node, read on first use: `watch`, `run` and `attach` call it
 /// before their first event, so no event waits on reading it.
-pub fn node() -> &'static Node {
+pub(crate) fn node() -> &'static Node {
     &NODE
 }
 

@@ -33,7 +33,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A bounded queue of bytes and the thread that writes them out.
 #[derive(Clone)]
-pub struct Queue {
+pub(crate) struct Queue {
     shared: Arc<Shared>,
 }
 
@@ -62,7 +62,7 @@ struct State {
 
 /// What [`Queue::push`] did with a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     Queued,
     /// No room: dropped.
     Full,
@@ -72,7 +72,7 @@ pub enum Pushed {
 
 impl Queue {
     /// Starts a writer thread named `name` that writes to `out`.
-    pub fn spawn<W: Write + Send + 'static>(
+    pub(crate) fn spawn<W: Write + Send + 'static>(
         name: &str,
         out: W,
         capacity: usize,
@@ -94,7 +94,7 @@ impl Queue {
     }
 
     /// Appends `chunk` if it fits; never waits for the writer.
-    pub fn push(&self, chunk: Vec<u8>) -> Pushed {
+    pub(crate) fn push(&self, chunk: Vec<u8>) -> Pushed {
         if chunk.is_empty() {
             return Pushed::Queued;
         }
@@ -113,13 +113,13 @@ impl Queue {
     }
 
     /// Room for `bytes` more now.
-    pub fn has_room(&self, bytes: usize) -> bool {
+    pub(crate) fn has_room(&self, bytes: usize) -> bool {
         let state = self.shared.lock();
         state.bytes + bytes <= state.capacity
     }
 
     /// Why the output ended, if it did.
-    pub fn ended(&self) -> Option<io::Error> {
+    pub(crate) fn ended(&self) -> Option<io::Error> {
         let state = self.shared.lock();
         let kind = state.ended?;
         Some(io::Error::new(
@@ -130,13 +130,13 @@ impl Queue {
 
     /// Notified once when the output ends (a permit is stored if nobody
     /// waits yet).
-    pub fn on_end(&self) -> Arc<tokio::sync::Notify> {
+    pub(crate) fn on_end(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.shared.ended)
     }
 
     /// Waits (at most `wait`) until the writer has written everything.
     /// Returns whether it did.
-    pub fn drain(&self, wait: Duration) -> bool {
+    pub(crate) fn drain(&self, wait: Duration) -> bool {
         let state = self.shared.lock();
         let (state, _) = self
             .shared
@@ -149,7 +149,7 @@ impl Queue {
     }
 
     /// No more output: the writer ends once it has written what is queued.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.shared.lock().closing = true;
         self.shared.work.notify_one();
     }
@@ -203,7 +203,7 @@ impl Shared {
 /// An event output behind a [`Queue`]: JSON lines (or text) written by a
 /// thread of its own. Lines are collected until [`Sink::flush`](super::Sink)
 /// and queued as one chunk (one `write` for the batch, as before).
-pub struct Queued {
+pub(crate) struct Queued {
     queue: Queue,
     format: Format,
     pending: Vec<u8>,
@@ -223,7 +223,7 @@ pub struct Queued {
 const HIGH_WATER: usize = 64 * 1024;
 
 impl Queued {
-    pub fn new(queue: Queue, format: Format, exit_on_loss: bool) -> Self {
+    pub(crate) fn new(queue: Queue, format: Format, exit_on_loss: bool) -> Self {
         Queued {
             queue,
             format,
@@ -237,7 +237,7 @@ impl Queued {
     }
 
     /// The running total of events dropped, shared (the metrics read it).
-    pub fn losses(&self) -> Arc<AtomicU64> {
+    pub(crate) fn losses(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.dropped_total)
     }
 
@@ -247,8 +247,9 @@ impl Queued {
         self.dropped_total.fetch_add(n, Ordering::Relaxed);
     }
 
+    #[cfg(test)]
     /// Events dropped and not yet reported by a `lost` event.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped
     }
 

@@ -47,7 +47,7 @@ const JOB_REPORT: &[&str] = &[
 ];
 
 /// The schema, as published.
-pub fn schema() -> serde_json::Value {
+pub(super) fn schema() -> serde_json::Value {
     let mut schema = serde_json::to_value(schemars::schema_for!(Line)).expect("a schema is JSON");
     schema["$id"] = "https://github.com/ffrtmp/ffrtmp/docs/events.schema.json".into();
     schema["x-ffrtmp-schema-version"] = super::SCHEMA_VERSION.into();

@@ -22,11 +22,11 @@ const SYSTEMD: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 /// How long one call may take before it is given up.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which manager: the system's, or the calling user's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Which {
+pub(crate) enum Which {
     System,
     /// Reached on the user's own bus (`$DBUS_SESSION_BUS_ADDRESS`, else
     /// `$XDG_RUNTIME_DIR/bus`: Debian's `dbus-user-session`).
@@ -34,7 +34,7 @@ pub enum Which {
 }
 
 impl Which {
-    pub fn bus(self) -> &'static str {
+    pub(crate) fn bus(self) -> &'static str {
         match self {
             Which::System => "the system bus",
             Which::User => "the user's bus",
@@ -54,7 +54,7 @@ pub enum CallError {
 }
 
 /// A manager, connected at its first call.
-pub struct Manager {
+pub(crate) struct Manager {
     which: Which,
     timeout: Duration,
     runtime: tokio::runtime::Runtime,
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Manager {
 
 impl Manager {
     /// A client of `which` manager whose calls give up after `timeout`.
-    pub fn new(which: Which, timeout: Duration) -> Result<Self, GovernError> {
+    pub(crate) fn new(which: Which, timeout: Duration) -> Result<Self, GovernError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -111,7 +111,7 @@ impl Manager {
     }
 
     /// Calls `method` of `iface` on object `path` of the manager.
-    pub fn call<B>(
+    pub(crate) fn call<B>(
         &mut self,
         path: &str,
         iface: &str,
@@ -139,7 +139,11 @@ impl Manager {
     }
 
     /// Calls `method` of the manager object itself.
-    pub fn call_manager<B>(&mut self, method: &str, body: &B) -> Result<zbus::Message, CallError>
+    pub(crate) fn call_manager<B>(
+        &mut self,
+        method: &str,
+        body: &B,
+    ) -> Result<zbus::Message, CallError>
     where
         B: serde::Serialize + zbus::zvariant::DynamicType,
     {
@@ -147,7 +151,7 @@ impl Manager {
     }
 
     /// A property of a loaded unit (`None`: not loaded, or unknown).
-    pub fn value(&mut self, unit: &str, iface: &str, name: &str) -> Option<OwnedValue> {
+    pub(crate) fn value(&mut self, unit: &str, iface: &str, name: &str) -> Option<OwnedValue> {
         let reply = self.call_manager("GetUnit", &(unit,)).ok()?;
         let path: OwnedObjectPath = reply.body().deserialize().ok()?;
         let reply = self
@@ -162,13 +166,13 @@ impl Manager {
     }
 
     /// A string property of a loaded unit (`None`: not loaded, or unknown).
-    pub fn string(&mut self, unit: &str, iface: &str, name: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, unit: &str, iface: &str, name: &str) -> Option<String> {
         self.value(unit, iface, name)
             .and_then(|v| String::try_from(v).ok())
     }
 
     /// The interface of a unit's type (`Service`, `Scope`, …) by its name.
-    pub fn type_interface(unit: &str) -> Option<&'static str> {
+    pub(crate) fn type_interface(unit: &str) -> Option<&'static str> {
         let kind = unit.rsplit('.').next()?;
         Some(match kind {
             "service" => "org.freedesktop.systemd1.Service",

@@ -56,11 +56,11 @@ impl Cap {
 
 /// A set of capabilities (a `CapEff` mask).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Caps(u64);
+pub(crate) struct Caps(u64);
 
 impl Caps {
     /// This process's effective set; empty when it cannot be read.
-    pub fn effective() -> Self {
+    pub(crate) fn effective() -> Self {
         crate::observe::proc::read_text("/proc/self/status")
             .ok()
             .and_then(|s| Self::parse_status(&s))
@@ -73,12 +73,12 @@ impl Caps {
         u64::from_str_radix(hex.trim(), 16).ok().map(Caps)
     }
 
-    pub fn has(self, cap: Cap) -> bool {
+    pub(crate) fn has(self, cap: Cap) -> bool {
         self.0 & (1 << cap as u32) != 0
     }
 
     /// What each feature can do with these capabilities, for `status`.
-    pub fn features(self) -> Vec<Feature> {
+    pub(crate) fn features(self) -> Vec<Feature> {
         Need::ALL
             .iter()
             .map(|need| Feature {
@@ -89,7 +89,7 @@ impl Caps {
             .collect()
     }
 
-    pub fn allows(self, need: Need) -> bool {
+    pub(crate) fn allows(self, need: Need) -> bool {
         need.any_of()
             .iter()
             .any(|set| set.iter().all(|c| self.has(*c)))
@@ -103,7 +103,7 @@ pub fn has_cap(cap: Cap) -> bool {
 
 /// A feature that needs capabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Need {
+pub(crate) enum Need {
     Ebpf,
     HierarchyRoot,
     NiceOthersOrNegative,
@@ -113,7 +113,7 @@ pub enum Need {
 }
 
 impl Need {
-    pub const ALL: [Need; 6] = [
+    pub(crate) const ALL: [Need; 6] = [
         Need::Ebpf,
         Need::HierarchyRoot,
         Need::NiceOthersOrNegative,
@@ -145,7 +145,7 @@ impl Need {
     }
 
     /// "CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN".
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         self.any_of()
             .iter()
             .map(|set| {
@@ -161,7 +161,11 @@ impl Need {
 
 /// One line of `status`'s `capabilities.features`.
 #[derive(Clone, Debug, Serialize)]
-pub struct Feature {
+#[allow(
+    clippy::struct_field_names,
+    reason = "`feature` is the field's name in status's output"
+)]
+pub(crate) struct Feature {
     pub feature: &'static str,
     pub available: bool,
     pub needs: String,

@@ -24,7 +24,7 @@ use crate::limits::JobId;
 
 /// What [`cleanup`] did.
 #[derive(Debug, Default, Serialize)]
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     /// The directories removed.
     pub removed: Vec<PathBuf>,
     /// The job cgroups left, and why.
@@ -33,14 +33,14 @@ pub struct Cleanup {
 
 /// A job cgroup [`cleanup`] left in place.
 #[derive(Debug, Serialize)]
-pub struct Kept {
+pub(crate) struct Kept {
     pub cgroup: String,
     pub why: &'static str,
 }
 
 /// Cleans up under every root this mode's ledger knows (see the module
 /// doc). Unprivileged mode makes no cgroups: nothing to do.
-pub fn cleanup(layout: &Layout, mode: Mode) -> Cleanup {
+pub(crate) fn cleanup(layout: &Layout, mode: Mode) -> Cleanup {
     let mut done = Cleanup::default();
     if mode == Mode::Unprivileged {
         return done;

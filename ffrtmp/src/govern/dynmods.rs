@@ -29,7 +29,7 @@ const SLOW_SINCE: (u32, u32) = (6, 0);
 
 /// Errors while enabling favordynmods.
 #[derive(Debug, thiserror::Error)]
-pub enum DynmodsError {
+pub(crate) enum DynmodsError {
     #[error("no cgroup2 hierarchy is mounted (favordynmods is a cgroup2 mount option)")]
     NoCgroup2,
     #[error("remounting {point} with favordynmods")]
@@ -42,13 +42,13 @@ pub enum DynmodsError {
 
 /// Whether migrations are fast here: favordynmods is on, or the kernel
 /// predates the change (then it cannot be turned on, nor needs to be).
-pub fn migrations_are_fast(layout: &Layout) -> bool {
+pub(crate) fn migrations_are_fast(layout: &Layout) -> bool {
     layout.favordynmods || kernel_version().is_some_and(|v| v < SLOW_SINCE)
 }
 
 /// Remounts the cgroup2 hierarchy with favordynmods, keeping its other
 /// per-mount flags and superblock options.
-pub fn enable(layout: &Layout) -> Result<(), DynmodsError> {
+pub(crate) fn enable(layout: &Layout) -> Result<(), DynmodsError> {
     let (Some(v2), Some((mount_opts, super_opts))) = (&layout.v2, &layout.v2_options) else {
         return Err(DynmodsError::NoCgroup2);
     };

@@ -31,7 +31,7 @@ use crate::limits::{JobId, Tier};
 
 /// One job, as the tree holds it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Job {
+pub(crate) struct Job {
     pub id: String,
     pub cgroup: CgroupPath,
     pub home: Home,
@@ -42,7 +42,7 @@ pub struct Job {
 
 /// Where a job lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Home {
+pub(crate) enum Home {
     /// Under ffrtmp's root: its directory in each hierarchy (sorted; one
     /// on v2), and what the ledger says of it ([`Entry::NotOurs`] too when
     /// the ledger cannot be read).
@@ -52,12 +52,12 @@ pub enum Home {
 }
 
 impl Job {
-    pub fn tier(&self) -> Option<Tier> {
+    pub(crate) fn tier(&self) -> Option<Tier> {
         self.record.tier
     }
 
     /// Its cgroup directories: one per hierarchy in the tree, a scope's one.
-    pub fn dirs(&self) -> &[PathBuf] {
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
         match &self.home {
             Home::Tree { dirs, .. } => dirs,
             Home::Scope { dir, .. } => std::slice::from_ref(dir),
@@ -65,7 +65,7 @@ impl Job {
     }
 
     /// A scope's unit.
-    pub fn unit(&self) -> Option<&str> {
+    pub(crate) fn unit(&self) -> Option<&str> {
         match &self.home {
             Home::Scope { unit, .. } => Some(unit),
             Home::Tree { .. } => None,
@@ -73,7 +73,7 @@ impl Job {
     }
 
     /// A live ffrtmp (`run`, `attach` or `watch`) holds its claim.
-    pub fn supervised(&self) -> bool {
+    pub(crate) fn supervised(&self) -> bool {
         matches!(
             self.home,
             Home::Tree {
@@ -85,7 +85,7 @@ impl Job {
 
     /// Its directory in the cpu controller's hierarchy, and whether that
     /// hierarchy is v2 (`None`: it has none there).
-    pub fn cpu_dir(&self, ctx: &Context) -> Option<(PathBuf, bool)> {
+    pub(crate) fn cpu_dir(&self, ctx: &Context) -> Option<(PathBuf, bool)> {
         if let Home::Scope { dir, .. } = &self.home {
             return Some((dir.clone(), true));
         }
@@ -100,7 +100,7 @@ impl Job {
     }
 
     /// The processes in it now, from every directory, each once.
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         for dir in self.dirs() {
             let text =
@@ -116,7 +116,7 @@ impl Job {
 
     /// A handle on its cgroup, for its statistics and its removal once
     /// empty (it takes no claim: a job found, not made).
-    pub fn handle(&self, ctx: &Context) -> Option<JobCgroup> {
+    pub(crate) fn handle(&self, ctx: &Context) -> Option<JobCgroup> {
         match &self.home {
             Home::Scope { dir, .. } => Some(JobCgroup::of_scope(self.cgroup.clone(), dir.clone())),
             Home::Tree { .. } => JobCgroup::open_existing(ctx, &self.id),
@@ -125,7 +125,7 @@ impl Job {
 }
 
 /// Every job under `ctx`'s root and, on a systemd host, every job scope.
-pub fn list(ctx: &Context) -> Vec<Job> {
+pub(crate) fn list(ctx: &Context) -> Vec<Job> {
     let mut jobs = tree_jobs(ctx, None);
     if let Some(mount) = scope_mount(ctx) {
         jobs.extend(scopes(mount, None));
@@ -134,7 +134,7 @@ pub fn list(ctx: &Context) -> Vec<Job> {
 }
 
 /// Job `id`, wherever it lives (under the root first).
-pub fn open(ctx: &Context, id: &str) -> Option<Job> {
+pub(crate) fn open(ctx: &Context, id: &str) -> Option<Job> {
     tree_jobs(ctx, Some(id)).pop().or_else(|| {
         let mount = scope_mount(ctx)?;
         scopes(mount, Some(id)).pop()
@@ -143,7 +143,7 @@ pub fn open(ctx: &Context, id: &str) -> Option<Job> {
 
 /// Whether job `id` has a directory under the root (the reaper, until
 /// its last one is gone).
-pub fn in_tree(ctx: &Context, id: &str) -> bool {
+pub(crate) fn in_tree(ctx: &Context, id: &str) -> bool {
     !tree_jobs(ctx, Some(id)).is_empty()
 }
 
@@ -255,7 +255,7 @@ fn read_record(ledger: &Ledger, id: &str, dir: &Path) -> Record {
 }
 
 /// The identity a record names: the inode of cgroup directory `dir`.
-pub fn cgroup_ino(dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn cgroup_ino(dir: &Path) -> std::io::Result<u64> {
     fs::metadata(dir).map(|m| m.ino())
 }
 
@@ -263,7 +263,7 @@ pub fn cgroup_ino(dir: &Path) -> std::io::Result<u64> {
 /// them): the daemon at start and `cleanup`. A record describes one
 /// cgroup, so a stale one is never read as a new scope's; this only keeps
 /// the ledger small.
-pub fn forget_ended_scopes(ctx: &Context) {
+pub(crate) fn forget_ended_scopes(ctx: &Context) {
     let Some(mount) = scope_mount(ctx) else {
         return;
     };

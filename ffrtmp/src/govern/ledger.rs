@@ -53,7 +53,7 @@ use crate::limits::Tier;
 /// under it (docs/BENCHMARKS.md), so only a stopped or stuck ffrtmp holds
 /// it this long; the job then fails (and the daemon's process stays in its
 /// staging cgroup, to be retried).
-pub const LOCK_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Privileged mode's base directory.
 const PRIVILEGED_BASE: &str = "/run/ffrtmp";
@@ -287,7 +287,7 @@ impl Ledger {
 /// The roots this mode's ledger has records for (every root a job was made
 /// under since boot, staging roots included), read without making anything.
 /// Empty when the ledger does not exist or is not safely ours.
-pub fn roots(mode: Mode) -> Vec<CgroupPath> {
+pub(crate) fn roots(mode: Mode) -> Vec<CgroupPath> {
     let base = base_of(mode);
     let roots = base.join("roots");
     if check_private(&base).is_err() || check_private(&roots).is_err() {

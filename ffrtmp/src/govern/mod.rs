@@ -39,22 +39,22 @@
 //!
 //! Nothing here writes outside the ffrtmp root except enabling controllers
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
-pub mod bus;
-pub mod caps;
-pub mod cleanup;
-pub mod dynmods;
-pub mod job;
+pub(crate) mod bus;
+pub(crate) mod caps;
+pub(crate) mod cleanup;
+pub(crate) mod dynmods;
+pub(crate) mod job;
 pub mod layout;
-pub mod ledger;
-pub mod place;
-pub mod plan;
-pub mod process;
-pub mod scope;
-pub mod systemd;
-pub mod target;
-pub mod v1;
-pub mod v2;
-pub mod xattr;
+pub(crate) mod ledger;
+pub(crate) mod place;
+pub(crate) mod plan;
+pub(crate) mod process;
+pub(crate) mod scope;
+pub(crate) mod systemd;
+pub(crate) mod target;
+pub(crate) mod v1;
+pub(crate) mod v2;
+pub(crate) mod xattr;
 
 use std::{
     collections::BTreeSet,

@@ -23,7 +23,7 @@ use crate::{
 
 /// What to do when the target cannot join its job cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IfNotMoved {
+pub(crate) enum IfNotMoved {
     /// Place nothing ([`NotPlaced::NotMoved`]): `attach --strict`, or a
     /// process that stays in its staging cgroup.
     Refuse,
@@ -34,7 +34,7 @@ pub enum IfNotMoved {
 /// Why a process was not placed. The job cgroup made for it is removed
 /// (when empty, which it is: the process never joined it or has exited).
 #[derive(Debug)]
-pub enum NotPlaced {
+pub(crate) enum NotPlaced {
     /// It stopped being the process it was (it exited) before `before`.
     Gone {
         before: &'static str,
@@ -46,7 +46,7 @@ pub enum NotPlaced {
 
 /// A process in its job.
 #[derive(Debug)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Its job cgroup (`None`: none could be made, or it could not join).
     pub cgroup: Option<JobCgroup>,
     /// What is in force, read back: cgroup limits, nice, oom_score_adj.
@@ -60,7 +60,7 @@ pub struct Placement {
 
 /// Places `target` (and `also`: its descendants, whose failures are not
 /// its own) into `plan`'s job.
-pub fn place(
+pub(crate) fn place(
     target: &Target,
     plan: Plan,
     also: &[u32],
@@ -163,7 +163,7 @@ pub fn place(
 impl Placement {
     /// `run`'s workload placed itself (its child joined the cgroup and set
     /// nice and oom_score_adj before exec): read back what is in force.
-    pub fn confirm(plan: Plan, pid: u32) -> Self {
+    pub(crate) fn confirm(plan: Plan, pid: u32) -> Self {
         let mut limits = plan.applied.limits;
         if plan.nice.is_some()
             && let Ok(n) = nice_of(pid)
@@ -184,7 +184,7 @@ impl Placement {
     }
 
     /// The `governed` event of `process` in this placement.
-    pub fn governed(
+    pub(crate) fn governed(
         &self,
         process: ProcessId,
         job_id: &str,
@@ -211,14 +211,14 @@ impl Placement {
 
 /// How `watch` came to govern a process (null for `run` and `attach`).
 #[derive(Clone, Debug)]
-pub struct ByRule {
+pub(crate) struct ByRule {
     pub rule: String,
     pub adopted: bool,
     pub latency_us: Option<u64>,
 }
 
 /// The one constructor of a `governed` event.
-pub fn governed(
+pub(crate) fn governed(
     process: ProcessId,
     job_id: &str,
     cgroup: Option<&str>,

@@ -19,11 +19,11 @@ use crate::{
 };
 
 /// Nice applied when CPU limits cannot be (lower priority than default).
-pub const NICE_FALLBACK: i32 = 10;
+pub(crate) const NICE_FALLBACK: i32 = 10;
 
 /// A job ready for its workload.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub cgroup: Option<JobCgroup>,
     /// Cgroup limits read back, and every refusal (cgroup or per-process).
     pub applied: Applied,
@@ -42,7 +42,7 @@ impl Plan {
     /// Creates the job cgroup and applies `limits`. The only error is a job
     /// id in use by a live job; `resident`, a process already in that job
     /// (re-attach), makes it an update instead.
-    pub fn make(
+    pub(crate) fn make(
         ctx: &Context,
         job_id: &JobId,
         limits: &Limits,
@@ -98,7 +98,7 @@ impl Plan {
     /// Job `job_id` as a transient systemd scope ([`scope`]). The only
     /// error is [`GovernError::JobIdInUse`] (the scope exists) or systemd
     /// not answering; its refusals are the limits' failures.
-    pub fn in_scope(
+    pub(crate) fn in_scope(
         ctx: &Context,
         systemd: &mut scope::Systemd,
         job_id: &JobId,
@@ -123,7 +123,7 @@ impl Plan {
     }
 
     /// A job without a cgroup, for `why`: its cgroup limits are refused.
-    pub fn without_cgroup(limits: &Limits, why: &str) -> Self {
+    pub(crate) fn without_cgroup(limits: &Limits, why: &str) -> Self {
         let mut applied = Applied::default();
         for limit in cgroup_limits(limits) {
             applied.fail(limit, why.into());
@@ -139,7 +139,7 @@ impl Plan {
     /// in a user manager's tree, or a systemd that does not answer, leaves
     /// the job without a cgroup (said in its limits' failures); the only
     /// error is the job id in use.
-    pub fn scoped(
+    pub(crate) fn scoped(
         ctx: &Context,
         job_id: &JobId,
         limits: &Limits,
@@ -232,7 +232,7 @@ impl Plan {
     /// already): both are recorded in the ledger, for `status`, the
     /// pressure watch and a restarted daemon ([`job`]).
     #[must_use]
-    pub fn labelled(mut self, by: MadeBy, tier: Option<Tier>) -> Self {
+    pub(crate) fn labelled(mut self, by: MadeBy, tier: Option<Tier>) -> Self {
         self.tier = tier;
         if let Some(cg) = &self.cgroup
             && let Err(e) = cg.label(by, tier)
@@ -247,7 +247,7 @@ impl Plan {
     }
 
     /// One `degraded` event body per refusal, with its fallback.
-    pub fn degradations(&self) -> Vec<Degraded> {
+    pub(crate) fn degradations(&self) -> Vec<Degraded> {
         self.applied
             .failures
             .iter()

@@ -5,7 +5,7 @@ use std::{fs, io, time::Duration};
 
 /// Errors while setting nice or oom_score_adj.
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     #[error("setting nice {nice} on thread {tid}")]
     Nice {
         nice: i32,
@@ -35,7 +35,7 @@ pub enum ProcessError {
 }
 
 /// The nice value of thread `tid`.
-pub fn nice_of(tid: u32) -> io::Result<i32> {
+pub(crate) fn nice_of(tid: u32) -> io::Result<i32> {
     // getpriority can return -1 legitimately: clear errno first.
     nix::errno::Errno::clear();
     // SAFETY: plain syscall wrapper.
@@ -48,7 +48,7 @@ pub fn nice_of(tid: u32) -> io::Result<i32> {
 
 /// Sets `nice` on every thread of `pid`; returns the value read back from
 /// the main thread.
-pub fn set_nice_all_threads(pid: u32, nice: i32) -> Result<i32, ProcessError> {
+pub(crate) fn set_nice_all_threads(pid: u32, nice: i32) -> Result<i32, ProcessError> {
     let tasks = fs::read_dir(format!("/proc/{pid}/task"))
         .map_err(|source| ProcessError::Threads { pid, source })?;
     for task in tasks.filter_map(Result::ok) {
@@ -76,14 +76,14 @@ pub fn set_nice_all_threads(pid: u32, nice: i32) -> Result<i32, ProcessError> {
 }
 
 /// Writes `/proc/PID/oom_score_adj` and reads it back.
-pub fn set_oom_score_adj(pid: u32, value: i32) -> Result<i32, ProcessError> {
+pub(crate) fn set_oom_score_adj(pid: u32, value: i32) -> Result<i32, ProcessError> {
     let path = format!("/proc/{pid}/oom_score_adj");
     let err = |source| ProcessError::OomScoreAdj { pid, value, source };
     fs::write(&path, value.to_string()).map_err(err)?;
     oom_score_adj_of(pid).map_err(err)
 }
 
-pub fn oom_score_adj_of(pid: u32) -> io::Result<i32> {
+pub(crate) fn oom_score_adj_of(pid: u32) -> io::Result<i32> {
     crate::observe::proc::read_text(format!("/proc/{pid}/oom_score_adj"))?
         .trim()
         .parse()
@@ -101,7 +101,7 @@ pub fn oom_score_adj_of(pid: u32) -> io::Result<i32> {
 /// dynamically linked binary), however low its nice; a shorter slice
 /// lets it preempt at the loader's next return to user space. It changes
 /// latency only, not the CPU share, so the streams lose nothing by it.
-pub fn request_slice(slice: Duration) -> Result<Option<Duration>, ProcessError> {
+pub(crate) fn request_slice(slice: Duration) -> Result<Option<Duration>, ProcessError> {
     let err = |source| ProcessError::Slice { slice, source };
     let mut attr = sched_attr_of_self().map_err(err)?;
     if attr.sched_policy != libc::SCHED_OTHER as u32 {

@@ -67,7 +67,7 @@ use crate::limits::{Applied, Files, JobId, Limit, Limits, Visit};
 
 /// How long one call to systemd may take before the job is given up for
 /// now (it stays in staging and is tried again).
-pub const CALL_TIMEOUT: Duration = super::bus::CALL_TIMEOUT;
+pub(crate) const CALL_TIMEOUT: Duration = super::bus::CALL_TIMEOUT;
 /// How long systemd may take to move the process after accepting the job.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The prefix and suffix of a job's scope name.
@@ -78,12 +78,12 @@ const SUFFIX: &str = ".scope";
 
 /// The unit of job `job`: `ffrtmp-<job>.scope`. Job ids are
 /// `[A-Za-z0-9._-]`, all of it valid in unit names.
-pub fn unit_name(job: &str) -> String {
+pub(crate) fn unit_name(job: &str) -> String {
     format!("{PREFIX}{job}{SUFFIX}")
 }
 
 /// The job a cgroup path is the scope of, if it is one.
-pub fn job_of_cgroup(path: &str) -> Option<&str> {
+pub(crate) fn job_of_cgroup(path: &str) -> Option<&str> {
     let last = path.rsplit('/').next()?;
     let job = last.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     job.parse::<JobId>().ok().map(|_| job)
@@ -92,7 +92,7 @@ pub fn job_of_cgroup(path: &str) -> Option<&str> {
 /// What systemd is asked for: a scope holding `pids` (the first is the
 /// process whose move is waited for), beside `origin`, tied to its unit.
 #[derive(Debug)]
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     pub pids: &'a [u32],
     pub origin: &'a Origin,
     /// `systemctl status` shows it beside the unit name.
@@ -102,7 +102,7 @@ pub struct Request<'a> {
 
 /// How a job's scope follows the unit its process came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tie {
+pub(crate) enum Tie {
     /// `BindsTo=`: stopped whenever that unit stops, also when its main
     /// process dies. For processes ffrtmp finds (`watch`, `attach`): had
     /// they stayed in the unit, its end would have ended them.
@@ -124,20 +124,20 @@ impl Tie {
 
 /// Where a process came from: its cgroup before ffrtmp moved it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub cgroup: CgroupPath,
 }
 
 impl Origin {
     /// The origin of a process whose v2 cgroup paths (from
     /// `/proc/PID/cgroup`) are `paths`: one path, or none is known.
-    pub fn of(paths: &[String]) -> Option<Self> {
+    pub(crate) fn of(paths: &[String]) -> Option<Self> {
         let [path] = paths else { return None };
         CgroupPath::new(path).ok().map(|cgroup| Origin { cgroup })
     }
 
     /// Its unit (the nearest `.service` or `.scope`), if it is in one.
-    pub fn unit(&self) -> Option<String> {
+    pub(crate) fn unit(&self) -> Option<String> {
         systemd::unit_of(&self.cgroup).map(|u| last(&u).to_string())
     }
 
@@ -160,7 +160,7 @@ impl Origin {
 
     /// Whether a system scope may take it: not inside a user manager's
     /// tree (`user@UID.service`), which is its user's.
-    pub fn movable(&self) -> bool {
+    pub(crate) fn movable(&self) -> bool {
         !systemd::in_user_manager(&self.cgroup)
     }
 }
@@ -172,7 +172,7 @@ fn last(cg: &CgroupPath) -> &str {
 /// The system manager, asked for job scopes. Used from one thread (the job
 /// maker's, or `run`'s and `attach`'s).
 #[derive(Debug)]
-pub struct Systemd(Manager);
+pub(crate) struct Systemd(Manager);
 
 /// Why a scope was not made.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,7 @@ pub enum ScopeError {
 
 impl Systemd {
     /// A client; it connects at its first call.
-    pub fn new() -> Result<Self, GovernError> {
+    pub(crate) fn new() -> Result<Self, GovernError> {
         Manager::new(Which::System, CALL_TIMEOUT).map(Systemd)
     }
 
@@ -269,7 +269,7 @@ impl Systemd {
     /// `limits`; waits until the process is in it and reads the limits
     /// back. Limits systemd has no property for are in `Applied`'s failures
     /// (see [`unsupported`] to ask before). `mount`: the v2 hierarchy.
-    pub fn start_scope(
+    pub(crate) fn start_scope(
         &mut self,
         mount: &super::layout::Mount,
         job: &JobId,
@@ -378,7 +378,7 @@ impl Systemd {
 
 /// The limits of `limits` systemd has no property for, and why: a process
 /// that must keep them (a staged one) is not given a scope.
-pub fn unsupported(limits: &Limits) -> Vec<(crate::limits::LimitName, String)> {
+pub(crate) fn unsupported(limits: &Limits) -> Vec<(crate::limits::LimitName, String)> {
     struct Unsupported(Vec<(crate::limits::LimitName, String)>);
     impl Visit for Unsupported {
         fn visit<L: Limit>(&mut self, limit: &L) {

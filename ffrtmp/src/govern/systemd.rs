@@ -31,10 +31,10 @@ use super::{
 };
 
 /// The leaf a delegated unit's own processes are moved into.
-pub const SUPERVISOR: &str = "supervisor";
+pub(crate) const SUPERVISOR: &str = "supervisor";
 
 /// Whether systemd manages the cgroup tree here (sd_booted(3)'s test).
-pub fn manages_cgroups() -> bool {
+pub(crate) fn manages_cgroups() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
@@ -50,12 +50,12 @@ fn is_unit(cg: &CgroupPath) -> bool {
 
 /// The cgroup of the unit `own` is in: the nearest `.service` or `.scope`
 /// at or above it.
-pub fn unit_of(own: &CgroupPath) -> Option<CgroupPath> {
+pub(crate) fn unit_of(own: &CgroupPath) -> Option<CgroupPath> {
     own.lineage().into_iter().rev().find(is_unit)
 }
 
 /// Whether `unit` (its directory `dir`) was delegated to this process.
-pub fn delegated_to_us(unit: &CgroupPath, dir: &Path) -> bool {
+pub(crate) fn delegated_to_us(unit: &CgroupPath, dir: &Path) -> bool {
     if xattr_is_one(dir, "trusted.delegate") || xattr_is_one(dir, "user.delegate") {
         return true;
     }
@@ -66,14 +66,14 @@ pub fn delegated_to_us(unit: &CgroupPath, dir: &Path) -> bool {
 
 /// Whether `cg` is inside a user manager's tree (`user@UID.service`),
 /// whose cgroups all belong to its user.
-pub fn in_user_manager(cg: &CgroupPath) -> bool {
+pub(crate) fn in_user_manager(cg: &CgroupPath) -> bool {
     cg.as_str()
         .split('/')
         .any(|p| p.starts_with("user@") && p.ends_with(".service"))
 }
 
 /// How long the user manager may take to say whether it delegated a unit.
-pub const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether the calling user's manager has `Delegate=yes` on `unit`.
 fn user_manager_delegates(unit: &CgroupPath) -> bool {
@@ -98,7 +98,7 @@ fn xattr_is_one(dir: &Path, name: &str) -> bool {
 /// Moves the processes sitting in the delegated cgroup `dir` itself into
 /// its `supervisor` leaf, so that controllers can be enabled below it.
 /// Returns how many were moved; an error names the file.
-pub fn make_room(dir: &Path) -> Result<usize, String> {
+pub(crate) fn make_room(dir: &Path) -> Result<usize, String> {
     let procs = dir.join("cgroup.procs");
     let read = || {
         fs::read_to_string(&procs)

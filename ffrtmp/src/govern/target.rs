@@ -12,7 +12,7 @@ use crate::observe::proc::{ProcError, Stat};
 
 /// Why a process cannot be a target.
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     #[error("process {0} does not exist")]
     NoSuchProcess(u32),
     #[error("process {0} has exited")]
@@ -49,12 +49,12 @@ pub enum TargetError {
 
 impl TargetError {
     /// Bad input (a pid that cannot be governed), as opposed to a failure.
-    pub fn is_bad_input(&self) -> bool {
+    pub(crate) fn is_bad_input(&self) -> bool {
         !matches!(self, TargetError::Pidfd { .. } | TargetError::Proc { .. })
     }
 
     /// Failed for want of a file descriptor (EMFILE, ENFILE).
-    pub fn out_of_fds(&self) -> bool {
+    pub(crate) fn out_of_fds(&self) -> bool {
         let (TargetError::Pidfd { source, .. }
         | TargetError::Proc {
             source: ProcError::Io { source, .. },
@@ -80,7 +80,7 @@ fn thread_group_of(tid: u32) -> Option<u32> {
 
 /// A live process and its identity.
 #[derive(Debug)]
-pub struct Target {
+pub(crate) struct Target {
     pub pid: u32,
     pub comm: String,
     /// Clock ticks after boot at which it started (its identity).
@@ -92,7 +92,7 @@ impl Target {
     /// Refuses a process of another user when ffrtmp has no privileges:
     /// nothing could be applied to it (neither its cgroup nor its nice), so
     /// reporting it `governed` would pretend.
-    pub fn ours_to_govern(&self) -> Result<(), TargetError> {
+    pub(crate) fn ours_to_govern(&self) -> Result<(), TargetError> {
         if super::may_govern_others() {
             return Ok(());
         }
@@ -109,7 +109,7 @@ impl Target {
 
     /// Opens `pid`; `expect_start` (ticks after boot, as in /proc/PID/stat)
     /// refuses a pid that now names a different process.
-    pub fn open(pid: u32, expect_start: Option<u64>) -> Result<Self, TargetError> {
+    pub(crate) fn open(pid: u32, expect_start: Option<u64>) -> Result<Self, TargetError> {
         if pid == 1 {
             return Err(TargetError::Refused {
                 pid,
@@ -177,7 +177,7 @@ impl Target {
     }
 
     /// Still the same live process? Run before every step.
-    pub fn check(&self) -> Result<(), TargetError> {
+    pub(crate) fn check(&self) -> Result<(), TargetError> {
         if self.has_exited() {
             return Err(TargetError::Exited(self.pid));
         }
@@ -197,7 +197,7 @@ impl Target {
     }
 
     /// A pidfd polls readable once its process has exited.
-    pub fn has_exited(&self) -> bool {
+    pub(crate) fn has_exited(&self) -> bool {
         let mut pfd = libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(&self.pidfd),
             events: libc::POLLIN,
@@ -208,13 +208,13 @@ impl Target {
         n > 0 && pfd.revents & libc::POLLIN != 0
     }
 
-    pub fn pidfd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
         self.pidfd.as_fd()
     }
 }
 
 /// The live descendants of `pid` (children, grandchildren, …) now.
-pub fn descendants(pid: u32) -> Vec<u32> {
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
     let Ok(pids) = crate::observe::proc::list_pids() else {
         return Vec::new();
     };

@@ -13,7 +13,7 @@ use crate::limits::{Applied, Files, Limit, Limits, Visit};
 
 /// A job's cgroups, one per v1 hierarchy (co-mounted controllers share one).
 #[derive(Debug)]
-pub struct Dirs {
+pub(crate) struct Dirs {
     dirs: BTreeMap<String, PathBuf>,
 }
 
@@ -34,7 +34,7 @@ fn controllers_for(limits: &Limits) -> Vec<&'static str> {
 }
 
 impl Dirs {
-    pub fn create(
+    pub(crate) fn create(
         mounts: &BTreeMap<String, Mount>,
         path: &CgroupPath,
         limits: &Limits,
@@ -90,7 +90,7 @@ impl Dirs {
     }
 
     /// A job's existing directories (every hierarchy that has one).
-    pub fn existing(mounts: &BTreeMap<String, Mount>, path: &CgroupPath) -> Option<Self> {
+    pub(crate) fn existing(mounts: &BTreeMap<String, Mount>, path: &CgroupPath) -> Option<Self> {
         let dirs: BTreeMap<String, PathBuf> = mounts
             .iter()
             .map(|(c, m)| (c.clone(), m.dir_of(path)))
@@ -113,14 +113,14 @@ impl Dirs {
             .map_err(|e| format!("reading back {}: {e}", path.display()))
     }
 
-    pub fn procs_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs()
             .into_iter()
             .map(|d| d.join("cgroup.procs"))
             .collect()
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let read = |c: &str, f: &str| self.read(c, f).ok();
         let oom_kill = read("memory", "memory.oom_control").and_then(|t| {
             t.lines()
@@ -137,14 +137,14 @@ impl Dirs {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.procs_files()
             .iter()
             .all(|f| crate::observe::proc::read_text(f).is_ok_and(|s| s.trim().is_empty()))
     }
 
     /// The distinct directories, one per hierarchy.
-    pub fn dirs(&self) -> Vec<PathBuf> {
+    pub(crate) fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self.dirs.values().cloned().collect();
         dirs.sort();
         dirs.dedup();

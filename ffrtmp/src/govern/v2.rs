@@ -15,7 +15,7 @@ use crate::limits::{Applied, Files, Limit, Limits, Visit};
 
 /// A job's cgroup in the v2 hierarchy.
 #[derive(Debug)]
-pub struct Dir {
+pub(crate) struct Dir {
     pub dir: PathBuf,
 }
 
@@ -36,7 +36,7 @@ fn controllers_for(limits: &Limits) -> Vec<&'static str> {
 
 /// Enables `controllers` for the children of every cgroup from the root to
 /// `parent`. Returns the controllers that could not be enabled, with why.
-pub fn enable_controllers(
+pub(crate) fn enable_controllers(
     mount: &Mount,
     floor: Option<&CgroupPath>,
     parent: &CgroupPath,
@@ -63,7 +63,7 @@ pub fn enable_controllers(
 impl Dir {
     /// Makes the job cgroup under `root`, which the caller has created (and
     /// holds locked, see the claims in the module above).
-    pub fn create(
+    pub(crate) fn create(
         mount: &Mount,
         floor: Option<&CgroupPath>,
         root: &CgroupPath,
@@ -96,11 +96,11 @@ impl Dir {
         Ok((job, applied))
     }
 
-    pub fn procs_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
         vec![self.dir.join("cgroup.procs")]
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let flat = |file: &str, key: &str| -> Option<u64> {
             let text = crate::observe::proc::read_text(self.dir.join(file)).ok()?;
             text.lines().find_map(|l| {
@@ -123,12 +123,12 @@ impl Dir {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         crate::observe::proc::read_text(self.dir.join("cgroup.procs"))
             .is_ok_and(|s| s.trim().is_empty())
     }
 
-    pub fn dirs(&self) -> Vec<PathBuf> {
+    pub(crate) fn dirs(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
     }
 }

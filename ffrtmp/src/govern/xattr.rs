@@ -14,7 +14,7 @@ fn c_strings(dir: &Path, name: &str) -> io::Result<(CString, CString)> {
 }
 
 /// Attribute `name` of `dir` (not following a link), if it has one.
-pub fn get(dir: &Path, name: &str) -> Option<Vec<u8>> {
+pub(crate) fn get(dir: &Path, name: &str) -> Option<Vec<u8>> {
     let (path, name) = c_strings(dir, name).ok()?;
     let mut value = [0u8; MAX_VALUE];
     // SAFETY: both strings are NUL-terminated and live across the call; the

@@ -14,7 +14,7 @@ const V1_MEMORY_UNLIMITED_MIN: u64 = 1 << 62;
 
 /// The smallest memory limit accepted. Measured: `run --memory-max 4096 --
 /// true` failed at exec with ENOMEM (exit 125); 1 MiB runs it (peak 256 KiB).
-pub const MEMORY_FLOOR: u64 = 1 << 20;
+pub(super) const MEMORY_FLOOR: u64 = 1 << 20;
 
 /// A size that a process can start in, or no limit.
 fn memory_size(text: &str) -> Result<Size, LimitError> {

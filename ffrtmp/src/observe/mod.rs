@@ -13,7 +13,7 @@
 //! new file with an `Observer` impl and one arm in [`start`].
 pub mod ebpf;
 pub mod proc;
-pub mod procfs;
+pub(crate) mod procfs;
 
 use std::{
     collections::BTreeSet,

@@ -16,7 +16,7 @@ use super::{
 use crate::events::{Event, Exit, Source, Timestamp, micros, process_key};
 
 /// Default polling interval.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the last scan knew of a process.
 struct Known {
@@ -25,7 +25,7 @@ struct Known {
 }
 
 /// Polls /proc; keeps the set of processes it has seen.
-pub struct ProcfsObserver {
+pub(crate) struct ProcfsObserver {
     interval: Duration,
     /// Made at the first step (start() has just scanned).
     tick: Option<tokio::time::Interval>,
@@ -35,7 +35,7 @@ pub struct ProcfsObserver {
 }
 
 /// The processes running now, as `exec` events (`adopted` marks them so).
-pub fn running(adopted: bool) -> Result<Vec<Event>, ProcError> {
+pub(crate) fn running(adopted: bool) -> Result<Vec<Event>, ProcError> {
     let mut observer = ProcfsObserver::new(DEFAULT_INTERVAL);
     let mut events = Vec::new();
     observer.scan(&mut events, adopted)?;
@@ -55,7 +55,7 @@ impl ProcfsObserver {
 
     /// Records every process running now, so that only later changes are
     /// reported; keeps their exec events when `options.adopt` is set.
-    pub fn start(options: &Options) -> Result<Self, ProcError> {
+    pub(crate) fn start(options: &Options) -> Result<Self, ProcError> {
         let mut observer = Self::new(options.interval);
         let mut adopted = Vec::new();
         observer.scan(&mut adopted, true)?;

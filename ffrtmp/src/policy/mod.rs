@@ -23,7 +23,7 @@
 //! Without `--policy`, [`Policy::embedded`] governs `ffmpeg` and
 //! `gst-launch-1.0` (default.toml, documented in docs/POLICY.md): a live
 //! input makes a job `live`, anything else `batch`.
-pub mod template;
+pub(crate) mod template;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

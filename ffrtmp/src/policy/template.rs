@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use crate::limits::JobId;
 
 /// Placeholders every rule may use.
-pub const BUILTIN: &[&str] = &["comm", "pid", "uid", "rule"];
+pub(crate) const BUILTIN: &[&str] = &["comm", "pid", "uid", "rule"];
 
 /// A parsed template: literal text and placeholders, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Template {
 /// Maps any text to a valid job id: characters outside `[A-Za-z0-9._-]`
 /// become `_`, the length is cut to [`JobId::MAX_LEN`], and `.`/`..` or an
 /// empty result get a `_` prefix.
-pub fn sanitise(raw: &str) -> JobId {
+pub(crate) fn sanitise(raw: &str) -> JobId {
     let mut id: String = raw
         .chars()
         .map(|c| {

@@ -25,7 +25,7 @@
 //!
 //! [`demand`] sums what each tier uses and would use (`status`: the
 //! node's capacity against each tier's demand).
-pub mod sample;
+pub(crate) mod sample;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -43,9 +43,9 @@ use crate::{
 use sample::{Sample, Window};
 
 /// How often live jobs are sampled.
-pub const INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const INTERVAL: Duration = Duration::from_millis(500);
 /// The window a job's waiting share is judged over.
-pub const WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 /// The waiting share at which a live job is at risk. Measured on our
 /// 2-CPU host with real 720p30 live encodes (0.8 CPU each there): two of
 /// them beside two batch encodes, within capacity under tiers, waited
@@ -53,18 +53,18 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 /// them (160 % of the machine) waited 0.46–0.53 and ran at 0.58–0.63x. A
 /// saturated node makes every live thread wait `1 - CPUs/threads` of the
 /// time, so the jump is steep: 0.1 is ten times the calm maximum.
-pub const AT_RISK: f64 = 0.1;
+pub(crate) const AT_RISK: f64 = 0.1;
 /// The waiting share below which an at-risk job is calm again.
-pub const CALM: f64 = 0.05;
+pub(crate) const CALM: f64 = 0.05;
 /// How long a job must stay calm before it is cleared.
-pub const CLEAR_AFTER: Duration = Duration::from_secs(3);
+pub(crate) const CLEAR_AFTER: Duration = Duration::from_secs(3);
 /// The share of a window a job must be throttled for its waits to be
 /// blamed on its quota.
 const THROTTLED: f64 = 0.05;
 
 /// The pressure watch's state: recent samples of each live job.
 #[derive(Default)]
-pub struct Watch {
+pub(crate) struct Watch {
     jobs: HashMap<String, Watched>,
 }
 
@@ -82,7 +82,7 @@ impl Watch {
     /// Samples `jobs` (only the live ones are watched) and returns the
     /// events due: jobs newly at risk, and jobs cleared (calm again, or
     /// ended while at risk).
-    pub fn step(&mut self, ctx: &Context, jobs: &[Job], now: Instant) -> Vec<Pressure> {
+    pub(crate) fn step(&mut self, ctx: &Context, jobs: &[Job], now: Instant) -> Vec<Pressure> {
         let mut events = Vec::new();
         let live: HashMap<String, (&Job, (PathBuf, bool))> = jobs
             .iter()
@@ -142,11 +142,6 @@ impl Watch {
         }
         events
     }
-
-    /// How many live jobs are watched now.
-    pub fn watched(&self) -> usize {
-        self.jobs.len()
-    }
 }
 
 impl Watched {
@@ -186,7 +181,7 @@ fn round3(x: f64) -> f64 {
 
 /// What the jobs of one tier use and ask for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct TierDemand {
+pub(crate) struct TierDemand {
     pub jobs: usize,
     /// CPUs used over the window.
     pub usage_cpus: f64,
@@ -198,7 +193,11 @@ pub struct TierDemand {
 
 /// Samples `jobs` twice, `window` apart, and sums each tier (`none`: jobs
 /// without a tier).
-pub fn demand(ctx: &Context, jobs: &[Job], window: Duration) -> BTreeMap<String, TierDemand> {
+pub(crate) fn demand(
+    ctx: &Context,
+    jobs: &[Job],
+    window: Duration,
+) -> BTreeMap<String, TierDemand> {
     let jobs: Vec<(&Job, (PathBuf, bool))> = jobs
         .iter()
         .filter_map(|j| Some((j, j.cpu_dir(ctx)?)))

@@ -16,7 +16,7 @@ use crate::events::Signal;
 
 /// A job's counters at one moment.
 #[derive(Clone, Debug)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub at: Instant,
     /// Per thread: (ns run, ns waited on a run queue).
     threads: HashMap<u32, (u64, u64)>,
@@ -28,7 +28,7 @@ pub struct Sample {
 
 /// What happened between two samples of a job.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Window {
+pub(crate) struct Window {
     pub seconds: f64,
     /// CPUs used (run time over wall time).
     pub usage: f64,
@@ -47,7 +47,7 @@ impl Sample {
     /// Reads job cgroup `dir` (its v2 directory, or its directory in v1's
     /// cpu hierarchy). A file that cannot be read counts as nothing: a
     /// job that has just ended reads as idle, never as an error.
-    pub fn read(dir: &Path, v2: bool) -> Self {
+    pub(crate) fn read(dir: &Path, v2: bool) -> Self {
         let at = Instant::now();
         let list = if v2 { "cgroup.threads" } else { "tasks" };
         let threads = fs::read_to_string(dir.join(list))
@@ -71,15 +71,10 @@ impl Sample {
         }
     }
 
-    /// How many threads it saw.
-    pub fn threads(&self) -> usize {
-        self.threads.len()
-    }
-
     /// The window from `earlier` to this sample. A thread seen only now
     /// started within it: all its time counts; one seen only before has
     /// ended: its last part is not known and counts as nothing.
-    pub fn since(&self, earlier: &Sample) -> Window {
+    pub(crate) fn since(&self, earlier: &Sample) -> Window {
         let seconds = self.at.duration_since(earlier.at).as_secs_f64().max(1e-3);
         let (mut run, mut wait) = (0u64, 0u64);
         for (tid, &(r, w)) in &self.threads {

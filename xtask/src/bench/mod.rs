@@ -13,7 +13,7 @@ mod run;
 use std::{path::Path, time::Duration};
 
 #[derive(clap::Subcommand)]
-pub enum Bench {
+pub(crate) enum Bench {
     /// `ffrtmp run` and `cgexec` against a bare exec; attach latency;
     /// wrapper RSS while a job runs.
     Run {
@@ -57,7 +57,7 @@ pub enum Bench {
     },
 }
 
-pub fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Run { runs, against } => run::run(root, runs, against.as_deref()),
         Bench::Qos { secs } => qos::run(root, secs),

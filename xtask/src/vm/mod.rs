@@ -36,7 +36,7 @@ mod boot;
 mod console;
 mod image;
 mod kernel;
-pub mod systemd;
+pub(crate) mod systemd;
 
 use boot::{BootSpec, boot};
 use image::{build_tests, pack_initramfs};
@@ -46,13 +46,13 @@ use kernel::PrivateApt;
 /// oopses at random (double faults in kmem_cache_alloc, NULL derefs in
 /// mprotect) during a plain busybox fork loop with nothing of ours loaded,
 /// on 1 or 2 vCPUs and any CPU model; `--kernel 6.12` still runs it.
-pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1"];
+pub(crate) const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1"];
 /// Host packages the harness needs.
 const HOST_PACKAGES: &[(&str, &str)] =
     &[("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio")];
 
 #[derive(clap::Args)]
-pub struct VmArgs {
+pub(crate) struct VmArgs {
     /// Kernels to boot: 5.10, 6.1, 6.12, or a path to a linux-image .deb
     /// (repeatable; default: 5.10 and 6.1).
     #[arg(long = "kernel", value_name = "KERNEL")]
@@ -70,7 +70,7 @@ pub struct VmArgs {
 }
 
 /// Results of one VM.
-pub struct VmOutcome {
+pub(crate) struct VmOutcome {
     pub kernel: String,
     /// Passed, not counting the tests that said SKIP.
     pub passed: u64,
@@ -81,7 +81,7 @@ pub struct VmOutcome {
 }
 
 /// Can VM tests run here? `Err` says why not.
-pub fn available() -> anyhow::Result<()> {
+pub(crate) fn available() -> anyhow::Result<()> {
     if !crate::is_root() {
         bail!("not root (the VM tests need to install qemu and run root test suites)");
     }
@@ -89,7 +89,7 @@ pub fn available() -> anyhow::Result<()> {
 }
 
 /// Prints one line per VM; fails naming the kernels whose VM failed.
-pub fn check(outcomes: &[VmOutcome]) -> anyhow::Result<()> {
+pub(crate) fn check(outcomes: &[VmOutcome]) -> anyhow::Result<()> {
     for o in outcomes {
         eprintln!("==> {o}");
     }
@@ -124,7 +124,7 @@ impl std::fmt::Display for VmOutcome {
 
 /// Builds the test binaries and runs them in a VM per kernel, against
 /// `ffrtmp`, the shipped binary.
-pub fn run(
+pub(crate) fn run(
     root: &Path,
     tools: &Tools,
     ffrtmp: &Path,

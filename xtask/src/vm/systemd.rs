@@ -33,7 +33,7 @@ const LABEL: &str = "systemd 6.1";
 const MEMORY_MIB: u32 = 2048;
 
 /// Boots the systemd VM with `deb` installed and runs the root suites in it.
-pub fn run(
+pub(crate) fn run(
     root: &Path,
     tools: &Tools,
     shipped: &Path,

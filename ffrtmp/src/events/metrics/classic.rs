@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 /// Rewrites OpenMetrics text (as `prometheus_client` writes it: no
 /// exemplars, no `_created` samples) into the classic text format.
-pub fn from_openmetrics(om: &str) -> String {
+pub(super) fn from_openmetrics(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
     // A family's HELP comes before its TYPE, which decides its name.
     let mut help: Option<(&str, &str)> = None;

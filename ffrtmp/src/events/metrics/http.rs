@@ -32,7 +32,7 @@ const CLASSIC_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub(crate) enum MetricsError {
     #[error("listening on {addr} for --metrics-addr")]
     Bind {
         addr: SocketAddr,
@@ -112,7 +112,7 @@ fn negotiate(accept: &str) -> Exposition {
 impl Metrics {
     /// Binds `addr` (so a bad address fails before the stream starts) and
     /// returns the server task to spawn.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self,
         addr: SocketAddr,
     ) -> Result<impl Future<Output = ()> + Send + 'static, MetricsError> {

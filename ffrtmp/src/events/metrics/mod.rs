@@ -28,8 +28,7 @@ use std::{
     },
 };
 
-pub use http::MetricsError;
-pub use process::{Sampler, Usage};
+pub(crate) use process::{Sampler, Usage};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
@@ -68,7 +67,7 @@ fn tier_label(tier: Option<Tier>) -> &'static str {
 
 /// The formats served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exposition {
+pub(crate) enum Exposition {
     /// OpenMetrics 1.0 text (`application/openmetrics-text`).
     OpenMetrics,
     /// The Prometheus text format 0.0.4 (`text/plain`).
@@ -83,7 +82,7 @@ struct Followed {
 
 /// The metrics, updated from events; cheap to clone (shared counters).
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Arc<Registry>,
     events: Family<Labels, Counter>,
     governed: Family<Labels, Counter>,
@@ -148,12 +147,12 @@ impl Collector for Daemon {
 
 impl Metrics {
     /// The metrics of this build; `usage` samples what the process costs.
-    pub fn new(usage: Sampler) -> Self {
+    pub(crate) fn new(usage: Sampler) -> Self {
         Self::of_build(env!("CARGO_PKG_VERSION"), env!("FFRTMP_COMMIT"), usage)
     }
 
     /// The metrics of a daemon of this `version` built from `commit`.
-    pub fn of_build(version: &str, commit: &str, usage: Sampler) -> Self {
+    pub(crate) fn of_build(version: &str, commit: &str, usage: Sampler) -> Self {
         let mut root = Registry::default();
         root.register_collector(Box::new(process::Process(usage)));
         let registry = root.sub_registry_with_prefix("ffrtmp");
@@ -242,12 +241,12 @@ impl Metrics {
 
     /// Counts what the output's queue drops (`lost` with reason `output`):
     /// its running total of events dropped.
-    pub fn count_output_losses(&self, dropped: Arc<AtomicU64>) {
+    pub(crate) fn count_output_losses(&self, dropped: Arc<AtomicU64>) {
         let _ = self.lost.output.set(dropped);
     }
 
     /// Accounts for one event written.
-    pub fn record(&self, event: &Event) {
+    pub(crate) fn record(&self, event: &Event) {
         self.events
             .get_or_create(&labels([("event", event.body.name())]))
             .inc();
@@ -350,7 +349,7 @@ impl Metrics {
     }
 
     /// The exposition in `format`.
-    pub fn render(&self, format: Exposition) -> String {
+    pub(crate) fn render(&self, format: Exposition) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

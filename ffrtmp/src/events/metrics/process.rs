@@ -25,10 +25,10 @@ pub struct Usage {
 }
 
 /// Samples [`Usage`] when scraped.
-pub type Sampler = fn() -> Usage;
+pub(crate) type Sampler = fn() -> Usage;
 
 #[derive(Debug)]
-pub struct Process(pub Sampler);
+pub(super) struct Process(pub Sampler);
 
 impl Collector for Process {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
