@@ -9,6 +9,8 @@
 //! and copies of `sleep`/`sh` under transcoder names.
 mod common;
 
+use ffrtmp::events::Fallback;
+
 use std::{
     fs,
     os::unix::process::CommandExt as _,
@@ -531,7 +533,7 @@ fn the_procfs_fallback_governs_and_says_so() {
         .events
         .iter()
         .find_map(|e| match &e.body {
-            Body::Degraded(d) if d.fallback == "procfs" => Some(d.clone()),
+            Body::Degraded(d) if d.fallback == Fallback::Procfs => Some(d.clone()),
             _ => None,
         })
         .expect("a degraded event saying governing polls /proc");
@@ -667,7 +669,7 @@ fn favordynmods_is_reported_when_off_and_turned_on_when_asked() {
     let slow = |w: &Watch| {
         w.events
             .iter()
-            .any(|e| matches!(&e.body, Body::Degraded(d) if d.fallback == "slow migrations"))
+            .any(|e| matches!(&e.body, Body::Degraded(d) if d.fallback == Fallback::SlowMigrations))
     };
     let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let w = watch(&policy, &root, &["--backend", "ebpf"]);

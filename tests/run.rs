@@ -5,6 +5,8 @@
 //! and its workload (`common::root_job_cgroup`).
 mod common;
 
+use ffrtmp::events::{Fallback, Mode};
+
 use std::{
     fs,
     os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
@@ -213,7 +215,7 @@ fn the_workload_runs_inside_its_cgroup_from_its_first_instruction() {
     }
     let g = governed(&events);
     assert_eq!(g.job_id, job);
-    assert_eq!(g.mode, "privileged");
+    assert_eq!(g.mode, Mode::Privileged);
     assert_eq!(g.cgroup.as_deref(), Some(cgroup.as_str()));
     // The empty job cgroup is removed when the job ends (by systemd, a
     // moment after, for a scope).
@@ -319,7 +321,11 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
         // for the burst: refused, said, and the quota still holds.
         let d = refusal();
         assert!(d.reason.contains("systemd"), "{d:?}");
-        assert_eq!(d.fallback, "none", "a refused burst must not lower nice");
+        assert_eq!(
+            d.fallback,
+            Fallback::None,
+            "a refused burst must not lower nice"
+        );
         assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
         assert_eq!(with, Some(0), "no burst allowance, yet it burst");
         eprintln!("systemd has no property for the burst: its refusal was checked");
@@ -351,7 +357,11 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
     } else {
         let d = refusal();
         assert!(d.reason.contains("this kernel has no"), "{d:?}");
-        assert_eq!(d.fallback, "none", "a refused burst must not lower nice");
+        assert_eq!(
+            d.fallback,
+            Fallback::None,
+            "a refused burst must not lower nice"
+        );
         assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
         eprintln!("this kernel predates CFS burst (5.14): its refusal was checked");
     }
@@ -421,7 +431,7 @@ fn a_live_job_takes_the_cpu_from_a_batch_job() {
                 _ => None,
             })
             .unwrap_or_else(|| panic!("cpu_idle neither in force nor degraded: {batch_events:?}"));
-        assert_eq!(d.fallback, "nice 10", "{d:?}");
+        assert_eq!(d.fallback, Fallback::Nice10, "{d:?}");
         eprintln!("no cpu.idle here: {}", d.reason);
     }
     // Both spin on one CPU: status's capacity sees live using it, and
@@ -966,7 +976,7 @@ fn unprivileged_mode_degrades_to_nice_and_says_so() {
     assert!(out.status.success(), "{out:?}");
     let events = read_events(&events);
     let g = governed(&events);
-    assert_eq!(g.mode, "unprivileged");
+    assert_eq!(g.mode, Mode::Unprivileged);
     assert_eq!(g.cgroup, None);
     assert_eq!(
         g.limits.get(&LimitName::Nice),
@@ -1043,7 +1053,7 @@ fn delegated_mode_governs_inside_the_delegated_subtree() {
     assert!(out.status.success(), "{out:?}");
     let events = read_events(&events);
     let g = governed(&events);
-    assert_eq!(g.mode, "delegated", "{events:?}");
+    assert_eq!(g.mode, Mode::Delegated, "{events:?}");
     let rel = subtree.strip_prefix("/sys/fs/cgroup").unwrap();
     let cgroup = g.cgroup.clone().unwrap();
     assert!(

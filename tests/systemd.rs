@@ -15,6 +15,8 @@
 )]
 mod common;
 
+use ffrtmp::events::{Fallback, Mode};
+
 use std::{
     fs,
     path::Path,
@@ -538,7 +540,7 @@ fn run_as_root_makes_its_job_a_scope_part_of_its_unit() {
         .unwrap_or_else(|| panic!("no degraded cpu_weight: {events:?}"));
     say(&format!("run without a system bus: {degraded:?}"));
     assert!(degraded.reason.contains("system bus"), "{degraded:?}");
-    assert_eq!(degraded.fallback, "nice 10");
+    assert_eq!(degraded.fallback, Fallback::Nice10);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&job));
     assert!(!Path::new("/sys/fs/cgroup/ffrtmp").join(&job).exists());
 }
@@ -722,7 +724,7 @@ fn the_guides_worker_agent_runs_jobs_in_its_delegated_subtree() {
     };
     let subtree = format!("/system.slice/{unit}");
     let job = g.cgroup.clone().expect("a job cgroup");
-    assert_eq!(g.mode, "delegated", "{g:?}");
+    assert_eq!(g.mode, Mode::Delegated, "{g:?}");
     assert!(job.starts_with(&format!("{subtree}/ffrtmp/")), "{job}");
     assert_eq!(cpu_quota(&job), "30000");
     let stream = g.pid;

@@ -2,6 +2,8 @@
 //! makes real processes, and checks what the stream says about them.
 mod common;
 
+use ffrtmp::events::Fallback;
+
 use std::{
     collections::HashSet,
     io::BufRead as _,
@@ -387,7 +389,7 @@ fn auto_falls_back_to_procfs_when_not_privileged_and_says_why() {
         _ => None,
     });
     let d = degraded.expect("a degraded event before started");
-    assert_eq!(d.fallback, "procfs");
+    assert_eq!(d.fallback, Fallback::Procfs);
     assert!(d.reason.contains("eBPF"), "{}", d.reason);
     let mut child = Command::new("/bin/sleep").arg("0.5").spawn().unwrap();
     let pid = child.id();

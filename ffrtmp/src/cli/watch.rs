@@ -17,7 +17,7 @@ use crate::{
     },
     errors::chain,
     events::{
-        Degraded, Sinks,
+        CgroupLayout, Degraded, Fallback, Mode, Sinks,
         file::{LineFile, Reopen, Reopening},
         metrics::Metrics,
         queued::{Queue, Queued},
@@ -115,7 +115,7 @@ pub(super) fn run(args: WatchArgs) -> ExitCode {
 struct Governing {
     governor: Option<Governor<Machine>>,
     pressure: Option<PressureWatch>,
-    mode_and_layout: Option<(&'static str, &'static str)>,
+    mode_and_layout: Option<(Mode, CgroupLayout)>,
 }
 
 fn governing(
@@ -135,7 +135,7 @@ fn governing(
         Err(e) if e.is_usage() => return Err(exit::fail(exit::USAGE, &e)),
         Err(e) => return Err(exit::fail(exit::FAILURE, &e)),
     };
-    let mode_and_layout = Some((ctx.mode.as_str(), ctx.layout.kind().as_str()));
+    let mode_and_layout = Some((ctx.mode, ctx.layout.kind()));
     notes.extend(migration_speed(&ctx, args.favordynmods));
     // Its own thread, started before the governing thread asks for its
     // scheduler slice.
@@ -236,7 +236,7 @@ fn migration_speed(ctx: &Context, enable: bool) -> Option<Degraded> {
     Some(Degraded {
         limit: None,
         reason: format!("{reason} (docs/OPERATIONS.md)"),
-        fallback: "slow migrations".into(),
+        fallback: Fallback::SlowMigrations,
     })
 }
 

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::{Degraded, Event, ProcessId, Source, Timestamp},
+    events::{Degraded, Event, Fallback, ProcessId, Source, Timestamp},
     govern::{
         Context, GovernError, JobCgroup,
         layout::CgroupPath,
@@ -312,10 +312,10 @@ impl Maker {
                 Source::Ffrtmp,
                 Degraded {
                     limit: None,
-                    reason: format!("process {pid} ({rule}): its job cgroup: {why}"),
-                    fallback: format!(
-                        "stays in {path}, under the rule's limits; tried again while it runs"
+                    reason: format!(
+                        "process {pid} ({rule}): its job cgroup: {why}; it stays in {path}, under the rule's limits, and is tried again while it runs"
                     ),
+                    fallback: Fallback::Staging,
                 },
             ),
             Event::new(

@@ -21,8 +21,8 @@ use super::{
 };
 use crate::{
     events::{
-        Degraded, Event, EventError, Pressure, SCHEMA_VERSION, Sinks, Source, Started, Timestamp,
-        file::Reopen, node::process_key,
+        CgroupLayout, Degraded, Event, EventError, Fallback, Mode, Pressure, SCHEMA_VERSION, Sinks,
+        Source, Started, Timestamp, file::Reopen, node::process_key,
     },
     govern::caps::{Caps, Need},
     observe::{self, Backend, ObserveError, Observer, Options},
@@ -42,7 +42,7 @@ pub(crate) struct Daemon {
     pub(crate) governor: Option<Governor<Machine>>,
     pub(crate) pressure: Option<PressureWatch>,
     /// The mode and the cgroup layout, when it governs.
-    pub(crate) mode_and_layout: Option<(&'static str, &'static str)>,
+    pub(crate) mode_and_layout: Option<(Mode, CgroupLayout)>,
     /// Said before `started`.
     pub(crate) notes: Vec<Degraded>,
     /// Asks the `--events` file to be reopened by name (SIGHUP).
@@ -119,7 +119,7 @@ fn start(
     options: &Options,
     stream: &mut DaemonStream,
     governs: bool,
-    mode_and_layout: Option<(&'static str, &'static str)>,
+    mode_and_layout: Option<(Mode, CgroupLayout)>,
 ) -> anyhow::Result<Box<dyn Observer>> {
     // Ready before `started`: from that event on, nothing is missed.
     let started = observe::start(options).map_err(|e| match options.backend {
@@ -134,7 +134,7 @@ fn start(
             Degraded {
                 limit: None,
                 reason,
-                fallback: "procfs".into(),
+                fallback: Fallback::Procfs,
             },
         ))?;
     }
@@ -160,8 +160,8 @@ fn start(
                 observe::proc::Stat::read(pid).ok().map(|s| s.start_ticks),
             ),
             backend: observer.name().into(),
-            mode: mode_and_layout.map(|(mode, _)| mode.into()),
-            layout: mode_and_layout.map(|(_, layout)| layout.into()),
+            mode: mode_and_layout.map(|(mode, _)| mode),
+            layout: mode_and_layout.map(|(_, layout)| layout),
         },
     ))?;
     Ok(observer)

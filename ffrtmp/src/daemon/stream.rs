@@ -338,7 +338,7 @@ mod tests {
                 process_key: None,
                 job_id: format!("job-{pid}"),
                 cgroup: None,
-                mode: "privileged".into(),
+                mode: crate::events::Mode::Privileged,
                 limits: Default::default(),
                 tier: None,
                 rule: Some("r".into()),

@@ -35,7 +35,102 @@ pub type Limits = std::collections::BTreeMap<LimitName, serde_json::Value>;
 /// 2: `host`, `boot_id` and `process_key`; durations in integer
 /// microseconds (`exit.duration_us`, `pressure.window_us`); limits that
 /// are one number are JSON integers.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: `degraded.fallback`, `governed.mode`, `started.mode` and
+/// `started.layout` are enumerations; a process left in its staging
+/// cgroup says `fallback: staging` (its reason names the cgroup).
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// How much ffrtmp may do on this node (`governed.mode`, `started.mode`).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Cgroups anywhere (root, or CAP_DAC_OVERRIDE on v2).
+    Privileged,
+    /// Only in a subtree delegated to ffrtmp's user.
+    Delegated,
+    /// No cgroups: nice only.
+    Unprivileged,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Privileged => "privileged",
+            Mode::Delegated => "delegated",
+            Mode::Unprivileged => "unprivileged",
+        }
+    }
+}
+
+/// The node's cgroup layout (`started.layout`).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupLayout {
+    /// Pure cgroup v2.
+    V2,
+    /// cgroup v1 only.
+    V1,
+    /// v1 controllers beside a v2 hierarchy.
+    Hybrid,
+}
+
+impl CgroupLayout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupLayout::V2 => "v2",
+            CgroupLayout::V1 => "v1",
+            CgroupLayout::Hybrid => "hybrid",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Mode, CgroupLayout, Fallback);
+
+/// What ffrtmp does instead of what it could not do (`degraded.fallback`).
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fallback {
+    /// Nothing stands in for it.
+    #[serde(rename = "none")]
+    None,
+    /// The job runs at nice 10 (a limit deciding its CPU share could not
+    /// be applied).
+    #[serde(rename = "nice 10")]
+    Nice10,
+    /// Governing waits for an RCU grace period per move (favordynmods off).
+    #[serde(rename = "slow migrations")]
+    SlowMigrations,
+    /// New processes are found by polling /proc.
+    #[serde(rename = "procfs")]
+    Procfs,
+    /// The process stays in its rule's staging cgroup, under the rule's
+    /// limits, and its own job is tried again while it runs.
+    #[serde(rename = "staging")]
+    Staging,
+}
+
+impl Fallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::None => "none",
+            Fallback::Nice10 => "nice 10",
+            Fallback::SlowMigrations => "slow migrations",
+            Fallback::Procfs => "procfs",
+            Fallback::Staging => "staging",
+        }
+    }
+}
 
 /// Errors while writing events.
 #[derive(Debug, thiserror::Error)]
@@ -200,13 +295,12 @@ pub struct Started {
     /// The backend that observes processes (`ebpf`, `procfs`): its name,
     /// not an event [`Source`], so a new backend needs no new source.
     pub backend: String,
-    /// `privileged`, `delegated` or `unprivileged`; null when it governs
-    /// nothing (`--observe-only`).
+    /// Null when it governs nothing (`--observe-only`).
     #[serde(default)]
-    pub mode: Option<String>,
-    /// The cgroup layout: `v2`, `v1` or `hybrid`; null with `--observe-only`.
+    pub mode: Option<Mode>,
+    /// Null with `--observe-only`.
     #[serde(default)]
-    pub layout: Option<String>,
+    pub layout: Option<CgroupLayout>,
 }
 
 /// A program was executed (or, with `adopted`, was already running).
@@ -281,8 +375,7 @@ pub struct Governed {
     /// The job's cgroup path (the same in every v1 hierarchy); `null` in
     /// unprivileged mode.
     pub cgroup: Option<String>,
-    /// `privileged`, `delegated` or `unprivileged`.
-    pub mode: String,
+    pub mode: Mode,
     /// What is in force, read back from the kernel (v2 syntax).
     pub limits: Limits,
     /// The job's tier (`live`, `standard`, `batch`): its rule's, or `run`'s
@@ -427,8 +520,8 @@ pub struct Degraded {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitName>,
     pub reason: String,
-    /// What ffrtmp does instead (e.g. `procfs`).
-    pub fallback: String,
+    /// What ffrtmp does instead.
+    pub fallback: Fallback,
 }
 
 impl Degraded {
@@ -437,7 +530,7 @@ impl Degraded {
         Degraded {
             limit: None,
             reason,
-            fallback: "none".into(),
+            fallback: Fallback::None,
         }
     }
 }
@@ -538,8 +631,8 @@ pub(crate) mod tests {
                     pid: 7,
                     process_key: Some("8ad1f4a3-3f5e-4c8e-9a61-2b1f0c9d7e21:987:42".into()),
                     backend: "ebpf".into(),
-                    mode: Some("privileged".into()),
-                    layout: Some("hybrid".into()),
+                    mode: Some(crate::events::Mode::Privileged),
+                    layout: Some(crate::events::CgroupLayout::Hybrid),
                 },
             ),
             Event::new(
@@ -603,7 +696,7 @@ pub(crate) mod tests {
                     process_key: None,
                     job_id: "ffmpeg-42".into(),
                     cgroup: Some("/ffrtmp/ffmpeg-42".into()),
-                    mode: "privileged".into(),
+                    mode: crate::events::Mode::Privileged,
                     limits: serde_json::from_str(r#"{"cpu_max":"20000 100000","nice":5}"#).unwrap(),
                     tier: None,
                     rule: Some("ffmpeg".into()),
@@ -678,7 +771,7 @@ pub(crate) mod tests {
                 Degraded {
                     limit: None,
                     reason: "eBPF unavailable: permission denied".into(),
-                    fallback: "procfs".into(),
+                    fallback: crate::events::Fallback::Procfs,
                 },
             ),
             Event::new(
@@ -740,7 +833,7 @@ pub(crate) mod tests {
             process_key: None,
             job_id: "j".into(),
             cgroup: None,
-            mode: "unprivileged".into(),
+            mode: crate::events::Mode::Unprivileged,
             limits: Default::default(),
             tier: None,
             rule: None,

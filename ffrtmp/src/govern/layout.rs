@@ -33,25 +33,8 @@ pub enum LayoutError {
     BadRoot(String),
 }
 
-/// Which hierarchy governs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    V2,
-    V1,
-    Hybrid,
-}
-
-impl Kind {
-    /// As `status` and the `started` event write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::V2 => "v2",
-            Kind::V1 => "v1",
-            Kind::Hybrid => "hybrid",
-        }
-    }
-}
+/// Which hierarchy governs: the event contract's type (`started.layout`).
+pub use crate::events::CgroupLayout as Kind;
 
 /// A mounted hierarchy: where it is mounted, and which cgroup path its
 /// mount point shows (not `/` inside some containers).

@@ -62,8 +62,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
-
 use crate::limits::{Applied, JobId, Limits, Tier};
 pub use caps::{Cap, has_cap};
 use caps::{Caps, Need};
@@ -128,24 +126,8 @@ impl GovernError {
     }
 }
 
-/// How much ffrtmp may do here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Privileged,
-    Delegated,
-    Unprivileged,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Privileged => "privileged",
-            Mode::Delegated => "delegated",
-            Mode::Unprivileged => "unprivileged",
-        }
-    }
-}
+/// How much ffrtmp may do here: the event contract's type (`mode`).
+pub(crate) use crate::events::Mode;
 
 /// Writes `value` to a control file and reads it back (trimmed), for
 /// [`crate::limits::Files`]. A file that does not exist is one this kernel

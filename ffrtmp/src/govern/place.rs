@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::{self, Degraded, Governed, ProcessId},
+    events::{self, Degraded, Fallback, Governed, ProcessId},
     limits::{LimitName, Tier},
 };
 
@@ -110,7 +110,7 @@ pub(crate) fn place(
                 placement.degradations.push(Degraded {
                     limit: Some(limit),
                     reason: format!("process {pid} could not be moved into its cgroup: {reason}"),
-                    fallback: "none".into(),
+                    fallback: Fallback::None,
                 });
             }
         }
@@ -153,7 +153,7 @@ pub(crate) fn place(
             Err(e) => placement.degradations.push(Degraded {
                 limit: Some(limit),
                 reason: chain(&e).to_string(),
-                fallback: "none".into(),
+                fallback: Fallback::None,
             }),
         }
     }
@@ -236,7 +236,7 @@ pub(crate) fn governed(
         process_key: process.key(),
         job_id: job_id.to_string(),
         cgroup: cgroup.map(String::from),
-        mode: mode.as_str().to_string(),
+        mode,
         limits,
         tier,
         rule,

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::Degraded,
+    events::{Degraded, Fallback},
     limits::{Applied, JobId, LimitName, Limits, Nice, OomScoreAdj, Tier},
 };
 
@@ -30,8 +30,8 @@ pub(crate) struct Plan {
     /// Nice to set on the workload (asked, or the fallback).
     pub nice: Option<i32>,
     pub oom_score_adj: Option<i32>,
-    /// What stands in for refused CPU limits: `nice 10` or `none`.
-    pub cpu_fallback: String,
+    /// What stands in for refused CPU limits: nice 10, or nothing.
+    pub cpu_fallback: Fallback,
     /// The job's tier, when it has one ([`Plan::labelled`]).
     pub tier: Option<Tier>,
     /// What else was not done, about no limit.
@@ -213,9 +213,9 @@ impl Plan {
         let cpu_failed = applied.failures.iter().any(|f| nice_stands_in(f.limit));
         let cpu_fallback = if cpu_failed && nice.is_none() && limits.nice.is_none() {
             nice = Some(NICE_FALLBACK);
-            format!("nice {NICE_FALLBACK}")
+            Fallback::Nice10
         } else {
-            "none".to_string()
+            Fallback::None
         };
         Plan {
             cgroup,
@@ -255,9 +255,9 @@ impl Plan {
                 limit: Some(f.limit),
                 reason: f.reason.clone(),
                 fallback: if nice_stands_in(f.limit) {
-                    self.cpu_fallback.clone()
+                    self.cpu_fallback
                 } else {
-                    "none".into()
+                    Fallback::None
                 },
             })
             .chain(self.notes.iter().cloned())

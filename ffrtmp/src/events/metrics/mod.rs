@@ -255,8 +255,8 @@ impl Metrics {
                 if let Ok(mut d) = self.daemon.0.lock() {
                     *d = Some(labels([
                         ("backend", &s.backend),
-                        ("mode", s.mode.as_deref().unwrap_or(NONE)),
-                        ("layout", s.layout.as_deref().unwrap_or(NONE)),
+                        ("mode", s.mode.map_or(NONE, super::Mode::as_str)),
+                        ("layout", s.layout.map_or(NONE, super::CgroupLayout::as_str)),
                     ]));
                 }
             }
@@ -391,7 +391,7 @@ mod tests {
                 process_key: None,
                 job_id: format!("{rule}-{pid}"),
                 cgroup: None,
-                mode: "privileged".into(),
+                mode: crate::events::Mode::Privileged,
                 limits: Default::default(),
                 tier,
                 rule: Some(rule.into()),
@@ -444,7 +444,7 @@ mod tests {
                 pid: 1,
                 process_key: None,
                 backend: "ebpf".into(),
-                mode: Some("privileged".into()),
+                mode: Some(crate::events::Mode::Privileged),
                 layout: None,
             },
         ));
@@ -467,7 +467,7 @@ mod tests {
             Degraded {
                 limit: Some(LimitName::CpuIdle),
                 reason: "old kernel".into(),
-                fallback: "nice 10".into(),
+                fallback: crate::events::Fallback::Nice10,
             },
         ));
         let dropped = Arc::new(AtomicU64::new(5));
