@@ -62,7 +62,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::limits::{Applied, JobId, Limits, Tier};
+use crate::limits::{Applied, FileError, JobId, Limits, Tier};
 pub use caps::{Cap, has_cap};
 use caps::{Caps, Need};
 use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
@@ -130,30 +130,25 @@ impl GovernError {
 pub(crate) use crate::events::Mode;
 
 /// Writes `value` to a control file and reads it back (trimmed), for
-/// [`crate::limits::Files`]. A file that does not exist is one this kernel
-/// lacks (its controller is enabled, or its hierarchy mounted, by then).
-/// Opened without `O_CREAT`: a control file is never made, and cgroupfs
-/// answers a create with EACCES, which would hide the missing file.
-fn write_and_read_back(path: &Path, value: &str) -> Result<String, String> {
-    let written = fs::OpenOptions::new()
+/// [`crate::limits::Files`]. Opened without `O_CREAT`: a control file is
+/// never made, and cgroupfs answers a create with EACCES, which would hide
+/// the missing file.
+fn write_and_read_back(path: &Path, value: &str) -> Result<String, FileError> {
+    fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()));
-    if let Err(e) = written {
-        let lacks = if e.kind() == io::ErrorKind::NotFound {
-            let file = path.file_name().unwrap_or_default().to_string_lossy();
-            format!(": this kernel has no {file}")
-        } else {
-            String::new()
-        };
-        return Err(format!(
-            "writing {value:?} to {}: {e}{lacks}",
-            path.display()
-        ));
-    }
+        .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()))
+        .map_err(|source| FileError::Write {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        })?;
     crate::observe::proc::read_text(path)
         .map(|s| s.trim().to_string())
-        .map_err(|e| format!("reading back {}: {e}", path.display()))
+        .map_err(|source| FileError::ReadBack {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// A job's cgroup statistics for its exit report; `None` when unknown.

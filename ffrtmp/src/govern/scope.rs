@@ -63,7 +63,7 @@ use super::{
     layout::CgroupPath,
     pid_in_cgroup, systemd,
 };
-use crate::limits::{Applied, Files, JobId, Limit, Limits, Visit};
+use crate::limits::{Applied, FileError, Files, JobId, Limit, Limits, Visit};
 
 /// How long one call to systemd may take before the job is given up for
 /// now (it stays in staging and is tried again).
@@ -427,11 +427,14 @@ struct ReadBack<'a> {
 }
 
 impl Files for ReadBack<'_> {
-    fn write(&self, _controller: &'static str, file: &str, value: &str) -> Result<String, String> {
+    fn write(&self, file: &str, value: &str) -> Result<String, FileError> {
         let path = self.dir.join(file);
         let back = crate::observe::proc::read_text(&path)
             .map(|s| s.trim().to_string())
-            .map_err(|e| format!("reading back {}: {e}", path.display()))?;
+            .map_err(|source| FileError::ReadBack {
+                path: path.clone(),
+                source,
+            })?;
         let mut wanted = value.split_whitespace();
         let first = wanted.next().unwrap_or_default();
         let holds = back.lines().any(|line| {
@@ -444,10 +447,11 @@ impl Files for ReadBack<'_> {
         if holds {
             Ok(back)
         } else {
-            Err(format!(
-                "systemd set {} to {back:?}, not {value:?}",
-                path.display()
-            ))
+            Err(FileError::Differs {
+                path,
+                back,
+                value: value.to_string(),
+            })
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{
     layout::{CgroupPath, Mount},
     write_and_read_back,
 };
-use crate::limits::{Applied, Files, Limit, Limits, Visit};
+use crate::limits::{Applied, FileError, Files, Limit, Limits, Visit};
 
 /// A job's cgroups, one per v1 hierarchy (co-mounted controllers share one).
 #[derive(Debug)]
@@ -99,18 +99,12 @@ impl Dirs {
         (!dirs.is_empty()).then_some(Dirs { dirs })
     }
 
-    fn file(&self, controller: &str, file: &str) -> Result<PathBuf, String> {
-        self.dirs
-            .get(controller)
-            .map(|d| d.join(file))
-            .ok_or_else(|| format!("the {controller} controller is not mounted"))
-    }
-
-    fn read(&self, controller: &str, file: &str) -> Result<String, String> {
-        let path = self.file(controller, file)?;
+    /// A statistics file of `controller`'s hierarchy, trimmed.
+    fn read(&self, controller: &str, file: &str) -> Option<String> {
+        let path = self.dirs.get(controller)?.join(file);
         crate::observe::proc::read_text(&path)
+            .ok()
             .map(|s| s.trim().to_string())
-            .map_err(|e| format!("reading back {}: {e}", path.display()))
     }
 
     pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
@@ -121,7 +115,7 @@ impl Dirs {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let read = |c: &str, f: &str| self.read(c, f).ok();
+        let read = |c: &str, f: &str| self.read(c, f);
         let oom_kill = read("memory", "memory.oom_control").and_then(|t| {
             t.lines()
                 .find_map(|l| l.strip_prefix("oom_kill "))
@@ -152,13 +146,25 @@ impl Dirs {
     }
 }
 
-impl Files for Dirs {
-    fn write(&self, controller: &'static str, file: &str, value: &str) -> Result<String, String> {
-        write_and_read_back(&self.file(controller, file)?, value)
+/// A job's files in one controller's hierarchy: what a limit whose row
+/// names that controller writes.
+struct InHierarchy<'a> {
+    job: &'a Dirs,
+    controller: &'static str,
+}
+
+impl Files for InHierarchy<'_> {
+    fn write(&self, file: &str, value: &str) -> Result<String, FileError> {
+        let dir = self
+            .job
+            .dirs
+            .get(self.controller)
+            .ok_or(FileError::NotMounted(self.controller))?;
+        write_and_read_back(&dir.join(file), value)
     }
 }
 
-/// Writes each cgroup limit to its own hierarchy.
+/// Writes each cgroup limit to its own hierarchy (its row's controller).
 struct Apply<'a> {
     job: &'a Dirs,
     applied: Applied,
@@ -166,8 +172,12 @@ struct Apply<'a> {
 
 impl Visit for Apply<'_> {
     fn visit<L: Limit>(&mut self, limit: &L) {
-        if L::CGROUP.is_some() {
-            self.applied.record(L::NAME, limit.apply_v1(self.job));
+        if let Some(controllers) = L::CGROUP {
+            let files = InHierarchy {
+                job: self.job,
+                controller: controllers.v1,
+            };
+            self.applied.record(L::NAME, limit.apply_v1(&files));
         }
     }
 }

@@ -11,7 +11,7 @@ use super::{
     layout::{CgroupPath, Mount},
     write_and_read_back,
 };
-use crate::limits::{Applied, Files, Limit, Limits, Visit};
+use crate::limits::{Applied, FileError, Files, Limit, Limits, Visit};
 
 /// A job's cgroup in the v2 hierarchy.
 #[derive(Debug)]
@@ -134,7 +134,7 @@ impl Dir {
 }
 
 impl Files for Dir {
-    fn write(&self, _controller: &'static str, file: &str, value: &str) -> Result<String, String> {
+    fn write(&self, file: &str, value: &str) -> Result<String, FileError> {
         write_and_read_back(&self.dir.join(file), value)
     }
 }

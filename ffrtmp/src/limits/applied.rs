@@ -22,8 +22,8 @@ impl Outcome {
     }
 }
 
-impl From<Result<Value, String>> for Outcome {
-    fn from(r: Result<Value, String>) -> Self {
+impl<E: ToString> From<Result<Value, E>> for Outcome {
+    fn from(r: Result<Value, E>) -> Self {
         match r {
             Ok(v) => Outcome {
                 value: Some(v),
@@ -31,7 +31,7 @@ impl From<Result<Value, String>> for Outcome {
             },
             Err(reason) => Outcome {
                 value: None,
-                failures: vec![reason],
+                failures: vec![reason.to_string()],
             },
         }
     }

@@ -5,7 +5,7 @@ use std::{fmt, str::FromStr};
 use serde_json::Value;
 
 use super::{
-    Controllers, Files, Limit, LimitError, Outcome, Property,
+    Controllers, FileError, Files, Limit, LimitError, Outcome, Property,
     values::{int_in, write_number},
 };
 
@@ -72,7 +72,7 @@ impl Limit for CpuMax {
 
     fn apply_v2(&self, files: &dyn Files) -> Outcome {
         files
-            .write("cpu", "cpu.max", &self.to_string())
+            .write("cpu.max", &self.to_string())
             .map(Value::String)
             .into()
     }
@@ -80,13 +80,13 @@ impl Limit for CpuMax {
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
         let written = || {
             // Period first: the kernel checks the quota against it.
-            let period = files.write("cpu", "cpu.cfs_period_us", &self.period.to_string())?;
+            let period = files.write("cpu.cfs_period_us", &self.period.to_string())?;
             let quota = self
                 .quota
                 .map_or_else(|| "-1".to_string(), |q| q.to_string());
-            let quota = files.write("cpu", "cpu.cfs_quota_us", &quota)?;
+            let quota = files.write("cpu.cfs_quota_us", &quota)?;
             let quota = if quota == "-1" { "max".into() } else { quota };
-            Ok(Value::String(format!("{quota} {period}")))
+            Ok::<_, FileError>(Value::String(format!("{quota} {period}")))
         };
         written().into()
     }
@@ -130,11 +130,11 @@ impl Limit for CpuMaxBurst {
     }
 
     fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu", "cpu.max.burst", self.0)
+        write_number(files, "cpu.max.burst", self.0)
     }
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu", "cpu.cfs_burst_us", self.0)
+        write_number(files, "cpu.cfs_burst_us", self.0)
     }
 }
 
@@ -157,17 +157,18 @@ impl Limit for CpuWeight {
     }
 
     fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu", "cpu.weight", self.0)
+        write_number(files, "cpu.weight", self.0)
     }
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
         let shares = (u64::from(self.0) * SHARES_PER_WEIGHT_100 / 100).max(2);
         files
-            .write("cpu", "cpu.shares", &shares.to_string())
+            .write("cpu.shares", &shares.to_string())
             .and_then(|back| {
-                let shares: u64 = back
-                    .parse()
-                    .map_err(|_| format!("cpu.shares reads {back:?}"))?;
+                let shares: u64 = back.parse().map_err(|_| FileError::Unexpected {
+                    file: "cpu.shares".into(),
+                    back: back.clone(),
+                })?;
                 Ok(Value::from((shares * 100).div_ceil(SHARES_PER_WEIGHT_100)))
             })
             .into()
@@ -200,11 +201,11 @@ impl Limit for CpuIdle {
     }
 
     fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu", "cpu.idle", u8::from(self.0))
+        write_number(files, "cpu.idle", u8::from(self.0))
     }
 
     fn apply_v1(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu", "cpu.idle", u8::from(self.0))
+        write_number(files, "cpu.idle", u8::from(self.0))
     }
 
     /// systemd's `CPUWeight=idle` (since 252) is weight 0 on the bus,

@@ -37,7 +37,7 @@ impl Limit for IoMax {
     /// refused is a failure of its own, the others stay reported.
     fn apply_v2(&self, files: &dyn Files) -> Outcome {
         self.each(|dev| {
-            let back = files.write("io", "io.max", &dev.to_string())?;
+            let back = files.write("io.max", &dev.to_string())?;
             let prefix = format!("{}:{} ", dev.major, dev.minor);
             back.lines()
                 .find(|l| l.starts_with(&prefix))
@@ -222,7 +222,7 @@ impl IoLine {
                 Count::Max => 0,
                 Count::N(n) => n,
             };
-            let back = files.write("blkio", file, &format!("{device} {n}"))?;
+            let back = files.write(file, &format!("{device} {n}"))?;
             let line = back.lines().find(|l| l.starts_with(&format!("{device} ")));
             match (value, line) {
                 (Count::Max, None) => parts.push(format!("{key}=max")),

@@ -2,7 +2,7 @@
 //! threshold (`memory.high`; v1 has none, its soft limit is the closest).
 use serde_json::Value;
 
-use super::{Controllers, Files, Limit, LimitError, Outcome, Property, Size};
+use super::{Controllers, FileError, Files, Limit, LimitError, Outcome, Property, Size};
 
 const MEMORY: Option<Controllers> = Some(Controllers {
     v2: "memory",
@@ -93,7 +93,7 @@ fn property(name: &'static str, size: Size) -> Property {
 
 fn v2(files: &dyn Files, file: &str, size: Size) -> Outcome {
     files
-        .write("memory", file, &size.to_string())
+        .write(file, &size.to_string())
         .map(super::values::number_or_text)
         .into()
 }
@@ -104,9 +104,12 @@ fn v1(files: &dyn Files, file: &str, size: Size) -> Outcome {
         Size::Bytes(n) => n.to_string(),
     };
     files
-        .write("memory", file, &value)
+        .write(file, &value)
         .and_then(|back| {
-            let n: u64 = back.parse().map_err(|_| format!("{file} reads {back:?}"))?;
+            let n: u64 = back.parse().map_err(|_| FileError::Unexpected {
+                file: file.into(),
+                back: back.clone(),
+            })?;
             Ok(if n >= V1_MEMORY_UNLIMITED_MIN {
                 Value::String("max".into())
             } else {

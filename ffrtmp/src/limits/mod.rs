@@ -97,12 +97,65 @@ pub struct Controllers {
     pub v1: &'static str,
 }
 
-/// A job's cgroup files, as a limit writes them.
+/// A job's cgroup files of one limit's controller, as the limit writes
+/// them: the controller comes from the limit's row ([`Limit::CGROUP`]),
+/// never from the limit's code (on v2 every file is in the one job
+/// directory; on v1, in that controller's hierarchy).
 pub trait Files {
-    /// Writes `value` to `file` in `controller`'s hierarchy (on v2, the one
-    /// job directory) and returns the file's text as the kernel reads it
-    /// back, trimmed. The error names the file, the value and the errno.
-    fn write(&self, controller: &'static str, file: &str, value: &str) -> Result<String, String>;
+    /// Writes `value` to `file` and returns the file's text as the kernel
+    /// reads it back, trimmed.
+    fn write(&self, file: &str, value: &str) -> Result<String, FileError>;
+}
+
+/// Why a limit's file was not written as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The kernel refused the write (a file that does not exist is one this
+    /// kernel lacks: its controller is enabled, or its hierarchy mounted,
+    /// by then).
+    #[error("writing {value:?} to {}: {source}{}", path.display(), lacking(path, source))]
+    Write {
+        path: std::path::PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("reading back {}: {source}", path.display())]
+    ReadBack {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The file reads back something that is not the limit's value.
+    #[error("{file} reads {back:?}")]
+    Unexpected { file: String, back: String },
+    /// v1: the limit's hierarchy is not mounted.
+    #[error("the {0} controller is not mounted")]
+    NotMounted(&'static str),
+    /// A scope's file, as systemd wrote it, is not what ffrtmp would have
+    /// written.
+    #[error("systemd set {} to {back:?}, not {value:?}", path.display())]
+    Differs {
+        path: std::path::PathBuf,
+        back: String,
+        value: String,
+    },
+}
+
+/// `: this kernel has no FILE` when the write found no such file.
+fn lacking(path: &std::path::Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        format!(": this kernel has no {file}")
+    } else {
+        String::new()
+    }
+}
+
+/// A limit's failure reason (the `reason` of its `degraded` event) is the
+/// error's text.
+impl From<FileError> for String {
+    fn from(e: FileError) -> Self {
+        e.to_string()
+    }
 }
 
 /// Its name, from the table (implemented by the table for each row).

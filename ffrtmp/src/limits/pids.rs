@@ -41,7 +41,7 @@ impl Limit for PidsMax {
 
 fn write(files: &dyn Files, max: Count) -> Outcome {
     files
-        .write("pids", "pids.max", &max.to_string())
+        .write("pids.max", &max.to_string())
         .map(super::values::number_or_text)
         .into()
 }

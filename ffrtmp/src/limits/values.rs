@@ -89,21 +89,23 @@ pub(super) fn number_or_text(back: String) -> Value {
 }
 
 /// A control file's read-back text as a JSON number.
-pub(super) fn number(file: &str, back: &str) -> Result<Value, String> {
+pub(super) fn number(file: &str, back: &str) -> Result<Value, super::FileError> {
     back.parse::<u64>()
         .map(Value::from)
-        .map_err(|_| format!("{file} reads {back:?}"))
+        .map_err(|_| super::FileError::Unexpected {
+            file: file.into(),
+            back: back.into(),
+        })
 }
 
 /// Writes `value` to `file` and reports it read back as a number.
 pub(super) fn write_number(
     files: &dyn super::Files,
-    controller: &'static str,
     file: &str,
     value: impl fmt::Display,
 ) -> super::Outcome {
     files
-        .write(controller, file, &value.to_string())
+        .write(file, &value.to_string())
         .and_then(|back| number(file, &back))
         .into()
 }
