@@ -13,6 +13,13 @@
 //! crash, and the user side refuses to load without all offsets resolved.
 #![no_std]
 #![no_main]
+// Every helper is inlined into its program: each program is then one
+// function, checked by the verifier as a whole, with no BPF-to-BPF call
+// (whose support and cost vary across the kernels we load on).
+#![allow(
+    clippy::inline_always,
+    reason = "kernel programs are one function each (see above)"
+)]
 
 use core::{
     ffi::c_void,
@@ -95,14 +102,14 @@ fn wake_flags(now: u64) -> u64 {
         return 0; // cannot happen (index 0 of a 1-entry array); default rule
     };
     let half_full =
-        EVENTS.query(BPF_RB_AVAIL_DATA as u64) * 2 >= EVENTS.query(BPF_RB_RING_SIZE as u64);
+        EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) * 2 >= EVENTS.query(u64::from(BPF_RB_RING_SIZE));
     // SAFETY: a valid map value pointer; a torn read is impossible for u64.
     unsafe {
         if now.wrapping_sub(*last) >= WAKE_COALESCE_NS || half_full {
             *last = now;
-            BPF_RB_FORCE_WAKEUP as u64
+            u64::from(BPF_RB_FORCE_WAKEUP)
         } else {
-            BPF_RB_NO_WAKEUP as u64
+            u64::from(BPF_RB_NO_WAKEUP)
         }
     }
 }
@@ -111,29 +118,41 @@ fn wake_flags(now: u64) -> u64 {
 fn offsets() -> Offsets {
     // Volatile: the value is patched into .rodata at load time, so the
     // compiler must not fold the all-zero initialiser.
-    unsafe { read_volatile(&FFRTMP_OFFSETS) }
+    // SAFETY: a static's address, aligned and initialised; nothing writes
+    // it after load.
+    unsafe { read_volatile(&raw const FFRTMP_OFFSETS) }
 }
 
 #[inline(always)]
 fn self_tgid() -> u32 {
-    unsafe { read_volatile(&FFRTMP_SELF_TGID) }
+    // SAFETY: as in `offsets`: a static patched at load, read-only after.
+    unsafe { read_volatile(&raw const FFRTMP_SELF_TGID) }
 }
 
 #[inline(always)]
 fn filtering() -> bool {
-    unsafe { read_volatile(&FFRTMP_FILTER) != 0 }
+    // SAFETY: as in `offsets`: a static patched at load, read-only after.
+    unsafe { read_volatile(&raw const FFRTMP_FILTER) != 0 }
 }
 
 /// Reads a `T` at `base + off` from kernel memory.
+///
+/// # Safety
+/// None is needed for memory safety: the helper copies through the
+/// kernel's fault-tolerant path and fails on a bad address. `unsafe` only
+/// because `base.add` is pointer arithmetic on a kernel address.
 #[inline(always)]
 unsafe fn read_at<T>(base: *const u8, off: u32) -> Result<T, i32> {
-    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }
+    // SAFETY: the pointer is only handed to bpf_probe_read_kernel, which
+    // checks it; `add` does not dereference.
+    unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()) }
 }
 
 #[inline(always)]
 fn count_lost() {
     if let Some(counter) = LOST.get_ptr_mut(0) {
-        // Per-CPU slot: no other writer can race with us.
+        // SAFETY: a valid map value pointer to this CPU's slot: no other
+        // writer can race with us.
         unsafe { *counter += 1 };
     }
 }
@@ -144,7 +163,7 @@ fn current_tgid() -> u32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let tgid = current_tgid();
     if tgid == self_tgid() {
         return 0;
@@ -152,13 +171,13 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
     // A name the policy governs: user space must act at once.
     // SAFETY: a lookup; the value is not used.
-    let urgent = unsafe { COMMS.get(&comm) }.is_some();
+    let urgent = unsafe { COMMS.get(comm) }.is_some();
     if filtering() {
         if !urgent {
             return 0;
         }
         // Full map: the exit goes unseen (user space still governs).
-        let _ = TRACKED.insert(&tgid, &1, 0);
+        let _ = TRACKED.insert(tgid, 1, 0);
     }
     let task: *const u8 = ctx.arg(0);
     let old_pid: u64 = ctx.arg(1);
@@ -171,6 +190,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     };
     let rec = entry.as_mut_ptr();
     let mut flags = 0u32;
+    // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: `rec` points to reserved ring memory of the record's size; we
     // only write through raw pointers, never read uninitialised bytes.
@@ -187,24 +207,23 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         (*rec).comm = comm;
         (*rec).start_boottime_ns = read_at::<u64>(task, off.task_start_boottime).unwrap_or(0);
 
-        (*rec).ppid = match read_at::<*const u8>(task, off.task_real_parent) {
-            Ok(parent) => read_at::<u32>(parent, off.task_tgid).unwrap_or_else(|_| {
+        (*rec).ppid = if let Ok(parent) = read_at::<*const u8>(task, off.task_real_parent) {
+            read_at::<u32>(parent, off.task_tgid).unwrap_or_else(|_| {
                 flags |= exec_flags::PPID_UNREADABLE;
                 0
-            }),
-            Err(_) => {
-                flags |= exec_flags::PPID_UNREADABLE;
-                0
-            }
+            })
+        } else {
+            flags |= exec_flags::PPID_UNREADABLE;
+            0
         };
 
         // File name as passed to exec (kernel copy in the binprm).
         let mut name_len = 0u16;
         if let Ok(name) = read_at::<*const u8>(bprm, off.binprm_filename) {
             let n = bpf_probe_read_kernel_str(
-                addr_of_mut!((*rec).filename) as *mut c_void,
+                addr_of_mut!((*rec).filename).cast::<c_void>(),
                 FILENAME_CAP as u32,
-                name as *const c_void,
+                name.cast::<c_void>(),
             );
             if n > 0 {
                 // `n` counts the NUL.
@@ -231,7 +250,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
                 }
                 if len > 0 {
                     let rc = bpf_probe_read_user(
-                        addr_of_mut!((*rec).argv) as *mut c_void,
+                        addr_of_mut!((*rec).argv).cast::<c_void>(),
                         len as u32,
                         start as *const c_void,
                     );
@@ -249,7 +268,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     }
     // Governing waits for no coalescing window.
     entry.submit(if urgent {
-        BPF_RB_FORCE_WAKEUP as u64
+        u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         wake_flags(now)
     });
@@ -257,13 +276,13 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let off = offsets();
     let tgid = current_tgid();
     // Cheapest test first: in a storm of untracked processes, one lookup.
     // SAFETY: a lookup; the value is not used.
-    if filtering() && unsafe { TRACKED.get(&tgid) }.is_none() {
+    if filtering() && unsafe { TRACKED.get(tgid) }.is_none() {
         return 0;
     }
     // SAFETY: every read goes through bpf_probe_read_kernel.
@@ -281,7 +300,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
         if filtering() {
-            let _ = TRACKED.remove(&tgid);
+            let _ = TRACKED.remove(tgid);
         }
         match read_at::<u32>(task, off.task_flags) {
             Ok(flags) if flags & PF_KTHREAD == 0 => {}

@@ -188,6 +188,25 @@ fn habits(root: &Path, tools: &toolchain::Tools) -> anyhow::Result<()> {
         &["clippy", "--all-targets", "--", "-D", "warnings"],
         &[(SKIP_EBPF_ENV, "1")],
     )?;
+    // The kernel programs, for the BPF target (their own build needs it):
+    // the same workspace lints, SAFETY comments on every unsafe block.
+    eprintln!("==> cargo clippy, kernel programs (warnings denied)");
+    let mut ebpf = tools.nightly_cargo(root);
+    ebpf.args([
+        "clippy",
+        "--package",
+        "ffrtmp-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "target/ebpf-clippy",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    crate::run_command(&mut ebpf).context("cargo clippy of the kernel programs failed")?;
     step(
         "cargo doc (warnings denied)",
         // Private items too: the module docs are the design, and most of

@@ -43,6 +43,25 @@ impl Tools {
         cmd
     }
 
+    /// The nightly's `cargo` (the kernel programs' toolchain), with the
+    /// tools on PATH and none of the stable toolchain's variables.
+    pub(crate) fn nightly_cargo(&self, root: &Path) -> Command {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", NIGHTLY, "cargo"])
+            .current_dir(root)
+            .env("PATH", self.path());
+        for var in [
+            "CARGO",
+            "RUSTC",
+            "RUSTDOC",
+            "RUSTUP_TOOLCHAIN",
+            "RUSTC_WRAPPER",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
     /// PATH with the tools first.
     pub(crate) fn path(&self) -> std::ffi::OsString {
         let old = std::env::var_os("PATH").unwrap_or_default();
@@ -59,6 +78,7 @@ pub(crate) fn setup(root: &Path) -> anyhow::Result<Tools> {
     ensure_nightly()?;
     let info = NightlyInfo::read()?;
     ensure_rust_src(&info)?;
+    ensure_nightly_clippy()?;
     ensure_bpf_linker(&tools, &info)?;
     Ok(Tools {
         bin_dir: tools.join("bin"),
@@ -146,7 +166,25 @@ fn ensure_nightly() -> anyhow::Result<()> {
         "minimal",
         "--component",
         "rust-src",
+        "--component",
+        "clippy",
     ]))
+}
+
+/// clippy of the nightly toolchain: the kernel programs are linted with
+/// it (`cargo xtask test`), as they are built with it.
+fn ensure_nightly_clippy() -> anyhow::Result<()> {
+    let has = Command::new("rustup")
+        .args(["run", NIGHTLY, "cargo", "clippy", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has {
+        return Ok(());
+    }
+    eprintln!("xtask: adding clippy to the {NIGHTLY} toolchain");
+    run_command(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", NIGHTLY]))
 }
 
 fn ensure_rust_src(info: &NightlyInfo) -> anyhow::Result<()> {
