@@ -130,31 +130,6 @@ pub(super) fn status(args: StatusArgs) -> ExitCode {
             return exit::fail(exit::FAILURE, &e);
         }
     };
-    let v1: BTreeMap<&str, String> = ctx
-        .layout
-        .v1
-        .iter()
-        .map(|(c, m)| (c.as_str(), m.point.display().to_string()))
-        .collect();
-    let layout = json!({
-        "kind": ctx.layout.kind(),
-        "v2": ctx.layout.v2.as_ref().map(|m| m.point.display().to_string()),
-        "v2_controllers": ctx.layout.v2_controllers(),
-        "v1": v1,
-        "favordynmods": ctx.layout.favordynmods,
-        // Whether moving a running process (attach, watch) avoids an RCU
-        // grace period (govern::dynmods).
-        "fast_migrations": crate::govern::dynmods::migrations_are_fast(&ctx.layout),
-    });
-    let caps = Caps::effective();
-    let ebpf = json!({
-        "btf": Path::new(VMLINUX_BTF).exists(),
-        "capable": caps.allows(Need::Ebpf),
-    });
-    let capabilities = json!({
-        "effective": Cap::ALL.iter().filter(|c| caps.has(**c)).map(|c| c.name()).collect::<Vec<_>>(),
-        "features": caps.features(),
-    });
     let v2 = ctx.layout.kind() == crate::govern::layout::Kind::V2;
     let listed = job::list(&ctx);
     let jobs = listed.iter().map(|j| Shown::of(j, v2)).collect();
@@ -164,13 +139,20 @@ pub(super) fn status(args: StatusArgs) -> ExitCode {
         window_ms: args.window.as_millis(),
         tiers: pressure::demand(&ctx, &listed, args.window),
     };
+    let caps = Caps::effective();
     let status = Status {
         mode: ctx.mode.as_str().into(),
-        layout,
+        layout: layout(&ctx),
         root: ctx.root.as_ref().map(|r| r.as_str().to_string()),
         placement: if ctx.scopes { "scopes" } else { "tree" },
-        ebpf,
-        capabilities,
+        ebpf: json!({
+            "btf": Path::new(VMLINUX_BTF).exists(),
+            "capable": caps.allows(Need::Ebpf),
+        }),
+        capabilities: json!({
+            "effective": Cap::ALL.iter().filter(|c| caps.has(**c)).map(|c| c.name()).collect::<Vec<_>>(),
+            "features": caps.features(),
+        }),
         capacity,
         jobs,
     };
@@ -182,36 +164,61 @@ pub(super) fn status(args: StatusArgs) -> ExitCode {
                 return ExitCode::from(exit::FAILURE);
             }
         },
-        Format::Text => {
-            println!("mode: {}", status.mode);
-            println!("cgroups: {}", status.layout);
-            println!("root: {}", status.root.as_deref().unwrap_or("-"));
-            println!("ebpf: {}", status.ebpf);
-            println!("capabilities: {}", status.capabilities);
-            println!(
-                "capacity: {} CPUs; over {} ms:",
-                status.capacity.cpus, status.capacity.window_ms
-            );
-            for (tier, d) in &status.capacity.tiers {
-                println!(
-                    "  {tier}: {} jobs, using {:.2} CPUs, asking {:.2}, {} at risk",
-                    d.jobs, d.usage_cpus, d.demand_cpus, d.at_risk
-                );
-            }
-            println!("jobs: {}", status.jobs.len());
-            for j in &status.jobs {
-                println!(
-                    "  {} {} pids={:?} supervised={} tier={} by={} {}",
-                    j.job_id,
-                    j.cgroup,
-                    j.pids,
-                    j.supervised,
-                    j.tier.map_or("-", Tier::as_str),
-                    j.made_by.map_or("-", MadeBy::as_str),
-                    Value::Object(j.limits.clone())
-                );
-            }
-        }
+        Format::Text => print_text(&status),
     }
     ExitCode::SUCCESS
+}
+
+/// The cgroup layout as `status` shows it.
+fn layout(ctx: &Context) -> Value {
+    let v1: BTreeMap<&str, String> = ctx
+        .layout
+        .v1
+        .iter()
+        .map(|(c, m)| (c.as_str(), m.point.display().to_string()))
+        .collect();
+    json!({
+        "kind": ctx.layout.kind(),
+        "v2": ctx.layout.v2.as_ref().map(|m| m.point.display().to_string()),
+        "v2_controllers": ctx.layout.v2_controllers(),
+        "v1": v1,
+        "favordynmods": ctx.layout.favordynmods,
+        // Whether moving a running process (attach, watch) avoids an RCU
+        // grace period (govern::dynmods).
+        "fast_migrations": crate::govern::dynmods::migrations_are_fast(&ctx.layout),
+    })
+}
+
+/// `--format text`: a line per fact, a line per tier and per job (with
+/// its unit on a systemd host).
+fn print_text(status: &Status) {
+    println!("mode: {}", status.mode);
+    println!("cgroups: {}", status.layout);
+    println!("root: {}", status.root.as_deref().unwrap_or("-"));
+    println!("ebpf: {}", status.ebpf);
+    println!("capabilities: {}", status.capabilities);
+    println!(
+        "capacity: {} CPUs; over {} ms:",
+        status.capacity.cpus, status.capacity.window_ms
+    );
+    for (tier, d) in &status.capacity.tiers {
+        println!(
+            "  {tier}: {} jobs, using {:.2} CPUs, asking {:.2}, {} at risk",
+            d.jobs, d.usage_cpus, d.demand_cpus, d.at_risk
+        );
+    }
+    println!("jobs: {}", status.jobs.len());
+    for j in &status.jobs {
+        println!(
+            "  {} {} pids={:?} supervised={} tier={} by={} unit={} {}",
+            j.job_id,
+            j.cgroup,
+            j.pids,
+            j.supervised,
+            j.tier.map_or("-", Tier::as_str),
+            j.made_by.map_or("-", MadeBy::as_str),
+            j.unit.as_deref().unwrap_or("-"),
+            Value::Object(j.limits.clone())
+        );
+    }
 }

@@ -32,13 +32,14 @@ use super::{
 };
 use crate::{
     errors::chain,
-    events::{Degraded, Event, Fallback, ProcessId, Source, Timestamp},
+    events::{self, Degraded, Event, Fallback, ProcessId, Source, Timestamp},
     govern::{
-        Context, GovernError, JobCgroup,
+        Context, GovernError, JobCgroup, job,
         layout::CgroupPath,
         ledger::MadeBy,
         place::{ByRule, IfNotMoved, NotPlaced, governed, place},
         plan::Plan,
+        reap_job,
         scope::{self, Systemd},
         target::Target,
     },
@@ -151,6 +152,33 @@ impl Maker {
         }
     }
 
+    /// The job's plan under its id; two processes for one job id (a shared
+    /// stream key, say): the second gets its own job, named after both.
+    /// On a retry, an empty job of that id is most likely this process's
+    /// own earlier try, left behind at the fd limit (removing it takes the
+    /// ledger's lock, a descriptor): it is removed, or the process waits in
+    /// staging until it can be — measured in the 5.10 VM, a retry named the
+    /// job `ffmpeg-1695-1695` instead.
+    fn plan_unique(&self, job: &Unmade<Target>) -> Result<Plan, GovernError> {
+        match self.plan(job, &job.job_id) {
+            Err(GovernError::JobIdInUse(_)) => {
+                let id = job.job_id.as_str();
+                let busy = job::open(&self.ctx, id).is_some_and(|j| !j.pids().is_empty());
+                if job.attempts > 0 && !busy {
+                    reap_job(&self.ctx, id);
+                    return self.plan(job, &job.job_id);
+                }
+                let unique = sanitise(&format!(
+                    "{}-{}",
+                    &id[..id.len().min(JobId::MAX_LEN - 11)],
+                    job.pid
+                ));
+                self.plan(job, &unique)
+            }
+            other => other,
+        }
+    }
+
     /// The second half of governing: the process's own job cgroup, the
     /// move into it, nice and oom_score_adj, and the `governed` event.
     /// `Err`: a staged process stays in staging (its job is not made, or
@@ -178,19 +206,7 @@ impl Maker {
             return Ok(Vec::new()); // it ended in staging: no job to make
         }
         self.busy();
-        let plan = match self.plan(job, job_id) {
-            // Two processes for one job id (a shared stream key, say): the
-            // second gets its own job, named after both.
-            Err(GovernError::JobIdInUse(_)) => {
-                let unique = sanitise(&format!(
-                    "{}-{pid}",
-                    &job_id.as_str()[..job_id.as_str().len().min(JobId::MAX_LEN - 11)]
-                ));
-                self.plan(job, &unique)
-            }
-            other => other,
-        };
-        let plan = match plan {
+        let plan = match self.plan_unique(job) {
             Ok(p) => p.labelled(MadeBy::Watch, *tier),
             Err(e) if staged_report.is_some() => {
                 return Err(Unplaced {
@@ -205,33 +221,7 @@ impl Maker {
                 ))]);
             }
         };
-        // A staged process moves only into a job that holds at least every
-        // limit its staging cgroup holds: measured at the fd limit, jobs
-        // whose limit writes failed (EMFILE) took processes out of their
-        // rule's limits. (A scope holds it already — systemd moved it when
-        // it made the scope, after `plan` checked that every limit has a
-        // property — so what systemd set differently is reported below.)
-        let moved = plan.cgroup.as_ref().is_some_and(JobCgroup::is_scope);
-        if let Some((_, staged)) = staged_report
-            && !moved
-        {
-            let missing: Vec<String> = plan
-                .applied
-                .failures
-                .iter()
-                .filter(|f| staged.contains_key(&f.limit))
-                .map(|f| format!("{}: {}", f.limit, f.reason))
-                .collect();
-            if !missing.is_empty() {
-                if let Some(cg) = &plan.cgroup {
-                    cg.remove_if_empty();
-                }
-                return Err(Unplaced {
-                    why: missing.join("; "),
-                    cgroup: None,
-                });
-            }
-        }
+        holds_staged(&plan, staged_report.as_ref())?;
         let job = plan
             .cgroup
             .as_ref()
@@ -353,6 +343,39 @@ impl MakeJobs for Maker {
     fn mark_busy(&self) {
         self.busy();
     }
+}
+
+/// A staged process moves only into a job that holds at least every limit
+/// its staging cgroup holds: measured at the fd limit, jobs whose limit
+/// writes failed (EMFILE) took processes out of their rule's limits. (A
+/// scope holds it already — systemd moved it when it made the scope, after
+/// `plan` checked that every limit has a property — so what systemd set
+/// differently is reported instead.)
+fn holds_staged(
+    plan: &Plan,
+    staged_report: Option<&(String, events::Limits)>,
+) -> Result<(), Unplaced> {
+    let moved = plan.cgroup.as_ref().is_some_and(JobCgroup::is_scope);
+    let Some((_, staged)) = staged_report.filter(|_| !moved) else {
+        return Ok(());
+    };
+    let missing: Vec<String> = plan
+        .applied
+        .failures
+        .iter()
+        .filter(|f| staged.contains_key(&f.limit))
+        .map(|f| format!("{}: {}", f.limit, f.reason))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if let Some(cg) = &plan.cgroup {
+        cg.remove_if_empty();
+    }
+    Err(Unplaced {
+        why: missing.join("; "),
+        cgroup: None,
+    })
 }
 
 /// Why a staged process stays in staging, and the job it was meant for.

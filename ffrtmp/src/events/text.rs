@@ -18,82 +18,9 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
             " schema={} version={} pid={} backend={}",
             s.schema, s.version, s.pid, s.backend
         ),
-        Body::Exec(x) => {
-            write!(
-                out,
-                " pid={} ppid={} uid={} comm=",
-                x.pid,
-                opt(x.ppid),
-                x.uid
-            )?;
-            quoted(out, &x.comm)?;
-            out.extend_from_slice(b" filename=");
-            quoted(out, &x.filename)?;
-            out.extend_from_slice(b" argv=");
-            match &x.argv {
-                Some(args) => quoted(out, &args.join(" "))?,
-                None => out.extend_from_slice(b"-"),
-            }
-            if x.adopted {
-                out.extend_from_slice(b" adopted");
-            }
-            Ok(())
-        }
-        Body::Exit(x) => {
-            write!(out, " pid={} comm=", x.pid)?;
-            quoted(out, &x.comm)?;
-            write!(
-                out,
-                " exit_code={} signal={} duration_us={}",
-                opt(x.exit_code),
-                opt(x.signal),
-                opt(x.duration_us)
-            )?;
-            if let Some(j) = &x.job {
-                write!(
-                    out,
-                    " job_id={} oom_killed={} cpu_usage_us={} memory_peak_bytes={}",
-                    j.job_id,
-                    opt(j.oom_killed),
-                    opt(j.cpu_usage_us),
-                    opt(j.memory_peak_bytes)
-                )?;
-            }
-            Ok(())
-        }
-        Body::Governed(g) => {
-            write!(
-                out,
-                " pid={} job_id={} mode={} cgroup={}",
-                g.pid,
-                g.job_id,
-                g.mode,
-                opt(g.cgroup.as_ref())
-            )?;
-            for (k, v) in &g.limits {
-                out.extend_from_slice(b" ");
-                out.extend_from_slice(k.as_str().as_bytes());
-                out.extend_from_slice(b"=");
-                match v {
-                    serde_json::Value::String(s) => quoted(out, s)?,
-                    other => write!(out, "{other}")?,
-                }
-            }
-            if let Some(tier) = g.tier {
-                write!(out, " tier={tier}")?;
-            }
-            if let Some(rule) = &g.rule {
-                out.extend_from_slice(b" rule=");
-                quoted(out, rule)?;
-            }
-            if let Some(us) = g.latency_us {
-                write!(out, " latency_us={us}")?;
-            }
-            if g.adopted {
-                out.extend_from_slice(b" adopted");
-            }
-            Ok(())
-        }
+        Body::Exec(x) => exec(out, x),
+        Body::Exit(x) => exit(out, x),
+        Body::Governed(g) => governed(out, g),
         Body::Tracked(t) => {
             write!(out, " pid={} comm=", t.pid)?;
             quoted(out, &t.comm)?;
@@ -133,6 +60,85 @@ pub(super) fn write(out: &mut Vec<u8>, e: &Event) -> io::Result<()> {
             write!(out, " fallback={}", d.fallback)
         }
     }
+}
+
+fn exec(out: &mut Vec<u8>, x: &super::Exec) -> io::Result<()> {
+    write!(
+        out,
+        " pid={} ppid={} uid={} comm=",
+        x.pid,
+        opt(x.ppid),
+        x.uid
+    )?;
+    quoted(out, &x.comm)?;
+    out.extend_from_slice(b" filename=");
+    quoted(out, &x.filename)?;
+    out.extend_from_slice(b" argv=");
+    match &x.argv {
+        Some(args) => quoted(out, &args.join(" "))?,
+        None => out.extend_from_slice(b"-"),
+    }
+    if x.adopted {
+        out.extend_from_slice(b" adopted");
+    }
+    Ok(())
+}
+
+fn exit(out: &mut Vec<u8>, x: &super::Exit) -> io::Result<()> {
+    write!(out, " pid={} comm=", x.pid)?;
+    quoted(out, &x.comm)?;
+    write!(
+        out,
+        " exit_code={} signal={} duration_us={}",
+        opt(x.exit_code),
+        opt(x.signal),
+        opt(x.duration_us)
+    )?;
+    if let Some(j) = &x.job {
+        write!(
+            out,
+            " job_id={} oom_killed={} cpu_usage_us={} memory_peak_bytes={}",
+            j.job_id,
+            opt(j.oom_killed),
+            opt(j.cpu_usage_us),
+            opt(j.memory_peak_bytes)
+        )?;
+    }
+    Ok(())
+}
+
+fn governed(out: &mut Vec<u8>, g: &super::Governed) -> io::Result<()> {
+    write!(
+        out,
+        " pid={} job_id={} mode={} cgroup={}",
+        g.pid,
+        g.job_id,
+        g.mode,
+        opt(g.cgroup.as_ref())
+    )?;
+    for (k, v) in &g.limits {
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b"=");
+        match v {
+            serde_json::Value::String(s) => quoted(out, s)?,
+            other => write!(out, "{other}")?,
+        }
+    }
+    if let Some(tier) = g.tier {
+        write!(out, " tier={tier}")?;
+    }
+    if let Some(rule) = &g.rule {
+        out.extend_from_slice(b" rule=");
+        quoted(out, rule)?;
+    }
+    if let Some(us) = g.latency_us {
+        write!(out, " latency_us={us}")?;
+    }
+    if g.adopted {
+        out.extend_from_slice(b" adopted");
+    }
+    Ok(())
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {

@@ -80,46 +80,74 @@ pub(crate) fn place(
         degradations: Vec::new(),
         tier,
     };
+    move_in(target, &mut placement, also, if_not_moved)?;
+    per_process(target, &mut placement, also, nice, oom_score_adj)?;
+    Ok(placement)
+}
+
+/// The process gone (its identity no longer checks out) before `step`:
+/// the cgroup made for it goes.
+fn gone(placement: &Placement, before: &'static str, error: TargetError) -> NotPlaced {
+    placement.remove_cgroup();
+    NotPlaced::Gone { before, error }
+}
+
+/// Moves the whole thread group into the job's cgroup, if it has one. Not
+/// moved: refused (a staged process stays where it is), or its cgroup
+/// limits reported as not in force.
+fn move_in(
+    target: &Target,
+    placement: &mut Placement,
+    also: &[u32],
+    if_not_moved: IfNotMoved,
+) -> Result<(), NotPlaced> {
     let pid = target.pid;
-    let gone = |placement: &Placement, before, error| {
-        placement.remove_cgroup();
-        NotPlaced::Gone { before, error }
+    let Some(cg) = &placement.cgroup else {
+        return Ok(());
     };
-
-    if let Some(cg) = &placement.cgroup {
-        if let Err(error) = target.check() {
-            return Err(gone(&placement, "moving it into its cgroup", error));
-        }
-        let moved = cg.add(pid);
-        for &other in also {
-            // A descendant may have exited meanwhile.
-            let _ = cg.add(other);
-        }
-        if let Err(e) = moved {
-            if let Err(error) = target.check() {
-                return Err(gone(&placement, "moving it into its cgroup", error));
-            }
-            let reason = chain(&e).to_string();
-            placement.remove_cgroup();
-            if if_not_moved == IfNotMoved::Refuse {
-                return Err(NotPlaced::NotMoved { reason });
-            }
-            // Its cgroup limits are not in force: say so, report none.
-            placement.cgroup = None;
-            for limit in std::mem::take(&mut placement.limits).into_keys() {
-                placement.degradations.push(Degraded {
-                    limit: Some(limit),
-                    reason: format!("process {pid} could not be moved into its cgroup: {reason}"),
-                    fallback: Fallback::None,
-                });
-            }
-        }
+    if let Err(error) = target.check() {
+        return Err(gone(placement, "moving it into its cgroup", error));
     }
+    let moved = cg.add(pid);
+    for &other in also {
+        // A descendant may have exited meanwhile.
+        let _ = cg.add(other);
+    }
+    let Err(e) = moved else {
+        return Ok(());
+    };
+    if let Err(error) = target.check() {
+        return Err(gone(placement, "moving it into its cgroup", error));
+    }
+    let reason = chain(&e).to_string();
+    placement.remove_cgroup();
+    if if_not_moved == IfNotMoved::Refuse {
+        return Err(NotPlaced::NotMoved { reason });
+    }
+    // Its cgroup limits are not in force: say so, report none.
+    placement.cgroup = None;
+    for limit in std::mem::take(&mut placement.limits).into_keys() {
+        placement.degradations.push(Degraded {
+            limit: Some(limit),
+            reason: format!("process {pid} could not be moved into its cgroup: {reason}"),
+            fallback: Fallback::None,
+        });
+    }
+    Ok(())
+}
 
-    // Per-process limits: each set on the live target, then read back.
+/// Per-process limits: each set on the live target, then read back.
+fn per_process(
+    target: &Target,
+    placement: &mut Placement,
+    also: &[u32],
+    nice: Option<i32>,
+    oom_score_adj: Option<i32>,
+) -> Result<(), NotPlaced> {
     type Set = fn(u32, i32) -> Result<i32, ProcessError>;
     type Read = fn(u32) -> std::io::Result<i32>;
-    let per_process: [(LimitName, &str, Option<i32>, Set, Read); 2] = [
+    let pid = target.pid;
+    let settings: [(LimitName, &str, Option<i32>, Set, Read); 2] = [
         (
             LimitName::Nice,
             "setting nice",
@@ -135,10 +163,10 @@ pub(crate) fn place(
             oom_score_adj_of,
         ),
     ];
-    for (limit, step, value, set, read) in per_process {
+    for (limit, step, value, set, read) in settings {
         let Some(value) = value else { continue };
         if let Err(error) = target.check() {
-            return Err(gone(&placement, step, error));
+            return Err(gone(placement, step, error));
         }
         let result = set(pid, value);
         for &other in also {
@@ -157,7 +185,7 @@ pub(crate) fn place(
             }),
         }
     }
-    Ok(placement)
+    Ok(())
 }
 
 impl Placement {
