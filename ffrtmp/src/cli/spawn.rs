@@ -165,8 +165,33 @@ struct Failure {
     errno: AtomicI32,
 }
 
-/// Starts `command` (looked up in `PATH` without a `/`, as execvp does).
-pub(super) fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnError> {
+impl Failure {
+    /// The child's failure, if it failed (it has exited then: it is
+    /// reaped here).
+    fn of(&self, child: nix::unistd::Pid, program: String) -> Option<SpawnError> {
+        let step = self.step.load(Relaxed);
+        if step == 0 {
+            return None;
+        }
+        let _ = nix::sys::wait::waitpid(child, None);
+        let step = [
+            Step::Session,
+            Step::JoinCgroup,
+            Step::Nice,
+            Step::OomScoreAdj,
+            Step::Exec,
+        ][(step - 1) as usize];
+        Some(SpawnError::Step {
+            program,
+            step,
+            source: io::Error::from_raw_os_error(self.errno.load(Relaxed)),
+        })
+    }
+}
+
+/// The program's name (for errors), its path and its arguments as C
+/// strings, made before the clone.
+fn exec_args(command: &[OsString]) -> Result<(String, CString, Vec<CString>), SpawnError> {
     let program = command
         .first()
         .map(|p| p.to_string_lossy().into_owned())
@@ -179,6 +204,12 @@ pub(super) fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload,
         .iter()
         .map(|a| cstring(a))
         .collect::<Result<_, _>>()?;
+    Ok((program, path, args))
+}
+
+/// Starts `command` (looked up in `PATH` without a `/`, as execvp does).
+pub(super) fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload, SpawnError> {
+    let (program, path, args) = exec_args(command)?;
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let oom = setup.oom_score_adj.map(|v| v.to_string().into_bytes());
@@ -244,22 +275,8 @@ pub(super) fn spawn(command: &[OsString], setup: &Setup<'_>) -> Result<Workload,
     }
     .map_err(|e| SpawnError::Clone(e.into()))?;
     let pid_raw = pid.as_raw();
-    let step = failure.step.load(Relaxed);
-    if step != 0 {
-        // It has exited: reap it, and say what failed.
-        let _ = nix::sys::wait::waitpid(pid, None);
-        let step = [
-            Step::Session,
-            Step::JoinCgroup,
-            Step::Nice,
-            Step::OomScoreAdj,
-            Step::Exec,
-        ][(step - 1) as usize];
-        return Err(SpawnError::Step {
-            program,
-            step,
-            source: io::Error::from_raw_os_error(failure.errno.load(Relaxed)),
-        });
+    if let Some(e) = failure.of(pid, program) {
+        return Err(e);
     }
     // SAFETY: pidfd_open(2) returns a new fd or -1. The child is ours and
     // not reaped, so its pid cannot have been reused.

@@ -37,7 +37,7 @@ use crate::{
         Context, GovernError, JobCgroup, job,
         layout::CgroupPath,
         ledger::MadeBy,
-        place::{ByRule, IfNotMoved, NotPlaced, governed, place},
+        place::{ByRule, IfNotMoved, NotPlaced, Placement, governed, place},
         plan::Plan,
         reap_job,
         scope::{self, Systemd},
@@ -237,24 +237,8 @@ impl Maker {
         } else {
             IfNotMoved::Degrade
         };
-        let placement = match place(target, plan, &[], if_not_moved) {
-            Ok(p) => p,
-            // It could not be checked (/proc unreadable at the fd limit):
-            // not known to be gone, so tried again.
-            Err(NotPlaced::Gone { error, .. }) if !error.is_bad_input() => {
-                return Err(Unplaced {
-                    why: chain(&error).to_string(),
-                    cgroup: None,
-                });
-            }
-            // It ended first: nothing to report.
-            Err(NotPlaced::Gone { .. }) => return Ok(Vec::new()),
-            Err(NotPlaced::NotMoved { reason }) => {
-                return Err(Unplaced {
-                    why: reason,
-                    cgroup: Some(job),
-                });
-            }
+        let Some(placement) = placed(place(target, plan, &[], if_not_moved), &job)? else {
+            return Ok(Vec::new()); // it ended first: nothing to report
         };
         let latency_us = staged_at.or_else(|| seen.since_exec_us());
         for d in &placement.degradations {
@@ -376,6 +360,27 @@ fn holds_staged(
         why: missing.join("; "),
         cgroup: None,
     })
+}
+
+/// What a placement came to: placed; `None`, gone (it ended first); or,
+/// for another try, not placed (it could not be checked — /proc unreadable
+/// at the fd limit: not known to be gone — or not moved into `job`).
+fn placed(
+    placement: Result<Placement, NotPlaced>,
+    job: &str,
+) -> Result<Option<Placement>, Unplaced> {
+    match placement {
+        Ok(p) => Ok(Some(p)),
+        Err(NotPlaced::Gone { error, .. }) if !error.is_bad_input() => Err(Unplaced {
+            why: chain(&error).to_string(),
+            cgroup: None,
+        }),
+        Err(NotPlaced::Gone { .. }) => Ok(None),
+        Err(NotPlaced::NotMoved { reason }) => Err(Unplaced {
+            why: reason,
+            cgroup: Some(job.to_string()),
+        }),
+    }
 }
 
 /// Why a staged process stays in staging, and the job it was meant for.

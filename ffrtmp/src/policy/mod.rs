@@ -617,75 +617,8 @@ impl RawRule {
             (None, Some(user)) => Some(uid_of(user.get_ref()).map_err(|m| (user.span(), m))?),
             (None, None) => None,
         };
-        let ignore = match &self.action {
-            None => false,
-            Some(a) => match a.get_ref().as_str() {
-                "govern" => false,
-                "ignore" => true,
-                other => {
-                    return Err((
-                        a.span(),
-                        format!("action {other:?} must be \"govern\" or \"ignore\""),
-                    ));
-                }
-            },
-        };
-        if let Some(key) = &self.unknown {
-            let mut expected: Vec<&str> = RULE_KEYS.to_vec();
-            expected.extend(LimitName::ALL.iter().map(|n| n.as_str()));
-            let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
-            return Err((
-                key.span(),
-                format!(
-                    "unknown field `{}`, expected one of {}",
-                    key.get_ref(),
-                    expected.join(", ")
-                ),
-            ));
-        }
-        let explicit = limits_of(&self.limits)?;
-        let tier = self
-            .tier
-            .as_ref()
-            .map(|t| t.get_ref().parse::<Tier>().map_err(|m| (t.span(), m)))
-            .transpose()?;
-        let action = if ignore {
-            let settings = [
-                self.job_id.as_ref().map(toml::Spanned::span),
-                self.tier.as_ref().map(toml::Spanned::span),
-                self.limits.first().map(|(_, v)| v.span()),
-            ];
-            if let Some(span) = settings.into_iter().flatten().next() {
-                return Err((span, "an ignore rule sets no job_id, tier or limits".into()));
-            }
-            Action::Ignore
-        } else {
-            let captures: BTreeSet<String> = argv
-                .as_ref()
-                .map(|re| re.capture_names().flatten().map(String::from).collect())
-                .unwrap_or_default();
-            let (text, span) = match &self.job_id {
-                Some(t) => (t.get_ref().as_str(), t.span()),
-                None => (DEFAULT_JOB_ID, 0..0),
-            };
-            let job_id = Template::parse(text, &captures).map_err(|e| (span, e.to_string()))?;
-            let limits = match tier {
-                Some(t) => {
-                    let limits = Tier::resolve(&tiers[&t], &explicit);
-                    limits.validate().map_err(|e| {
-                        let at = self.tier.as_ref().map_or(0..0, toml::Spanned::span);
-                        (at, format!("with tier {t}: {e}"))
-                    })?;
-                    limits
-                }
-                None => explicit,
-            };
-            Action::Govern {
-                job_id,
-                limits,
-                tier,
-            }
-        };
+        self.refuse_unknown()?;
+        let action = self.action(argv.as_ref(), tiers)?;
         let has_condition = self.comm.is_some()
             || exe.is_some()
             || argv.is_some()
@@ -711,6 +644,88 @@ impl RawRule {
             uid,
             parent_comm,
             action,
+        })
+    }
+
+    /// A key no rule has: refused, naming the keys there are.
+    fn refuse_unknown(&self) -> Result<(), Invalid> {
+        let Some(key) = &self.unknown else {
+            return Ok(());
+        };
+        let mut expected: Vec<&str> = RULE_KEYS.to_vec();
+        expected.extend(LimitName::ALL.iter().map(|n| n.as_str()));
+        let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+        Err((
+            key.span(),
+            format!(
+                "unknown field `{}`, expected one of {}",
+                key.get_ref(),
+                expected.join(", ")
+            ),
+        ))
+    }
+
+    /// What the rule does: ignore (and then set nothing), or govern with
+    /// its job id template (whose captures come from `argv`) and its
+    /// limits over its tier's.
+    fn action(
+        &self,
+        argv: Option<&Regex>,
+        tiers: &BTreeMap<Tier, Limits>,
+    ) -> Result<Action, Invalid> {
+        let ignore = match &self.action {
+            None => false,
+            Some(a) => match a.get_ref().as_str() {
+                "govern" => false,
+                "ignore" => true,
+                other => {
+                    return Err((
+                        a.span(),
+                        format!("action {other:?} must be \"govern\" or \"ignore\""),
+                    ));
+                }
+            },
+        };
+        let explicit = limits_of(&self.limits)?;
+        let tier = self
+            .tier
+            .as_ref()
+            .map(|t| t.get_ref().parse::<Tier>().map_err(|m| (t.span(), m)))
+            .transpose()?;
+        if ignore {
+            let settings = [
+                self.job_id.as_ref().map(toml::Spanned::span),
+                self.tier.as_ref().map(toml::Spanned::span),
+                self.limits.first().map(|(_, v)| v.span()),
+            ];
+            if let Some(span) = settings.into_iter().flatten().next() {
+                return Err((span, "an ignore rule sets no job_id, tier or limits".into()));
+            }
+            return Ok(Action::Ignore);
+        }
+        let captures: BTreeSet<String> = argv
+            .map(|re| re.capture_names().flatten().map(String::from).collect())
+            .unwrap_or_default();
+        let (text, span) = match &self.job_id {
+            Some(t) => (t.get_ref().as_str(), t.span()),
+            None => (DEFAULT_JOB_ID, 0..0),
+        };
+        let job_id = Template::parse(text, &captures).map_err(|e| (span, e.to_string()))?;
+        let limits = match tier {
+            Some(t) => {
+                let limits = Tier::resolve(&tiers[&t], &explicit);
+                limits.validate().map_err(|e| {
+                    let at = self.tier.as_ref().map_or(0..0, toml::Spanned::span);
+                    (at, format!("with tier {t}: {e}"))
+                })?;
+                limits
+            }
+            None => explicit,
+        };
+        Ok(Action::Govern {
+            job_id,
+            limits,
+            tier,
         })
     }
 }

@@ -165,31 +165,27 @@ impl Metrics {
         registry.register_collector(Box::new(Arc::clone(&lost)));
         let daemon = Arc::new(Daemon::default());
         registry.register_collector(Box::new(Arc::clone(&daemon)));
-        let events = Family::<Labels, Counter>::default();
-        registry.register("events", "Events written, by kind", events.clone());
-        let governed = Family::<Labels, Counter>::default();
-        registry.register(
+        let events: Family<Labels, Counter> =
+            registered(registry, "events", "Events written, by kind");
+        let governed: Family<Labels, Counter> = registered(
+            registry,
             "governed",
             "Processes the policy placed in a job, by rule and tier",
-            governed.clone(),
         );
-        let processes = Family::<Labels, Gauge>::default();
-        registry.register(
+        let processes: Family<Labels, Gauge> = registered(
+            registry,
             "governed_processes",
             "Processes followed in jobs now (governed, adopted or tracked), by tier",
-            processes.clone(),
         );
-        let degraded = Family::<Labels, Counter>::default();
-        registry.register(
+        let degraded: Family<Labels, Counter> = registered(
+            registry,
             "degraded",
             "Degraded events: ffrtmp did less than asked, by the limit not applied (none: not about one limit)",
-            degraded.clone(),
         );
-        let oom_kills = Family::<Labels, Counter>::default();
-        registry.register(
+        let oom_kills: Family<Labels, Counter> = registered(
+            registry,
             "oom_kills",
             "Jobs that ended with an OOM kill in their cgroup, by the rule that governed them",
-            oom_kills.clone(),
         );
         let latency = Histogram::new(LATENCY_BUCKETS);
         registry.register(
@@ -197,32 +193,17 @@ impl Metrics {
             "From the kernel's exec timestamp to the process in its job cgroup, in seconds",
             latency.clone(),
         );
-        let at_risk = Family::<Labels, Gauge>::default();
-        registry.register(
+        let at_risk: Family<Labels, Gauge> = registered(
+            registry,
             "jobs_at_risk",
             "Jobs whose threads wait for a CPU so much that they may fall behind realtime now (pressure events), by tier",
-            at_risk.clone(),
         );
-        let pressure = Family::<Labels, Counter>::default();
-        registry.register(
+        let pressure: Family<Labels, Counter> = registered(
+            registry,
             "pressure",
             "Times a job came under pressure (pressure events that are not cleared), by tier and cause",
-            pressure.clone(),
         );
-        // Series that exist from the start, at 0: an alert on `increase()`
-        // sees the first one, and a dashboard shows 0 rather than nothing.
-        for tier in Tier::ALL.iter().map(|t| t.as_str()).chain([NONE]) {
-            drop(processes.get_or_create(&labels([("tier", tier)])));
-        }
-        for tier in Tier::ALL {
-            drop(at_risk.get_or_create(&labels([("tier", tier.as_str())])));
-            for cause in ["throttled", "contended"] {
-                drop(pressure.get_or_create(&labels([("tier", tier.as_str()), ("cause", cause)])));
-            }
-        }
-        for limit in LimitName::ALL.iter().map(|l| l.as_str()).chain([NONE]) {
-            drop(degraded.get_or_create(&labels([("limit", limit)])));
-        }
+        zero_series(&processes, &at_risk, &pressure, &degraded);
         Metrics {
             registry: Arc::new(root),
             events,
@@ -369,6 +350,38 @@ impl Sink for Metrics {
 
     fn flush(&mut self) -> Result<(), EventError> {
         Ok(())
+    }
+}
+
+/// A new metric of kind `M`, registered as `name` with `help`.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Series that exist from the start, at 0: an alert on `increase()` sees
+/// the first one, and a dashboard shows 0 rather than nothing.
+fn zero_series(
+    processes: &Family<Labels, Gauge>,
+    at_risk: &Family<Labels, Gauge>,
+    pressure: &Family<Labels, Counter>,
+    degraded: &Family<Labels, Counter>,
+) {
+    for tier in Tier::ALL.iter().map(|t| t.as_str()).chain([NONE]) {
+        drop(processes.get_or_create(&labels([("tier", tier)])));
+    }
+    for tier in Tier::ALL {
+        drop(at_risk.get_or_create(&labels([("tier", tier.as_str())])));
+        for cause in ["throttled", "contended"] {
+            drop(pressure.get_or_create(&labels([("tier", tier.as_str()), ("cause", cause)])));
+        }
+    }
+    for limit in LimitName::ALL.iter().map(|l| l.as_str()).chain([NONE]) {
+        drop(degraded.get_or_create(&labels([("limit", limit)])));
     }
 }
 
