@@ -15,7 +15,7 @@
 //!    `<subtree>/ffrtmp`), or **unprivileged** (no cgroups; nice only).
 //! 3. [`JobCgroup::create`]: the job cgroup, on v2 after enabling the needed
 //!    controllers on every ancestor ([`v2`]), on v1 one directory per
-//!    hierarchy ([`v1`]). Each limit is written and read back; [`Applied`]
+//!    hierarchy ([`v1`]). Each limit is written and read back; [`Applied`](crate::limits::Applied)
 //!    holds what the kernel accepted and, separately, what it refused and
 //!    why (reported as `degraded`, or refused up front with `--strict`).
 //! 4. The workload joins the cgroup before its first instruction (`run`:
@@ -41,6 +41,7 @@
 //! in the `cgroup.subtree_control` of its ancestors, which v2 requires.
 pub(crate) mod bus;
 pub(crate) mod caps;
+mod cgroup;
 pub(crate) mod cleanup;
 pub(crate) mod dynmods;
 pub(crate) mod job;
@@ -49,6 +50,7 @@ pub(crate) mod ledger;
 pub(crate) mod place;
 pub(crate) mod plan;
 pub(crate) mod process;
+mod reap;
 pub(crate) mod scope;
 pub(crate) mod systemd;
 pub(crate) mod target;
@@ -62,11 +64,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::limits::{Applied, FileError, JobId, Limits, Tier};
+use crate::limits::{FileError, JobId};
 pub use caps::{Cap, has_cap};
 use caps::{Caps, Need};
+pub(crate) use cgroup::{Existing, JobCgroup, ProcsWriter, cgroup_paths_of, pid_in_cgroup};
 use layout::{CgroupPath, Kind, Layout, LayoutError, own_v2_cgroup};
-use ledger::{Claim, Ledger, MadeBy, Record};
+use ledger::Ledger;
+pub(crate) use reap::{is_empty_leaf, reap_empty, reap_empty_besides, reap_job};
 
 /// Name of ffrtmp's root cgroup under a hierarchy or delegated subtree.
 pub const ROOT_NAME: &str = "ffrtmp";
@@ -337,20 +341,6 @@ fn make_room(mount: &layout::Mount, unit: &CgroupPath) {
     }
 }
 
-/// A job's cgroup(s).
-#[derive(Debug)]
-pub struct JobCgroup {
-    /// Its cgroup path (the same in every hierarchy).
-    pub path: CgroupPath,
-    inner: Inner,
-    /// Its claim in the ledger, held while this value lives: "ffrtmp looks
-    /// after this job" (`None`: found in the tree, not claimed).
-    #[allow(dead_code, reason = "held for its lock, never read")]
-    claim: Option<Claim>,
-    /// `None`: a scope, which systemd removes, not ffrtmp.
-    ledger: Option<Ledger>,
-}
-
 /// The directories of ffrtmp's root: the v2 one, or one per v1 hierarchy
 /// (co-mounted controllers share one), sorted.
 fn root_dirs(ctx: &Context, root: &CgroupPath) -> Vec<PathBuf> {
@@ -368,387 +358,4 @@ fn existing_job_dirs(root_dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
         .map(|d| d.join(name))
         .filter(|d| d.is_dir())
         .collect()
-}
-
-/// What [`JobCgroup::create`] does when the job's cgroup already exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Existing {
-    /// Refuse: another job uses this id ([`GovernError::JobIdInUse`]).
-    Refuse,
-    /// Use it and apply the limits to it (re-attaching to a job's process,
-    /// a staging cgroup): it is recorded as ffrtmp's if it was not.
-    Update,
-}
-
-/// The cgroup paths of `pid`, one per hierarchy (/proc/PID/cgroup); empty
-/// when it is gone.
-pub fn cgroup_paths_of(pid: u32) -> Vec<String> {
-    crate::observe::proc::read_small(Path::new(&format!("/proc/{pid}/cgroup")))
-        .map(|raw| {
-            String::from_utf8_lossy(&raw)
-                .lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2))
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Whether `pid` is in cgroup `path` in any hierarchy.
-pub fn pid_in_cgroup(pid: u32, path: &CgroupPath) -> bool {
-    cgroup_paths_of(pid).iter().any(|p| p == path.as_str())
-}
-
-/// A cgroup's `cgroup.procs` files (one per hierarchy), held open.
-#[derive(Debug, Default)]
-pub struct ProcsWriter(Vec<(PathBuf, fs::File)>);
-
-impl ProcsWriter {
-    /// The open files, for a child to write `0` to before exec.
-    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd as _;
-        self.0.iter().map(|(_, f)| f.as_raw_fd()).collect()
-    }
-
-    /// Moves a whole thread group in, as [`JobCgroup::add`] does, without
-    /// opening and closing a file per hierarchy.
-    pub fn add(&self, pid: u32) -> Result<(), GovernError> {
-        let pid = pid.to_string();
-        for (path, file) in &self.0 {
-            // Each write is one request to the kernel, whatever the offset.
-            std::os::unix::fs::FileExt::write_all_at(file, pid.as_bytes(), 0)
-                .map_err(|e| GovernError::io("moving a process into", path, e))?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-enum Inner {
-    V2(v2::Dir),
-    V1(v1::Dirs),
-    /// A transient scope systemd made and owns ([`scope`]): read, never
-    /// written or removed by ffrtmp.
-    Scope(v2::Dir),
-}
-
-impl JobCgroup {
-    /// Creates the job's cgroup (or, with [`Existing::Update`], uses the
-    /// existing one) and applies `limits`.
-    pub fn create(
-        ctx: &Context,
-        job: &JobId,
-        limits: &Limits,
-        existing: Existing,
-    ) -> Result<(Self, Applied), GovernError> {
-        let root = ctx.root.as_ref().ok_or(GovernError::NoCgroups)?;
-        let ledger = Ledger::of(ctx.mode, root);
-        let path = root.child(job.as_str());
-        let primary = root_dirs(ctx, root)
-            .into_iter()
-            .next()
-            .ok_or(GovernError::NoCgroups)?;
-        let lock = ledger.lock()?;
-        if !primary.is_dir() {
-            fs::create_dir_all(&primary).map_err(|e| GovernError::io("creating", &primary, e))?;
-        }
-        let (inner, applied) = if let (Kind::V2, Some(mount)) = (ctx.layout.kind(), &ctx.layout.v2)
-        {
-            if let Some(unit) = &ctx.subtree
-                && systemd::manages_cgroups()
-            {
-                make_room(mount, unit);
-            }
-            let floor = ctx.subtree.as_ref();
-            let (job, applied) = v2::Dir::create(mount, floor, root, &path, limits, existing)?;
-            (Inner::V2(job), applied)
-        } else {
-            let (job, applied) = v1::Dirs::create(&ctx.layout.v1, &path, limits, existing)?;
-            (Inner::V1(job), applied)
-        };
-        let mut job = JobCgroup {
-            path,
-            inner,
-            claim: None,
-            ledger: Some(ledger.clone()),
-        };
-        match ledger.record(&lock, job.name()) {
-            Ok(claim) => job.claim = Some(claim),
-            Err(e) => {
-                // Unrecorded, it could never be removed: undo what was made.
-                if existing == Existing::Refuse {
-                    for d in job.dirs() {
-                        let _ = fs::remove_dir(d);
-                    }
-                }
-                return Err(e);
-            }
-        }
-        Ok((job, applied))
-    }
-
-    /// Job `job`'s cgroup as it is now in the tree (found by a restarted
-    /// daemon, say); `None` if it does not exist. Takes no claim.
-    pub fn open_existing(ctx: &Context, job: &str) -> Option<Self> {
-        let path = ctx.root.as_ref()?.child(job);
-        let inner = match (ctx.layout.kind(), &ctx.layout.v2) {
-            (Kind::V2, Some(mount)) => {
-                let dir = mount.dir_of(&path);
-                Inner::V2(v2::Dir {
-                    dir: dir.is_dir().then_some(dir)?,
-                })
-            }
-            _ => Inner::V1(v1::Dirs::existing(&ctx.layout.v1, &path)?),
-        };
-        Some(JobCgroup {
-            path,
-            inner,
-            claim: None,
-            ledger: Some(ctx.ledger()?),
-        })
-    }
-
-    /// A job's scope (`path`, directory `dir`), made by systemd.
-    pub fn of_scope(path: CgroupPath, dir: PathBuf) -> Self {
-        JobCgroup {
-            path,
-            inner: Inner::Scope(v2::Dir { dir }),
-            claim: None,
-            ledger: None,
-        }
-    }
-
-    /// Records the job's labels — its tier, the command that made it — in
-    /// the ledger ([`ledger::Record`]), where `status`, the pressure watch
-    /// and a restarted daemon read them ([`job::list`]). Nothing is
-    /// written to the cgroup, nor to a scope, which is systemd's.
-    pub fn label(&self, by: MadeBy, tier: Option<Tier>) -> Result<(), GovernError> {
-        let (ledger, dir) = match (&self.inner, &self.ledger) {
-            (Inner::Scope(d), _) => (Ledger::scopes(), d.dir.clone()),
-            (_, Some(ledger)) => (
-                ledger.clone(),
-                self.dirs()
-                    .into_iter()
-                    .next()
-                    .ok_or(GovernError::NoCgroups)?,
-            ),
-            (_, None) => return Err(GovernError::NoCgroups),
-        };
-        let cgroup_ino = job::cgroup_ino(&dir).map_err(|e| GovernError::io("reading", &dir, e))?;
-        let record = Record {
-            tier,
-            by: Some(by),
-            cgroup_ino,
-        };
-        ledger.label(self.name(), &record)
-    }
-
-    /// Whether systemd made it (a scope), rather than ffrtmp.
-    pub fn is_scope(&self) -> bool {
-        matches!(self.inner, Inner::Scope(_))
-    }
-
-    /// The processes in the job now (from its first hierarchy).
-    pub fn pids(&self) -> Vec<u32> {
-        self.procs_files()
-            .first()
-            .and_then(|f| crate::observe::proc::read_text(f).ok())
-            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
-    }
-
-    /// The job's name (its directory name; a scope's job id).
-    pub fn name(&self) -> &str {
-        let last = self.path.as_str().rsplit('/').next().unwrap_or_default();
-        match self.inner {
-            Inner::Scope(_) => scope::job_of_cgroup(self.path.as_str()).unwrap_or(last),
-            _ => last,
-        }
-    }
-
-    /// The `cgroup.procs` file of each hierarchy.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        match &self.inner {
-            Inner::V2(j) | Inner::Scope(j) => j.procs_files(),
-            Inner::V1(j) => j.procs_files(),
-        }
-    }
-
-    /// Moves a whole thread group into the job (every hierarchy). A scope
-    /// is systemd's to move processes into (it did, when it made it): there
-    /// this only checks that the process is in it.
-    pub fn add(&self, pid: u32) -> Result<(), GovernError> {
-        if self.is_scope() {
-            return if pid_in_cgroup(pid, &self.path) {
-                Ok(())
-            } else {
-                Err(GovernError::io(
-                    "finding the process in",
-                    Path::new(self.path.as_str()),
-                    io::Error::other("not in the scope systemd made for it"),
-                ))
-            };
-        }
-        for file in self.procs_files() {
-            fs::write(&file, pid.to_string())
-                .map_err(|e| GovernError::io("moving a process into", &file, e))?;
-        }
-        Ok(())
-    }
-
-    /// Its `cgroup.procs` files opened for writing, for a cgroup that
-    /// receives many processes (a staging cgroup).
-    pub fn procs_writer(&self) -> Result<ProcsWriter, GovernError> {
-        self.procs_files()
-            .into_iter()
-            .map(|path| {
-                let file = fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| GovernError::io("opening", &path, e))?;
-                Ok((path, file))
-            })
-            .collect::<Result<_, _>>()
-            .map(ProcsWriter)
-    }
-
-    pub fn stats(&self) -> Stats {
-        match &self.inner {
-            Inner::V2(j) | Inner::Scope(j) => j.stats(),
-            Inner::V1(j) => j.stats(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        match &self.inner {
-            Inner::V2(j) | Inner::Scope(j) => j.is_empty(),
-            Inner::V1(j) => j.is_empty(),
-        }
-    }
-
-    /// Removes the job's cgroup(s) if no process is left in them: the
-    /// kernel refuses to remove a cgroup that holds a process (EBUSY), so
-    /// asking it is the check, without a race between looking and removing.
-    /// On v1 a hierarchy whose directory is still busy keeps it while the
-    /// others go; the job's name (and its record) stays until that one is
-    /// reaped too. Only for a job this process made (it holds the claim).
-    /// A scope is removed by systemd once empty: this only says whether
-    /// it is.
-    pub fn remove_if_empty(&self) -> bool {
-        let Some(ledger) = &self.ledger else {
-            let empty = self.is_empty();
-            if empty {
-                Ledger::scopes().forget_scope(self.name());
-            }
-            return empty;
-        };
-        let Ok(lock) = ledger.lock() else {
-            return false; // left for a reaper
-        };
-        let removed = self.dirs().iter().all(|d| fs::remove_dir(d).is_ok());
-        if removed {
-            ledger.forget(&lock, self.name());
-        }
-        removed
-    }
-
-    /// Its directories, sorted (the first carries the claim); none of a
-    /// scope's is ffrtmp's.
-    fn dirs(&self) -> Vec<PathBuf> {
-        match &self.inner {
-            Inner::V2(j) => j.dirs(),
-            Inner::V1(j) => j.dirs(),
-            Inner::Scope(_) => Vec::new(),
-        }
-    }
-}
-
-/// Removes empty job cgroups left under the root by crashed wrappers.
-/// Returns the directories removed. A job ffrtmp did not make (no record in
-/// the ledger), one claimed by a live wrapper, a directory with processes,
-/// or one with child cgroups is never removed (and the kernel would refuse
-/// the last two anyway).
-pub fn reap_empty(ctx: &Context) -> Vec<PathBuf> {
-    reap(ctx, None)
-}
-
-/// [`reap_empty`] for a wrapper whose own job is `own`: first asks whether
-/// the root holds any other cgroup at all (one `stat` per hierarchy, see
-/// `subdirs`), so that the common case — nothing left over — costs a few
-/// system calls instead of a scan.
-pub fn reap_empty_besides(ctx: &Context, own: Option<&JobCgroup>) -> Vec<PathBuf> {
-    let Some(root) = &ctx.root else {
-        return Vec::new();
-    };
-    let own = own.map(JobCgroup::dirs).unwrap_or_default();
-    let others = root_dirs(ctx, root).iter().any(|dir| {
-        let ours = own
-            .iter()
-            .filter(|d| d.parent() == Some(dir.as_path()))
-            .count() as u64;
-        match subdirs(dir) {
-            Ok(n) => n > ours,
-            Err(e) => e.kind() != io::ErrorKind::NotFound, // let the scan decide
-        }
-    });
-    if others { reap_empty(ctx) } else { Vec::new() }
-}
-
-/// Removes job `name`'s cgroup under the same rules as [`reap_empty`] (the
-/// daemon, once the last process it followed in a job has exited).
-pub fn reap_job(ctx: &Context, name: &str) -> Vec<PathBuf> {
-    reap(ctx, Some(name))
-}
-
-fn reap(ctx: &Context, only: Option<&str>) -> Vec<PathBuf> {
-    let (Some(root), Some(ledger)) = (&ctx.root, ctx.ledger()) else {
-        return Vec::new();
-    };
-    let names = match only {
-        Some(name) => vec![name.to_string()],
-        None => ledger.jobs(),
-    };
-    if names.is_empty() {
-        return Vec::new();
-    }
-    let dirs = root_dirs(ctx, root);
-    let Ok(lock) = ledger.lock() else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for name in names {
-        // Held until its directories are gone, so no wrapper claims it
-        // meanwhile; `None`: not ours, or a live wrapper owns it.
-        let Some(_taken) = ledger.take(&lock, &name) else {
-            continue;
-        };
-        let job_dirs = existing_job_dirs(&dirs, &name);
-        if job_dirs.iter().all(|d| is_empty_leaf(d)) {
-            for d in job_dirs {
-                if fs::remove_dir(&d).is_ok() {
-                    removed.push(d);
-                }
-            }
-        }
-        if existing_job_dirs(&dirs, &name).is_empty() {
-            ledger.forget(&lock, &name);
-        }
-    }
-    removed
-}
-
-/// No process in it and no child cgroup under it.
-fn is_empty_leaf(dir: &Path) -> bool {
-    let no_procs = crate::observe::proc::read_text(dir.join("cgroup.procs"))
-        .is_ok_and(|s| s.trim().is_empty());
-    let no_children = subdirs(dir).is_ok_and(|n| n == 0);
-    no_procs && no_children
-}
-
-/// How many subdirectories (child cgroups) a cgroup directory has:
-/// cgroupfs keeps a directory's link count at 2 + that number, so one
-/// `stat` says what listing it would.
-fn subdirs(dir: &Path) -> io::Result<u64> {
-    let links = std::os::unix::fs::MetadataExt::nlink(&fs::metadata(dir)?);
-    Ok(links.saturating_sub(2))
 }
