@@ -473,9 +473,13 @@ fn at_the_fd_limit_processes_keep_their_limits_and_are_retried() {
     let before = cpu_ticks(daemon);
     thread::sleep(Duration::from_secs(2));
     let spent = cpu_ticks(daemon) - before;
-    // A spinning accept loop takes ~200 ticks in 2 s; waiting, a few.
+    // A spinning accept loop takes a whole CPU: ~200 ticks in 2 s (it runs
+    // on the governing thread). Waiting, the daemon only retries the
+    // staged processes: a few ticks on the host, up to 58 measured in the
+    // TCG systemd VM (ten processes retried at the fd limit). Half a CPU
+    // tells the two apart with room on both sides.
     assert!(
-        spent < 50,
+        spent < 100,
         "the daemon spent {spent} ticks in 2 s at the fd limit"
     );
     for s in &streams {
