@@ -467,18 +467,7 @@ mod tests {
         Event::new(
             Timestamp::now(),
             Source::Ebpf,
-            Exec {
-                pid,
-                process_key: None,
-                tid: pid,
-                ppid: Some(1),
-                uid: 0,
-                comm: comm.into(),
-                filename: format!("/usr/bin/{comm}"),
-                argv: None,
-                argv_truncated: false,
-                adopted: false,
-            },
+            crate::daemon::tests::exec_of(pid, comm),
         )
     }
 

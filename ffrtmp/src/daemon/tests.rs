@@ -369,7 +369,9 @@ fn governor() -> (Governor<FakeHost>, Shared) {
     (Governor::inline(host, policy), world)
 }
 
-fn exec_of(pid: u32, comm: &str) -> Exec {
+/// The exec of `pid` named `comm`, as the kernel reports it (the stream's
+/// tests use it too).
+pub(super) fn exec_of(pid: u32, comm: &str) -> Exec {
     Exec {
         pid,
         process_key: None,
