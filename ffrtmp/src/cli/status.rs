@@ -98,7 +98,7 @@ struct Shown {
 
 impl Shown {
     /// What `status` shows of `job`, read from its directories.
-    fn of(job: &Job, v2: bool) -> Self {
+    fn of(ctx: &Context, job: &Job, v2: bool) -> Self {
         let mut limits = Map::new();
         let dirs = job.dirs();
         let files = limit_files(dirs.len() == 1 && v2);
@@ -113,7 +113,7 @@ impl Shown {
             job_id: job.id.clone(),
             cgroup: job.cgroup.as_str().to_string(),
             pids: job.pids(),
-            supervised: job.supervised(),
+            supervised: job.supervised(ctx),
             limits,
             tier: job.tier(),
             made_by: job.record.by,
@@ -132,7 +132,7 @@ pub(super) fn status(args: StatusArgs) -> ExitCode {
     };
     let v2 = ctx.layout.kind() == crate::govern::layout::Kind::V2;
     let listed = job::list(&ctx);
-    let jobs = listed.iter().map(|j| Shown::of(j, v2)).collect();
+    let jobs = listed.iter().map(|j| Shown::of(&ctx, j, v2)).collect();
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let capacity = Capacity {
         cpus,

@@ -14,8 +14,7 @@ use std::{fs, path::PathBuf};
 use serde::Serialize;
 
 use super::{
-    Context, Mode, is_empty_leaf,
-    job::{self, Home},
+    Context, Mode, is_empty_leaf, job,
     layout::{CgroupPath, Kind, Layout},
     ledger::{self, Entry},
     reap_empty, root_dirs,
@@ -55,7 +54,7 @@ pub(crate) fn cleanup(layout: &Layout, mode: Mode) -> Cleanup {
         };
         done.removed.extend(reap_empty(&ctx));
         for job in job::list(&ctx) {
-            let Home::Tree { entry, .. } = job.home else {
+            let Some(entry) = job.entry(&ctx) else {
                 continue;
             };
             let why = match entry {

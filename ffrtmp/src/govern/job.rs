@@ -44,9 +44,8 @@ pub(crate) struct Job {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Home {
     /// Under ffrtmp's root: its directory in each hierarchy (sorted; one
-    /// on v2), and what the ledger says of it ([`Entry::NotOurs`] too when
-    /// the ledger cannot be read).
-    Tree { dirs: Vec<PathBuf>, entry: Entry },
+    /// on v2).
+    Tree { dirs: Vec<PathBuf> },
     /// A transient scope systemd holds: its unit and its directory.
     Scope { unit: String, dir: PathBuf },
 }
@@ -72,15 +71,21 @@ impl Job {
         }
     }
 
+    /// What the ledger says of a job in the tree ([`Entry::NotOurs`] too
+    /// when the ledger cannot be read); `None` for a scope. Asked only by
+    /// those who need it (`status`, `cleanup`): the probe takes the
+    /// marker's lock for a moment, which the pressure watch, listing jobs
+    /// twice a second, must not contend for with the reaper.
+    pub(crate) fn entry(&self, ctx: &Context) -> Option<Entry> {
+        match self.home {
+            Home::Tree { .. } => Some(ctx.ledger().map_or(Entry::NotOurs, |l| l.entry(&self.id))),
+            Home::Scope { .. } => None,
+        }
+    }
+
     /// A live ffrtmp (`run`, `attach` or `watch`) holds its claim.
-    pub(crate) fn supervised(&self) -> bool {
-        matches!(
-            self.home,
-            Home::Tree {
-                entry: Entry::Claimed,
-                ..
-            }
-        )
+    pub(crate) fn supervised(&self, ctx: &Context) -> bool {
+        self.entry(ctx) == Some(Entry::Claimed)
     }
 
     /// Its directory in the cpu controller's hierarchy, and whether that
@@ -174,10 +179,7 @@ fn tree_jobs(ctx: &Context, only: Option<&str>) -> Vec<Job> {
             let record = read_record(&ledger, &name, dirs.first()?);
             Some(Job {
                 cgroup: root.child(&name),
-                home: Home::Tree {
-                    entry: ledger.entry(&name),
-                    dirs,
-                },
+                home: Home::Tree { dirs },
                 record,
                 id: name,
             })
