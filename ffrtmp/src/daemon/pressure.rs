@@ -40,9 +40,12 @@ impl PressureWatch {
             .name("ffrtmp-pressure".into())
             .spawn(move || {
                 let mut watch = Watch::default();
+                let mut records = job::Records::default();
                 let mut next = Instant::now();
                 while !stopped.load(Relaxed) {
-                    for event in watch.step(&ctx, &job::list(&ctx), Instant::now()) {
+                    for event in
+                        watch.step(&ctx, &job::list_cached(&ctx, &mut records), Instant::now())
+                    {
                         if let Err(e) = tx.try_send(event) {
                             tracing::warn!("pressure event not written: {e}");
                         }

@@ -16,6 +16,7 @@
 //! directory listing per root (per slice for scopes) and one record per
 //! job.
 use std::{
+    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -131,25 +132,70 @@ impl Job {
 
 /// Every job under `ctx`'s root and, on a systemd host, every job scope.
 pub(crate) fn list(ctx: &Context) -> Vec<Job> {
-    let mut jobs = tree_jobs(ctx, None);
+    list_cached(ctx, &mut Records::default())
+}
+
+/// [`list`], reading each job's record once per cgroup: for the pressure
+/// watch, which lists the jobs twice a second.
+pub(crate) fn list_cached(ctx: &Context, records: &mut Records) -> Vec<Job> {
+    let mut jobs = tree_jobs(ctx, None, records);
     if let Some(mount) = scope_mount(ctx) {
-        jobs.extend(scopes(mount, None));
+        jobs.extend(scopes(mount, None, records));
     }
+    records.keep(&jobs);
     jobs
+}
+
+/// The records read so far, by job and cgroup inode. A record never
+/// changes once written, so one found is kept for as long as its cgroup
+/// is listed (a `stat` a listing instead of an open and a read); one not
+/// found yet (the job was listed between its `mkdir` and its record) is
+/// read again next time.
+#[derive(Default)]
+pub(crate) struct Records(HashMap<(String, u64), Record>);
+
+impl Records {
+    fn read(&mut self, ledger: &Ledger, id: &str, dir: &Path) -> Record {
+        let Ok(ino) = cgroup_ino(dir) else {
+            return Record::default();
+        };
+        let key = (id.to_string(), ino);
+        if let Some(r) = self.0.get(&key) {
+            return *r;
+        }
+        match ledger.record_of(id, ino) {
+            Some(r) => {
+                self.0.insert(key, r);
+                r
+            }
+            None => Record::default(),
+        }
+    }
+
+    /// Forgets the records of jobs no longer listed.
+    fn keep(&mut self, jobs: &[Job]) {
+        self.0.retain(|(id, ino), r| {
+            r.cgroup_ino == *ino
+                && jobs
+                    .iter()
+                    .any(|j| j.id == *id && j.record.cgroup_ino == *ino)
+        });
+    }
 }
 
 /// Job `id`, wherever it lives (under the root first).
 pub(crate) fn open(ctx: &Context, id: &str) -> Option<Job> {
-    tree_jobs(ctx, Some(id)).pop().or_else(|| {
+    let mut records = Records::default();
+    tree_jobs(ctx, Some(id), &mut records).pop().or_else(|| {
         let mount = scope_mount(ctx)?;
-        scopes(mount, Some(id)).pop()
+        scopes(mount, Some(id), &mut records).pop()
     })
 }
 
 /// Whether job `id` has a directory under the root (the reaper, until
 /// its last one is gone).
 pub(crate) fn in_tree(ctx: &Context, id: &str) -> bool {
-    !tree_jobs(ctx, Some(id)).is_empty()
+    !tree_jobs(ctx, Some(id), &mut Records::default()).is_empty()
 }
 
 /// The v2 hierarchy, when jobs are scopes.
@@ -158,7 +204,7 @@ fn scope_mount(ctx: &Context) -> Option<&Mount> {
 }
 
 /// The jobs under the root (only `only`, if given).
-fn tree_jobs(ctx: &Context, only: Option<&str>) -> Vec<Job> {
+fn tree_jobs(ctx: &Context, only: Option<&str>, records: &mut Records) -> Vec<Job> {
     let (Some(root), Some(ledger)) = (&ctx.root, ctx.ledger()) else {
         return Vec::new();
     };
@@ -176,7 +222,7 @@ fn tree_jobs(ctx: &Context, only: Option<&str>) -> Vec<Job> {
                 .map(|d| d.join(&name))
                 .filter(|d| d.is_dir())
                 .collect();
-            let record = read_record(&ledger, &name, dirs.first()?);
+            let record = records.read(&ledger, &name, dirs.first()?);
             Some(Job {
                 cgroup: root.child(&name),
                 home: Home::Tree { dirs },
@@ -208,7 +254,7 @@ fn names_under(roots: &[PathBuf]) -> Vec<String> {
     clippy::case_sensitive_file_extension_comparisons,
     reason = "unit suffixes are lower case by definition (systemd.unit(5))"
 )]
-fn scopes(mount: &Mount, only: Option<&str>) -> Vec<Job> {
+fn scopes(mount: &Mount, only: Option<&str>, records: &mut Records) -> Vec<Job> {
     let ledger = Ledger::scopes();
     let mut found = Vec::new();
     let mut slices = vec![CgroupPath::new("/").expect("\"/\" is a cgroup path")];
@@ -237,7 +283,7 @@ fn scopes(mount: &Mount, only: Option<&str>) -> Vec<Job> {
             found.push(Job {
                 id: id.to_string(),
                 cgroup: slice.child(&name),
-                record: read_record(&ledger, id, &dir),
+                record: records.read(&ledger, id, &dir),
                 home: Home::Scope {
                     unit: name.clone(),
                     dir,
@@ -246,14 +292,6 @@ fn scopes(mount: &Mount, only: Option<&str>) -> Vec<Job> {
         }
     }
     found
-}
-
-/// Job `id`'s record in `ledger`, if it describes cgroup directory `dir`.
-fn read_record(ledger: &Ledger, id: &str, dir: &Path) -> Record {
-    cgroup_ino(dir)
-        .ok()
-        .and_then(|ino| ledger.record_of(id, ino))
-        .unwrap_or_default()
 }
 
 /// The identity a record names: the inode of cgroup directory `dir`.
@@ -270,7 +308,10 @@ pub(crate) fn forget_ended_scopes(ctx: &Context) {
         return;
     };
     let ledger = Ledger::scopes();
-    let live: Vec<String> = scopes(mount, None).into_iter().map(|j| j.id).collect();
+    let live: Vec<String> = scopes(mount, None, &mut Records::default())
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
     for id in ledger.jobs() {
         if !live.contains(&id) {
             ledger.forget_scope(&id);

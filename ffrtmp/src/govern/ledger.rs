@@ -171,32 +171,41 @@ impl Ledger {
         Ok(())
     }
 
-    /// Takes the root lock, waiting at most [`LOCK_WAIT`]. The directories
-    /// are made and checked once per process (a job made or removed would
-    /// otherwise cost ~9 more system calls), again if they have gone.
-    pub fn lock(&self) -> Result<RootLock, GovernError> {
+    /// Makes or checks the ledger's directories once per process (a job
+    /// made, labelled or removed would otherwise cost ~9 more system
+    /// calls); `again`: they have gone, so they are made and checked anew.
+    fn prepared(&self, again: bool) -> Result<(), GovernError> {
         static PREPARED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-        let prepared = |dirs: &mut Vec<PathBuf>| -> Result<(), GovernError> {
-            self.prepare()?;
-            dirs.push(self.dir.clone());
-            Ok(())
-        };
         let mut dirs = PREPARED
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !dirs.contains(&self.dir) {
-            prepared(&mut dirs)?;
+        if again {
+            dirs.retain(|d| d != &self.dir);
         }
-        let path = self.lock_file();
-        let file = match open_private(&path, true) {
+        if !dirs.contains(&self.dir) {
+            self.prepare()?;
+            dirs.push(self.dir.clone());
+        }
+        Ok(())
+    }
+
+    /// Opens ledger file `path` (made if `create`), making the ledger's
+    /// directories again if they have gone.
+    fn open_in(&self, path: &Path, create: bool) -> Result<File, GovernError> {
+        self.prepared(false)?;
+        match open_private(path, create) {
             Err(GovernError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                dirs.retain(|d| d != &self.dir);
-                prepared(&mut dirs)?;
-                open_private(&path, true)?
+                self.prepared(true)?;
+                open_private(path, create)
             }
-            other => other?,
-        };
-        drop(dirs);
+            other => other,
+        }
+    }
+
+    /// Takes the root lock, waiting at most [`LOCK_WAIT`].
+    pub fn lock(&self) -> Result<RootLock, GovernError> {
+        let path = self.lock_file();
+        let file = self.open_in(&path, true)?;
         let lock = flock_within(file, FlockArg::LockExclusiveNonblock, LOCK_WAIT)
             .map_err(|e| GovernError::io("locking", &path, e))?;
         Ok(RootLock { lock })
@@ -219,11 +228,8 @@ impl Ledger {
     /// on the marker's inode. Readers take no lock; a record is written
     /// once, right after its job is made, in one `write`.
     pub fn label(&self, job: &str, record: &Record) -> Result<(), GovernError> {
-        // Checked every time (a few system calls, on the job maker's
-        // thread, once per job): a scope's ledger is not locked first.
-        self.prepare()?;
         let path = self.marker(job);
-        let file = open_private(&path, true)?;
+        let file = self.open_in(&path, true)?;
         let text = serde_json::to_vec(record)
             .map_err(|e| GovernError::io("encoding the record of", &path, io::Error::other(e)))?;
         std::os::unix::fs::FileExt::write_all_at(&file, &text, 0)
