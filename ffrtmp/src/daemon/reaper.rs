@@ -75,7 +75,7 @@ pub(super) fn spawn(ctx: &Context, last_governed: Arc<AtomicU64>) -> Option<Send
                     // The exit event comes before the kernel has taken the
                     // task out of its cgroup; until then the cgroup is busy.
                     if reap_job(&ctx, &ending.job).is_empty()
-                        && job::in_tree(&ctx, &ending.job)
+                        && job::in_tree(&ctx, &ending.job).is_some()
                         && ending.tries < REAP_TRIES
                     {
                         ending.tries += 1;

@@ -174,28 +174,29 @@ impl Records {
 
     /// Forgets the records of jobs no longer listed.
     fn keep(&mut self, jobs: &[Job]) {
-        self.0.retain(|(id, ino), r| {
-            r.cgroup_ino == *ino
-                && jobs
-                    .iter()
-                    .any(|j| j.id == *id && j.record.cgroup_ino == *ino)
-        });
+        let listed: std::collections::HashSet<(&str, u64)> = jobs
+            .iter()
+            .map(|j| (j.id.as_str(), j.record.cgroup_ino))
+            .collect();
+        self.0
+            .retain(|(id, ino), _| listed.contains(&(id.as_str(), *ino)));
     }
 }
 
 /// Job `id`, wherever it lives (under the root first).
 pub(crate) fn open(ctx: &Context, id: &str) -> Option<Job> {
-    let mut records = Records::default();
-    tree_jobs(ctx, Some(id), &mut records).pop().or_else(|| {
-        let mount = scope_mount(ctx)?;
-        scopes(mount, Some(id), &mut records).pop()
-    })
+    in_tree(ctx, id).or_else(|| scope(ctx, id))
 }
 
-/// Whether job `id` has a directory under the root (the reaper, until
-/// its last one is gone).
-pub(crate) fn in_tree(ctx: &Context, id: &str) -> bool {
-    !tree_jobs(ctx, Some(id), &mut Records::default()).is_empty()
+/// Job `id` under the root, if it has a directory there.
+pub(crate) fn in_tree(ctx: &Context, id: &str) -> Option<Job> {
+    tree_jobs(ctx, Some(id), &mut Records::default()).pop()
+}
+
+/// Job `id`'s scope, if jobs are scopes here and it has one.
+pub(crate) fn scope(ctx: &Context, id: &str) -> Option<Job> {
+    let mount = scope_mount(ctx)?;
+    scopes(mount, Some(id), &mut Records::default()).pop()
 }
 
 /// The v2 hierarchy, when jobs are scopes.

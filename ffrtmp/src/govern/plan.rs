@@ -51,7 +51,8 @@ impl Plan {
         let mut applied = Applied::default();
         let mut cgroup = None;
         // One job id, one job: a scope's too (`attach`, `watch`).
-        if let Some(Home::Scope { dir, .. }) = job::open(ctx, job_id.as_str()).map(|j| j.home) {
+        // (Its directory under the root is found by making it.)
+        if let Some(Home::Scope { dir, .. }) = job::scope(ctx, job_id.as_str()).map(|j| j.home) {
             return Err(GovernError::JobIdInUse(dir));
         }
         if ctx.root.is_some() {
@@ -107,7 +108,7 @@ impl Plan {
     ) -> Result<Self, GovernError> {
         let mount = ctx.layout.v2.as_ref().ok_or(GovernError::NoCgroups)?;
         // One job id, one job: a `run` job's under the root too.
-        if let Some(Home::Tree { dirs, .. }) = job::open(ctx, job_id.as_str()).map(|j| j.home) {
+        if let Some(Home::Tree { dirs, .. }) = job::in_tree(ctx, job_id.as_str()).map(|j| j.home) {
             let path = dirs.into_iter().next().unwrap_or_default();
             return Err(GovernError::JobIdInUse(path));
         }
