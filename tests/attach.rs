@@ -15,7 +15,7 @@ use common::{
     root_job_cgroup, root_job_removed, scratch, wait_for_event,
 };
 use ffrtmp::events::Body;
-use ffrtmp::limits::LimitName;
+use ffrtmp::limits::Count;
 
 fn start_time(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -103,8 +103,8 @@ fn attach_moves_the_whole_process_sets_nice_on_every_thread_and_reports_the_exit
         unreachable!()
     };
     assert_eq!((g.pid, g.job_id.as_str()), (pid, job.as_str()));
-    assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
-    assert_eq!(g.limits[&LimitName::Nice], 7);
+    assert_eq!(g.limits.cpu_max.unwrap().to_string(), "20000 100000");
+    assert_eq!(g.limits.nice, Some(7));
     let cg = cgroups(pid);
     assert!(cg.contains(&root_job_cgroup(&job)), "{cg}");
     // Every thread moved with the process and got the nice value.
@@ -438,8 +438,8 @@ fn attaching_again_updates_the_job_and_a_job_id_in_use_is_refused() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(last.limits[&LimitName::CpuMax], "50000 100000");
-    assert_eq!(last.limits[&LimitName::PidsMax], 16);
+    assert_eq!(last.limits.cpu_max.unwrap().to_string(), "50000 100000");
+    assert_eq!(last.limits.pids_max, Some(Count::N(16)));
     let cg = cgroups(first.id());
     assert!(cg.contains(&root_job_cgroup(&job)), "{cg}");
     if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {

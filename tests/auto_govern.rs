@@ -25,7 +25,7 @@ use common::{
     scratch, sleeper,
 };
 use ffrtmp::events::{Body, Event, Governed};
-use ffrtmp::limits::{LimitName, Tier};
+use ffrtmp::limits::{Count, Size, Tier};
 
 fn write_policy(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("policy.toml");
@@ -107,9 +107,9 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
     let g = as_governed(w.wait_for("governed ffmpeg", governed_of(pid)));
     assert_eq!(g.rule.as_deref(), Some("transcode"));
     assert_eq!(g.job_id, format!("ffmpeg-{pid}"));
-    assert_eq!(g.limits[&LimitName::CpuMax], "30000 100000");
-    assert_eq!(g.limits[&LimitName::MemoryMax], 268_435_456);
-    assert_eq!(g.limits[&LimitName::Nice], 3);
+    assert_eq!(g.limits.cpu_max.unwrap().to_string(), "30000 100000");
+    assert_eq!(g.limits.memory_max, Some(Size::Bytes(268_435_456)));
+    assert_eq!(g.limits.nice, Some(3));
     assert!(!g.adopted);
     assert!(
         g.latency_us.is_some(),
@@ -136,7 +136,7 @@ fn a_new_ffmpeg_is_governed_by_its_rule_and_nothing_else_is_touched() {
         .unwrap();
     let k = as_governed(w.wait_for("governed ffkeyed", governed_of(stream.id())));
     assert_eq!(k.job_id, "live-.._.._etc_x");
-    assert_eq!(k.limits[&LimitName::PidsMax], 64);
+    assert_eq!(k.limits.pids_max, Some(Count::N(64)));
     // By now the earlier execs have been handled (events are in order).
     w.drain();
     for pid in [other.id(), probe.id()] {
@@ -541,7 +541,7 @@ fn the_procfs_fallback_governs_and_says_so() {
     let mut job = sleeper(&ffmpeg, "30");
     let g = as_governed(w.wait_for("governed by polling", governed_of(job.id())));
     assert_eq!(g.latency_us, None);
-    assert_eq!(g.limits[&LimitName::CpuMax], "30000 100000");
+    assert_eq!(g.limits.cpu_max.unwrap().to_string(), "30000 100000");
     assert!(cgroups(job.id()).contains(root.path()));
     kill(&mut job);
     w.wait_for("exit by polling", exit_of(job.id()));
@@ -748,10 +748,10 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
     let g = as_governed(w.wait_for("the real ffmpeg governed", governed_of(pid)));
     assert_eq!(g.rule.as_deref(), Some("ffmpeg-batch"));
     assert_eq!(g.tier, Some(Tier::Batch));
-    assert_eq!(g.limits[&LimitName::CpuIdle], 1, "{g:?}");
-    assert!(!g.limits.contains_key(&LimitName::CpuWeight), "{g:?}");
-    assert_eq!(g.limits[&LimitName::MemoryMax], 4_294_967_296_u64);
-    assert_eq!(g.limits[&LimitName::OomScoreAdj], 500);
+    assert_eq!(g.limits.cpu_idle, Some(1), "{g:?}");
+    assert!(g.limits.cpu_weight.is_none(), "{g:?}");
+    assert_eq!(g.limits.memory_max, Some(Size::Bytes(4_294_967_296_u64)));
+    assert_eq!(g.limits.oom_score_adj, Some(500));
     assert!(cgroups(pid).contains(&format!("{}/ffmpeg-{pid}", root.path())));
     let batch_cgroup = g.cgroup.clone().unwrap();
     assert_eq!(
@@ -761,8 +761,8 @@ fn the_real_ffmpeg_is_governed_by_the_embedded_policy() {
     let l = as_governed(w.wait_for("the live ffmpeg governed", governed_of(live.id())));
     assert_eq!(l.rule.as_deref(), Some("ffmpeg-live"));
     assert_eq!(l.tier, Some(Tier::Live));
-    assert_eq!(l.limits[&LimitName::CpuWeight], 1000, "{l:?}");
-    assert!(!l.limits.contains_key(&LimitName::CpuIdle), "{l:?}");
+    assert_eq!(l.limits.cpu_weight, Some(1000), "{l:?}");
+    assert!(l.limits.cpu_idle.is_none(), "{l:?}");
     assert!(live.wait().unwrap().success());
     assert!(ffmpeg.wait().unwrap().success());
     assert!(fs::metadata(&out).unwrap().len() > 0, "no output written");

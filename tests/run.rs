@@ -18,7 +18,7 @@ use std::{
 
 use common::{ffrtmp, is_helper, read_events, require_root, scratch, skip};
 use ffrtmp::events::{Body, Event};
-use ffrtmp::limits::LimitName;
+use ffrtmp::limits::{LimitName, Size};
 
 /// `ffrtmp run ARGS` with events to a file; returns the output and events.
 fn run(events: &Path, args: &[&str]) -> (Output, Vec<Event>) {
@@ -248,7 +248,10 @@ fn cpu_max_gives_a_busy_loop_its_quota() {
     let status = cmd.status().unwrap();
     assert!(status.success(), "{status}");
     let events = read_events(&dir.join("events"));
-    assert_eq!(governed(&events).limits[&LimitName::CpuMax], "20000 100000");
+    assert_eq!(
+        governed(&events).limits.cpu_max.unwrap().to_string(),
+        "20000 100000"
+    );
     let x = job_exit(&events);
     let job = x.job.as_ref().unwrap();
     let share = job.cpu_usage_us.unwrap() as f64 / x.duration_us.unwrap() as f64;
@@ -306,7 +309,7 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
     let (without, _) = bursts(&[], "without");
     let (with, events) = bursts(&["--cpu-max-burst", "20000"], "with");
     let g = governed(&events);
-    assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
+    assert_eq!(g.limits.cpu_max.unwrap().to_string(), "20000 100000");
     let refusal = || {
         events
             .iter()
@@ -326,11 +329,11 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
             Fallback::None,
             "a refused burst must not lower nice"
         );
-        assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
+        assert!(g.limits.cpu_max_burst.is_none());
         assert_eq!(with, Some(0), "no burst allowance, yet it burst");
         eprintln!("systemd has no property for the burst: its refusal was checked");
     } else if kernel_has_cpu_burst() {
-        assert_eq!(g.limits[&LimitName::CpuMaxBurst], 20000, "{events:?}");
+        assert_eq!(g.limits.cpu_max_burst, Some(20000), "{events:?}");
         let (with, without) = (with.unwrap(), without.unwrap());
         eprintln!("nr_bursts: {with} with a 20 ms burst, {without} without");
         assert_eq!(without, 0, "no burst allowance, yet it burst");
@@ -362,7 +365,7 @@ fn cpu_max_burst_lets_a_rested_job_spend_saved_quota() {
             Fallback::None,
             "a refused burst must not lower nice"
         );
-        assert!(!g.limits.contains_key(&LimitName::CpuMaxBurst));
+        assert!(g.limits.cpu_max_burst.is_none());
         eprintln!("this kernel predates CFS burst (5.14): its refusal was checked");
     }
 }
@@ -419,12 +422,12 @@ fn a_live_job_takes_the_cpu_from_a_batch_job() {
     let (b, l) = (governed(&batch_events), governed(&live_events));
     assert_eq!(b.tier, Some(ffrtmp::limits::Tier::Batch));
     assert_eq!(l.tier, Some(ffrtmp::limits::Tier::Live));
-    assert_eq!(l.limits[&LimitName::CpuWeight], 1000, "{l:?}");
+    assert_eq!(l.limits.cpu_weight, Some(1000), "{l:?}");
     // Idle against weight 1000: measured 99.6 % here. Weight 1000 against
     // 100 (no cpu.idle): 91 % at most.
     let mut least = 0.9;
-    if b.limits.contains_key(&LimitName::CpuIdle) {
-        assert_eq!(b.limits[&LimitName::CpuIdle], 1, "{b:?}");
+    if b.limits.cpu_idle.is_some() {
+        assert_eq!(b.limits.cpu_idle, Some(1), "{b:?}");
     } else {
         least = 0.8;
         let d = batch_events
@@ -492,7 +495,10 @@ fn memory_max_oom_kills_and_the_report_says_so() {
         .unwrap();
     assert_eq!(status.code(), Some(128 + 9), "{status}");
     let events = read_events(&dir.join("events"));
-    assert_eq!(governed(&events).limits[&LimitName::MemoryMax], 32u64 << 20);
+    assert_eq!(
+        governed(&events).limits.memory_max,
+        Some(Size::Bytes(32u64 << 20))
+    );
     let x = job_exit(&events);
     assert_eq!((x.exit_code, x.signal), (None, Some(9)));
     let job = x.job.as_ref().unwrap();
@@ -836,18 +842,15 @@ fn the_deployment_guides_forms_work_verbatim() {
     );
     assert!(out.status.success(), "{out:?}");
     let g = governed(&events);
-    assert_eq!(g.limits[&LimitName::CpuMax], "100000 100000");
-    assert_eq!(g.limits[&LimitName::CpuWeight], 150);
-    assert_eq!(g.limits[&LimitName::MemoryMax], 4u64 << 30);
+    assert_eq!(g.limits.cpu_max.unwrap().to_string(), "100000 100000");
+    assert_eq!(g.limits.cpu_weight, Some(150));
+    assert_eq!(g.limits.memory_max, Some(Size::Bytes(4u64 << 30)));
     // 8:0 is not a block device on every machine: applied or degraded,
     // never silently dropped.
     let io_degraded = events
         .iter()
         .any(|e| matches!(&e.body, Body::Degraded(d) if d.limit == Some(LimitName::IoMax)));
-    assert!(
-        g.limits.contains_key(&LimitName::IoMax) != io_degraded,
-        "{events:?}"
-    );
+    assert!(g.limits.io_max.is_some() != io_degraded, "{events:?}");
 }
 
 #[test]
@@ -894,7 +897,7 @@ fn a_limit_the_kernel_refuses_is_degraded_or_with_strict_refused() {
         .expect("a degraded event");
     assert_eq!(d.limit, Some(LimitName::IoMax));
     assert!(
-        !governed(&events).limits.contains_key(&LimitName::IoMax),
+        governed(&events).limits.io_max.is_none(),
         "a refused limit is not reported as applied"
     );
 }
@@ -981,11 +984,7 @@ fn unprivileged_mode_degrades_to_nice_and_says_so() {
     let g = governed(&events);
     assert_eq!(g.mode, Mode::Unprivileged);
     assert_eq!(g.cgroup, None);
-    assert_eq!(
-        g.limits.get(&LimitName::Nice),
-        Some(&serde_json::json!(10)),
-        "{g:?}"
-    );
+    assert_eq!(g.limits.nice, Some(10), "{g:?}");
     let d = events
         .iter()
         .find_map(|e| match &e.body {
@@ -1063,7 +1062,7 @@ fn delegated_mode_governs_inside_the_delegated_subtree() {
         cgroup.starts_with(&format!("/{}/ffrtmp/", rel.display())),
         "{cgroup}"
     );
-    assert_eq!(g.limits[&LimitName::CpuMax], "20000 100000");
+    assert_eq!(g.limits.cpu_max.unwrap().to_string(), "20000 100000");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("0::{cgroup}")),
         "{out:?}"
@@ -1133,7 +1132,7 @@ fn a_real_ffmpeg_transcode_completes_under_limits_and_outlives_kill_9() {
     let (out, events) = run(&dir.join("events-short"), &args);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        governed(&events).limits[&LimitName::CpuMax],
+        governed(&events).limits.cpu_max.unwrap().to_string(),
         "100000 100000"
     );
     assert_eq!(frames_of(&short), Some(50), "2 s at 25 fps");
@@ -1240,10 +1239,7 @@ fn io_max_throttles_writes_to_a_real_block_device() {
     let limit = format!("{dev} wbps=1048576");
     let throttled = timed(&["--io-max", &limit], &dir.join("events-io"));
     let events = read_events(&dir.join("events-io"));
-    let applied = governed(&events).limits[&LimitName::IoMax][0]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let applied = governed(&events).limits.io_max.clone().unwrap()[0].to_string();
     assert!(
         applied.starts_with(&dev) && applied.contains("wbps=1048576"),
         "{applied}"

@@ -343,11 +343,12 @@ fn holds_staged(
     let Some((_, staged)) = staged_report.filter(|_| !moved) else {
         return Ok(());
     };
+    let staged = staged.names();
     let missing: Vec<String> = plan
         .applied
         .failures
         .iter()
-        .filter(|f| staged.contains_key(&f.limit))
+        .filter(|f| staged.contains(&f.limit))
         .map(|f| format!("{}: {}", f.limit, f.reason))
         .collect();
     if missing.is_empty() {

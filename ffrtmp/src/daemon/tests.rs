@@ -339,7 +339,7 @@ impl Host for FakeHost {
         Ok(Staged {
             cgroup: path.clone(),
             path,
-            applied: crate::events::Limits::new(),
+            applied: crate::events::Limits::default(),
         })
     }
 

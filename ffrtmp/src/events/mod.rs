@@ -28,8 +28,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::limits::{LimitName, Tier};
 
-/// `governed.limits`: each limit in force, as the kernel reads it back.
-pub type Limits = std::collections::BTreeMap<LimitName, serde_json::Value>;
+/// `governed.limits`: each limit in force, as the kernel reads it back,
+/// typed per limit ([`crate::limits::Limit::Back`]).
+pub type Limits = crate::limits::InForce;
 
 /// Version of the event schema; bumped on any incompatible change.
 /// 2: `host`, `boot_id` and `process_key`; durations in integer

@@ -60,15 +60,45 @@ pub(super) fn schema() -> serde_json::Value {
             .iter()
             .find(|(n, _)| n == name)
             .map_or(&[][..], |(_, a)| a);
+        // `governed.limits` holds only the limits in force.
+        let in_force = name == "InForce";
         let required: Vec<String> = properties
             .keys()
-            .filter(|k| !absent.contains(&k.as_str()))
+            .filter(|k| !in_force && !absent.contains(&k.as_str()))
             .cloned()
             .collect();
         def["required"] = required.into();
     }
     schema["$defs"]["Exit"]["dependentRequired"] = serde_json::json!({ "job_id": JOB_REPORT });
+    never_null(&mut schema["$defs"]["InForce"]["properties"]);
     schema
+}
+
+/// A limit in `governed.limits` is absent when it is not in force, never
+/// `null` (its field is skipped): its schema drops the `null` schemars
+/// gives an `Option`.
+fn never_null(properties: &mut serde_json::Value) {
+    let Some(properties) = properties.as_object_mut() else {
+        return;
+    };
+    for property in properties.values_mut() {
+        if let Some(types) = property["type"].as_array_mut() {
+            types.retain(|t| t != "null");
+            if let [only] = &types[..] {
+                property["type"] = only.clone();
+            }
+        }
+        if let Some(any_of) = property["anyOf"].as_array() {
+            let kept: Vec<_> = any_of
+                .iter()
+                .filter(|s| s["type"] != "null")
+                .cloned()
+                .collect();
+            if let [only] = &kept[..] {
+                *property = only.clone();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -116,11 +116,11 @@ fn governed(out: &mut Vec<u8>, g: &super::Governed) -> io::Result<()> {
         g.mode,
         opt(g.cgroup.as_ref())
     )?;
-    for (k, v) in &g.limits {
+    for (k, v) in g.limits.values() {
         out.extend_from_slice(b" ");
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b"=");
-        match v {
+        match &v {
             serde_json::Value::String(s) => quoted(out, s)?,
             other => write!(out, "{other}")?,
         }

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     errors::chain,
     events::{self, Degraded, Fallback, Governed, ProcessId},
-    limits::{LimitName, Tier},
+    limits::{InForce, LimitName, Named, Nice, OomScoreAdj, Tier},
 };
 
 /// What to do when the target cannot join its job cgroup.
@@ -126,7 +126,7 @@ fn move_in(
     }
     // Its cgroup limits are not in force: say so, report none.
     placement.cgroup = None;
-    for limit in std::mem::take(&mut placement.limits).into_keys() {
+    for limit in std::mem::take(&mut placement.limits).names() {
         placement.degradations.push(Degraded {
             limit: Some(limit),
             reason: format!("process {pid} could not be moved into its cgroup: {reason}"),
@@ -134,6 +134,42 @@ fn move_in(
         });
     }
     Ok(())
+}
+
+/// A per-process limit: how it is set on a process and read back, and
+/// where its read-back goes.
+struct Setting {
+    limit: LimitName,
+    step: &'static str,
+    set: fn(u32, i32) -> Result<i32, ProcessError>,
+    read: fn(u32) -> std::io::Result<i32>,
+    slot: fn(&mut InForce) -> &mut Option<i32>,
+}
+
+/// The per-process limits, each with its value when it was asked for.
+fn settings(nice: Option<i32>, oom_score_adj: Option<i32>) -> [(Setting, Option<i32>); 2] {
+    [
+        (
+            Setting {
+                limit: Nice::NAME,
+                step: "setting nice",
+                set: set_nice_all_threads,
+                read: nice_of,
+                slot: Nice::in_force,
+            },
+            nice,
+        ),
+        (
+            Setting {
+                limit: OomScoreAdj::NAME,
+                step: "setting oom_score_adj",
+                set: set_oom_score_adj,
+                read: oom_score_adj_of,
+                slot: OomScoreAdj::in_force,
+            },
+            oom_score_adj,
+        ),
+    ]
 }
 
 /// Per-process limits: each set on the live target, then read back.
@@ -144,42 +180,24 @@ fn per_process(
     nice: Option<i32>,
     oom_score_adj: Option<i32>,
 ) -> Result<(), NotPlaced> {
-    type Set = fn(u32, i32) -> Result<i32, ProcessError>;
-    type Read = fn(u32) -> std::io::Result<i32>;
     let pid = target.pid;
-    let settings: [(LimitName, &str, Option<i32>, Set, Read); 2] = [
-        (
-            LimitName::Nice,
-            "setting nice",
-            nice,
-            set_nice_all_threads,
-            nice_of,
-        ),
-        (
-            LimitName::OomScoreAdj,
-            "setting oom_score_adj",
-            oom_score_adj,
-            set_oom_score_adj,
-            oom_score_adj_of,
-        ),
-    ];
-    for (limit, step, value, set, read) in settings {
+    for (setting, value) in settings(nice, oom_score_adj) {
         let Some(value) = value else { continue };
         if let Err(error) = target.check() {
-            return Err(gone(placement, step, error));
+            return Err(gone(placement, setting.step, error));
         }
-        let result = set(pid, value);
+        let result = (setting.set)(pid, value);
         for &other in also {
-            let _ = set(other, value);
+            let _ = (setting.set)(other, value);
         }
         match result {
             Ok(_) => {
-                if let Ok(now) = read(pid) {
-                    placement.limits.insert(limit, now.into());
+                if let Ok(now) = (setting.read)(pid) {
+                    *(setting.slot)(&mut placement.limits) = Some(now);
                 }
             }
             Err(e) => placement.degradations.push(Degraded {
-                limit: Some(limit),
+                limit: Some(setting.limit),
                 reason: chain(&e).to_string(),
                 fallback: Fallback::None,
             }),
@@ -193,15 +211,12 @@ impl Placement {
     /// nice and oom_score_adj before exec): read back what is in force.
     pub(crate) fn confirm(plan: Plan, pid: u32) -> Self {
         let mut limits = plan.applied.limits;
-        if plan.nice.is_some()
-            && let Ok(n) = nice_of(pid)
-        {
-            limits.insert(LimitName::Nice, n.into());
-        }
-        if plan.oom_score_adj.is_some()
-            && let Ok(v) = oom_score_adj_of(pid)
-        {
-            limits.insert(LimitName::OomScoreAdj, v.into());
+        for (setting, value) in settings(plan.nice, plan.oom_score_adj) {
+            if value.is_some()
+                && let Ok(now) = (setting.read)(pid)
+            {
+                *(setting.slot)(&mut limits) = Some(now);
+            }
         }
         Placement {
             cgroup: plan.cgroup,

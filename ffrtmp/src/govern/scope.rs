@@ -464,7 +464,7 @@ impl Visit for ReadBack<'_> {
         match limit.systemd() {
             Ok(_) => {
                 let outcome = limit.apply_v2(&*self);
-                self.applied.record(L::NAME, outcome);
+                self.applied.record::<L>(outcome);
             }
             Err(why) => self.applied.fail(L::NAME, why),
         }

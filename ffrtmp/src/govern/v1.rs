@@ -177,7 +177,7 @@ impl Visit for Apply<'_> {
                 job: self.job,
                 controller: controllers.v1,
             };
-            self.applied.record(L::NAME, limit.apply_v1(&files));
+            self.applied.record::<L>(limit.apply_v1(&files));
         }
     }
 }

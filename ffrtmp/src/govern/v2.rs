@@ -153,7 +153,7 @@ impl Visit for Apply<'_> {
         let Some(needed) = L::CGROUP else { return };
         match self.refused.iter().find(|(c, _)| *c == needed.v2) {
             Some((_, reason)) => self.applied.fail(L::NAME, reason.clone()),
-            None => self.applied.record(L::NAME, limit.apply_v2(self.job)),
+            None => self.applied.record::<L>(limit.apply_v2(self.job)),
         }
     }
 }

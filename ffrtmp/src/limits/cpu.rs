@@ -2,11 +2,9 @@
 //! the proportional weight (`cpu.weight`) and idle scheduling (`cpu.idle`).
 use std::{fmt, str::FromStr};
 
-use serde_json::Value;
-
 use super::{
     Controllers, FileError, Files, Limit, LimitError, Outcome, Property,
-    values::{int_in, write_number},
+    values::{int_in, read_back, write_read},
 };
 
 const CPU: Option<Controllers> = Some(Controllers {
@@ -66,18 +64,18 @@ impl Limit for CpuMax {
     const STATUS_V2: &'static [&'static str] = &["cpu.max"];
     const STATUS_V1: &'static [&'static str] = &["cpu.cfs_quota_us", "cpu.cfs_period_us"];
 
+    /// `cpu.max` as it reads back.
+    type Back = CpuMax;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         text.parse()
     }
 
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        files
-            .write("cpu.max", &self.to_string())
-            .map(Value::String)
-            .into()
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<CpuMax> {
+        write_read(files, "cpu.max", self)
     }
 
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<CpuMax> {
         let written = || {
             // Period first: the kernel checks the quota against it.
             let period = files.write("cpu.cfs_period_us", &self.period.to_string())?;
@@ -85,8 +83,13 @@ impl Limit for CpuMax {
                 .quota
                 .map_or_else(|| "-1".to_string(), |q| q.to_string());
             let quota = files.write("cpu.cfs_quota_us", &quota)?;
-            let quota = if quota == "-1" { "max".into() } else { quota };
-            Ok::<_, FileError>(Value::String(format!("{quota} {period}")))
+            Ok::<_, FileError>(CpuMax {
+                quota: match quota.as_str() {
+                    "-1" => None,
+                    q => Some(read_back("cpu.cfs_quota_us", q)?),
+                },
+                period: read_back("cpu.cfs_period_us", &period)?,
+            })
         };
         written().into()
     }
@@ -125,16 +128,19 @@ impl Limit for CpuMaxBurst {
     const STATUS_V2: &'static [&'static str] = &["cpu.max.burst"];
     const STATUS_V1: &'static [&'static str] = &["cpu.cfs_burst_us"];
 
+    /// Microseconds.
+    type Back = u64;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         int_in(text, 0..=Self::MAX, LimitError::CpuMaxBurst).map(CpuMaxBurst)
     }
 
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu.max.burst", self.0)
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<u64> {
+        write_read(files, "cpu.max.burst", self.0)
     }
 
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu.cfs_burst_us", self.0)
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<u64> {
+        write_read(files, "cpu.cfs_burst_us", self.0)
     }
 }
 
@@ -152,25 +158,23 @@ impl Limit for CpuWeight {
     const STATUS_V2: &'static [&'static str] = &["cpu.weight"];
     const STATUS_V1: &'static [&'static str] = &["cpu.shares"];
 
+    /// The weight (v1: the shares read back, as a weight).
+    type Back = u64;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         int_in(text, 1..=10_000, LimitError::CpuWeight).map(CpuWeight)
     }
 
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu.weight", self.0)
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<u64> {
+        write_read(files, "cpu.weight", self.0)
     }
 
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<u64> {
         let shares = (u64::from(self.0) * SHARES_PER_WEIGHT_100 / 100).max(2);
         files
             .write("cpu.shares", &shares.to_string())
-            .and_then(|back| {
-                let shares: u64 = back.parse().map_err(|_| FileError::Unexpected {
-                    file: "cpu.shares".into(),
-                    back: back.clone(),
-                })?;
-                Ok(Value::from((shares * 100).div_ceil(SHARES_PER_WEIGHT_100)))
-            })
+            .and_then(|back| read_back::<u64>("cpu.shares", &back))
+            .map(|shares| (shares * 100).div_ceil(SHARES_PER_WEIGHT_100))
             .into()
     }
 
@@ -196,16 +200,19 @@ impl Limit for CpuIdle {
     const STATUS_V2: &'static [&'static str] = &["cpu.idle"];
     const STATUS_V1: &'static [&'static str] = &["cpu.idle"];
 
+    /// 0 or 1.
+    type Back = u8;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         int_in(text, 0..=1, LimitError::CpuIdle).map(|v: u8| CpuIdle(v == 1))
     }
 
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu.idle", u8::from(self.0))
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<u8> {
+        write_read(files, "cpu.idle", u8::from(self.0))
     }
 
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
-        write_number(files, "cpu.idle", u8::from(self.0))
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<u8> {
+        write_read(files, "cpu.idle", u8::from(self.0))
     }
 
     /// systemd's `CPUWeight=idle` (since 252) is weight 0 on the bus,
@@ -221,6 +228,7 @@ impl Limit for CpuIdle {
 }
 
 super::values::display_inner!(CpuMaxBurst, CpuWeight);
+super::values::as_text!(CpuMax: "cpu.max: \"QUOTA PERIOD\" or \"max PERIOD\", in microseconds.");
 
 impl fmt::Display for CpuIdle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

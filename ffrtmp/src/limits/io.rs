@@ -2,9 +2,7 @@
 //! `blkio.throttle.*_device` files).
 use std::{fmt, str::FromStr};
 
-use serde_json::Value;
-
-use super::{Controllers, Count, Files, Limit, LimitError, Outcome};
+use super::{Controllers, Count, Files, Limit, LimitError, Outcome, values::read_back};
 
 /// `io.max`: limits on one or more block devices (the option repeats; a
 /// policy gives a list).
@@ -25,6 +23,10 @@ impl Limit for IoMax {
         "blkio.throttle.write_bps_device",
     ];
 
+    /// Each device's line as `io.max` reads it back (every key, `max`
+    /// where there is no limit).
+    type Back = Vec<IoLine>;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         Ok(IoMax(vec![text.parse()?]))
     }
@@ -35,14 +37,15 @@ impl Limit for IoMax {
 
     /// Each device's line as `io.max` reads it back; a device the kernel
     /// refused is a failure of its own, the others stay reported.
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<Vec<IoLine>> {
         self.each(|dev| {
             let back = files.write("io.max", &dev.to_string())?;
             let prefix = format!("{}:{} ", dev.major, dev.minor);
-            back.lines()
+            let line = back
+                .lines()
                 .find(|l| l.starts_with(&prefix))
-                .map(str::to_string)
-                .ok_or_else(|| format!("io.max has no line for {prefix}after writing it"))
+                .ok_or_else(|| format!("io.max has no line for {prefix}after writing it"))?;
+            Ok(read_back("io.max", line)?)
         })
     }
 
@@ -83,23 +86,23 @@ impl Limit for IoMax {
         Ok(properties)
     }
 
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<Vec<IoLine>> {
         self.each(|dev| dev.apply_v1(files))
     }
 }
 
 impl IoMax {
-    fn each(&self, apply: impl Fn(&IoLine) -> Result<String, String>) -> Outcome {
+    fn each(&self, apply: impl Fn(&IoLine) -> Result<IoLine, String>) -> Outcome<Vec<IoLine>> {
         let mut lines = Vec::new();
         let mut failures = Vec::new();
         for dev in &self.0 {
             match apply(dev) {
-                Ok(line) => lines.push(Value::String(line)),
+                Ok(line) => lines.push(line),
                 Err(reason) => failures.push(reason),
             }
         }
         Outcome {
-            value: (!lines.is_empty()).then_some(Value::Array(lines)),
+            value: (!lines.is_empty()).then_some(lines),
             failures,
         }
     }
@@ -206,16 +209,23 @@ impl IoLine {
             .ok_or_else(|| format!("{uevent} names no device"))
     }
 
-    /// Writes one v1 file per key; the line as v2 would read it.
-    fn apply_v1(&self, files: &dyn Files) -> Result<String, String> {
+    /// Writes one v1 file per key; the line as v2 would read it (only the
+    /// keys asked for).
+    fn apply_v1(&self, files: &dyn Files) -> Result<IoLine, String> {
         let device = format!("{}:{}", self.major, self.minor);
-        let mut parts = vec![device.clone()];
+        let mut back_line = IoLine {
+            rbps: None,
+            wbps: None,
+            riops: None,
+            wiops: None,
+            ..*self
+        };
         for (key, value) in self.fields() {
-            let file = match key {
-                "rbps" => "blkio.throttle.read_bps_device",
-                "wbps" => "blkio.throttle.write_bps_device",
-                "riops" => "blkio.throttle.read_iops_device",
-                _ => "blkio.throttle.write_iops_device",
+            let (file, slot) = match key {
+                "rbps" => ("blkio.throttle.read_bps_device", &mut back_line.rbps),
+                "wbps" => ("blkio.throttle.write_bps_device", &mut back_line.wbps),
+                "riops" => ("blkio.throttle.read_iops_device", &mut back_line.riops),
+                _ => ("blkio.throttle.write_iops_device", &mut back_line.wiops),
             };
             // v1 removes a device's limit when it is set to 0.
             let n = match value {
@@ -224,20 +234,19 @@ impl IoLine {
             };
             let back = files.write(file, &format!("{device} {n}"))?;
             let line = back.lines().find(|l| l.starts_with(&format!("{device} ")));
-            match (value, line) {
-                (Count::Max, None) => parts.push(format!("{key}=max")),
-                (_, Some(l)) => parts.push(format!(
-                    "{key}={}",
-                    l.split_whitespace().nth(1).unwrap_or("?")
-                )),
+            *slot = Some(match (value, line) {
+                (Count::Max, None) => Count::Max,
+                (_, Some(l)) => read_back(file, l.split_whitespace().nth(1).unwrap_or(l))?,
                 (Count::N(_), None) => {
                     return Err(format!("{file} has no line for {device} after writing it"));
                 }
-            }
+            });
         }
-        Ok(parts.join(" "))
+        Ok(back_line)
     }
 }
+
+super::values::as_text!(IoLine: "An io.max line: \"MAJ:MIN rbps=N wbps=N riops=N wiops=N\" (N a number or max).");
 
 #[cfg(test)]
 mod tests {

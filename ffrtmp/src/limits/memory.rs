@@ -1,8 +1,6 @@
 //! Memory limits: the hard limit (`memory.max`) and the throttling
 //! threshold (`memory.high`; v1 has none, its soft limit is the closest).
-use serde_json::Value;
-
-use super::{Controllers, FileError, Files, Limit, LimitError, Outcome, Property, Size};
+use super::{Controllers, Files, Limit, LimitError, Outcome, Property, Size, values::read_back};
 
 const MEMORY: Option<Controllers> = Some(Controllers {
     v2: "memory",
@@ -40,15 +38,18 @@ impl Limit for MemoryMax {
     const STATUS_V2: &'static [&'static str] = &["memory.max"];
     const STATUS_V1: &'static [&'static str] = &["memory.limit_in_bytes"];
 
+    /// Bytes, or `max` (v1: a limit at the top of its range).
+    type Back = Size;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         memory_size(text).map(MemoryMax)
     }
 
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<Size> {
         v2(files, "memory.max", self.0)
     }
 
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<Size> {
         v1(files, "memory.limit_in_bytes", self.0)
     }
 
@@ -64,17 +65,20 @@ impl Limit for MemoryHigh {
     const STATUS_V2: &'static [&'static str] = &["memory.high"];
     const STATUS_V1: &'static [&'static str] = &["memory.soft_limit_in_bytes"];
 
+    /// Bytes, or `max`.
+    type Back = Size;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         memory_size(text).map(MemoryHigh)
     }
 
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<Size> {
         v2(files, "memory.high", self.0)
     }
 
     /// v1 has no throttling "high"; the soft limit is the closest: reclaim
     /// pressure under contention.
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<Size> {
         v1(files, "memory.soft_limit_in_bytes", self.0)
     }
 
@@ -91,30 +95,24 @@ fn property(name: &'static str, size: Size) -> Property {
     Property::number(name, value)
 }
 
-fn v2(files: &dyn Files, file: &str, size: Size) -> Outcome {
-    files
-        .write(file, &size.to_string())
-        .map(super::values::number_or_text)
-        .into()
+fn v2(files: &dyn Files, file: &str, size: Size) -> Outcome<Size> {
+    super::values::write_read(files, file, size)
 }
 
-fn v1(files: &dyn Files, file: &str, size: Size) -> Outcome {
+fn v1(files: &dyn Files, file: &str, size: Size) -> Outcome<Size> {
     let value = match size {
         Size::Max => "-1".to_string(),
         Size::Bytes(n) => n.to_string(),
     };
     files
         .write(file, &value)
-        .and_then(|back| {
-            let n: u64 = back.parse().map_err(|_| FileError::Unexpected {
-                file: file.into(),
-                back: back.clone(),
-            })?;
-            Ok(if n >= V1_MEMORY_UNLIMITED_MIN {
-                Value::String("max".into())
+        .and_then(|back| read_back::<u64>(file, &back))
+        .map(|n| {
+            if n >= V1_MEMORY_UNLIMITED_MIN {
+                Size::Max
             } else {
-                Value::from(n)
-            })
+                Size::Bytes(n)
+            }
         })
         .into()
 }

@@ -40,7 +40,7 @@ pub use job_id::JobId;
 pub use memory::{MemoryHigh, MemoryMax};
 pub use pids::PidsMax;
 pub use process::{Nice, OomScoreAdj};
-pub use table::{LimitName, Limits};
+pub use table::{InForce, LimitName, Limits};
 pub use tier::Tier;
 pub use values::{Count, Size};
 
@@ -158,9 +158,15 @@ impl From<FileError> for String {
     }
 }
 
-/// Its name, from the table (implemented by the table for each row).
+/// Its name and its field of [`InForce`], from the table (implemented by
+/// the table for each row).
 pub trait Named {
     const NAME: LimitName;
+
+    /// Its read-back's slot in `in_force`.
+    fn in_force(in_force: &mut InForce) -> &mut Option<Self::Back>
+    where
+        Self: Limit;
 }
 
 /// One kind of limit. Its value is what was asked for, validated; it is
@@ -182,6 +188,11 @@ pub trait Limit: Named + Clone + fmt::Debug + fmt::Display + PartialEq + Eq {
     const STATUS_V2: &'static [&'static str] = &[];
     const STATUS_V1: &'static [&'static str] = &[];
 
+    /// What the kernel reads back for it, in v2 terms: the value of its
+    /// key in `governed.limits` (an integer, `"max"`, a "QUOTA PERIOD" text,
+    /// a list of `io.max` lines), whose schema is generated from it.
+    type Back: Clone + fmt::Debug + PartialEq + serde::Serialize;
+
     /// Parses the option's (or the policy key's) text.
     fn parse(text: &str) -> Result<Self, LimitError>;
 
@@ -192,14 +203,14 @@ pub trait Limit: Named + Clone + fmt::Debug + fmt::Display + PartialEq + Eq {
 
     /// Writes it to a v2 job cgroup and reads it back. Only called when
     /// [`Limit::CGROUP`] is set.
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<Self::Back> {
         let _ = files;
         Outcome::not_a_cgroup_limit()
     }
 
     /// Writes it to a job's v1 cgroups and reads it back, reported in v2
     /// terms. Only called when [`Limit::CGROUP`] is set.
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<Self::Back> {
         let _ = files;
         Outcome::not_a_cgroup_limit()
     }

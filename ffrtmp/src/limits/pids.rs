@@ -16,17 +16,20 @@ impl Limit for PidsMax {
     const STATUS_V2: &'static [&'static str] = &["pids.max"];
     const STATUS_V1: &'static [&'static str] = &["pids.max"];
 
+    /// A count, or `max`.
+    type Back = Count;
+
     fn parse(text: &str) -> Result<Self, LimitError> {
         Count::parse(text)
             .map(PidsMax)
             .ok_or_else(|| LimitError::PidsMax(text.to_string()))
     }
 
-    fn apply_v2(&self, files: &dyn Files) -> Outcome {
+    fn apply_v2(&self, files: &dyn Files) -> Outcome<Count> {
         write(files, self.0)
     }
 
-    fn apply_v1(&self, files: &dyn Files) -> Outcome {
+    fn apply_v1(&self, files: &dyn Files) -> Outcome<Count> {
         write(files, self.0)
     }
 
@@ -39,11 +42,8 @@ impl Limit for PidsMax {
     }
 }
 
-fn write(files: &dyn Files, max: Count) -> Outcome {
-    files
-        .write("pids.max", &max.to_string())
-        .map(super::values::number_or_text)
-        .into()
+fn write(files: &dyn Files, max: Count) -> Outcome<Count> {
+    super::values::write_read(files, "pids.max", max)
 }
 
 super::values::display_inner!(PidsMax);

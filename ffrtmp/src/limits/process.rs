@@ -17,6 +17,8 @@ impl Limit for Nice {
     const VALUE_NAME: &'static str = "N";
     const NEGATIVE: bool = true;
     const CGROUP: Option<Controllers> = None;
+    /// The process's nice, read back from it.
+    type Back = i32;
 
     fn parse(text: &str) -> Result<Self, LimitError> {
         int_in(text, -20..=19, LimitError::Nice).map(Nice)
@@ -28,6 +30,8 @@ impl Limit for OomScoreAdj {
     const VALUE_NAME: &'static str = "N";
     const NEGATIVE: bool = true;
     const CGROUP: Option<Controllers> = None;
+    /// `/proc/PID/oom_score_adj`, read back.
+    type Back = i32;
 
     fn parse(text: &str) -> Result<Self, LimitError> {
         int_in(text, -1000..=1000, LimitError::OomScoreAdj).map(OomScoreAdj)

@@ -55,7 +55,46 @@ macro_rules! table {
 
         $(impl Named for $ty {
             const NAME: LimitName = LimitName::$variant;
+
+            fn in_force(in_force: &mut InForce) -> &mut Option<<$ty as Limit>::Back> {
+                &mut in_force.$field
+            }
         })*
+
+        /// Each limit in force, as the kernel reads it back (v2 terms):
+        /// `governed.limits`. A limit not asked for, or refused, is absent.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(test, derive(schemars::JsonSchema), schemars(deny_unknown_fields))]
+        pub struct InForce {
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<<$ty as Limit>::Back>,
+            )*
+        }
+
+        impl InForce {
+            /// The limits in force, in table order.
+            pub fn names(&self) -> Vec<LimitName> {
+                let mut names = Vec::new();
+                $(if self.$field.is_some() {
+                    names.push(LimitName::$variant);
+                })*
+                names
+            }
+
+            /// Each limit in force with its value as events write it, in
+            /// table order (the text format's `key=value` pairs).
+            pub fn values(&self) -> Vec<(LimitName, serde_json::Value)> {
+                let mut values = Vec::new();
+                $(if let Some(v) = &self.$field {
+                    values.push((
+                        LimitName::$variant,
+                        serde_json::to_value(v).expect("a read-back value is JSON"),
+                    ));
+                })*
+                values
+            }
+        }
 
         /// Everything a job asked for. `None`: not asked, left as it is.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! Value types more than one limit uses: byte sizes and counts, in cgroup
-//! v2's syntax.
+//! v2's syntax, and how read-back values are written in events.
 use std::{fmt, str::FromStr};
 
-use serde_json::Value;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::LimitError;
 
@@ -52,6 +52,15 @@ pub enum Count {
     N(u64),
 }
 
+impl FromStr for Count {
+    type Err = ();
+
+    /// A positive count or `max` (as `pids.max` and `io.max` read back).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Count::parse(s).ok_or(())
+    }
+}
+
 impl Count {
     pub(super) fn parse(s: &str) -> Option<Self> {
         match s {
@@ -82,33 +91,107 @@ macro_rules! display_inner {
 }
 pub(super) use display_inner;
 
-/// A read-back value as events write it: a JSON integer when the file
-/// holds one number (bytes, counts), else its text (`max`).
-pub(super) fn number_or_text(back: String) -> Value {
-    back.parse::<u64>().map_or(Value::String(back), Value::from)
+/// A control file's read-back text as `T`, else [`super::FileError::Unexpected`].
+pub(super) fn read_back<T: FromStr>(file: &str, back: &str) -> Result<T, super::FileError> {
+    back.parse().map_err(|_| super::FileError::Unexpected {
+        file: file.into(),
+        back: back.into(),
+    })
 }
 
-/// A control file's read-back text as a JSON number.
-pub(super) fn number(file: &str, back: &str) -> Result<Value, super::FileError> {
-    back.parse::<u64>()
-        .map(Value::from)
-        .map_err(|_| super::FileError::Unexpected {
-            file: file.into(),
-            back: back.into(),
-        })
-}
-
-/// Writes `value` to `file` and reports it read back as a number.
-pub(super) fn write_number(
+/// Writes `value` to `file` and reports what it reads back, as `T`.
+pub(super) fn write_read<T: FromStr>(
     files: &dyn super::Files,
     file: &str,
     value: impl fmt::Display,
-) -> super::Outcome {
+) -> super::Outcome<T> {
     files
         .write(file, &value.to_string())
-        .and_then(|back| number(file, &back))
+        .and_then(|back| read_back(file, &back))
         .into()
 }
+
+/// Serde for a value that events write as a JSON integer, or the string
+/// `"max"` for no limit (`memory.max`, `pids.max`): `Size` and `Count`.
+macro_rules! number_or_max {
+    ($($ty:ident :: $n:ident),*) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $ty::Max => s.serialize_str("max"),
+                    $ty::$n(n) => s.serialize_u64(*n),
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Wire {
+                    N(u64),
+                    Text(String),
+                }
+                match Wire::deserialize(d)? {
+                    Wire::N(n) => Ok($ty::$n(n)),
+                    Wire::Text(t) if t == "max" => Ok($ty::Max),
+                    Wire::Text(t) => Err(serde::de::Error::custom(format!(
+                        "{t:?} is neither a number nor \"max\""
+                    ))),
+                }
+            }
+        }
+
+        #[cfg(test)]
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                "NumberOrMax".into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "description": "A number, or \"max\": no limit.",
+                    "anyOf": [
+                        { "type": "integer", "minimum": 0 },
+                        { "const": "max" }
+                    ]
+                })
+            }
+        }
+    )*};
+}
+number_or_max!(Size::Bytes, Count::N);
+
+/// Serde for a value that events write as its text, as a policy writes it
+/// (`cpu.max`'s "QUOTA PERIOD", an `io.max` line).
+macro_rules! as_text {
+    ($($ty:ty: $what:literal),*) => {$(
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        #[cfg(test)]
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "description": $what })
+            }
+        }
+    )*};
+}
+pub(super) use as_text;
 
 /// An integer within `range`, else `err` of the text.
 pub(super) fn int_in<T: FromStr + PartialOrd>(
