@@ -385,7 +385,7 @@ pub(crate) fn unsupported(limits: &Limits) -> Vec<(crate::limits::LimitName, Str
             if L::CGROUP.is_some()
                 && let Err(why) = limit.systemd()
             {
-                self.0.push((L::NAME, why));
+                self.0.push((L::NAME, why.to_string()));
             }
         }
     }
@@ -466,7 +466,7 @@ impl Visit for ReadBack<'_> {
                 let outcome = limit.apply_v2(&*self);
                 self.applied.record::<L>(outcome);
             }
-            Err(why) => self.applied.fail(L::NAME, why),
+            Err(why) => self.applied.fail(L::NAME, why.to_string()),
         }
     }
 }

@@ -95,14 +95,45 @@ fn xattr_is_one(dir: &Path, name: &str) -> bool {
     super::xattr::get(dir, name).is_some_and(|v| v == b"1")
 }
 
+/// Why [`make_room`] left processes in the delegated cgroup itself.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RoomError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("moving {pid} into {}: {source}", path.display())]
+    Move {
+        pid: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// Processes kept forking in faster than they were moved.
+    #[error("{} still holds processes {pids:?}", procs.display())]
+    StillHeld {
+        procs: std::path::PathBuf,
+        pids: Vec<String>,
+    },
+}
+
 /// Moves the processes sitting in the delegated cgroup `dir` itself into
 /// its `supervisor` leaf, so that controllers can be enabled below it.
 /// Returns how many were moved; an error names the file.
-pub(crate) fn make_room(dir: &Path) -> Result<usize, String> {
+pub(crate) fn make_room(dir: &Path) -> Result<usize, RoomError> {
     let procs = dir.join("cgroup.procs");
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RoomError::Io {
+            action,
+            path,
+            source,
+        }
+    };
     let read = || {
         fs::read_to_string(&procs)
-            .map_err(|e| format!("reading {}: {e}", procs.display()))
+            .map_err(io("reading", &procs))
             .map(|t| t.split_whitespace().map(String::from).collect::<Vec<_>>())
     };
     let mut pids = read()?;
@@ -113,21 +144,23 @@ pub(crate) fn make_room(dir: &Path) -> Result<usize, String> {
     match fs::create_dir(&leaf) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("creating {}: {e}", leaf.display())),
+        Err(e) => return Err(io("creating", &leaf)(e)),
     }
+    let leaf_procs = leaf.join("cgroup.procs");
     let mut moved = 0;
     // A process forked meanwhile is moved by the next round.
     for _ in 0..3 {
         for pid in &pids {
-            match fs::write(leaf.join("cgroup.procs"), pid) {
+            match fs::write(&leaf_procs, pid) {
                 Ok(()) => moved += 1,
                 // Gone meanwhile.
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(e) => {
-                    return Err(format!(
-                        "moving {pid} into {}: {e}",
-                        leaf.join("cgroup.procs").display()
-                    ));
+                Err(source) => {
+                    return Err(RoomError::Move {
+                        pid: pid.clone(),
+                        path: leaf_procs,
+                        source,
+                    });
                 }
             }
         }
@@ -136,10 +169,7 @@ pub(crate) fn make_room(dir: &Path) -> Result<usize, String> {
             return Ok(moved);
         }
     }
-    Err(format!(
-        "{} still holds processes {pids:?}",
-        procs.display()
-    ))
+    Err(RoomError::StillHeld { procs, pids })
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ impl Limit for CpuMax {
     /// systemd takes a quota per second and writes back
     /// `quota_per_sec * period / 1s`: the same quota whenever it is a whole
     /// number of µs per second, which the read-back checks.
-    fn systemd(&self) -> Result<Vec<Property>, String> {
+    fn systemd(&self) -> Result<Vec<Property>, super::NoProperty> {
         let per_sec = self.quota.map_or(Property::INFINITY, |q| {
             q.saturating_mul(1_000_000) / self.period
         });
@@ -178,7 +178,7 @@ impl Limit for CpuWeight {
             .into()
     }
 
-    fn systemd(&self) -> Result<Vec<Property>, String> {
+    fn systemd(&self) -> Result<Vec<Property>, super::NoProperty> {
         Ok(vec![Property::number("CPUWeight", u64::from(self.0))])
     }
 }
@@ -218,7 +218,7 @@ impl Limit for CpuIdle {
     /// systemd's `CPUWeight=idle` (since 252) is weight 0 on the bus,
     /// which it writes as `cpu.idle` 1. A new scope is not idle: 0 needs no property (and
     /// is read back like any other).
-    fn systemd(&self) -> Result<Vec<Property>, String> {
+    fn systemd(&self) -> Result<Vec<Property>, super::NoProperty> {
         Ok(if self.0 {
             vec![Property::number("CPUWeight", 0)]
         } else {

@@ -2,7 +2,7 @@
 //! `blkio.throttle.*_device` files).
 use std::{fmt, str::FromStr};
 
-use super::{Controllers, Count, Files, Limit, LimitError, Outcome, values::read_back};
+use super::{Controllers, Count, FileError, Files, Limit, LimitError, Outcome, values::read_back};
 
 /// `io.max`: limits on one or more block devices (the option repeats; a
 /// policy gives a list).
@@ -44,8 +44,11 @@ impl Limit for IoMax {
             let line = back
                 .lines()
                 .find(|l| l.starts_with(&prefix))
-                .ok_or_else(|| format!("io.max has no line for {prefix}after writing it"))?;
-            Ok(read_back("io.max", line)?)
+                .ok_or_else(|| FileError::NoLine {
+                    file: "io.max".into(),
+                    device: prefix.trim_end().into(),
+                })?;
+            read_back("io.max", line)
         })
     }
 
@@ -53,7 +56,7 @@ impl Limit for IoMax {
     /// and writes `io.max` from it: each MAJ:MIN becomes the kernel's own
     /// node name for it (`/sys/dev/block/MAJ:MIN/uevent`, `DEVNAME`, as
     /// devtmpfs names it). A key set to `max` is no limit: not passed.
-    fn systemd(&self) -> Result<Vec<super::Property>, String> {
+    fn systemd(&self) -> Result<Vec<super::Property>, super::NoProperty> {
         const PROPERTIES: [(&str, &str); 4] = [
             ("rbps", "IOReadBandwidthMax"),
             ("wbps", "IOWriteBandwidthMax"),
@@ -92,13 +95,13 @@ impl Limit for IoMax {
 }
 
 impl IoMax {
-    fn each(&self, apply: impl Fn(&IoLine) -> Result<IoLine, String>) -> Outcome<Vec<IoLine>> {
+    fn each(&self, apply: impl Fn(&IoLine) -> Result<IoLine, FileError>) -> Outcome<Vec<IoLine>> {
         let mut lines = Vec::new();
         let mut failures = Vec::new();
         for dev in &self.0 {
             match apply(dev) {
                 Ok(line) => lines.push(line),
-                Err(reason) => failures.push(reason),
+                Err(reason) => failures.push(reason.to_string()),
             }
         }
         Outcome {
@@ -195,23 +198,28 @@ impl IoLine {
     }
 
     /// The device node of MAJ:MIN, by the kernel's name for it.
-    fn device_path(&self) -> Result<String, String> {
-        let uevent = format!("/sys/dev/block/{}:{}/uevent", self.major, self.minor);
-        let text = std::fs::read_to_string(&uevent).map_err(|e| {
-            format!(
-                "no block device {}:{} ({uevent}: {e})",
-                self.major, self.minor
-            )
-        })?;
+    fn device_path(&self) -> Result<String, super::NoProperty> {
+        let device = format!("{}:{}", self.major, self.minor);
+        let uevent = std::path::PathBuf::from(format!("/sys/dev/block/{device}/uevent"));
+        let text = match std::fs::read_to_string(&uevent) {
+            Ok(text) => text,
+            Err(source) => {
+                return Err(super::NoProperty::NoDevice {
+                    device,
+                    uevent,
+                    source,
+                });
+            }
+        };
         text.lines()
             .find_map(|l| l.strip_prefix("DEVNAME="))
             .map(|name| format!("/dev/{}", name.trim()))
-            .ok_or_else(|| format!("{uevent} names no device"))
+            .ok_or(super::NoProperty::Unnamed(uevent))
     }
 
     /// Writes one v1 file per key; the line as v2 would read it (only the
     /// keys asked for).
-    fn apply_v1(&self, files: &dyn Files) -> Result<IoLine, String> {
+    fn apply_v1(&self, files: &dyn Files) -> Result<IoLine, FileError> {
         let device = format!("{}:{}", self.major, self.minor);
         let mut back_line = IoLine {
             rbps: None,
@@ -238,7 +246,10 @@ impl IoLine {
                 (Count::Max, None) => Count::Max,
                 (_, Some(l)) => read_back(file, l.split_whitespace().nth(1).unwrap_or(l))?,
                 (Count::N(_), None) => {
-                    return Err(format!("{file} has no line for {device} after writing it"));
+                    return Err(FileError::NoLine {
+                        file: file.into(),
+                        device,
+                    });
                 }
             });
         }

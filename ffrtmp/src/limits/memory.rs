@@ -53,7 +53,7 @@ impl Limit for MemoryMax {
         v1(files, "memory.limit_in_bytes", self.0)
     }
 
-    fn systemd(&self) -> Result<Vec<Property>, String> {
+    fn systemd(&self) -> Result<Vec<Property>, super::NoProperty> {
         Ok(vec![property("MemoryMax", self.0)])
     }
 }
@@ -82,7 +82,7 @@ impl Limit for MemoryHigh {
         v1(files, "memory.soft_limit_in_bytes", self.0)
     }
 
-    fn systemd(&self) -> Result<Vec<Property>, String> {
+    fn systemd(&self) -> Result<Vec<Property>, super::NoProperty> {
         Ok(vec![property("MemoryHigh", self.0)])
     }
 }

@@ -82,6 +82,8 @@ pub enum LimitError {
     IoMax(String),
     #[error("pids max {0:?} must be a positive integer or \"max\"")]
     PidsMax(String),
+    #[error("tier {0:?} must be \"live\", \"standard\" or \"batch\"")]
+    Tier(String),
     #[error("nice {0:?} must be an integer from -20 to 19")]
     Nice(String),
     #[error("oom score adj {0:?} must be an integer from -1000 to 1000")]
@@ -127,6 +129,10 @@ pub enum FileError {
     /// The file reads back something that is not the limit's value.
     #[error("{file} reads {back:?}")]
     Unexpected { file: String, back: String },
+    /// A file of lines (`io.max`, v1's `blkio.throttle.*`) has none for
+    /// the device just written.
+    #[error("{file} has no line for {device} after writing it")]
+    NoLine { file: String, device: String },
     /// v1: the limit's hierarchy is not mounted.
     #[error("the {0} controller is not mounted")]
     NotMounted(&'static str),
@@ -220,12 +226,25 @@ pub trait Limit: Named + Clone + fmt::Debug + fmt::Display + PartialEq + Eq {
     /// v2 files [`Limit::apply_v2`] would, and they are read back the same
     /// way. `Err`: why systemd cannot set it. Only called when
     /// [`Limit::CGROUP`] is set.
-    fn systemd(&self) -> Result<Vec<Property>, String> {
-        Err(format!(
-            "systemd (252) has no unit property for {}",
-            Self::NAME
-        ))
+    fn systemd(&self) -> Result<Vec<Property>, NoProperty> {
+        Err(NoProperty::Unsupported(Self::NAME))
     }
+}
+
+/// Why systemd cannot set a limit on a scope (the `degraded` reason).
+#[derive(Debug, thiserror::Error)]
+pub enum NoProperty {
+    #[error("systemd (252) has no unit property for {0}")]
+    Unsupported(LimitName),
+    /// systemd names a device by its node; `MAJ:MIN` is not a block device.
+    #[error("no block device {device} ({}: {source})", uevent.display())]
+    NoDevice {
+        device: String,
+        uevent: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} names no device", .0.display())]
+    Unnamed(std::path::PathBuf),
 }
 
 /// A systemd unit property that sets a limit (systemd.resource-control(5)).

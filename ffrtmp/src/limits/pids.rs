@@ -33,7 +33,7 @@ impl Limit for PidsMax {
         write(files, self.0)
     }
 
-    fn systemd(&self) -> Result<Vec<Property>, String> {
+    fn systemd(&self) -> Result<Vec<Property>, super::NoProperty> {
         let value = match self.0 {
             Count::Max => Property::INFINITY,
             Count::N(n) => n,

@@ -91,13 +91,13 @@ impl fmt::Display for Tier {
 }
 
 impl FromStr for Tier {
-    type Err = String;
+    type Err = super::LimitError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, super::LimitError> {
         Tier::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("tier {s:?} must be \"live\", \"standard\" or \"batch\""))
+            .ok_or_else(|| super::LimitError::Tier(s.into()))
     }
 }
 

@@ -228,7 +228,7 @@ impl Policy {
             let tier = name
                 .get_ref()
                 .parse::<Tier>()
-                .map_err(|m| invalid(Some(name.span()), m))?;
+                .map_err(|m| invalid(Some(name.span()), m.to_string()))?;
             let limits =
                 tier_limits(table).map_err(|(span, message)| invalid(Some(span), message))?;
             tiers.insert(tier, limits);
@@ -690,7 +690,11 @@ impl RawRule {
         let tier = self
             .tier
             .as_ref()
-            .map(|t| t.get_ref().parse::<Tier>().map_err(|m| (t.span(), m)))
+            .map(|t| {
+                t.get_ref()
+                    .parse::<Tier>()
+                    .map_err(|m| (t.span(), m.to_string()))
+            })
             .transpose()?;
         if ignore {
             let settings = [
