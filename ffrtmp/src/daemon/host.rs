@@ -37,6 +37,29 @@ pub(crate) struct Found<C> {
     pub(crate) members: Vec<(u32, Option<C>)>,
 }
 
+/// Why there is no staging cgroup (a `degraded` note's reason; new
+/// processes then go straight to their job).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoStaging {
+    /// Not in a unit with `Delegate=yes` (started by hand, say).
+    #[error(
+        "no staging cgroups: no subtree was delegated to this daemon (its unit has no Delegate=yes); each new process waits for systemd to make its scope before its limits apply"
+    )]
+    NotDelegated,
+    /// Unprivileged: no cgroups at all.
+    #[error("no cgroups")]
+    NoCgroups,
+    /// It was made, but refused some of the rule's limits: a process
+    /// staged there would be under fewer limits than its rule's.
+    #[error("its staging cgroup cannot hold all its limits ({})", failures.iter().map(|f| format!("{}: {}", f.limit, f.reason)).collect::<Vec<_>>().join("; "))]
+    CannotHold {
+        failures: Vec<crate::limits::Failure>,
+    },
+    /// Making it failed (the error's whole chain).
+    #[error("no staging cgroup ({0})")]
+    NotMade(String),
+}
+
 /// A rule's staging cgroup, made with the rule's limits.
 pub(crate) struct Staged<S> {
     /// What receives processes (the real one: its `cgroup.procs` files,
@@ -105,9 +128,13 @@ pub(crate) trait Host {
     fn reap(&mut self, job: String);
 
     /// Whether staging cgroups can be made here; `Err` says why not.
-    fn can_stage(&self) -> Result<(), String>;
-    /// Makes (or reuses) rule `rule`'s staging cgroup named `name`.
-    fn staging(&mut self, name: &str, limits: &Limits) -> Result<Staged<Self::Staging>, String>;
+    fn can_stage(&self) -> Result<(), NoStaging>;
+    /// Makes (or reuses) a rule's staging cgroup named `name`.
+    fn staging(
+        &mut self,
+        name: &JobId,
+        limits: &Limits,
+    ) -> Result<Staged<Self::Staging>, NoStaging>;
     /// Moves `pid` into a staging cgroup (one write per hierarchy).
     fn stage(&self, staging: &Self::Staging, pid: u32) -> bool;
     /// Removes the staging cgroups no rule uses any more, once empty.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    host::{Found, Held, Host, Staged},
+    host::{Found, Held, Host, NoStaging, Staged},
     maker::Maker,
     reaper,
 };
@@ -199,18 +199,20 @@ impl Host for Machine {
         reap_job(&self.ctx, &job);
     }
 
-    fn can_stage(&self) -> Result<(), String> {
+    fn can_stage(&self) -> Result<(), NoStaging> {
         if self.staging_ctx().is_some() || !self.ctx.scopes {
             return Ok(());
         }
-        // Not in a unit with Delegate=yes (started by hand, say).
-        Err("no staging cgroups: no subtree was delegated to this daemon (its unit has no Delegate=yes); each new process waits for systemd to make its scope before its limits apply".into())
+        Err(NoStaging::NotDelegated)
     }
 
-    fn staging(&mut self, name: &str, limits: &Limits) -> Result<Staged<StagingCgroup>, String> {
-        let ctx = self.staging_ctx().ok_or("no cgroups")?;
-        let id: JobId = name.parse().map_err(|e| format!("{e}"))?;
-        let made = JobCgroup::create(&ctx, &id, limits, Existing::Update)
+    fn staging(
+        &mut self,
+        name: &JobId,
+        limits: &Limits,
+    ) -> Result<Staged<StagingCgroup>, NoStaging> {
+        let ctx = self.staging_ctx().ok_or(NoStaging::NoCgroups)?;
+        let made = JobCgroup::create(&ctx, name, limits, Existing::Update)
             .and_then(|(cgroup, applied)| Ok((cgroup.procs_writer()?, cgroup, applied)));
         match made {
             Ok((procs, cgroup, applied)) if applied.failures.is_empty() => Ok(Staged {
@@ -221,16 +223,10 @@ impl Host for Machine {
                 },
                 applied: applied.limits,
             }),
-            Ok((_, _, applied)) => Err(format!(
-                "its staging cgroup cannot hold all its limits ({})",
-                applied
-                    .failures
-                    .iter()
-                    .map(|f| format!("{}: {}", f.limit, f.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
-            Err(e) => Err(format!("no staging cgroup ({})", chain(&e))),
+            Ok((_, _, applied)) => Err(NoStaging::CannotHold {
+                failures: applied.failures,
+            }),
+            Err(e) => Err(NoStaging::NotMade(chain(&e).to_string())),
         }
     }
 

@@ -43,7 +43,7 @@ impl<S> Stagings<S> {
     ) -> Events {
         self.by_rule.clear();
         if let Err(why) = host.can_stage() {
-            return vec![note(why)];
+            return vec![note(why.to_string())];
         }
         let mut events = Vec::new();
         for rule in &policy.rules {
@@ -51,7 +51,7 @@ impl<S> Stagings<S> {
                 continue;
             };
             let name = staging_name(&rule.name, limits);
-            match host.staging(name.as_str(), limits) {
+            match host.staging(&name, limits) {
                 Ok(staged) => {
                     self.by_rule.insert(rule.name.clone(), staged);
                 }

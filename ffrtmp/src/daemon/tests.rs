@@ -12,14 +12,14 @@ use std::{
 
 use super::{
     Events, Govern, Governor,
-    host::{Found, Held, Host, Made, MakeJobs, Staged, Unmade},
+    host::{Found, Held, Host, Made, MakeJobs, NoStaging, Staged, Unmade},
     note,
     seen::Seen,
 };
 use crate::{
     events::{Body, Exec, Exit, KernelStamp},
     govern::{Stats, scope, target::TargetError},
-    limits::{Limits, Tier},
+    limits::{JobId, Limits, Tier},
     observe::proc::{ProcError, Stat},
     policy::Policy,
 };
@@ -327,13 +327,13 @@ impl Host for FakeHost {
         w.reaped.push(job);
     }
 
-    fn can_stage(&self) -> Result<(), String> {
+    fn can_stage(&self) -> Result<(), NoStaging> {
         Ok(())
     }
 
-    fn staging(&mut self, name: &str, _: &Limits) -> Result<Staged<String>, String> {
+    fn staging(&mut self, name: &JobId, _: &Limits) -> Result<Staged<String>, NoStaging> {
         if self.world.w().no_staging {
-            return Err("no staging cgroup (a test)".into());
+            return Err(NoStaging::NotMade("a test".into()));
         }
         let path = format!("/ffrtmp/.staging/{name}");
         Ok(Staged {
