@@ -337,7 +337,7 @@ fn make_room(mount: &layout::Mount, unit: &CgroupPath) {
             unit.as_str(),
             systemd::SUPERVISOR
         ),
-        Err(e) => tracing::warn!("{e}"),
+        Err(e) => tracing::warn!("{}", crate::errors::chain(&e)),
     }
 }
 

@@ -26,6 +26,7 @@
 use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use super::{
+    GovernError,
     bus::{Manager, Which},
     layout::CgroupPath,
 };
@@ -98,12 +99,9 @@ fn xattr_is_one(dir: &Path, name: &str) -> bool {
 /// Why [`make_room`] left processes in the delegated cgroup itself.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RoomError {
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    /// Reading its `cgroup.procs`, or making the leaf.
+    #[error(transparent)]
+    Io(#[from] GovernError),
     #[error("moving {pid} into {}: {source}", path.display())]
     Move {
         pid: String,
@@ -123,17 +121,9 @@ pub(crate) enum RoomError {
 /// Returns how many were moved; an error names the file.
 pub(crate) fn make_room(dir: &Path) -> Result<usize, RoomError> {
     let procs = dir.join("cgroup.procs");
-    let io = |action, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RoomError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let read = || {
         fs::read_to_string(&procs)
-            .map_err(io("reading", &procs))
+            .map_err(|e| GovernError::io("reading", &procs, e))
             .map(|t| t.split_whitespace().map(String::from).collect::<Vec<_>>())
     };
     let mut pids = read()?;
@@ -144,7 +134,7 @@ pub(crate) fn make_room(dir: &Path) -> Result<usize, RoomError> {
     match fs::create_dir(&leaf) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("creating", &leaf)(e)),
+        Err(e) => return Err(GovernError::io("creating", &leaf, e).into()),
     }
     let leaf_procs = leaf.join("cgroup.procs");
     let mut moved = 0;
